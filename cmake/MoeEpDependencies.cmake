@@ -1,0 +1,33 @@
+# All third-party dependencies, found once, as imported targets.
+find_package(MPI REQUIRED COMPONENTS CXX)
+find_package(Protobuf REQUIRED)
+find_package(gflags REQUIRED)
+find_package(glog REQUIRED)
+find_package(CBLAS REQUIRED)
+find_package(ZLIB REQUIRED)   # Fashion-MNIST ships as gzipped IDX files
+find_package(Threads REQUIRED)
+if(MOE_EP_BUILD_TESTS)
+  find_package(GTest REQUIRED)
+endif()
+
+# CUDA: compiled whenever nvcc exists so the GPU path can never silently stop compiling.
+set(MOE_EP_CUDA_ENABLED OFF)
+if(MOE_EP_WITH_CUDA)
+  if(NOT CMAKE_CUDA_COMPILER AND EXISTS /usr/local/cuda/bin/nvcc)
+    set(CMAKE_CUDA_COMPILER /usr/local/cuda/bin/nvcc)
+  endif()
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    if(NOT CMAKE_CUDA_ARCHITECTURES)
+      set(CMAKE_CUDA_ARCHITECTURES 90)   # H100/H200, the lent machines
+    endif()
+    enable_language(CUDA)
+    find_package(CUDAToolkit REQUIRED)
+    find_package(NCCL REQUIRED)
+    set(MOE_EP_CUDA_ENABLED ON)
+    message(STATUS "moe-ep: CUDA path ON (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, sm_${CMAKE_CUDA_ARCHITECTURES})")
+  else()
+    message(STATUS "moe-ep: nvcc not found, CUDA path OFF")
+  endif()
+endif()

@@ -1,0 +1,62 @@
+#include "core/rng.h"
+
+#include <cmath>
+
+namespace moe {
+
+uint64_t HashString(std::string_view s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+uint64_t MixKey(uint64_t a, uint64_t b) {
+  uint64_t z = a + 0x9E3779B97F4A7C15ull * (b + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+std::array<uint32_t, 4> Philox4x32(std::array<uint32_t, 4> c, uint64_t key) {
+  constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;
+  constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;
+  uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
+  for (int round = 0; round < 10; ++round) {
+    uint64_t p0 = static_cast<uint64_t>(kMul0) * c[0];
+    uint64_t p1 = static_cast<uint64_t>(kMul1) * c[2];
+    uint32_t hi0 = static_cast<uint32_t>(p0 >> 32), lo0 = static_cast<uint32_t>(p0);
+    uint32_t hi1 = static_cast<uint32_t>(p1 >> 32), lo1 = static_cast<uint32_t>(p1);
+    c = {hi1 ^ c[1] ^ k0, lo1, hi0 ^ c[3] ^ k1, lo0};
+    k0 += kWeyl0;
+    k1 += kWeyl1;
+  }
+  return c;
+}
+
+namespace {
+inline float ToOpenUnit(uint32_t x) {
+  // (x + 0.5) / 2^32 lies strictly inside (0, 1); computed in double to keep it off the ends.
+  return static_cast<float>((static_cast<double>(x) + 0.5) * (1.0 / 4294967296.0));
+}
+}  // namespace
+
+float CounterRng::Uniform(uint64_t i, uint64_t j) const {
+  auto r = Philox4x32({static_cast<uint32_t>(i), static_cast<uint32_t>(i >> 32),
+                       static_cast<uint32_t>(j), static_cast<uint32_t>(j >> 32)},
+                      key_);
+  return ToOpenUnit(r[0]);
+}
+
+float CounterRng::Normal(uint64_t i, uint64_t j) const {
+  auto r = Philox4x32({static_cast<uint32_t>(i), static_cast<uint32_t>(i >> 32),
+                       static_cast<uint32_t>(j), static_cast<uint32_t>(j >> 32)},
+                      key_);
+  double u1 = (static_cast<double>(r[0]) + 0.5) * (1.0 / 4294967296.0);
+  double u2 = (static_cast<double>(r[1]) + 0.5) * (1.0 / 4294967296.0);
+  return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2));
+}
+
+}  // namespace moe
