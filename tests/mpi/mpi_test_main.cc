@@ -1,5 +1,5 @@
-// GoogleTest main for multi-rank tests: every rank runs every test; only rank 0 prints, and the
-// job's exit code is non-zero if any rank failed (a failure on rank 3 must not pass silently).
+// GoogleTest main for multi-rank tests: every rank runs every test; ranks print (run with --gtest_brief=1
+// so only failures and the summary show), and the job's exit code is non-zero if any rank failed (a failure on rank 3 must not pass silently).
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -8,10 +8,6 @@ int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  if (rank != 0) {
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-  }
   int local_failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
   int any_failed = 0;
   MPI_Allreduce(&local_failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
