@@ -1,0 +1,22 @@
+// JSON-lines metrics: one object per training step and one per evaluation. An empty path
+// disables writing (non-zero ranks), so callers need no rank checks.
+#pragma once
+
+#include <fstream>
+#include <string>
+
+#include "launcher/training_session.h"
+
+namespace moe {
+
+class MetricsWriter {
+ public:
+  explicit MetricsWriter(const std::string& path);
+  void WriteStep(int64_t step, const StepStats& s);
+  void WriteEval(int64_t step, double accuracy);
+
+ private:
+  std::ofstream out_;
+};
+
+}  // namespace moe

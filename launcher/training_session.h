@@ -1,0 +1,66 @@
+// TrainingSession: one rank's share of training: the net, the optimizer, and the step that ties
+// forward, backward, gradient synchronisation and the AdamW update together.
+//
+// Loss scaling: each rank seeds its backward with 1/global_batch (not 1/local_batch) and the
+// gradients are SUMMED over ranks, so every rank ends with the gradient of the global mean loss,
+// exactly what one rank computes on the whole global batch (the EP-invariance invariant).
+// Dense grads are summed over the world; expert grads over the DP replicas of those experts (the
+// contributions of the other EP ranks' tokens already arrived through the all-to-all).
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "core/optim/adamw.h"
+#include "core/profiler.h"
+#include "models/layers/softmax_cross_entropy.h"
+#include "models/nets/vision_transformer.h"
+#include "proto/moe_ep.pb.h"
+
+namespace moe {
+
+struct StepStats {
+  double loss = 0;          // mean cross-entropy over the global batch
+  double aux_loss = 0;      // weighted auxiliary losses, summed over MoE layers
+  double accuracy = 0;      // on the global batch
+  double dropped_fraction = 0;  // dropped / (tokens * k), over all MoE layers and ranks
+  double capacity_use = 0;      // filled / offered slots (0 when dropless or dense)
+  double grad_norm = 0;
+  double learning_rate = 0;
+  // Per MoE layer: kept assignments per expert, summed over the world.
+  std::vector<std::vector<int64_t>> tokens_per_expert;
+};
+
+class TrainingSession {
+ public:
+  TrainingSession(const proto::TrainConfig& config, Communicator* comm, Profiler* profiler);
+
+  // images: this rank's [batch_per_rank, 784] slice of the global batch at `step`.
+  StepStats TrainStep(int64_t step, const Tensor& images, const std::vector<int>& labels);
+  // Forward only (eval capacity, no noise). The first `valid` rows count; the rest pad the batch
+  // so every rank runs the same number of MoE all-to-alls. Returns this rank's sums.
+  void Evaluate(const Tensor& images, const std::vector<int>& labels, int64_t valid,
+                int64_t* correct, double* loss_sum);
+
+  std::vector<Parameter*> Parameters() { return params_; }
+  VisionTransformer& net() { return *net_; }
+  int64_t global_batch() const { return global_batch_; }
+
+ private:
+  void SetContext(bool training, int64_t step, int64_t rows);
+  void SynchroniseGradients();
+  double ClipGradients();
+
+  proto::TrainConfig config_;
+  Communicator* comm_;
+  Profiler* profiler_;
+  std::unique_ptr<VisionTransformer> net_;
+  std::vector<Parameter*> params_, dense_, expert_;
+  std::unique_ptr<AdamW> optimizer_;
+  SoftmaxCrossEntropy loss_;
+  int64_t global_batch_;
+  std::vector<float> bucket_;  // flattened dense grads for one all-reduce
+};
+
+}  // namespace moe

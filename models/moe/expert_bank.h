@@ -1,0 +1,43 @@
+// ExpertBank: the experts this rank owns (E_local = E / ep_size of them), each a two-layer MLP
+// D -> H -> D with exact GELU. Inputs arrive expert-major: expert l's rows are contiguous, so each
+// expert weight is applied with ONE GEMM over every row it received from every rank and group.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/parameter.h"
+#include "core/tensor.h"
+
+namespace moe {
+
+class ExpertBank {
+ public:
+  // Owns global experts [first_global_expert, first_global_expert + num_local).
+  // Initial values depend on (seed, name, global expert id) only, never on the sharding.
+  ExpertBank(const std::string& name, int dim, int hidden, int first_global_expert,
+             int num_local, uint64_t seed);
+
+  // rows_per_expert[l] rows of `input` (expert-major, [sum rows, D]) go through expert l.
+  // Returns [sum rows, D]; caches what Backward needs.
+  Tensor Forward(const Tensor& input, const std::vector<int64_t>& rows_per_expert);
+  // d_output has Forward's output layout; returns d_input and accumulates weight grads.
+  Tensor Backward(const Tensor& d_output);
+
+  std::vector<Parameter*> Parameters();
+  int num_local() const { return num_local_; }
+  int dim() const { return dim_; }
+  int hidden() const { return hidden_; }
+
+ private:
+  struct Expert {
+    Parameter w1, b1, w2, b2;
+  };
+  int dim_, hidden_, num_local_;
+  std::vector<Expert> experts_;
+  // Forward caches (expert-major, same row order as the input).
+  Tensor input_, hidden_pre_, hidden_act_;
+  std::vector<int64_t> rows_;
+};
+
+}  // namespace moe

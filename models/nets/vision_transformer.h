@@ -1,0 +1,59 @@
+// VisionTransformer: a pre-LayerNorm ViT whose MLPs may be MoE layers (V-MoE).
+//
+//   patches -> PatchEmbed (+ position embedding) -> L blocks -> LayerNorm -> mean over tokens
+//   -> Linear head
+//   block i: h = x + Attention(LN1(x));  y = h + MLP_i(LN2(h)),  MLP_i dense or MoE by placement
+//
+// The dense ViT is the same net with use_moe off, so the two are compared like for like.
+#pragma once
+
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "models/layers/layer.h"
+#include "models/moe/moe_layer.h"
+#include "models/nets/moe_placement.h"
+#include "proto/moe_ep.pb.h"
+
+namespace moe {
+
+class LayerNorm;
+class MultiHeadSelfAttention;
+class PatchEmbed;
+class MeanPoolTokens;
+class Linear;
+
+// Translates the MoE part of the config into layer options.
+MoeLayerOptions MoeOptionsFromConfig(const proto::ModelConfig& model);
+
+class VisionTransformer {
+ public:
+  VisionTransformer(const proto::ModelConfig& config, Communicator* comm, uint64_t seed);
+  ~VisionTransformer();
+
+  // images: [B, C*H*W]; returns logits [B, num_classes].
+  Tensor Forward(const Tensor& images);
+  // dlogits: [B, num_classes]; accumulates every parameter's grad.
+  void Backward(const Tensor& dlogits);
+
+  std::vector<Parameter*> Parameters();
+  const std::vector<MoeLayer*>& moe_layers() const { return moe_layers_; }
+  void SetMoeContext(const MoeStepContext& ctx);
+  int tokens_per_image() const { return tokens_per_image_; }
+
+ private:
+  struct Block;
+  proto::ModelConfig config_;
+  int tokens_per_image_;
+  std::unique_ptr<PatchEmbed> embed_;
+  std::vector<std::unique_ptr<Block>> blocks_;
+  std::unique_ptr<LayerNorm> final_norm_;
+  std::unique_ptr<MeanPoolTokens> pool_;
+  std::unique_ptr<Linear> head_;
+  std::vector<MoeLayer*> moe_layers_;
+};
+
+}  // namespace moe
