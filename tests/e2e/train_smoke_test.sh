@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# A short V-MoE run on 4 ranks (EP=4): the loss must fall, the metrics file must hold one object
+# per step and an evaluation, and the communication profile must be printed.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+STEPS=60
+run_job smoke 600 -np 4 "$TRAIN" --config="$CONFIG" --log_dir="$WORK/logs" \
+  --metrics_out="$WORK/metrics.jsonl" --trace_dir="$WORK/traces" \
+  --override="steps: $STEPS log_every: 20 optimizer { warmup_steps: 10 } data { eval_images: 512 }"
+if [ "$RC" -ne 0 ]; then fail smoke_exit "exit $RC"; finish; exit 1; fi
+pass smoke_exit
+n_steps=$(grep -c '"loss"' "$WORK/metrics.jsonl" || true)
+[ "$n_steps" -eq "$STEPS" ] && pass metrics_per_step || fail metrics_per_step "$n_steps step lines"
+grep -q '"eval_accuracy"' "$WORK/metrics.jsonl" && pass metrics_eval || fail metrics_eval "no eval line"
+# Mean loss of the first 10 steps against the last 10: training must make progress.
+first=$(head -n 10 "$WORK/metrics.jsonl" | sed -E 's/.*"loss": ([^,]*),.*/\1/' | awk '{s+=$1} END {print s/NR}')
+last=$(grep '"loss"' "$WORK/metrics.jsonl" | tail -n 10 | sed -E 's/.*"loss": ([^,]*),.*/\1/' | awk '{s+=$1} END {print s/NR}')
+awk -v a="$first" -v b="$last" 'BEGIN {exit !(b < 0.8 * a)}' && pass "loss_falls ($first -> $last)" \
+  || fail loss_falls "first $first last $last"
+grep -q 'a2a_dispatch' "$OUT" && grep -q 'communication profile' "$OUT" && pass profile_printed \
+  || fail profile_printed "no profile table"
+grep -q 'final: test accuracy' "$OUT" && pass final_accuracy || fail final_accuracy "no final line"
+for r in 0 1 2 3; do
+  [ -s "$WORK/traces/trace.rank$r.json" ] || { fail "trace_rank$r" "missing"; continue; }
+  grep -q '"traceEvents"' "$WORK/traces/trace.rank$r.json" && pass "trace_rank$r" || fail "trace_rank$r" "not a trace"
+done
+for r in 0 1 2 3; do
+  ls "$WORK/logs"/moe_train.rank$r.* >/dev/null 2>&1 && pass "log_rank$r" || fail "log_rank$r" "no log file"
+done
+finish
