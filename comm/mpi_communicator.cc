@@ -1,0 +1,256 @@
+#include "comm/mpi_communicator.h"
+
+#include <glog/logging.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+
+#include "comm/mpi_check.h"
+
+namespace moe {
+namespace {
+
+constexpr int64_t kMaxInt = INT_MAX;
+
+// Exclusive prefix sums, with a check that no count is negative.
+std::vector<int64_t> Displacements(const std::vector<int64_t>& counts, const char* what,
+                                   GroupKind g) {
+  std::vector<int64_t> displs(counts.size());
+  int64_t offset = 0;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    CHECK_GE(counts[i], 0) << GroupName(g) << " all-to-all-v: " << what << "[" << i
+                           << "] is negative";
+    displs[i] = offset;
+    offset += counts[i];
+  }
+  return displs;
+}
+
+// MPI_Alltoallv takes int counts and displacements (in floats here).
+void CheckFitsInInt(const std::vector<int64_t>& counts, const std::vector<int64_t>& displs,
+                    const char* what, GroupKind g) {
+  for (size_t i = 0; i < counts.size(); ++i)
+    CHECK(counts[i] <= kMaxInt && displs[i] <= kMaxInt)
+        << GroupName(g) << " all-to-all-v: the " << what << " block of group rank " << i
+        << " (count " << counts[i] << ", displacement " << displs[i]
+        << " floats) exceeds MPI_Alltoallv's int limit " << kMaxInt
+        << "; for exchanges this large select AllToAllAlgorithm::kPairwise on every rank";
+}
+
+std::vector<int> ToInt(const std::vector<int64_t>& v) { return std::vector<int>(v.begin(), v.end()); }
+
+// Collectives on counts above INT_MAX run as successive calls on slices of at most INT_MAX.
+template <typename Fn>
+void ForEachIntSlice(int64_t count, Fn fn) {
+  CHECK_GE(count, 0);
+  for (int64_t offset = 0; offset < count; offset += kMaxInt)
+    fn(offset, static_cast<int>(std::min(kMaxInt, count - offset)));
+}
+
+}  // namespace
+
+MpiCommunicator::MpiCommunicator(MPI_Comm world, int ep_size) : max_message_floats_(kMaxInt) {
+  int initialized = 0;
+  MPI_CHECK(MPI_Initialized(&initialized));
+  CHECK(initialized) << "MpiCommunicator needs MPI_Init to have been called";
+  MPI_CHECK(MPI_Comm_dup(world, &world_));
+  MPI_CHECK(MPI_Comm_set_errhandler(world_, MPI_ERRORS_RETURN));
+  MPI_CHECK(MPI_Comm_size(world_, &layout_.world_size));
+  MPI_CHECK(MPI_Comm_rank(world_, &layout_.world_rank));
+  std::string error;  // Abort below names the world rank and size, set just above.
+  if (!MakeLayout(layout_.world_size, layout_.world_rank, ep_size, &layout_, &error))
+    Abort("process groups: " + error, 1);
+
+  MPI_CHECK(MPI_Comm_split(world_, layout_.dp_rank, layout_.ep_rank, &expert_));
+  MPI_CHECK(MPI_Comm_split(world_, layout_.ep_rank, layout_.dp_rank, &data_));
+  MPI_CHECK(MPI_Comm_set_errhandler(expert_, MPI_ERRORS_RETURN));
+  MPI_CHECK(MPI_Comm_set_errhandler(data_, MPI_ERRORS_RETURN));
+  MPI_CHECK(MPI_Comm_rank(expert_, &expert_rank_));
+  MPI_CHECK(MPI_Comm_size(expert_, &expert_size_));
+  MPI_CHECK(MPI_Comm_rank(data_, &data_rank_));
+  MPI_CHECK(MPI_Comm_size(data_, &data_size_));
+  // MPI and our arithmetic must agree: models index experts by these ranks.
+  CHECK_EQ(expert_rank_, layout_.ep_rank);
+  CHECK_EQ(expert_size_, layout_.ep_size);
+  CHECK_EQ(data_rank_, layout_.dp_rank);
+  CHECK_EQ(data_size_, layout_.dp_size);
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  int finalized = 0;
+  MPI_CHECK(MPI_Finalized(&finalized));
+  if (finalized) return;  // MPI freed everything already; freeing now would be an error.
+  for (MPI_Comm* c : {&data_, &expert_, &world_})
+    if (*c != MPI_COMM_NULL) MPI_CHECK(MPI_Comm_free(c));
+}
+
+MPI_Comm MpiCommunicator::comm(GroupKind g) const {
+  switch (g) {
+    case GroupKind::kWorld: return world_;
+    case GroupKind::kExpert: return expert_;
+    case GroupKind::kData: return data_;
+  }
+  LOG(FATAL) << "unknown GroupKind " << static_cast<int>(g);
+  return MPI_COMM_NULL;
+}
+
+int MpiCommunicator::Rank(GroupKind g) const {
+  switch (g) {
+    case GroupKind::kWorld: return layout_.world_rank;
+    case GroupKind::kExpert: return expert_rank_;
+    case GroupKind::kData: return data_rank_;
+  }
+  LOG(FATAL) << "unknown GroupKind " << static_cast<int>(g);
+  return -1;
+}
+
+int MpiCommunicator::Size(GroupKind g) const {
+  switch (g) {
+    case GroupKind::kWorld: return layout_.world_size;
+    case GroupKind::kExpert: return expert_size_;
+    case GroupKind::kData: return data_size_;
+  }
+  LOG(FATAL) << "unknown GroupKind " << static_cast<int>(g);
+  return -1;
+}
+
+void MpiCommunicator::set_all_to_all_algorithm(AllToAllAlgorithm a) { algorithm_ = a; }
+
+void MpiCommunicator::set_max_message_floats(int64_t n) {
+  CHECK(n >= 1 && n <= kMaxInt) << "max message floats " << n << " must be in [1, INT_MAX]";
+  max_message_floats_ = n;
+}
+
+void MpiCommunicator::VerifyCounts(const std::vector<int64_t>& send_counts,
+                                   const std::vector<int64_t>& recv_counts, GroupKind g) {
+  const int p = Size(g);
+  std::vector<int64_t> announced(p);
+  MPI_CHECK(MPI_Alltoall(send_counts.data(), 1, MPI_INT64_T, announced.data(), 1, MPI_INT64_T,
+                         comm(g)));
+  for (int peer = 0; peer < p; ++peer)
+    CHECK_EQ(announced[peer], recv_counts[peer])
+        << GroupName(g) << " all-to-all-v: " << GroupName(g) << " rank " << peer << " sends "
+        << announced[peer] << " floats to " << GroupName(g) << " rank " << Rank(g)
+        << ", which expects " << recv_counts[peer];
+}
+
+void MpiCommunicator::AllToAllV(const float* send, const std::vector<int64_t>& send_counts,
+                                float* recv, const std::vector<int64_t>& recv_counts,
+                                GroupKind g) {
+  const int p = Size(g);
+  const int me = Rank(g);
+  CHECK_EQ(static_cast<int>(send_counts.size()), p)
+      << GroupName(g) << " all-to-all-v: send_counts needs one entry per rank of the group";
+  CHECK_EQ(static_cast<int>(recv_counts.size()), p)
+      << GroupName(g) << " all-to-all-v: recv_counts needs one entry per rank of the group";
+  CHECK_EQ(send_counts[me], recv_counts[me])
+      << GroupName(g) << " all-to-all-v: rank " << me << " sends itself " << send_counts[me]
+      << " floats but expects to receive " << recv_counts[me];
+  const std::vector<int64_t> send_displs = Displacements(send_counts, "send_counts", g);
+  const std::vector<int64_t> recv_displs = Displacements(recv_counts, "recv_counts", g);
+  if (verify_counts_) VerifyCounts(send_counts, recv_counts, g);
+
+  if (algorithm_ == AllToAllAlgorithm::kPairwise) {
+    PairwiseAllToAllV(send, send_counts, send_displs, recv, recv_counts, recv_displs, g);
+    return;
+  }
+  CheckFitsInInt(send_counts, send_displs, "send", g);
+  CheckFitsInInt(recv_counts, recv_displs, "receive", g);
+  const std::vector<int> sc = ToInt(send_counts), sd = ToInt(send_displs);
+  const std::vector<int> rc = ToInt(recv_counts), rd = ToInt(recv_displs);
+  MPI_CHECK(MPI_Alltoallv(send, sc.data(), sd.data(), MPI_FLOAT, recv, rc.data(), rd.data(),
+                          MPI_FLOAT, comm(g)));
+}
+
+void MpiCommunicator::PairwiseAllToAllV(const float* send, const std::vector<int64_t>& send_counts,
+                                        const std::vector<int64_t>& send_displs, float* recv,
+                                        const std::vector<int64_t>& recv_counts,
+                                        const std::vector<int64_t>& recv_displs, GroupKind g) {
+  // Messages between one pair of ranks on one tag and communicator are matched in the order they
+  // were posted (MPI's non-overtaking rule), so the slices of a block need no tags of their own.
+  constexpr int kTag = 0;
+  const int p = Size(g);
+  const int me = Rank(g);
+  const int64_t slice = max_message_floats_;
+  std::vector<MPI_Request> requests;
+  for (int k = 1; k < p; ++k) {  // receives first, from the nearest peers first
+    const int peer = (me - k + p) % p;
+    for (int64_t off = 0; off < recv_counts[peer]; off += slice) {
+      const int n = static_cast<int>(std::min(slice, recv_counts[peer] - off));
+      requests.emplace_back();
+      MPI_CHECK(MPI_Irecv(recv + recv_displs[peer] + off, n, MPI_FLOAT, peer, kTag, comm(g),
+                          &requests.back()));
+    }
+  }
+  for (int k = 1; k < p; ++k) {
+    const int peer = (me + k) % p;
+    for (int64_t off = 0; off < send_counts[peer]; off += slice) {
+      const int n = static_cast<int>(std::min(slice, send_counts[peer] - off));
+      requests.emplace_back();
+      MPI_CHECK(MPI_Isend(send + send_displs[peer] + off, n, MPI_FLOAT, peer, kTag, comm(g),
+                          &requests.back()));
+    }
+  }
+  std::copy(send + send_displs[me], send + send_displs[me] + send_counts[me],
+            recv + recv_displs[me]);
+  if (!requests.empty())
+    MPI_CHECK(MPI_Waitall(static_cast<int>(requests.size()), requests.data(),
+                          MPI_STATUSES_IGNORE));
+}
+
+void MpiCommunicator::AllToAllInt64(const int64_t* send, int64_t* recv, int64_t count_per_peer,
+                                    GroupKind g) {
+  CHECK(count_per_peer >= 0 && count_per_peer <= kMaxInt)
+      << GroupName(g) << " all-to-all (int64): count_per_peer " << count_per_peer
+      << " must be in [0, INT_MAX]";
+  const int n = static_cast<int>(count_per_peer);
+  MPI_CHECK(MPI_Alltoall(send, n, MPI_INT64_T, recv, n, MPI_INT64_T, comm(g)));
+}
+
+void MpiCommunicator::AllReduceSum(float* data, int64_t count, GroupKind g) {
+  ForEachIntSlice(count, [&](int64_t off, int n) {
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data + off, n, MPI_FLOAT, MPI_SUM, comm(g)));
+  });
+}
+
+void MpiCommunicator::AllReduceSum(double* data, int64_t count, GroupKind g) {
+  ForEachIntSlice(count, [&](int64_t off, int n) {
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data + off, n, MPI_DOUBLE, MPI_SUM, comm(g)));
+  });
+}
+
+void MpiCommunicator::AllReduceMax(double* data, int64_t count, GroupKind g) {
+  ForEachIntSlice(count, [&](int64_t off, int n) {
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data + off, n, MPI_DOUBLE, MPI_MAX, comm(g)));
+  });
+}
+
+void MpiCommunicator::AllReduceMin(double* data, int64_t count, GroupKind g) {
+  ForEachIntSlice(count, [&](int64_t off, int n) {
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data + off, n, MPI_DOUBLE, MPI_MIN, comm(g)));
+  });
+}
+
+void MpiCommunicator::Broadcast(float* data, int64_t count, int root, GroupKind g) {
+  CHECK(root >= 0 && root < Size(g)) << GroupName(g) << " broadcast: root " << root
+                                     << " is not a rank of a group of " << Size(g);
+  ForEachIntSlice(count, [&](int64_t off, int n) {
+    MPI_CHECK(MPI_Bcast(data + off, n, MPI_FLOAT, root, comm(g)));
+  });
+}
+
+void MpiCommunicator::Barrier(GroupKind g) { MPI_CHECK(MPI_Barrier(comm(g))); }
+
+void MpiCommunicator::Abort(const std::string& reason, int exit_code) {
+  LOG(ERROR) << "rank " << layout_.world_rank << " of " << layout_.world_size
+             << ": ending the job: " << reason;
+  google::FlushLogFiles(google::GLOG_INFO);
+  std::fflush(stdout);
+  std::fflush(stderr);
+  MPI_CHECK(MPI_Abort(world_, exit_code));
+  std::abort();  // MPI_Abort does not return; this only satisfies [[noreturn]].
+}
+
+}  // namespace moe

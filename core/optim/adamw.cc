@@ -1,0 +1,79 @@
+#include "core/optim/adamw.h"
+
+#include <glog/logging.h>
+
+#include <cmath>
+
+namespace moe {
+
+namespace {
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+bool Contains(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
+}  // namespace
+
+bool DecayApplies(const std::string& name) {
+  if (EndsWith(name, ".b") || EndsWith(name, ".bias")) return false;
+  if (Contains(name, "norm") || Contains(name, "ln") || Contains(name, "pos_embed")) return false;
+  return true;
+}
+
+AdamW::AdamW(const AdamWConfig& config) : config_(config) {
+  CHECK_GE(config.beta1, 0.f);
+  CHECK_LT(config.beta1, 1.f);
+  CHECK_GE(config.beta2, 0.f);
+  CHECK_LT(config.beta2, 1.f);
+  CHECK_GT(config.eps, 0.f);
+  CHECK_GE(config.weight_decay, 0.f);
+}
+
+AdamWMoments& AdamW::MomentsFor(const Parameter* p) {
+  AdamWMoments& s = state_[p];
+  const size_t n = static_cast<size_t>(p->value.numel());
+  if (s.m.size() != n) {
+    CHECK(s.m.empty()) << "parameter " << p->name << " changed size from " << s.m.size()
+                       << " to " << n << " between AdamW steps";
+    s.m.assign(n, 0.f);
+    s.v.assign(n, 0.f);
+  }
+  return s;
+}
+
+const AdamWMoments* AdamW::FindMoments(const Parameter* p) const {
+  auto it = state_.find(p);
+  return it == state_.end() ? nullptr : &it->second;
+}
+
+void AdamW::Step(const std::vector<Parameter*>& params, float lr) {
+  ++step_;
+  const double t = static_cast<double>(step_);
+  const float b1 = config_.beta1, b2 = config_.beta2, eps = config_.eps;
+  // Bias corrections folded into the step size and the denominator, computed in double.
+  const float bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(b1), t));
+  const float bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(static_cast<double>(b2), t)));
+  for (Parameter* p : params) {
+    CHECK(p != nullptr);
+    CHECK(p->value.device() == Device::kCPU && p->grad.device() == Device::kCPU)
+        << "AdamW::Step runs on host tensors; parameter " << p->name << " is on "
+        << DeviceName(p->value.device());
+    CHECK_EQ(p->value.numel(), p->grad.numel()) << "parameter " << p->name << " value/grad size";
+    AdamWMoments& s = MomentsFor(p);
+    const int64_t n = p->value.numel();
+    float* w = p->value.data();
+    const float* g = p->grad.data();
+    float* m = s.m.data();
+    float* v = s.v.data();
+    const float decay = DecayApplies(p->name) ? lr * config_.weight_decay : 0.f;
+    for (int64_t i = 0; i < n; ++i) {
+      const float gi = g[i];
+      m[i] = b1 * m[i] + (1.f - b1) * gi;
+      v[i] = b2 * v[i] + (1.f - b2) * gi * gi;
+      const float m_hat = m[i] / bc1;
+      const float denom = std::sqrt(v[i]) / bc2_sqrt + eps;
+      w[i] = w[i] - decay * w[i] - lr * m_hat / denom;
+    }
+  }
+}
+
+}  // namespace moe

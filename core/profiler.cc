@@ -1,0 +1,161 @@
+#include "core/profiler.h"
+
+#include <glog/logging.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+namespace moe {
+
+Profiler::Profiler(size_t max_events) : max_events_(max_events), origin_(Clock::now()) {}
+
+double Profiler::MicrosSinceOrigin(Clock::time_point t) const {
+  return std::chrono::duration<double, std::micro>(t - origin_).count();
+}
+
+void Profiler::Begin(const std::string& phase) { open_.emplace_back(phase, Clock::now()); }
+
+void Profiler::End(const std::string& phase, int64_t bytes) {
+  const Clock::time_point now = Clock::now();
+  CHECK(!open_.empty()) << "Profiler::End(\"" << phase << "\") without a matching Begin";
+  CHECK_EQ(open_.back().first, phase)
+      << "Profiler phases must nest: End(\"" << phase << "\") while \"" << open_.back().first
+      << "\" is the innermost open phase";
+  const Clock::time_point start = open_.back().second;
+  open_.pop_back();
+
+  const double seconds = std::chrono::duration<double>(now - start).count();
+  PhaseStats& s = stats_[phase];
+  s.total_seconds += seconds;
+  s.calls += 1;
+  s.bytes += bytes;
+
+  if (max_events_ == 0) {
+    ++dropped_events_;
+    return;
+  }
+  if (events_.size() >= max_events_) {
+    events_.pop_front();
+    ++dropped_events_;
+  }
+  events_.push_back(TraceEvent{phase, MicrosSinceOrigin(start), seconds * 1e6, bytes});
+}
+
+void Profiler::Reset() {
+  CHECK(open_.empty()) << "Profiler::Reset with " << open_.size() << " open phase(s), innermost \""
+                       << open_.back().first << "\"";
+  stats_.clear();
+  events_.clear();
+  dropped_events_ = 0;
+  origin_ = Clock::now();
+}
+
+namespace {
+std::string JsonEscape(const std::string& s) {
+  std::string out;
+  out.reserve(s.size() + 2);
+  for (char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+          out += buf;
+        } else {
+          out += c;
+        }
+    }
+  }
+  return out;
+}
+}  // namespace
+
+std::string Profiler::ChromeTraceJson(int pid) const {
+  std::ostringstream os;
+  os.setf(std::ios::fixed);
+  os.precision(3);
+  os << "{\"displayTimeUnit\":\"ms\",\"otherData\":{\"dropped_events\":" << dropped_events_
+     << "},\"traceEvents\":[\n";
+  // Metadata so Perfetto labels the track by rank.
+  os << "{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":" << pid
+     << ",\"tid\":0,\"args\":{\"name\":\"rank " << pid << "\"}}";
+  for (const TraceEvent& e : events_) {
+    os << ",\n{\"name\":\"" << JsonEscape(e.name) << "\",\"cat\":\"phase\",\"ph\":\"X\",\"ts\":"
+       << e.ts_us << ",\"dur\":" << e.dur_us << ",\"pid\":" << pid
+       << ",\"tid\":0,\"args\":{\"bytes\":" << e.bytes << "}}";
+  }
+  os << "\n]}\n";
+  return os.str();
+}
+
+bool Profiler::WriteChromeTrace(const std::string& path, int pid) const {
+  std::ofstream f(path, std::ios::out | std::ios::trunc);
+  if (!f) {
+    LOG(ERROR) << "cannot open Chrome trace file " << path << " for writing";
+    return false;
+  }
+  f << ChromeTraceJson(pid);
+  f.close();
+  if (!f) {
+    LOG(ERROR) << "failed writing Chrome trace file " << path;
+    return false;
+  }
+  return true;
+}
+
+ScopedPhase::ScopedPhase(Profiler* profiler, const std::string& phase, int64_t bytes)
+    : profiler_(profiler), phase_(profiler ? phase : std::string()), bytes_(bytes) {
+  if (profiler_) profiler_->Begin(phase_);
+}
+
+ScopedPhase::~ScopedPhase() {
+  if (profiler_) profiler_->End(phase_, bytes_);
+}
+
+std::string FormatPhaseTable(const std::vector<std::string>& phases,
+                             const std::vector<double>& min_s, const std::vector<double>& mean_s,
+                             const std::vector<double>& max_s,
+                             const std::vector<double>& bytes_per_rank) {
+  const size_t n = phases.size();
+  CHECK_EQ(min_s.size(), n);
+  CHECK_EQ(mean_s.size(), n);
+  CHECK_EQ(max_s.size(), n);
+  CHECK_EQ(bytes_per_rank.size(), n);
+  size_t name_w = 5;  // "phase"
+  for (const auto& p : phases) name_w = std::max(name_w, p.size());
+  const size_t num_w = 12;
+
+  auto cell = [](double v) {
+    char buf[64];
+    std::snprintf(buf, sizeof(buf), "%.3f", v);
+    return std::string(buf);
+  };
+  auto pad_left = [](const std::string& s, size_t w) {
+    return s.size() >= w ? s : std::string(w - s.size(), ' ') + s;
+  };
+  auto pad_right = [](const std::string& s, size_t w) {
+    return s.size() >= w ? s : s + std::string(w - s.size(), ' ');
+  };
+  auto row = [&](const std::string& a, const std::string& b, const std::string& c,
+                 const std::string& d, const std::string& e) {
+    return pad_right(a, name_w) + " | " + pad_left(b, num_w) + " | " + pad_left(c, num_w) +
+           " | " + pad_left(d, num_w) + " | " + pad_left(e, num_w) + "\n";
+  };
+  std::string out = row("phase", "min ms", "mean ms", "max ms", "MB/rank");
+  out += std::string(name_w, '-') + "-+-" + std::string(num_w, '-') + "-+-" +
+         std::string(num_w, '-') + "-+-" + std::string(num_w, '-') + "-+-" +
+         std::string(num_w, '-') + "\n";
+  for (size_t i = 0; i < n; ++i) {
+    out += row(phases[i], cell(min_s[i] * 1e3), cell(mean_s[i] * 1e3), cell(max_s[i] * 1e3),
+               cell(bytes_per_rank[i] / 1e6));
+  }
+  return out;
+}
+
+}  // namespace moe

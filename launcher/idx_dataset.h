@@ -1,0 +1,37 @@
+// Reader for gzipped IDX files (the MNIST / Fashion-MNIST format), via zlib.
+//
+// IDX: big-endian int32 magic (0x00000803 for uint8 images [N, rows, cols], 0x00000801 for uint8
+// labels [N]), then the dimension sizes as big-endian int32, then the uint8 data row-major.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace moe {
+
+// Pixels are scaled to [0, 1] and then normalised with the Fashion-MNIST TRAINING-set statistics
+// (mean 0.2860, std 0.3530 of the [0, 1] pixels), the same constants for train and test.
+constexpr float kFashionMnistMean = 0.2860f;
+constexpr float kFashionMnistStd = 0.3530f;
+constexpr int kFashionMnistClasses = 10;
+
+struct ImageDataset {
+  int64_t count = 0;
+  int rows = 0, cols = 0;
+  std::vector<float> pixels;  // count * rows * cols, (p / 255 - mean) / std, image-major
+  std::vector<int> labels;    // count, each in [0, 9]
+
+  int64_t pixels_per_image() const { return static_cast<int64_t>(rows) * cols; }
+  const float* image(int64_t i) const { return pixels.data() + i * pixels_per_image(); }
+};
+
+// Loads the first max_count images and labels (0 = all). On failure returns false, leaves *out
+// cleared and sets *error to a one-line message naming the file and what is wrong: missing or
+// unreadable file, bad magic number (with the value read), implausible dimensions, truncated
+// data, image/label count mismatch, or a label outside [0, 9] (with its index and value).
+// Never aborts, so the caller can fail every rank together with the message.
+bool LoadIdxDataset(const std::string& images_gz, const std::string& labels_gz,
+                    ImageDataset* out, std::string* error, int64_t max_count = 0);
+
+}  // namespace moe

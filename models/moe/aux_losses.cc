@@ -1,0 +1,145 @@
+#include "models/moe/aux_losses.h"
+
+#include <glog/logging.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "models/moe/router_math.h"
+
+namespace moe {
+
+double NormalCdf(double x) { return 0.5 * std::erfc(-x / std::sqrt(2.0)); }
+
+double NormalPdf(double x) {
+  static const double kInvSqrt2Pi = 1.0 / std::sqrt(2.0 * M_PI);
+  return kInvSqrt2Pi * std::exp(-0.5 * x * x);
+}
+
+double CvSquared(const double* v, int E, double* dv) {
+  CHECK_GE(E, 1);
+  double m = 0;
+  for (int e = 0; e < E; ++e) m += v[e];
+  m /= E;
+  double var = 0;
+  for (int e = 0; e < E; ++e) var += (v[e] - m) * (v[e] - m);
+  var /= E;
+  if (!(m > 0)) {
+    if (dv) std::fill(dv, dv + E, 0.0);
+    return 0.0;
+  }
+  if (dv) {
+    const double c = 2.0 / (E * m * m);
+    for (int e = 0; e < E; ++e) dv[e] = c * ((v[e] - m) - var / m);
+  }
+  return var / (m * m);
+}
+
+double ImportanceLoss(const float* probs_clean, int64_t n, int E, float grad_scale,
+                      float* dprobs_clean) {
+  CHECK_GE(n, 0);
+  CHECK_GE(E, 1);
+  if (n == 0) return 0.0;
+  std::vector<double> imp(E, 0.0), dimp(E);
+  for (int64_t t = 0; t < n; ++t)
+    for (int e = 0; e < E; ++e) imp[e] += probs_clean[t * E + e];
+  const double loss = CvSquared(imp.data(), E, dprobs_clean ? dimp.data() : nullptr);
+  if (dprobs_clean) {
+    for (int64_t t = 0; t < n; ++t)
+      for (int e = 0; e < E; ++e)
+        dprobs_clean[t * E + e] += static_cast<float>(grad_scale * dimp[e]);
+  }
+  return loss;
+}
+
+double LoadLoss(const float* clean_logits, const float* noisy_logits, int64_t n, int E, int k,
+                float sigma, float grad_scale, float* dclean_logits) {
+  CHECK_GE(n, 0);
+  CHECK(k >= 1 && k <= E) << "LoadLoss: need 1 <= k <= E, got k=" << k << " E=" << E;
+  CHECK(sigma > 0) << "LoadLoss: sigma must be > 0, got " << sigma;
+  if (n == 0) return 0.0;
+  std::vector<int> idx(n * k);
+  std::vector<float> val(n * k);
+  TopKRows(noisy_logits, n, E, k, idx.data(), val.data());
+  // z[t, e] = (t(x) - h_e(x)) / sigma.
+  std::vector<double> z(n * E);
+  std::vector<double> load(E, 0.0);
+  for (int64_t t = 0; t < n; ++t) {
+    const double thr = noisy_logits[t * E + idx[t * k + k - 1]];
+    for (int e = 0; e < E; ++e) {
+      const double ze = (thr - static_cast<double>(clean_logits[t * E + e])) / sigma;
+      z[t * E + e] = ze;
+      load[e] += NormalCdf(-ze);  // 1 - Phi(z), without cancellation
+    }
+  }
+  for (int e = 0; e < E; ++e) load[e] /= static_cast<double>(n);
+  std::vector<double> dload(E);
+  const double loss = CvSquared(load.data(), E, dclean_logits ? dload.data() : nullptr);
+  if (dclean_logits) {
+    const double c = static_cast<double>(grad_scale) / (static_cast<double>(sigma) * n);
+    std::vector<double> row(E);
+    for (int64_t t = 0; t < n; ++t) {
+      double to_threshold = 0;
+      for (int e = 0; e < E; ++e) {
+        row[e] = c * dload[e] * NormalPdf(z[t * E + e]);
+        to_threshold += row[e];
+      }
+      row[idx[t * k + k - 1]] -= to_threshold;
+      for (int e = 0; e < E; ++e) dclean_logits[t * E + e] += static_cast<float>(row[e]);
+    }
+  }
+  return loss;
+}
+
+double SwitchLoss(const float* probs, int64_t n, int E, float grad_scale, float* dprobs) {
+  CHECK_GE(n, 0);
+  CHECK_GE(E, 1);
+  if (n == 0) return 0.0;
+  std::vector<double> f(E, 0.0), P(E, 0.0);
+  for (int64_t t = 0; t < n; ++t) {
+    const float* p = probs + t * E;
+    int best = 0;
+    for (int e = 0; e < E; ++e) {
+      if (p[e] > p[best]) best = e;  // strict: ties keep the lower index
+      P[e] += p[e];
+    }
+    f[best] += 1.0;
+  }
+  double loss = 0;
+  for (int e = 0; e < E; ++e) {
+    f[e] /= n;
+    P[e] /= n;
+    loss += f[e] * P[e];
+  }
+  loss *= E;
+  if (dprobs) {
+    for (int64_t t = 0; t < n; ++t)
+      for (int e = 0; e < E; ++e)
+        dprobs[t * E + e] += static_cast<float>(grad_scale * E * f[e] / n);
+  }
+  return loss;
+}
+
+double ZLoss(const float* logits, int64_t n, int E, float grad_scale, float* dlogits) {
+  CHECK_GE(n, 0);
+  CHECK_GE(E, 1);
+  if (n == 0) return 0.0;
+  double loss = 0;
+  for (int64_t t = 0; t < n; ++t) {
+    const float* l = logits + t * E;
+    double mx = l[0];
+    for (int e = 1; e < E; ++e) mx = std::max(mx, static_cast<double>(l[e]));
+    double s = 0;
+    for (int e = 0; e < E; ++e) s += std::exp(l[e] - mx);
+    const double lse = mx + std::log(s);
+    loss += lse * lse;
+    if (dlogits) {
+      const double c = grad_scale * 2.0 * lse / (n * s);
+      for (int e = 0; e < E; ++e) dlogits[t * E + e] += static_cast<float>(c * std::exp(l[e] - mx));
+    }
+  }
+  return loss / n;
+}
+
+}  // namespace moe

@@ -1,0 +1,22 @@
+// Row-wise router math on host float arrays: softmax, its backward, and top-k selection.
+// One routing group at a time: n rows (tokens) of E experts, row-major [n, E].
+#pragma once
+
+#include <cstdint>
+
+namespace moe {
+
+// probs[t, :] = softmax(logits[t, :]), numerically stable (max subtracted, double accumulation).
+// probs may alias logits.
+void SoftmaxRows(const float* logits, int64_t n, int E, float* probs);
+
+// dlogits = p * (dp - sum_j p_j dp_j) per row. WRITES dlogits (does not accumulate).
+void SoftmaxRowsBackward(const float* probs, const float* dprobs, int64_t n, int E, float* dlogits);
+
+// Top-k per row: expert[t*k + r] is the r-th largest probs[t, :] (r = 0 is the max), ties broken
+// by the LOWER expert index; gate[t*k + r] = probs[t, expert[t*k + r]] (not renormalised).
+// The k ids of a row are always distinct and in [0, E), even with NaN inputs (then their order
+// is unspecified). Requires 1 <= k <= E. O(n * k * E).
+void TopKRows(const float* probs, int64_t n, int E, int k, int* expert, float* gate);
+
+}  // namespace moe

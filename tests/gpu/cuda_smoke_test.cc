@@ -1,0 +1,236 @@
+// GPU smoke tests: the GELU kernels and the cuBLAS row-major GEMM against CPU references, and the
+// device-memory round trip. Without a usable GPU every test that needs one reports SKIPPED (never
+// passed). NcclVersion runs everywhere: ncclGetVersion needs no device.
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "comm/nccl/nccl_smoke.h"
+#include "core/device_memory.h"
+#include "core/kernels/cuda/cublas_gemm.h"
+#include "core/kernels/cuda/cuda_check.h"
+#include "core/kernels/cuda/gelu_kernels.h"
+
+namespace moe {
+namespace {
+
+// True when at least one CUDA device is usable; otherwise *why says what the runtime reported.
+bool GpuAvailable(std::string* why) {
+  int count = 0;
+  const cudaError_t st = cudaGetDeviceCount(&count);
+  if (st != cudaSuccess) {
+    *why = std::string("no usable GPU: cudaGetDeviceCount failed with ") + cudaGetErrorName(st) +
+           " (" + cudaGetErrorString(st) + ")";
+    cudaGetLastError();  // clear the sticky-free error so later calls start clean
+    return false;
+  }
+  if (count == 0) {
+    *why = "no usable GPU: cudaGetDeviceCount reports 0 devices";
+    return false;
+  }
+  return true;
+}
+
+#define SKIP_WITHOUT_GPU()                      \
+  do {                                          \
+    std::string why_;                           \
+    if (!GpuAvailable(&why_)) GTEST_SKIP() << why_; \
+  } while (0)
+
+// Device buffer for a test; poisoned with NaN so unwritten elements are caught.
+struct DeviceBuffer {
+  explicit DeviceBuffer(size_t n) : n(n) {
+    CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&p), (n ? n : 1) * sizeof(float)));
+  }
+  ~DeviceBuffer() { cudaFree(p); }
+  void Upload(const std::vector<float>& v) {
+    CUDA_CHECK(cudaMemcpy(p, v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice));
+  }
+  void Poison() { Upload(std::vector<float>(n, std::numeric_limits<float>::quiet_NaN())); }
+  std::vector<float> Download() const {
+    std::vector<float> v(n);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    CUDA_CHECK(cudaMemcpy(v.data(), p, n * sizeof(float), cudaMemcpyDeviceToHost));
+    return v;
+  }
+  float* p = nullptr;
+  size_t n;
+};
+
+double GeluRef(double x) { return 0.5 * x * std::erfc(-x / std::sqrt(2.0)); }
+double GeluGradRef(double x) {
+  return 0.5 * std::erfc(-x / std::sqrt(2.0)) + x * std::exp(-0.5 * x * x) / std::sqrt(2.0 * M_PI);
+}
+
+// |got - ref| / max(|ref|, floor): relative error, with an absolute floor for values near zero.
+double RelErr(double got, double ref, double floor = 1e-6) {
+  return std::fabs(got - ref) / std::max(std::fabs(ref), floor);
+}
+
+std::vector<float> GeluInputs(size_t n) {
+  std::vector<float> x(n);
+  for (size_t i = 0; i < n; ++i) x[i] = -8.f + 16.f * static_cast<float>(i) / (n - 1);  // [-8, 8]
+  x[n / 2] = 0.f;
+  return x;
+}
+
+void CheckGelu(size_t n, size_t offset) {
+  SCOPED_TRACE("n=" + std::to_string(n) + " offset=" + std::to_string(offset));
+  const std::vector<float> x = GeluInputs(n);
+  std::vector<float> dy(n);
+  std::mt19937 gen(7);
+  std::uniform_real_distribution<float> u(-2.f, 2.f);
+  for (auto& v : dy) v = u(gen);
+  // offset shifts every pointer off 16-byte alignment to take the scalar path.
+  DeviceBuffer dx_in(n + offset), ddy(n + offset), dy_out(n + offset), ddx(n + offset);
+  std::vector<float> xpad(n + offset, 0.f), dypad(n + offset, 0.f);
+  std::copy(x.begin(), x.end(), xpad.begin() + offset);
+  std::copy(dy.begin(), dy.end(), dypad.begin() + offset);
+  dx_in.Upload(xpad);
+  ddy.Upload(dypad);
+  dy_out.Poison();
+  ddx.Poison();
+  GeluForwardCuda(dx_in.p + offset, dy_out.p + offset, n);
+  GeluBackwardCuda(dx_in.p + offset, ddy.p + offset, ddx.p + offset, n);
+  const std::vector<float> y = dy_out.Download(), g = ddx.Download();
+  double worst_y = 0, worst_g = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const float yi = y[offset + i], gi = g[offset + i];
+    ASSERT_FALSE(std::isnan(yi)) << "forward left element " << i << " unwritten";
+    ASSERT_FALSE(std::isnan(gi)) << "backward left element " << i << " unwritten";
+    worst_y = std::max(worst_y, RelErr(yi, GeluRef(x[i])));
+    worst_g = std::max(worst_g, RelErr(gi, dy[i] * GeluGradRef(x[i])));
+  }
+  EXPECT_LT(worst_y, 1e-5) << "GELU forward worst relative error";
+  EXPECT_LT(worst_g, 1e-5) << "GELU backward worst relative error";
+  // Elements outside [offset, offset + n) stay poisoned: nothing written out of bounds.
+  for (size_t i = 0; i < offset; ++i) EXPECT_TRUE(std::isnan(y[i]));
+}
+
+TEST(CudaSmoke, GeluMatchesCpuReference) {
+  SKIP_WITHOUT_GPU();
+  CheckGelu(4096, 0);      // float4 path, no tail
+  CheckGelu(1000003, 0);   // float4 path + 3-element tail, several blocks
+  CheckGelu(1001, 1);      // misaligned: scalar path
+}
+
+// Row-major reference in double.
+std::vector<double> GemmRef(bool ta, bool tb, int M, int N, int K, const std::vector<float>& A,
+                            const std::vector<float>& B, std::vector<double>* abs_sum) {
+  std::vector<double> C(static_cast<size_t>(M) * N, 0.0);
+  abs_sum->assign(C.size(), 0.0);
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j)
+      for (int k = 0; k < K; ++k) {
+        const double a = ta ? A[static_cast<size_t>(k) * M + i] : A[static_cast<size_t>(i) * K + k];
+        const double b = tb ? B[static_cast<size_t>(j) * K + k] : B[static_cast<size_t>(k) * N + j];
+        C[static_cast<size_t>(i) * N + j] += a * b;
+        (*abs_sum)[static_cast<size_t>(i) * N + j] += std::fabs(a * b);
+      }
+  return C;
+}
+
+std::vector<float> RandomVector(size_t n, unsigned seed) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = u(gen);
+  return v;
+}
+
+// Relative error of a GEMM element measured against sum_k |a_ik b_kj| (the scale rounding
+// errors live on; a plain |ref| blows up where the sum cancels to near zero).
+TEST(CudaSmoke, CublasSgemmRowMajorMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const int M = 37, N = 53, K = 64;
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb) {
+      SCOPED_TRACE("trans_a=" + std::to_string(ta) + " trans_b=" + std::to_string(tb));
+      const auto A = RandomVector(static_cast<size_t>(M) * K, 1 + ta);
+      const auto B = RandomVector(static_cast<size_t>(K) * N, 3 + tb);
+      std::vector<double> scale;
+      const auto ref = GemmRef(ta, tb, M, N, K, A, B, &scale);
+      DeviceBuffer dA(A.size()), dB(B.size()), dC(static_cast<size_t>(M) * N);
+      dA.Upload(A);
+      dB.Upload(B);
+      dC.Poison();  // beta = 0 must overwrite, NaN included
+      CudaSgemm(ta, tb, M, N, K, 1.f, dA.p, ta ? M : K, dB.p, tb ? K : N, 0.f, dC.p, N);
+      const auto C = dC.Download();
+      double worst = 0;
+      for (size_t i = 0; i < C.size(); ++i) {
+        ASSERT_FALSE(std::isnan(C[i])) << "element " << i << " not written";
+        worst = std::max(worst, std::fabs(C[i] - ref[i]) / std::max(scale[i], 1e-30));
+      }
+      EXPECT_LT(worst, 1e-5);
+    }
+}
+
+TEST(CudaSmoke, CublasSgemmStridedBatchedMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  // Expert-GEMM shape: E experts, each [C, D] x [D, H] -> [C, H], alpha and beta both exercised.
+  const int E = 4, M = 24, K = 32, N = 48;
+  const auto A = RandomVector(static_cast<size_t>(E) * M * K, 11);
+  const auto B = RandomVector(static_cast<size_t>(E) * K * N, 12);
+  const auto C0 = RandomVector(static_cast<size_t>(E) * M * N, 13);
+  const float alpha = 0.5f, beta = 2.f;
+  DeviceBuffer dA(A.size()), dB(B.size()), dC(C0.size());
+  dA.Upload(A);
+  dB.Upload(B);
+  dC.Upload(C0);
+  CudaSgemmStridedBatched(false, false, M, N, K, alpha, dA.p, K, static_cast<int64_t>(M) * K, dB.p,
+                          N, static_cast<int64_t>(K) * N, beta, dC.p, N,
+                          static_cast<int64_t>(M) * N, E);
+  const auto C = dC.Download();
+  double worst = 0;
+  for (int e = 0; e < E; ++e) {
+    std::vector<float> Ae(A.begin() + static_cast<size_t>(e) * M * K,
+                          A.begin() + static_cast<size_t>(e + 1) * M * K);
+    std::vector<float> Be(B.begin() + static_cast<size_t>(e) * K * N,
+                          B.begin() + static_cast<size_t>(e + 1) * K * N);
+    std::vector<double> scale;
+    const auto ref = GemmRef(false, false, M, N, K, Ae, Be, &scale);
+    for (int i = 0; i < M * N; ++i) {
+      const size_t at = static_cast<size_t>(e) * M * N + i;
+      const double want = alpha * ref[i] + beta * static_cast<double>(C0[at]);
+      const double s = alpha * scale[i] + std::fabs(beta * C0[at]);
+      ASSERT_FALSE(std::isnan(C[at]));
+      worst = std::max(worst, std::fabs(C[at] - want) / std::max(s, 1e-30));
+    }
+  }
+  EXPECT_LT(worst, 1e-5);
+}
+
+TEST(CudaSmoke, DeviceMemoryRoundTrip) {
+  SKIP_WITHOUT_GPU();
+  ASSERT_TRUE(CudaPathCompiled());
+  const size_t n = 1000;
+  float* d = DeviceAlloc(Device::kCUDA, n * sizeof(float));
+  float* d2 = DeviceAlloc(Device::kCUDA, n * sizeof(float));
+  DeviceFill(Device::kCUDA, d, n, 3.5f);
+  std::vector<float> host(n, 0.f);
+  DeviceCopy(host.data(), Device::kCPU, d, Device::kCUDA, n * sizeof(float));
+  for (size_t i = 0; i < n; ++i) ASSERT_EQ(host[i], 3.5f) << i;
+  for (size_t i = 0; i < n; ++i) host[i] = static_cast<float>(i);
+  DeviceCopy(d, Device::kCUDA, host.data(), Device::kCPU, n * sizeof(float));
+  DeviceCopy(d2, Device::kCUDA, d, Device::kCUDA, n * sizeof(float));
+  std::vector<float> back(n, -1.f);
+  DeviceCopy(back.data(), Device::kCPU, d2, Device::kCUDA, n * sizeof(float));
+  EXPECT_EQ(back, host);
+  DeviceFree(Device::kCUDA, d);
+  DeviceFree(Device::kCUDA, d2);
+}
+
+TEST(CudaSmoke, NcclVersion) {
+  const std::string v = NcclVersionString();
+  std::printf("%s\n", v.c_str());
+  EXPECT_EQ(v.rfind("NCCL ", 0), 0u) << v;
+  EXPECT_EQ(v.find("unavailable"), std::string::npos) << v;
+}
+
+}  // namespace
+}  // namespace moe
