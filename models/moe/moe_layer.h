@@ -64,10 +64,13 @@ struct MoeMetrics {
   double importance_loss = 0, load_loss = 0, switch_loss = 0, z_loss = 0;  // unweighted sums
 };
 
+class ExpertBank;
+
 class MoeLayer : public Layer {
  public:
   MoeLayer(const std::string& name, const MoeLayerOptions& options, Communicator* comm,
            uint64_t seed);
+  ~MoeLayer() override;
 
   void SetStepContext(const MoeStepContext& ctx) { ctx_ = ctx; }
   Tensor Forward(const Tensor& x) override;
@@ -93,7 +96,7 @@ class MoeLayer : public Layer {
   uint64_t seed_;
   int ep_size_, ep_rank_, experts_per_rank_;
   Parameter router_;  // [D, E], dense: replicated on every rank
-  std::unique_ptr<class ExpertBank> experts_;
+  std::unique_ptr<ExpertBank> experts_;
   MoeStepContext ctx_;
   MoeMetrics metrics_;
   std::shared_ptr<Routing> routing_;
