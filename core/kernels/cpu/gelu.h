@@ -1,0 +1,17 @@
+// Exact (erf) GELU on host float arrays, shared by the dense Gelu layer and the MoE experts.
+//   y  = x * Phi(x) = 0.5 * x * erfc(-x / sqrt(2))
+//   dx = dy * (Phi(x) + x * phi(x)),  phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+// erfc(-x/sqrt2) rather than 1 + erf(x/sqrt2): for negative x the latter cancels and loses
+// relative accuracy; this is the same formula as the CUDA kernels (core/kernels/cuda).
+#pragma once
+
+#include <cstdint>
+
+namespace moe {
+
+// y[i] = gelu(x[i]) for i < n. x and y may alias.
+void GeluForward(const float* x, float* y, int64_t n);
+// dx[i] = dy[i] * gelu'(x[i]) (written, not accumulated). dx may alias dy (not x).
+void GeluBackward(const float* x, const float* dy, float* dx, int64_t n);
+
+}  // namespace moe

@@ -1,0 +1,260 @@
+// moe_train: trains a (V-MoE) vision transformer on Fashion-MNIST with experts sharded over MPI
+// ranks. Run it under mpirun (launcher/run.sh sets the environment); see README.md.
+//
+// Failure policy: errors every rank can see (config, data files) are agreed on with an
+// all-reduce, printed once by the lowest failing rank, and end every rank with the same exit
+// code; anything unexpected (a CHECK, a dying rank) goes through MPI_Abort so no rank hangs.
+#include <gflags/gflags.h>
+#include <glog/logging.h>
+#include <mpi.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iomanip>
+#include <sstream>
+#include <sys/stat.h>
+
+#include "comm/mpi_abort.h"
+#include "comm/mpi_communicator.h"
+#include "core/gemm.h"
+#include "launcher/batch_sampler.h"
+#include "launcher/config.h"
+#include "launcher/idx_dataset.h"
+#include "launcher/metrics_writer.h"
+#include "launcher/profile_report.h"
+#include "launcher/training_session.h"
+
+DEFINE_string(config, "", "TrainConfig in protobuf text format (launcher/configs/*.pbtxt)");
+DEFINE_string(override, "", "text-format fields merged over the config, e.g. 'steps: 20'");
+DEFINE_int32(steps, 0, "if > 0, overrides the config's steps");
+DEFINE_string(metrics_out, "", "JSON-lines file: one object per step and per evaluation (rank 0)");
+DEFINE_string(log_dir, "logs", "folder for the per-rank log files");
+DEFINE_string(trace_dir, "", "if set, every rank writes a Chrome trace (Perfetto) here");
+DEFINE_int32(fault_rank, -1, "testing: this rank fails at --fault_step (proves no rank hangs)");
+DEFINE_int32(fault_step, -1, "testing: step at which --fault_rank fails");
+DEFINE_int32(fault_nan_step, -1, "testing: rank 0's batch is poisoned with NaN at this step");
+
+namespace moe {
+namespace {
+
+constexpr int kExitConfig = 2;
+constexpr int kExitData = 3;
+constexpr int kExitNumerics = 4;
+
+// All ranks learn whether any rank failed; the lowest failing rank prints its message; all exit
+// with `code`. Returns only when nobody failed.
+void FailTogetherIf(bool failed, const std::string& message, int code) {
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  int first_failing = failed ? rank : INT32_MAX;
+  int lowest = INT32_MAX;
+  MPI_Allreduce(&first_failing, &lowest, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  if (lowest == INT32_MAX) return;
+  if (rank == lowest) {
+    fprintf(stderr, "moe_train: rank %d: %s\n", rank, message.c_str());
+    fflush(stderr);
+    LOG(ERROR) << message;
+  }
+  google::FlushLogFiles(google::GLOG_INFO);
+  MPI_Barrier(MPI_COMM_WORLD);
+  MPI_Finalize();
+  std::exit(code);
+}
+
+void SetUpLogging(const char* argv0, int rank) {
+  mkdir(FLAGS_log_dir.c_str(), 0755);
+  const std::string base = FLAGS_log_dir + "/moe_train.rank" + std::to_string(rank) + ".";
+  google::SetLogDestination(google::GLOG_INFO, base.c_str());
+  for (auto sev : {google::GLOG_WARNING, google::GLOG_ERROR, google::GLOG_FATAL})
+    google::SetLogDestination(sev, "");  // one file per rank, not one per severity
+  FLAGS_alsologtostderr = rank == 0;
+  FLAGS_stderrthreshold = rank == 0 ? google::GLOG_INFO : google::GLOG_ERROR;
+  FLAGS_logbufsecs = 0;
+  google::InitGoogleLogging(argv0);
+}
+
+std::string FormatSeconds(double s) {
+  std::ostringstream os;
+  const int64_t t = static_cast<int64_t>(s + 0.5);
+  if (t >= 3600) os << t / 3600 << "h";
+  if (t >= 60) os << std::setw(t >= 3600 ? 2 : 1) << std::setfill('0') << (t / 60) % 60 << "m";
+  os << std::setw(t >= 60 ? 2 : 1) << std::setfill('0') << t % 60 << "s";
+  return os.str();
+}
+
+// Copies the rows `idx` of the data set into a [n, pixels] batch and a label vector.
+void GatherBatch(const ImageDataset& d, const std::vector<int64_t>& idx, Tensor* images,
+                 std::vector<int>* labels) {
+  const int64_t px = static_cast<int64_t>(d.rows) * d.cols;
+  *images = Tensor({static_cast<int64_t>(idx.size()), px});
+  labels->resize(idx.size());
+  for (size_t i = 0; i < idx.size(); ++i) {
+    std::copy(d.pixels.begin() + idx[i] * px, d.pixels.begin() + (idx[i] + 1) * px,
+              images->data() + i * px);
+    (*labels)[i] = d.labels[idx[i]];
+  }
+}
+
+// Evaluates on the test set split across the world; every rank runs the same number of
+// batches (padded with valid=0 rows) so the MoE all-to-alls stay matched.
+double EvaluateTestSet(TrainingSession* session, const ImageDataset& test, int64_t eval_images,
+                       int64_t batch, Communicator* comm) {
+  const int world = comm->Size(GroupKind::kWorld), rank = comm->Rank(GroupKind::kWorld);
+  const int64_t n = eval_images > 0 ? std::min<int64_t>(eval_images, test.count) : test.count;
+  const int64_t per_round = batch * world;
+  const int64_t rounds = (n + per_round - 1) / per_round;
+  int64_t correct = 0;
+  double loss = 0;
+  std::vector<int64_t> idx(batch);
+  Tensor images;
+  std::vector<int> labels;
+  for (int64_t r = 0; r < rounds; ++r) {
+    const int64_t first = r * per_round + rank * batch;
+    const int64_t valid = std::max<int64_t>(0, std::min<int64_t>(batch, n - first));
+    for (int64_t i = 0; i < batch; ++i) idx[i] = i < valid ? first + i : 0;  // pad with image 0
+    GatherBatch(test, idx, &images, &labels);
+    int64_t c = 0;
+    double l = 0;
+    session->Evaluate(images, labels, valid, &c, &l);
+    correct += c;
+    loss += l;
+  }
+  double sums[2] = {static_cast<double>(correct), loss};
+  comm->AllReduceSum(sums, 2, GroupKind::kWorld);
+  return sums[0] / n;
+}
+
+int Run(int argc, char** argv) {
+  int rank = 0, world = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  SetUpLogging(argv[0], rank);
+  InstallMpiAbortOnFatal();
+  SetBlasThreads(1);
+
+  // 1. Config: parse, validate, and check every rank holds the same one.
+  proto::TrainConfig config;
+  std::string error;
+  bool ok = !FLAGS_config.empty();
+  if (!ok) error = "config error: --config is required (e.g. launcher/configs/vmoe_tiny.pbtxt)";
+  if (ok) ok = LoadTrainConfig(FLAGS_config, FLAGS_override, &config, &error);
+  FailTogetherIf(!ok, error, kExitConfig);
+  if (FLAGS_steps > 0) config.set_steps(FLAGS_steps);
+  const std::vector<std::string> problems = ValidateTrainConfig(config, world);
+  std::string joined;
+  for (const auto& p : problems) joined += (joined.empty() ? "" : "\n") + p;
+  FailTogetherIf(!problems.empty(), joined, kExitConfig);
+  uint64_t h = ConfigHash(config), hmin = 0, hmax = 0;
+  MPI_Allreduce(&h, &hmin, 1, MPI_UINT64_T, MPI_MIN, MPI_COMM_WORLD);
+  MPI_Allreduce(&h, &hmax, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);
+  FailTogetherIf(hmin != hmax && rank == 0,
+                 "config error: ranks hold different configs (config hashes differ across the "
+                 "world); give every rank the same --config, --override and --steps",
+                 kExitConfig);
+
+  MpiCommunicator comm(MPI_COMM_WORLD, config.parallel().ep_size());
+  const auto& d = config.data();
+
+  // 2. Data: every rank reads the files (they are small); failures are agreed on.
+  ImageDataset train, test;
+  ok = LoadIdxDataset(d.train_images(), d.train_labels(), &train, &error);
+  if (ok) ok = LoadIdxDataset(d.test_images(), d.test_labels(), &test, &error);
+  FailTogetherIf(!ok, "data error: " + error, kExitData);
+
+  Profiler profiler;
+  TrainingSession session(config, &comm, &profiler);
+  BatchSampler sampler(train.count, config.seed());
+  const int64_t b = d.batch_per_rank(), gb = session.global_batch();
+  int64_t num_params = 0, num_expert_params_local = 0;
+  for (Parameter* p : session.Parameters())
+    (p->is_expert() ? num_expert_params_local : num_params) += p->value.numel();
+  double expert_params = static_cast<double>(num_expert_params_local);
+  comm.AllReduceSum(&expert_params, 1, GroupKind::kExpert);
+  LOG_IF(INFO, rank == 0) << "moe_train: world " << world << " = EP " << comm.Size(GroupKind::kExpert)
+                          << " x DP " << comm.Size(GroupKind::kData) << ", model "
+                          << (config.model().use_moe() ? "V-MoE" : "ViT") << ", "
+                          << session.net().moe_layers().size() << " MoE layers, dense params "
+                          << num_params << ", expert params " << static_cast<int64_t>(expert_params)
+                          << ", global batch " << gb << ", steps " << config.steps();
+
+  MetricsWriter metrics(rank == 0 ? FLAGS_metrics_out : "");
+  const auto t0 = std::chrono::steady_clock::now();
+  auto seconds_since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  };
+  Tensor images;
+  std::vector<int> labels;
+  double window_loss = 0, window_acc = 0, window_drop = 0;
+  int window = 0;
+  auto window_start = std::chrono::steady_clock::now();
+  for (int64_t step = 0; step < config.steps(); ++step) {
+    if (rank == FLAGS_fault_rank && step == FLAGS_fault_step)
+      LOG(FATAL) << "injected failure (--fault_rank=" << rank << " --fault_step=" << step << ")";
+    GatherBatch(train, sampler.Slice(step, gb, static_cast<int64_t>(rank) * b, b), &images, &labels);
+    if (rank == 0 && step == FLAGS_fault_nan_step) images.at(0) = std::nanf("");
+    const StepStats s = session.TrainStep(step, images, labels);
+    // The loss is all-reduced, so every rank sees the same NaN and they stop together.
+    FailTogetherIf(!std::isfinite(s.loss) || !std::isfinite(s.aux_loss),
+                   "numerics error: loss is not finite at step " + std::to_string(step) +
+                       " (cross-entropy " + std::to_string(s.loss) + ", aux " +
+                       std::to_string(s.aux_loss) + "); check the input data and learning rate",
+                   kExitNumerics);
+    metrics.WriteStep(step, s);
+    window_loss += s.loss;
+    window_acc += s.accuracy;
+    window_drop += s.dropped_fraction;
+    ++window;
+    const bool last = step + 1 == config.steps();
+    if (rank == 0 && ((step + 1) % std::max(1, config.log_every()) == 0 || last)) {
+      const double dt = seconds_since(window_start);
+      const double elapsed = seconds_since(t0);
+      const double eta = elapsed / (step + 1) * (config.steps() - step - 1);
+      LOG(INFO) << "step " << step + 1 << "/" << config.steps() << std::fixed << std::setprecision(4)
+                << "  loss " << window_loss / window << "  aux " << s.aux_loss
+                << "  acc " << std::setprecision(3) << window_acc / window << "  img/s "
+                << std::setprecision(1) << window * gb / dt << "  dropped "
+                << std::setprecision(3) << window_drop / window << "  lr " << std::setprecision(5)
+                << s.learning_rate << "  ETA " << FormatSeconds(eta);
+      window_loss = window_acc = window_drop = 0;
+      window = 0;
+      window_start = std::chrono::steady_clock::now();
+    }
+    if (config.eval_every() > 0 && (step + 1) % config.eval_every() == 0 && !last) {
+      const double acc = EvaluateTestSet(&session, test, d.eval_images(), b, &comm);
+      metrics.WriteEval(step + 1, acc);
+      LOG_IF(INFO, rank == 0) << "eval at step " << step + 1 << ": test accuracy " << acc;
+    }
+  }
+  const double train_seconds = seconds_since(t0);
+  const double acc = EvaluateTestSet(&session, test, d.eval_images(), b, &comm);
+  metrics.WriteEval(config.steps(), acc);
+
+  const std::string table = FormatProfileAcrossRanks(profiler, config.steps(), &comm);
+  if (!FLAGS_trace_dir.empty()) {
+    mkdir(FLAGS_trace_dir.c_str(), 0755);
+    profiler.WriteChromeTrace(FLAGS_trace_dir + "/trace.rank" + std::to_string(rank) + ".json", rank);
+  }
+  if (rank == 0) {
+    LOG(INFO) << "communication profile (per training step, over " << world << " ranks):\n" << table;
+    LOG(INFO) << std::fixed << std::setprecision(4) << "final: test accuracy " << acc << " on "
+              << (d.eval_images() > 0 ? std::min<int64_t>(d.eval_images(), test.count) : test.count)
+              << " test images after " << config.steps() << " steps; training wall time "
+              << std::setprecision(1) << train_seconds << " s";
+  }
+  google::FlushLogFiles(google::GLOG_INFO);
+  return 0;
+}
+
+}  // namespace
+}  // namespace moe
+
+int main(int argc, char** argv) {
+  gflags::SetUsageMessage("moe_train --config=FILE [--steps=N] [--override='field: value']");
+  gflags::ParseCommandLineFlags(&argc, &argv, true);
+  MPI_Init(&argc, &argv);
+  const int rc = moe::Run(argc, argv);
+  MPI_Finalize();
+  return rc;
+}

@@ -1,0 +1,151 @@
+#include "launcher/training_session.h"
+
+#include <glog/logging.h>
+
+#include <cmath>
+
+#include "core/optim/lr_schedule.h"
+
+namespace moe {
+
+TrainingSession::TrainingSession(const proto::TrainConfig& config, Communicator* comm,
+                                 Profiler* profiler)
+    : config_(config), comm_(comm), profiler_(profiler) {
+  net_ = std::make_unique<VisionTransformer>(config.model(), comm, config.seed());
+  params_ = net_->Parameters();
+  for (Parameter* p : params_) (p->is_expert() ? expert_ : dense_).push_back(p);
+  const auto& o = config.optimizer();
+  AdamWConfig ac;
+  ac.lr = o.learning_rate();
+  ac.beta1 = o.beta1();
+  ac.beta2 = o.beta2();
+  ac.eps = o.epsilon();
+  ac.weight_decay = o.weight_decay();
+  optimizer_ = std::make_unique<AdamW>(ac);
+  global_batch_ = static_cast<int64_t>(config.data().batch_per_rank()) * comm->Size(GroupKind::kWorld);
+  int64_t n = 0;
+  for (Parameter* p : dense_) n += p->grad.numel();
+  bucket_.resize(n);
+}
+
+void TrainingSession::SetContext(bool training, int64_t step, int64_t rows) {
+  if (net_->moe_layers().empty()) return;
+  const int64_t images_per_group = config_.model().moe().group_size_images();
+  const int64_t groups_per_rank = rows / images_per_group;
+  MoeStepContext ctx;
+  ctx.training = training;
+  ctx.step = step;
+  ctx.first_global_group = comm_->Rank(GroupKind::kWorld) * groups_per_rank;
+  ctx.num_global_groups = groups_per_rank * comm_->Size(GroupKind::kWorld);
+  ctx.profiler = training ? profiler_ : nullptr;  // the profile covers training steps only
+  net_->SetMoeContext(ctx);
+}
+
+void TrainingSession::SynchroniseGradients() {
+  ScopedPhase ph(profiler_, "grad_allreduce", bucket_.size() * sizeof(float));
+  int64_t off = 0;
+  for (Parameter* p : dense_) {
+    std::copy(p->grad.data(), p->grad.data() + p->grad.numel(), bucket_.data() + off);
+    off += p->grad.numel();
+  }
+  comm_->AllReduceSum(bucket_.data(), static_cast<int64_t>(bucket_.size()), GroupKind::kWorld);
+  off = 0;
+  for (Parameter* p : dense_) {
+    std::copy(bucket_.data() + off, bucket_.data() + off + p->grad.numel(), p->grad.data());
+    off += p->grad.numel();
+  }
+  if (comm_->Size(GroupKind::kData) > 1)
+    for (Parameter* p : expert_) comm_->AllReduceSum(p->grad.data(), p->grad.numel(), GroupKind::kData);
+}
+
+double TrainingSession::ClipGradients() {
+  // Dense grads are identical on every rank; each expert lives once per EP group.
+  double dense_sq = 0, expert_sq = 0;
+  for (Parameter* p : dense_)
+    for (int64_t i = 0; i < p->grad.numel(); ++i) dense_sq += double(p->grad.at(i)) * p->grad.at(i);
+  for (Parameter* p : expert_)
+    for (int64_t i = 0; i < p->grad.numel(); ++i) expert_sq += double(p->grad.at(i)) * p->grad.at(i);
+  comm_->AllReduceSum(&expert_sq, 1, GroupKind::kExpert);
+  const double norm = std::sqrt(dense_sq + expert_sq);
+  const double max_norm = config_.optimizer().grad_clip_norm();
+  if (max_norm > 0 && norm > max_norm) {
+    const float s = static_cast<float>(max_norm / (norm + 1e-6));
+    for (Parameter* p : params_)
+      for (int64_t i = 0; i < p->grad.numel(); ++i) p->grad.at(i) *= s;
+  }
+  return norm;
+}
+
+StepStats TrainingSession::TrainStep(int64_t step, const Tensor& images,
+                                     const std::vector<int>& labels) {
+  const int64_t b = images.dim(0);
+  for (Parameter* p : params_) p->grad.Zero();
+  SetContext(/*training=*/true, step, b);
+  Tensor logits;
+  {
+    ScopedPhase ph(profiler_, "forward_total");
+    logits = net_->Forward(images);
+  }
+  const float mean_local = loss_.Forward(logits, labels, 1.f / static_cast<float>(global_batch_));
+  {
+    ScopedPhase ph(profiler_, "backward_total");
+    net_->Backward(loss_.Backward());
+  }
+  SynchroniseGradients();
+  StepStats s;
+  s.grad_norm = ClipGradients();
+  const auto& o = config_.optimizer();
+  s.learning_rate = WarmupCosineLr(static_cast<int>(step), config_.steps(), o.warmup_steps(),
+                                   o.learning_rate(), o.min_lr_ratio());
+  {
+    ScopedPhase ph(profiler_, "optimizer");
+    optimizer_->Step(params_, static_cast<float>(s.learning_rate));
+  }
+
+  // Global statistics: one small all-reduce of [loss sum, correct, aux, dropped, assignments,
+  // filled, offered] plus the per-expert counts.
+  double sums[7] = {static_cast<double>(mean_local) * b, static_cast<double>(loss_.NumCorrect()),
+                    0, 0, 0, 0, 0};
+  for (MoeLayer* m : net_->moe_layers()) {
+    const MoeMetrics& mm = m->metrics();
+    sums[2] += mm.aux_loss;
+    sums[3] += mm.dropped;
+    sums[4] += mm.assignments;
+    sums[5] += mm.assignments - mm.dropped;
+    sums[6] += mm.capacity_slots;
+    std::vector<double> counts(mm.tokens_per_expert.begin(), mm.tokens_per_expert.end());
+    comm_->AllReduceSum(counts.data(), static_cast<int64_t>(counts.size()), GroupKind::kWorld);
+    s.tokens_per_expert.emplace_back(counts.begin(), counts.end());
+  }
+  comm_->AllReduceSum(sums, 7, GroupKind::kWorld);
+  s.loss = sums[0] / global_batch_;
+  s.accuracy = sums[1] / global_batch_;
+  s.aux_loss = sums[2];
+  s.dropped_fraction = sums[4] > 0 ? sums[3] / sums[4] : 0;
+  s.capacity_use = sums[6] > 0 ? sums[5] / sums[6] : 0;
+  return s;
+}
+
+void TrainingSession::Evaluate(const Tensor& images, const std::vector<int>& labels,
+                               int64_t valid, int64_t* correct, double* loss_sum) {
+  SetContext(/*training=*/false, /*step=*/0, images.dim(0));
+  Tensor logits = net_->Forward(images);
+  const int64_t C = logits.dim(1);
+  int64_t ok = 0;
+  double ls = 0;
+  for (int64_t i = 0; i < valid; ++i) {
+    const float* row = logits.data() + i * C;
+    int best = 0;
+    float mx = row[0];
+    for (int c = 1; c < C; ++c)
+      if (row[c] > mx) mx = row[best = c];
+    ok += best == labels[i];
+    double z = 0;
+    for (int c = 0; c < C; ++c) z += std::exp(double(row[c]) - mx);
+    ls += std::log(z) + mx - row[labels[i]];
+  }
+  *correct = ok;
+  *loss_sum = ls;
+}
+
+}  // namespace moe

@@ -1,0 +1,36 @@
+// SoftmaxCrossEntropy: the classification loss (not a Layer: it takes labels and ends the graph).
+//
+// Forward returns the MEAN cross-entropy over the B rows (for logging). Backward returns the
+// gradient of loss_scale * SUM over rows of CE, i.e. loss_scale * (softmax - onehot): the trainer
+// passes loss_scale = 1 / global_batch on every rank, so the gradients summed over ranks equal
+// the gradient of the global mean loss (see launcher/training_session.h).
+#pragma once
+
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace moe {
+
+class SoftmaxCrossEntropy {
+ public:
+  // logits [B, C] (host), labels in [0, C), one per row. Caches what Backward and the
+  // accessors need. B == 0 returns 0.
+  float Forward(const Tensor& logits, const std::vector<int>& labels, float loss_scale);
+  // dlogits [B, C] for the last Forward.
+  Tensor Backward() const;
+
+  // Rows of the last Forward whose argmax (lowest index on ties) equals the label.
+  int NumCorrect() const;
+  // Per-row CE and argmax of the last Forward, e.g. to count only the first `valid` rows.
+  const std::vector<double>& row_losses() const { return row_loss_; }
+  const std::vector<int>& predictions() const { return pred_; }
+
+ private:
+  Tensor probs_;  // [B, C] softmax of the last logits
+  std::vector<int> labels_, pred_;
+  std::vector<double> row_loss_;
+  float loss_scale_ = 1.f;
+};
+
+}  // namespace moe

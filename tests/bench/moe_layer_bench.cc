@@ -1,0 +1,178 @@
+// MoE layer benchmark: forward + backward per phase for a few (E, capacity factor) points on the
+// EP group given by mpirun (-np P => EP = P), and the expert GEMMs against raw cblas_sgemm calls of
+// exactly the same shapes, timed in the same run (ratios, because this machine is noisy).
+//
+//   mpirun -np 4 --oversubscribe build/tests/moe_layer_bench
+//
+// Conventions: times are milliseconds per forward+backward iteration, mean over --iters after
+// --warmup, and the max over ranks (the slowest rank sets the step time). "experts/sgemm" is the
+// expert phase (GEMMs + bias + GELU) over the bare GEMMs it performs.
+#include <gflags/gflags.h>
+#include <glog/logging.h>
+#include <mpi.h>
+
+#include <chrono>
+#include <cstdio>
+#include <sstream>
+
+#include "comm/mpi_communicator.h"
+#include "core/gemm.h"
+#include "core/profiler.h"
+#include "core/rng.h"
+#include "models/moe/capacity.h"
+#include "models/moe/moe_layer.h"
+
+DEFINE_int32(tokens_per_rank, 2048, "tokens each rank routes per iteration");
+DEFINE_int32(group_tokens, 512, "tokens per routing group");
+DEFINE_int32(dim, 256, "model width D");
+DEFINE_int32(hidden, 512, "expert hidden width H");
+DEFINE_int32(top_k, 2, "experts per token");
+DEFINE_string(experts, "8,16", "comma-separated expert counts");
+DEFINE_string(capacity_factors, "1.0,1.25,2.0", "comma-separated capacity factors");
+DEFINE_int32(iters, 10, "timed iterations");
+DEFINE_int32(warmup, 2, "untimed iterations");
+
+namespace moe {
+namespace {
+
+std::vector<double> ParseList(const std::string& s) {
+  std::vector<double> v;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) v.push_back(std::stod(item));
+  return v;
+}
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+double MaxOverRanks(double v) {
+  double out = v;
+  MPI_Allreduce(&v, &out, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  return out;
+}
+
+// The bare GEMMs an ExpertBank performs for `rows` rows per local expert: forward 2, backward 4.
+void RawExpertGemms(int local_experts, int64_t rows, int D, int H, bool backward,
+                    std::vector<float>& a, std::vector<float>& w1, std::vector<float>& w2,
+                    std::vector<float>& h, std::vector<float>& y, std::vector<float>& gw1,
+                    std::vector<float>& gw2) {
+  for (int l = 0; l < local_experts; ++l) {
+    if (!backward) {
+      SgemmPacked(false, false, rows, H, D, 1.f, a.data(), w1.data(), 1.f, h.data());
+      SgemmPacked(false, false, rows, D, H, 1.f, h.data(), w2.data(), 1.f, y.data());
+    } else {
+      SgemmPacked(true, false, H, D, rows, 1.f, h.data(), y.data(), 1.f, gw2.data());
+      SgemmPacked(false, true, rows, H, D, 1.f, y.data(), w2.data(), 0.f, h.data());
+      SgemmPacked(true, false, D, H, rows, 1.f, a.data(), h.data(), 1.f, gw1.data());
+      SgemmPacked(false, true, rows, D, H, 1.f, h.data(), w1.data(), 0.f, a.data());
+    }
+  }
+}
+
+int Run() {
+  int rank = 0, world = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  SetBlasThreads(1);
+  MpiCommunicator comm(MPI_COMM_WORLD, world);
+  const int D = FLAGS_dim, H = FLAGS_hidden;
+  const int64_t T = FLAGS_tokens_per_rank;
+  CHECK_EQ(T % FLAGS_group_tokens, 0) << "--tokens_per_rank must be a multiple of --group_tokens";
+  const std::vector<std::string> phases = {"router", "dispatch_pack", "a2a_dispatch", "experts",
+                                           "a2a_combine", "combine", "combine_bwd",
+                                           "a2a_combine_bwd", "experts_bwd", "a2a_dispatch_bwd",
+                                           "dispatch_bwd", "router_bwd"};
+  if (rank == 0) {
+    printf("# MoE layer forward+backward, EP=%d ranks, %lld tokens/rank, groups of %d, D=%d H=%d k=%d\n",
+           world, static_cast<long long>(T), FLAGS_group_tokens, D, H, FLAGS_top_k);
+    printf("# ms per iteration, max over ranks of the mean over %d iterations (after %d warm-up)\n",
+           FLAGS_iters, FLAGS_warmup);
+    printf("%4s %4s %5s %6s |", "E", "EP", "cf", "C");
+    for (const auto& p : phases) printf(" %9.9s", p.c_str());
+    printf(" | %8s %8s | %9s %9s\n", "fwd+bwd", "a2a %", "exp/gemm", "bwd/gemm");
+  }
+  for (double e_d : ParseList(FLAGS_experts)) {
+    const int E = static_cast<int>(e_d);
+    if (E % world != 0) continue;
+    for (double cf : ParseList(FLAGS_capacity_factors)) {
+      MoeLayerOptions o;
+      o.dim = D;
+      o.hidden = H;
+      o.num_experts = E;
+      o.top_k = FLAGS_top_k;
+      o.group_tokens = FLAGS_group_tokens;
+      o.capacity_factor_train = cf;
+      MoeLayer layer("bench", o, &comm, 1);
+      Tensor x({T, D});
+      CounterRng rng(rank + 1);
+      for (int64_t i = 0; i < x.numel(); ++i) x.at(i) = rng.Normal(i);
+      Tensor dy = x.Clone();
+      Profiler prof;
+      MoeStepContext ctx;
+      ctx.first_global_group = rank * (T / FLAGS_group_tokens);
+      ctx.num_global_groups = world * (T / FLAGS_group_tokens);
+      double t_total = 0;
+      for (int it = 0; it < FLAGS_warmup + FLAGS_iters; ++it) {
+        ctx.step = it;
+        ctx.profiler = it >= FLAGS_warmup ? &prof : nullptr;
+        layer.SetStepContext(ctx);
+        MPI_Barrier(MPI_COMM_WORLD);
+        const double t0 = Now();
+        layer.Forward(x);
+        layer.Backward(dy);
+        if (it >= FLAGS_warmup) t_total += Now() - t0;
+      }
+      // Raw GEMMs of the expert shapes: every local expert receives EP * groups * C rows.
+      const int64_t C = layer.CurrentCapacity();
+      const int64_t rows = static_cast<int64_t>(world) * (T / FLAGS_group_tokens) * C;
+      const int El = E / world;
+      std::vector<float> a(rows * D, 0.5f), w1(D * H, 0.01f), w2(H * D, 0.01f), h(rows * H),
+          y(rows * D), gw1(D * H), gw2(H * D);
+      double raw_f = 0, raw_b = 0;
+      for (int it = 0; it < FLAGS_warmup + FLAGS_iters; ++it) {
+        double t0 = Now();
+        RawExpertGemms(El, rows, D, H, false, a, w1, w2, h, y, gw1, gw2);
+        const double f = Now() - t0;
+        t0 = Now();
+        RawExpertGemms(El, rows, D, H, true, a, w1, w2, h, y, gw1, gw2);
+        const double b = Now() - t0;
+        if (it >= FLAGS_warmup) {
+          raw_f += f;
+          raw_b += b;
+        }
+      }
+      const auto& st = prof.Stats();
+      auto phase_s = [&](const std::string& p) {
+        auto i = st.find(p);
+        return i == st.end() ? 0.0 : i->second.total_seconds / FLAGS_iters;
+      };
+      std::vector<double> ms;
+      for (const auto& p : phases) ms.push_back(1e3 * MaxOverRanks(phase_s(p)));
+      const double total = 1e3 * MaxOverRanks(t_total / FLAGS_iters);
+      const double a2a = ms[2] + ms[4] + ms[7] + ms[9];
+      // Ratios per rank in one run, then the worst rank.
+      const double rf = MaxOverRanks(phase_s("experts") / (raw_f / FLAGS_iters));
+      const double rb = MaxOverRanks(phase_s("experts_bwd") / (raw_b / FLAGS_iters));
+      if (rank == 0) {
+        printf("%4d %4d %5.2f %6lld |", E, world, cf, static_cast<long long>(C));
+        for (double v : ms) printf(" %9.3f", v);
+        printf(" | %8.2f %7.1f%% | %9.3f %9.3f\n", total, 100.0 * a2a / total, rf, rb);
+      }
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace moe
+
+int main(int argc, char** argv) {
+  gflags::ParseCommandLineFlags(&argc, &argv, true);
+  MPI_Init(&argc, &argv);
+  google::InitGoogleLogging(argv[0]);
+  const int rc = moe::Run();
+  MPI_Finalize();
+  return rc;
+}
