@@ -30,7 +30,7 @@ DEFINE_string(config, "", "TrainConfig in protobuf text format (launcher/configs
 DEFINE_string(override, "", "text-format fields merged over the config, e.g. 'steps: 20'");
 DEFINE_int32(steps, 0, "if > 0, overrides the config's steps");
 DEFINE_string(metrics_out, "", "JSON-lines file: one object per step and per evaluation (rank 0)");
-DEFINE_string(log_dir, "logs", "folder for the per-rank log files");
+// --log_dir is glog's own flag: the folder for the per-rank log files (default "logs").
 DEFINE_string(trace_dir, "", "if set, every rank writes a Chrome trace (Perfetto) here");
 DEFINE_int32(fault_rank, -1, "testing: this rank fails at --fault_step (proves no rank hangs)");
 DEFINE_int32(fault_step, -1, "testing: step at which --fault_rank fails");
@@ -55,6 +55,8 @@ void FailTogetherIf(bool failed, const std::string& message, int code) {
   if (rank == lowest) {
     fprintf(stderr, "moe_train: rank %d: %s\n", rank, message.c_str());
     fflush(stderr);
+    FLAGS_alsologtostderr = false;  // already printed once, plainly; the log file gets it too
+    FLAGS_stderrthreshold = google::GLOG_FATAL;
     LOG(ERROR) << message;
   }
   google::FlushLogFiles(google::GLOG_INFO);
@@ -64,6 +66,7 @@ void FailTogetherIf(bool failed, const std::string& message, int code) {
 }
 
 void SetUpLogging(const char* argv0, int rank) {
+  if (FLAGS_log_dir.empty()) FLAGS_log_dir = "logs";
   mkdir(FLAGS_log_dir.c_str(), 0755);
   const std::string base = FLAGS_log_dir + "/moe_train.rank" + std::to_string(rank) + ".";
   google::SetLogDestination(google::GLOG_INFO, base.c_str());
