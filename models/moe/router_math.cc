@@ -6,38 +6,21 @@
 #include <cmath>
 #include <vector>
 
+#include "core/kernels/cpu/softmax.h"
+
 namespace moe {
 
+// The router's softmax is the same maths as attention's: one implementation in core.
 void SoftmaxRows(const float* logits, int64_t n, int E, float* probs) {
   CHECK_GE(n, 0);
   CHECK_GE(E, 1);
-  for (int64_t t = 0; t < n; ++t) {
-    const float* l = logits + t * E;
-    float* p = probs + t * E;
-    float mx = l[0];
-    for (int j = 1; j < E; ++j) mx = std::max(mx, l[j]);
-    double sum = 0;
-    for (int j = 0; j < E; ++j) {
-      const double e = std::exp(static_cast<double>(l[j]) - mx);
-      p[j] = static_cast<float>(e);
-      sum += e;
-    }
-    const double inv = 1.0 / sum;
-    for (int j = 0; j < E; ++j) p[j] = static_cast<float>(p[j] * inv);
-  }
+  SoftmaxForwardRows(logits, n, E, probs);
 }
 
 void SoftmaxRowsBackward(const float* probs, const float* dprobs, int64_t n, int E, float* dlogits) {
   CHECK_GE(n, 0);
   CHECK_GE(E, 1);
-  for (int64_t t = 0; t < n; ++t) {
-    const float* p = probs + t * E;
-    const float* dp = dprobs + t * E;
-    double dot = 0;
-    for (int j = 0; j < E; ++j) dot += static_cast<double>(p[j]) * dp[j];
-    float* dl = dlogits + t * E;
-    for (int j = 0; j < E; ++j) dl[j] = static_cast<float>(p[j] * (dp[j] - dot));
-  }
+  SoftmaxBackwardRows(probs, dprobs, n, E, dlogits);
 }
 
 void TopKRows(const float* probs, int64_t n, int E, int k, int* expert, float* gate) {
