@@ -158,6 +158,14 @@ int Run(int argc, char** argv) {
                  kExitConfig);
 
   MpiCommunicator comm(MPI_COMM_WORLD, config.parallel().ep_size());
+  {
+    // Every rank's log file opens with where it sits in the EP x DP grid.
+    const int ep = comm.Size(GroupKind::kExpert), ep_rank = comm.Rank(GroupKind::kExpert);
+    const int per_rank = config.model().use_moe() ? config.model().moe().num_experts() / ep : 0;
+    LOG(INFO) << "rank " << rank << " of " << world << ": ep_rank " << ep_rank << " of " << ep
+              << ", dp_rank " << comm.Rank(GroupKind::kData) << " of " << comm.Size(GroupKind::kData)
+              << ", experts [" << ep_rank * per_rank << ", " << (ep_rank + 1) * per_rank << ")";
+  }
   const auto& d = config.data();
 
   // 2. Data: every rank reads the files (they are small); failures are agreed on.

@@ -2,11 +2,16 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace moe {
 
 void SoftmaxForwardRows(const float* x, int64_t rows, int64_t cols, float* y) {
   if (cols <= 0) return;
+  // exp and the normalisation in double: the router's gates feed top-k decisions and gradient
+  // checks, and float exp noise is visible there; rows are short, so the cost is small.
+  thread_local std::vector<double> e;
+  e.resize(cols);
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * cols;
     float* yr = y + r * cols;
@@ -14,12 +19,11 @@ void SoftmaxForwardRows(const float* x, int64_t rows, int64_t cols, float* y) {
     for (int64_t j = 1; j < cols; ++j) mx = std::max(mx, xr[j]);
     double sum = 0;
     for (int64_t j = 0; j < cols; ++j) {
-      const float e = std::exp(xr[j] - mx);
-      yr[j] = e;
-      sum += e;
+      e[j] = std::exp(static_cast<double>(xr[j]) - mx);
+      sum += e[j];
     }
-    const float inv = static_cast<float>(1.0 / sum);
-    for (int64_t j = 0; j < cols; ++j) yr[j] *= inv;
+    const double inv = 1.0 / sum;
+    for (int64_t j = 0; j < cols; ++j) yr[j] = static_cast<float>(e[j] * inv);
   }
 }
 
