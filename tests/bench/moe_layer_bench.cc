@@ -113,35 +113,31 @@ int Run() {
       MoeStepContext ctx;
       ctx.first_global_group = rank * (T / FLAGS_group_tokens);
       ctx.num_global_groups = world * (T / FLAGS_group_tokens);
-      double t_total = 0;
-      for (int it = 0; it < FLAGS_warmup + FLAGS_iters; ++it) {
-        ctx.step = it;
-        ctx.profiler = it >= FLAGS_warmup ? &prof : nullptr;
-        layer.SetStepContext(ctx);
-        MPI_Barrier(MPI_COMM_WORLD);
-        const double t0 = Now();
-        layer.Forward(x);
-        layer.Backward(dy);
-        if (it >= FLAGS_warmup) t_total += Now() - t0;
-      }
-      // Raw GEMMs of the expert shapes: every local expert receives EP * groups * C rows.
+      // Raw GEMMs of the expert shapes: every local expert receives EP * groups * C rows. They
+      // run inside the same iterations as the layer, so both see the same machine load.
       const int64_t C = layer.CurrentCapacity();
       const int64_t rows = static_cast<int64_t>(world) * (T / FLAGS_group_tokens) * C;
       const int El = E / world;
       std::vector<float> a(rows * D, 0.5f), w1(D * H, 0.01f), w2(H * D, 0.01f), h(rows * H),
           y(rows * D), gw1(D * H), gw2(H * D);
-      double raw_f = 0, raw_b = 0;
+      double t_total = 0, raw_f = 0, raw_b = 0;
       for (int it = 0; it < FLAGS_warmup + FLAGS_iters; ++it) {
+        const bool timed = it >= FLAGS_warmup;
+        ctx.step = it;
+        ctx.profiler = timed ? &prof : nullptr;
+        layer.SetStepContext(ctx);
+        MPI_Barrier(MPI_COMM_WORLD);
         double t0 = Now();
+        layer.Forward(x);
+        layer.Backward(dy);
+        if (timed) t_total += Now() - t0;
+        MPI_Barrier(MPI_COMM_WORLD);
+        t0 = Now();
         RawExpertGemms(El, rows, D, H, false, a, w1, w2, h, y, gw1, gw2);
-        const double f = Now() - t0;
+        if (timed) raw_f += Now() - t0;
         t0 = Now();
         RawExpertGemms(El, rows, D, H, true, a, w1, w2, h, y, gw1, gw2);
-        const double b = Now() - t0;
-        if (it >= FLAGS_warmup) {
-          raw_f += f;
-          raw_b += b;
-        }
+        if (timed) raw_b += Now() - t0;
       }
       const auto& st = prof.Stats();
       auto phase_s = [&](const std::string& p) {
