@@ -15,52 +15,11 @@
 #include "core/kernels/cuda/cublas_gemm.h"
 #include "core/kernels/cuda/cuda_check.h"
 #include "core/kernels/cuda/gelu_kernels.h"
+#include "tests/gpu/gpu_test_util.h"
 
 namespace moe {
 namespace {
 
-// True when at least one CUDA device is usable; otherwise *why says what the runtime reported.
-bool GpuAvailable(std::string* why) {
-  int count = 0;
-  const cudaError_t st = cudaGetDeviceCount(&count);
-  if (st != cudaSuccess) {
-    *why = std::string("no usable GPU: cudaGetDeviceCount failed with ") + cudaGetErrorName(st) +
-           " (" + cudaGetErrorString(st) + ")";
-    cudaGetLastError();  // clear the sticky-free error so later calls start clean
-    return false;
-  }
-  if (count == 0) {
-    *why = "no usable GPU: cudaGetDeviceCount reports 0 devices";
-    return false;
-  }
-  return true;
-}
-
-#define SKIP_WITHOUT_GPU()                      \
-  do {                                          \
-    std::string why_;                           \
-    if (!GpuAvailable(&why_)) GTEST_SKIP() << why_; \
-  } while (0)
-
-// Device buffer for a test; poisoned with NaN so unwritten elements are caught.
-struct DeviceBuffer {
-  explicit DeviceBuffer(size_t n) : n(n) {
-    CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&p), (n ? n : 1) * sizeof(float)));
-  }
-  ~DeviceBuffer() { cudaFree(p); }
-  void Upload(const std::vector<float>& v) {
-    CUDA_CHECK(cudaMemcpy(p, v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice));
-  }
-  void Poison() { Upload(std::vector<float>(n, std::numeric_limits<float>::quiet_NaN())); }
-  std::vector<float> Download() const {
-    std::vector<float> v(n);
-    CUDA_CHECK(cudaDeviceSynchronize());
-    CUDA_CHECK(cudaMemcpy(v.data(), p, n * sizeof(float), cudaMemcpyDeviceToHost));
-    return v;
-  }
-  float* p = nullptr;
-  size_t n;
-};
 
 double GeluRef(double x) { return 0.5 * x * std::erfc(-x / std::sqrt(2.0)); }
 double GeluGradRef(double x) {
