@@ -25,7 +25,15 @@ void MetricsWriter::WriteStep(int64_t step, const StepStats& s) {
       out_ << (e ? ", " : "") << s.tokens_per_expert[l][e];
     out_ << "]";
   }
-  out_ << "]}\n";
+  out_ << "]";
+  auto list = [this](const char* key, const std::vector<double>& v) {
+    out_ << ", \"" << key << "\": [";
+    for (size_t i = 0; i < v.size(); ++i) out_ << (i ? ", " : "") << v[i];
+    out_ << "]";
+  };
+  list("layer_dropped_fraction", s.layer_dropped_fraction);
+  list("layer_capacity_use", s.layer_capacity_use);
+  out_ << "}\n";
   out_.flush();
 }
 

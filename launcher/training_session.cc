@@ -102,27 +102,39 @@ StepStats TrainingSession::TrainStep(int64_t step, const Tensor& images,
     optimizer_->Step(params_, static_cast<float>(s.learning_rate));
   }
 
-  // Global statistics: one small all-reduce of [loss sum, correct, aux, dropped, assignments,
-  // filled, offered] plus the per-expert counts.
-  double sums[7] = {static_cast<double>(mean_local) * b, static_cast<double>(loss_.NumCorrect()),
-                    0, 0, 0, 0, 0};
-  for (MoeLayer* m : net_->moe_layers()) {
+  // Global statistics in ONE all-reduce: [loss sum, correct, aux] then, per MoE layer,
+  // [dropped, assignments, offered slots, tokens per expert...].
+  const auto& layers = net_->moe_layers();
+  std::vector<double> buf = {static_cast<double>(mean_local) * b,
+                             static_cast<double>(loss_.NumCorrect()), 0};
+  for (MoeLayer* m : layers) {
     const MoeMetrics& mm = m->metrics();
-    sums[2] += mm.aux_loss;
-    sums[3] += mm.dropped;
-    sums[4] += mm.assignments;
-    sums[5] += mm.assignments - mm.dropped;
-    sums[6] += mm.capacity_slots;
-    std::vector<double> counts(mm.tokens_per_expert.begin(), mm.tokens_per_expert.end());
-    comm_->AllReduceSum(counts.data(), static_cast<int64_t>(counts.size()), GroupKind::kWorld);
-    s.tokens_per_expert.emplace_back(counts.begin(), counts.end());
+    buf[2] += mm.aux_loss;
+    buf.push_back(mm.dropped);
+    buf.push_back(mm.assignments);
+    buf.push_back(mm.capacity_slots);
+    buf.insert(buf.end(), mm.tokens_per_expert.begin(), mm.tokens_per_expert.end());
   }
-  comm_->AllReduceSum(sums, 7, GroupKind::kWorld);
-  s.loss = sums[0] / global_batch_;
-  s.accuracy = sums[1] / global_batch_;
-  s.aux_loss = sums[2];
-  s.dropped_fraction = sums[4] > 0 ? sums[3] / sums[4] : 0;
-  s.capacity_use = sums[6] > 0 ? sums[5] / sums[6] : 0;
+  comm_->AllReduceSum(buf.data(), static_cast<int64_t>(buf.size()), GroupKind::kWorld);
+  s.loss = buf[0] / global_batch_;
+  s.accuracy = buf[1] / global_batch_;
+  s.aux_loss = buf[2];
+  double dropped = 0, assignments = 0, offered = 0;
+  size_t at = 3;
+  for (MoeLayer* m : layers) {
+    const double d = buf[at], a = buf[at + 1], o = buf[at + 2];
+    at += 3;
+    const size_t E = m->metrics().tokens_per_expert.size();
+    s.tokens_per_expert.emplace_back(buf.begin() + at, buf.begin() + at + E);
+    at += E;
+    s.layer_dropped_fraction.push_back(a > 0 ? d / a : 0);
+    s.layer_capacity_use.push_back(o > 0 ? (a - d) / o : 0);
+    dropped += d;
+    assignments += a;
+    offered += o;
+  }
+  s.dropped_fraction = assignments > 0 ? dropped / assignments : 0;
+  s.capacity_use = offered > 0 ? (assignments - dropped) / offered : 0;
   return s;
 }
 

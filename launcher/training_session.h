@@ -28,8 +28,9 @@ struct StepStats {
   double capacity_use = 0;      // filled / offered slots (0 when dropless or dense)
   double grad_norm = 0;
   double learning_rate = 0;
-  // Per MoE layer: kept assignments per expert, summed over the world.
+  // Per MoE layer, over the world: kept assignments per expert, dropped fraction, capacity use.
   std::vector<std::vector<int64_t>> tokens_per_expert;
+  std::vector<double> layer_dropped_fraction, layer_capacity_use;
 };
 
 class TrainingSession {

@@ -12,6 +12,10 @@ pass smoke_exit
 n_steps=$(grep -c '"loss"' "$WORK/metrics.jsonl" || true)
 [ "$n_steps" -eq "$STEPS" ] && pass metrics_per_step || fail metrics_per_step "$n_steps step lines"
 grep -q '"eval_accuracy"' "$WORK/metrics.jsonl" && pass metrics_eval || fail metrics_eval "no eval line"
+# vmoe_tiny has two MoE layers: per-layer metrics come as two-element lists.
+grep -qE '"layer_dropped_fraction": \[[0-9.e-]+, [0-9.e-]+\]' "$WORK/metrics.jsonl" \
+  && grep -qE '"layer_capacity_use": \[[0-9.e-]+, [0-9.e-]+\]' "$WORK/metrics.jsonl" \
+  && pass metrics_per_layer || fail metrics_per_layer "no per-layer dropped/capacity lists"
 # Mean loss of the first 10 steps against the last 10: training must make progress.
 first=$(head -n 10 "$WORK/metrics.jsonl" | sed -E 's/.*"loss": ([^,]*),.*/\1/' | awk '{s+=$1} END {print s/NR}')
 last=$(grep '"loss"' "$WORK/metrics.jsonl" | tail -n 10 | sed -E 's/.*"loss": ([^,]*),.*/\1/' | awk '{s+=$1} END {print s/NR}')
