@@ -96,25 +96,9 @@ MPI_Comm MpiCommunicator::comm(GroupKind g) const {
   return MPI_COMM_NULL;
 }
 
-int MpiCommunicator::Rank(GroupKind g) const {
-  switch (g) {
-    case GroupKind::kWorld: return layout_.world_rank;
-    case GroupKind::kExpert: return expert_rank_;
-    case GroupKind::kData: return data_rank_;
-  }
-  LOG(FATAL) << "unknown GroupKind " << static_cast<int>(g);
-  return -1;
-}
+int MpiCommunicator::Rank(GroupKind g) const { return GroupRank(layout_, g); }
 
-int MpiCommunicator::Size(GroupKind g) const {
-  switch (g) {
-    case GroupKind::kWorld: return layout_.world_size;
-    case GroupKind::kExpert: return expert_size_;
-    case GroupKind::kData: return data_size_;
-  }
-  LOG(FATAL) << "unknown GroupKind " << static_cast<int>(g);
-  return -1;
-}
+int MpiCommunicator::Size(GroupKind g) const { return GroupSize(layout_, g); }
 
 void MpiCommunicator::set_all_to_all_algorithm(AllToAllAlgorithm a) { algorithm_ = a; }
 

@@ -51,4 +51,24 @@ int DataGroupMemberWorldRank(const ProcessGroupLayout& l, int group_rank) {
   return group_rank * l.ep_size + l.ep_rank;
 }
 
+int GroupRank(const ProcessGroupLayout& l, GroupKind g) {
+  switch (g) {
+    case GroupKind::kWorld: return l.world_rank;
+    case GroupKind::kExpert: return l.ep_rank;
+    case GroupKind::kData: return l.dp_rank;
+  }
+  LOG(FATAL) << "unknown GroupKind " << static_cast<int>(g);
+  return -1;
+}
+
+int GroupSize(const ProcessGroupLayout& l, GroupKind g) {
+  switch (g) {
+    case GroupKind::kWorld: return l.world_size;
+    case GroupKind::kExpert: return l.ep_size;
+    case GroupKind::kData: return l.dp_size;
+  }
+  LOG(FATAL) << "unknown GroupKind " << static_cast<int>(g);
+  return -1;
+}
+
 }  // namespace moe

@@ -9,6 +9,8 @@
 
 #include <string>
 
+#include "comm/communicator.h"
+
 namespace moe {
 
 struct ProcessGroupLayout {
@@ -35,6 +37,9 @@ ProcessGroupLayout MakeLayout(int world_size, int world_rank, int ep_size);
 
 // World rank of the member at position `group_rank` of this rank's EP / DP group.
 int ExpertGroupMemberWorldRank(const ProcessGroupLayout& l, int group_rank);
+// This rank's position in, and the size of, group g: what every Communicator's Rank/Size return.
+int GroupRank(const ProcessGroupLayout& l, GroupKind g);
+int GroupSize(const ProcessGroupLayout& l, GroupKind g);
 int DataGroupMemberWorldRank(const ProcessGroupLayout& l, int group_rank);
 
 }  // namespace moe

@@ -128,25 +128,9 @@ ncclComm_t NcclCommunicator::nccl_comm(GroupKind g) const {
   return nullptr;
 }
 
-int NcclCommunicator::Rank(GroupKind g) const {
-  switch (g) {
-    case GroupKind::kWorld: return layout_.world_rank;
-    case GroupKind::kExpert: return expert_rank_;
-    case GroupKind::kData: return data_rank_;
-  }
-  LOG(FATAL) << "unknown GroupKind " << static_cast<int>(g);
-  return -1;
-}
+int NcclCommunicator::Rank(GroupKind g) const { return GroupRank(layout_, g); }
 
-int NcclCommunicator::Size(GroupKind g) const {
-  switch (g) {
-    case GroupKind::kWorld: return layout_.world_size;
-    case GroupKind::kExpert: return expert_size_;
-    case GroupKind::kData: return data_size_;
-  }
-  LOG(FATAL) << "unknown GroupKind " << static_cast<int>(g);
-  return -1;
-}
+int NcclCommunicator::Size(GroupKind g) const { return GroupSize(layout_, g); }
 
 void NcclCommunicator::VerifyCounts(const std::vector<int64_t>& send_counts,
                                     const std::vector<int64_t>& recv_counts, GroupKind g) {
