@@ -26,6 +26,7 @@
 #include "models/moe/capacity.h"
 #include "models/moe/router_math.h"
 #include "models/moe/slot_assignment.h"
+#include "models/moe/block_permute.h"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace moe {
@@ -592,29 +593,6 @@ TEST(MoeKernels, DispatchPackCombineAndBackwardMatchCpu) {
 // ---------------------------------------------------------------------------------------------
 // 6. Block permutation between src-major and expert-major (moe_layer.cc's PermuteBlocks).
 
-void CpuPermuteBlocks(const float* in, float* out, int64_t dim, const std::vector<int64_t>& rows,
-                      int ep, int el, int64_t groups, bool to_expert_major) {
-  const int64_t nblocks = static_cast<int64_t>(ep) * el * groups;
-  std::vector<int64_t> src_major(nblocks), expert_major(nblocks);
-  int64_t off = 0;
-  for (int64_t b = 0; b < nblocks; ++b) {
-    src_major[b] = off;
-    off += rows[b];
-  }
-  off = 0;
-  for (int l = 0; l < el; ++l)
-    for (int s = 0; s < ep; ++s)
-      for (int64_t g = 0; g < groups; ++g) {
-        const int64_t b = (static_cast<int64_t>(s) * el + l) * groups + g;
-        expert_major[b] = off;
-        off += rows[b];
-      }
-  for (int64_t b = 0; b < nblocks; ++b) {
-    const int64_t from = to_expert_major ? src_major[b] : expert_major[b];
-    const int64_t to = to_expert_major ? expert_major[b] : src_major[b];
-    std::copy(in + from * dim, in + (from + rows[b]) * dim, out + to * dim);
-  }
-}
 
 TEST(MoeKernels, PermuteBlocksMatchesCpuAndRoundTrips) {
   SKIP_WITHOUT_GPU();
@@ -636,7 +614,7 @@ TEST(MoeKernels, PermuteBlocksMatchesCpuAndRoundTrips) {
     const int64_t total = std::accumulate(rows.begin(), rows.end(), int64_t{0});
     const std::vector<float> src = RandomFloats(total * c.D, 77 + nb);
     std::vector<float> want(total * c.D);
-    CpuPermuteBlocks(src.data(), want.data(), c.D, rows, c.ep, c.el, c.G, true);
+    PermuteBlocks(src.data(), want.data(), c.D, rows, c.ep, c.el, c.G, true);
     DeviceArray<int64_t> drows(rows);
     DeviceArray<float> din(src), dexp(total * c.D), dback(total * c.D);
     dexp.Poison();
