@@ -173,6 +173,7 @@ note "- LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 
 # Some tests read Fashion-MNIST from the Debian package's folder: point it at the bundle's copy.
 SYS_DATA=/usr/share/datasets/fashion-mnist
+export MOE_EP_DATA_DIR="$MOE_FASHION_MNIST_DIR"  # read by tests/mpi/ep_invariance_test
 if [ ! -e "$SYS_DATA" ] && [ -d "$MOE_FASHION_MNIST_DIR" ] && [ "$(id -u)" = 0 ]; then
   mkdir -p "$(dirname "$SYS_DATA")" && ln -s "$MOE_FASHION_MNIST_DIR" "$SYS_DATA" \
     && note "- $SYS_DATA -> $MOE_FASHION_MNIST_DIR (made for the tests that read it)"

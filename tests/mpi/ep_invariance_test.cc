@@ -6,6 +6,7 @@
 #include <mpi.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <map>
 
 #include "comm/mpi_communicator.h"
@@ -24,7 +25,9 @@ const ImageDataset& Data() {
   static ImageDataset d = [] {
     ImageDataset out;
     std::string err;
-    const std::string dir = "/usr/share/datasets/fashion-mnist/";
+    // MOE_EP_DATA_DIR lets a relocated bundle (tests/gpu/make_bundle.sh) point at its copy.
+    const char* env = std::getenv("MOE_EP_DATA_DIR");
+    const std::string dir = std::string(env ? env : "/usr/share/datasets/fashion-mnist") + "/";
     EXPECT_TRUE(LoadIdxDataset(dir + "t10k-images-idx3-ubyte.gz", dir + "t10k-labels-idx1-ubyte.gz",
                                &out, &err))
         << err;
