@@ -37,6 +37,12 @@ class Communicator {
   virtual void Broadcast(float* data, int64_t count, int root, GroupKind g) = 0;
   virtual void Barrier(GroupKind g) = 0;
 
+  // For device-memory communicators (NCCL): true, and the CUDA stream (a cudaStream_t) their
+  // collectives are queued on, so device layers can order their work against it without knowing
+  // which implementation they were given. Host-memory communicators: false, nullptr.
+  virtual bool works_on_device() const { return false; }
+  virtual void* device_stream() const { return nullptr; }
+
   // Ends every rank of the job now, after printing reason on this rank. Never returns.
   [[noreturn]] virtual void Abort(const std::string& reason, int exit_code) = 0;
 };

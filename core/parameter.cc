@@ -42,4 +42,18 @@ Parameter MakeParameter(const std::string& name, std::vector<int64_t> shape, Ini
   return p;
 }
 
+namespace {
+Tensor MovedTo(const Tensor& t, Device d) {
+  if (t.empty() || t.device() == d) return t;
+  Tensor moved(t.shape(), d);
+  moved.CopyFrom(t);
+  return moved;
+}
+}  // namespace
+
+void MoveParameterTo(Parameter* p, Device d) {
+  p->value = MovedTo(p->value, d);
+  p->grad = MovedTo(p->grad, d);
+}
+
 }  // namespace moe

@@ -30,4 +30,9 @@ void InitParameter(Parameter* p, InitKind kind, float scale, uint64_t seed);
 Parameter MakeParameter(const std::string& name, std::vector<int64_t> shape, InitKind kind,
                         float scale, uint64_t seed, int global_expert_id = -1);
 
+// Moves p's value and grad (when not empty) to device d: allocates on d and copies (CopyFrom, so
+// host<->device both ways). A tensor already on d is left as it is (same buffer). Tensors that
+// shared the old buffers (e.g. a layer's cached activations) are not moved.
+void MoveParameterTo(Parameter* p, Device d);
+
 }  // namespace moe

@@ -70,6 +70,8 @@ class NcclCommunicator : public Communicator {
   NcclCommunicator& operator=(const NcclCommunicator&) = delete;
 
   cudaStream_t stream() const { return stream_; }
+  bool works_on_device() const override { return true; }
+  void* device_stream() const override { return stream_; }
   const ProcessGroupLayout& layout() const { return layout_; }
   // The NCCL communicator behind a group (for code that needs NCCL calls of its own, on stream()).
   ncclComm_t nccl_comm(GroupKind g) const;

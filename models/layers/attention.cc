@@ -32,6 +32,10 @@ Tensor MultiHeadSelfAttention::Forward(const Tensor& x) {
                                   << " rows are not a whole number of images of "
                                   << tokens_ << " tokens";
   batch_ = x.dim(0) / tokens_;
+#ifdef MOE_EP_HAS_CUDA
+  if (x.device() == Device::kCUDA) return ForwardCuda(x);
+#endif
+  CHECK(x.device() == Device::kCPU) << name_ << ": unsupported device";
   const int64_t T = tokens_, D = dim_, dh = head_dim_, ld = 3 * D;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dh)));
 
@@ -58,6 +62,12 @@ Tensor MultiHeadSelfAttention::Backward(const Tensor& dy) {
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dh)));
   CHECK(dy.ndim() == 2 && dy.dim(0) == batch_ * T && dy.dim(1) == D)
       << name_ << ": expected dy [" << batch_ * T << ", " << D << "], got " << dy.ShapeString();
+  CHECK(dy.device() == qkv_out_.device())
+      << name_ << ": dy is on " << DeviceName(dy.device()) << ", the last Forward's input on "
+      << DeviceName(qkv_out_.device());
+#ifdef MOE_EP_HAS_CUDA
+  if (dy.device() == Device::kCUDA) return BackwardCuda(dy);
+#endif
 
   const Tensor dctx = proj_.Backward(dy);
   Tensor dqkv({batch_ * T, ld});

@@ -31,10 +31,13 @@ class MultiHeadSelfAttention : public Layer {
   Linear* proj() { return &proj_; }
 
  private:
+  // CUDA path (attention_cuda.cc, compiled with MOE_EP_HAS_CUDA), chosen by the input's device.
+  Tensor ForwardCuda(const Tensor& x);
+  Tensor BackwardCuda(const Tensor& dy);
   std::string name_;
   int64_t dim_, heads_, head_dim_, tokens_;
   Linear qkv_, proj_;
-  // Forward caches: qkv [B*T, 3D] and probabilities [B, H, T, T].
+  // Forward caches: qkv [B*T, 3D] and probabilities [B, H, T, T] (on the input's device).
   Tensor qkv_out_, probs_;
   int64_t batch_ = 0;
 };

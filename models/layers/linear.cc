@@ -21,7 +21,12 @@ Linear::Linear(const std::string& name, int64_t in, int64_t out, uint64_t seed, 
 Tensor Linear::Forward(const Tensor& x) {
   CHECK(x.ndim() == 2 && x.dim(1) == in_)
       << name_ << ": expected input [rows, " << in_ << "], got " << x.ShapeString();
-  CHECK(x.device() == Device::kCPU) << name_ << ": Linear runs on host tensors only";
+#ifdef MOE_EP_HAS_CUDA
+  if (x.device() == Device::kCUDA) return ForwardCuda(x);
+#endif
+  CHECK(x.device() == Device::kCPU) << name_ << ": unsupported device";
+  CHECK(w_.value.device() == Device::kCPU)
+      << name_ << ": host input but parameters on " << DeviceName(w_.value.device());
   x_ = x;
   const int64_t rows = x.dim(0);
   Tensor y({rows, out_});
@@ -39,6 +44,12 @@ Tensor Linear::Backward(const Tensor& dy) {
   const int64_t rows = x_.dim(0);
   CHECK(dy.ndim() == 2 && dy.dim(0) == rows && dy.dim(1) == out_)
       << name_ << ": expected dy [" << rows << ", " << out_ << "], got " << dy.ShapeString();
+  CHECK(dy.device() == x_.device())
+      << name_ << ": dy is on " << DeviceName(dy.device()) << ", the last Forward's input on "
+      << DeviceName(x_.device());
+#ifdef MOE_EP_HAS_CUDA
+  if (dy.device() == Device::kCUDA) return BackwardCuda(dy);
+#endif
   // dW += x^T dy (beta = 1 accumulates).
   SgemmPacked(true, false, in_, out_, rows, 1.f, x_.data(), dy.data(), 1.f, w_.grad.data());
   if (has_bias_) {

@@ -14,9 +14,13 @@ MeanPoolTokens::MeanPoolTokens(int64_t tokens_per_image) : tokens_(tokens_per_im
 Tensor MeanPoolTokens::Forward(const Tensor& x) {
   CHECK(x.ndim() == 2 && x.dim(0) % tokens_ == 0)
       << "MeanPoolTokens: expected [B*" << tokens_ << ", D], got " << x.ShapeString();
-  CHECK(x.device() == Device::kCPU) << "MeanPoolTokens runs on host tensors only";
   batch_ = x.dim(0) / tokens_;
   dim_ = x.dim(1);
+  last_device_ = x.device();
+#ifdef MOE_EP_HAS_CUDA
+  if (x.device() == Device::kCUDA) return ForwardCuda(x);
+#endif
+  CHECK(x.device() == Device::kCPU) << "MeanPoolTokens: unsupported device";
   Tensor y({batch_, dim_});
   std::vector<double> acc(dim_);
   for (int64_t b = 0; b < batch_; ++b) {
@@ -35,6 +39,12 @@ Tensor MeanPoolTokens::Backward(const Tensor& dy) {
   CHECK(dy.ndim() == 2 && dy.dim(0) == batch_ && dy.dim(1) == dim_)
       << "MeanPoolTokens: expected dy [" << batch_ << ", " << dim_ << "], got "
       << dy.ShapeString();
+  CHECK(dy.device() == last_device_)
+      << "MeanPoolTokens: dy is on " << DeviceName(dy.device())
+      << ", the last Forward's input on " << DeviceName(last_device_);
+#ifdef MOE_EP_HAS_CUDA
+  if (dy.device() == Device::kCUDA) return BackwardCuda(dy);
+#endif
   Tensor dx({batch_ * tokens_, dim_});
   const float inv = 1.f / static_cast<float>(tokens_);
   for (int64_t b = 0; b < batch_; ++b)

@@ -63,8 +63,11 @@ Tensor PatchEmbed::Forward(const Tensor& images) {
   const int64_t pixels = channels_ * image_size_ * image_size_;
   CHECK(images.ndim() == 2 && images.dim(1) == pixels)
       << name_ << ": expected images [B, " << pixels << "] (C*H*W), got " << images.ShapeString();
-  CHECK(images.device() == Device::kCPU) << name_ << ": PatchEmbed runs on host tensors only";
   batch_ = images.dim(0);
+#ifdef MOE_EP_HAS_CUDA
+  if (images.device() == Device::kCUDA) return ForwardCuda(images);
+#endif
+  CHECK(images.device() == Device::kCPU) << name_ << ": unsupported device";
   Tensor patches({batch_ * tokens_, patch_dim_});
   Im2Patch(images.data(), batch_, patches.data());
   Tensor y = proj_.Forward(patches);  // proj_ keeps `patches` for its weight gradient
@@ -80,6 +83,12 @@ Tensor PatchEmbed::Backward(const Tensor& dy) {
   CHECK(dy.ndim() == 2 && dy.dim(0) == batch_ * tokens_ && dy.dim(1) == dim_)
       << name_ << ": expected dy [" << batch_ * tokens_ << ", " << dim_ << "], got "
       << dy.ShapeString();
+  CHECK(dy.device() == pos_.grad.device())
+      << name_ << ": dy is on " << DeviceName(dy.device()) << ", the parameters on "
+      << DeviceName(pos_.grad.device());
+#ifdef MOE_EP_HAS_CUDA
+  if (dy.device() == Device::kCUDA) return BackwardCuda(dy);
+#endif
   std::vector<double> dpos(tokens_ * dim_, 0.0);
   for (int64_t b = 0; b < batch_; ++b) {
     const float* dyb = dy.data() + b * tokens_ * dim_;

@@ -30,6 +30,9 @@ class PatchEmbed : public Layer {
   Linear* proj() { return &proj_; }
 
  private:
+  // CUDA path (patch_embed_cuda.cc, compiled with MOE_EP_HAS_CUDA), chosen by the input's device.
+  Tensor ForwardCuda(const Tensor& x);
+  Tensor BackwardCuda(const Tensor& dy);
   // patches [B*T, C*p*p] <-> images [B, C*H*W]; non-overlapping, so the inverse is a scatter.
   void Im2Patch(const float* images, int64_t batch, float* patches) const;
   void Patch2Im(const float* patches, int64_t batch, float* images) const;

@@ -10,7 +10,6 @@ float SoftmaxCrossEntropy::Forward(const Tensor& logits, const std::vector<int>&
                                    float loss_scale) {
   CHECK(logits.ndim() == 2) << "SoftmaxCrossEntropy: logits must be [B, C], got "
                             << logits.ShapeString();
-  CHECK(logits.device() == Device::kCPU) << "SoftmaxCrossEntropy runs on host tensors only";
   const int64_t B = logits.dim(0), C = logits.dim(1);
   CHECK_EQ(static_cast<int64_t>(labels.size()), B)
       << "SoftmaxCrossEntropy: " << labels.size() << " labels for " << B << " rows of logits";
@@ -19,8 +18,13 @@ float SoftmaxCrossEntropy::Forward(const Tensor& logits, const std::vector<int>&
     CHECK(labels[r] >= 0 && labels[r] < C)
         << "SoftmaxCrossEntropy: label " << labels[r] << " at row " << r
         << " is out of range [0, " << C << ")";
+#ifdef MOE_EP_HAS_CUDA
+  if (logits.device() == Device::kCUDA) return ForwardCuda(logits, labels, loss_scale);
+#endif
+  CHECK(logits.device() == Device::kCPU) << "SoftmaxCrossEntropy: unsupported device";
   labels_ = labels;
   loss_scale_ = loss_scale;
+  dlogits_ = Tensor();
   probs_ = Tensor({B, C});
   pred_.assign(B, 0);
   row_loss_.assign(B, 0.0);
@@ -44,6 +48,7 @@ float SoftmaxCrossEntropy::Forward(const Tensor& logits, const std::vector<int>&
 }
 
 Tensor SoftmaxCrossEntropy::Backward() const {
+  if (dlogits_.ndim() == 2) return dlogits_.Clone();  // the last Forward took the device path
   CHECK(probs_.ndim() == 2) << "SoftmaxCrossEntropy::Backward before Forward";
   const int64_t B = probs_.dim(0), C = probs_.dim(1);
   Tensor d({B, C});

@@ -14,10 +14,13 @@ namespace moe {
 
 class SoftmaxCrossEntropy {
  public:
-  // logits [B, C] (host), labels in [0, C), one per row. Caches what Backward and the
-  // accessors need. B == 0 returns 0.
+  // logits [B, C] (host or CUDA), labels (host) in [0, C), one per row. Caches what Backward
+  // and the accessors need. B == 0 returns 0. CUDA logits take the device path
+  // (softmax_cross_entropy_cuda.cc): one kernel computes the per-row losses, argmaxes and the
+  // scaled gradient; losses and predictions are copied to the host (B floats + B ints,
+  // synchronous) for the mean and the accessors; Backward then returns a device tensor.
   float Forward(const Tensor& logits, const std::vector<int>& labels, float loss_scale);
-  // dlogits [B, C] for the last Forward.
+  // dlogits [B, C] for the last Forward, on the logits' device (a fresh tensor each call).
   Tensor Backward() const;
 
   // Rows of the last Forward whose argmax (lowest index on ties) equals the label.
@@ -27,10 +30,12 @@ class SoftmaxCrossEntropy {
   const std::vector<int>& predictions() const { return pred_; }
 
  private:
-  Tensor probs_;  // [B, C] softmax of the last logits
+  float ForwardCuda(const Tensor& logits, const std::vector<int>& labels, float loss_scale);
+  Tensor probs_;  // [B, C] softmax of the last logits (host path only)
   std::vector<int> labels_, pred_;
   std::vector<double> row_loss_;
   float loss_scale_ = 1.f;
+  Tensor dlogits_;  // device path: loss_scale * (softmax - onehot) of the last CUDA Forward
 };
 
 }  // namespace moe

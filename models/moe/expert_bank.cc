@@ -39,7 +39,23 @@ std::vector<Parameter*> ExpertBank::Parameters() {
   return ps;
 }
 
+void ExpertBank::MoveTo(Device device) {
+  for (Parameter* p : Parameters()) {
+    for (Tensor* t : {&p->value, &p->grad}) {
+      if (t->device() == device) continue;
+      Tensor moved(t->shape(), device);
+      moved.CopyFrom(*t);
+      *t = moved;
+    }
+  }
+  input_ = hidden_pre_ = hidden_act_ = Tensor();
+  rows_.clear();
+}
+
 Tensor ExpertBank::Forward(const Tensor& input, const std::vector<int64_t>& rows_per_expert) {
+#ifdef MOE_EP_HAS_CUDA
+  if (input.device() == Device::kCUDA) return ForwardCuda(input, rows_per_expert);
+#endif
   CHECK_EQ(static_cast<int>(rows_per_expert.size()), num_local_);
   CHECK_EQ(input.ndim(), 2);
   CHECK_EQ(input.dim(1), dim_);
@@ -74,6 +90,9 @@ Tensor ExpertBank::Forward(const Tensor& input, const std::vector<int64_t>& rows
 }
 
 Tensor ExpertBank::Backward(const Tensor& d_output) {
+#ifdef MOE_EP_HAS_CUDA
+  if (d_output.device() == Device::kCUDA) return BackwardCuda(d_output);
+#endif
   CHECK_EQ(d_output.numel(), input_.numel()) << "ExpertBank::Backward without matching Forward";
   const int64_t total = input_.dim(0);
   Tensor d_input({total, dim_});

@@ -25,6 +25,11 @@ class ExpertBank {
   Tensor Backward(const Tensor& d_output);
 
   std::vector<Parameter*> Parameters();
+  // Moves every parameter's value and grad to `device`; drops the Forward caches.
+  void MoveTo(Device device);
+  // CUDA path: the stream (a cudaStream_t; nullptr = legacy default stream) Forward/Backward on
+  // device tensors enqueue their work on. Set by the MoE layer before each call.
+  void set_cuda_stream(void* stream) { cuda_stream_ = stream; }
   int num_local() const { return num_local_; }
   int dim() const { return dim_; }
   int hidden() const { return hidden_; }
@@ -38,6 +43,10 @@ class ExpertBank {
   // Forward caches (expert-major, same row order as the input).
   Tensor input_, hidden_pre_, hidden_act_;
   std::vector<int64_t> rows_;
+  // CUDA path (expert_bank_cuda.cc): chosen by the input's device.
+  Tensor ForwardCuda(const Tensor& input, const std::vector<int64_t>& rows_per_expert);
+  Tensor BackwardCuda(const Tensor& d_output);
+  void* cuda_stream_ = nullptr;
 };
 
 }  // namespace moe

@@ -60,6 +60,19 @@ MoeLayer::MoeLayer(const std::string& name, const MoeLayerOptions& options, Comm
 
 MoeLayer::~MoeLayer() = default;
 
+// Copies value and grad to `device` (the CUDA path runs on device-resident parameters).
+void MoeLayer::MoveTo(Device device) {
+  for (Tensor* t : {&router_.value, &router_.grad}) {
+    if (t->device() == device) continue;
+    Tensor moved(t->shape(), device);
+    moved.CopyFrom(*t);
+    *t = moved;
+  }
+  experts_->MoveTo(device);
+  routing_.reset();
+  cuda_.reset();
+}
+
 std::vector<Parameter*> MoeLayer::Parameters() {
   std::vector<Parameter*> ps = {&router_};
   for (Parameter* p : experts_->Parameters()) ps.push_back(p);
@@ -241,6 +254,12 @@ Tensor MoeLayer::Forward(const Tensor& x) {
   CHECK_EQ(x.dim(0) % opt_.group_tokens, 0)
       << name_ << ": " << x.dim(0) << " rows is not a whole number of routing groups of "
       << opt_.group_tokens << " tokens";
+  CHECK(router_.value.device() == x.device())
+      << name_ << ": input on " << DeviceName(x.device()) << ", parameters on "
+      << DeviceName(router_.value.device()) << " (MoveTo)";
+#ifdef MOE_EP_HAS_CUDA
+  if (x.device() == Device::kCUDA) return ForwardCuda(x);  // same maths, moe_layer_cuda.cc
+#endif
   routing_ = std::make_shared<Routing>();
   Routing& R = *routing_;
   R.rows = x.dim(0);
@@ -294,6 +313,9 @@ Tensor MoeLayer::Forward(const Tensor& x) {
 }
 
 Tensor MoeLayer::Backward(const Tensor& dy) {
+#ifdef MOE_EP_HAS_CUDA
+  if (dy.device() == Device::kCUDA) return BackwardCuda(dy);  // moe_layer_cuda.cc
+#endif
   CHECK(routing_) << name_ << ": Backward before Forward";
   Routing& R = *routing_;
   CHECK_EQ(dy.numel(), R.rows * opt_.dim) << name_ << ": dy shape";

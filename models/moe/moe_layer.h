@@ -12,6 +12,11 @@
 //
 // Dropless mode replaces the fixed capacity by exact per-(group, expert) counts, exchanged with
 // an integer all-to-all before the data all-to-all-v; the rest of the path is identical.
+//
+// Device: the path is chosen by the input's device. After MoveTo(Device::kCUDA), Forward and
+// Backward take device tensors and run the same maths with CUDA kernels (moe_layer_cuda.cc; the
+// communicator must then work on device memory: an NcclCommunicator, or any communicator when
+// ep_size == 1).
 #pragma once
 
 #include <memory>
@@ -76,6 +81,9 @@ class MoeLayer : public Layer {
   Tensor Forward(const Tensor& x) override;
   Tensor Backward(const Tensor& dy) override;
   std::vector<Parameter*> Parameters() override;
+  // Moves every parameter's value and grad to `device` (copies; grads keep their values) and
+  // drops the state of the last Forward. Inputs must then live on that device.
+  void MoveTo(Device device) override;
 
   const MoeMetrics& metrics() const { return metrics_; }
   const MoeLayerOptions& options() const { return opt_; }
@@ -89,6 +97,11 @@ class MoeLayer : public Layer {
   void BuildSendLayout();
   Tensor ExchangeToExperts(const Tensor& send, const char* phase);
   Tensor ExchangeFromExperts(const Tensor& expert_rows, const char* phase);
+  // CUDA path (moe_layer_cuda.cc, compiled when MOE_EP_HAS_CUDA): device routing state and
+  // pinned staging buffers live in CudaState, defined there.
+  struct CudaState;
+  Tensor ForwardCuda(const Tensor& x);
+  Tensor BackwardCuda(const Tensor& dy);
 
   std::string name_;
   MoeLayerOptions opt_;
@@ -100,6 +113,7 @@ class MoeLayer : public Layer {
   MoeStepContext ctx_;
   MoeMetrics metrics_;
   std::shared_ptr<Routing> routing_;
+  std::shared_ptr<CudaState> cuda_;  // CUDA path only
 };
 
 }  // namespace moe
