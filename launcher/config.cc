@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/device_memory.h"
 #include "core/rng.h"
 
 namespace moe {
@@ -67,8 +68,10 @@ std::vector<std::string> ValidateTrainConfig(const proto::TrainConfig& c, int wo
   const int ep = c.parallel().ep_size();
   if (c.device() != "cpu" && c.device() != "cuda")
     bad("device", "\"" + c.device() + "\"", "must be \"cpu\" or \"cuda\"");
-  if (c.device() == "cuda")
-    bad("device", "\"cuda\"", "the trainer's CUDA path is not available yet; use \"cpu\"");
+  if (c.device() == "cuda" && !CudaPathCompiled())
+    bad("device", "\"cuda\"",
+        "this build has no CUDA path (configured with MOE_EP_WITH_CUDA=OFF or without nvcc); "
+        "use \"cpu\" or rebuild with CUDA");
   if (m.family() != "vit") bad("model.family", "\"" + m.family() + "\"", "supported: \"vit\"");
   if (ep <= 0) bad("parallel.ep_size", std::to_string(ep), "must be >= 1");
   else if (world_size % ep != 0)

@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iomanip>
+#include <memory>
 #include <sstream>
 #include <sys/stat.h>
 
@@ -26,6 +27,13 @@
 #include "launcher/profile_report.h"
 #include "launcher/training_session.h"
 
+#ifdef MOE_EP_HAS_CUDA
+#include <cuda_runtime_api.h>
+
+#include "comm/nccl/nccl_communicator.h"
+#include "core/kernels/cuda/cuda_check.h"
+#endif
+
 DEFINE_string(config, "", "TrainConfig in protobuf text format (launcher/configs/*.pbtxt)");
 DEFINE_string(override, "", "text-format fields merged over the config, e.g. 'steps: 20'");
 DEFINE_int32(steps, 0, "if > 0, overrides the config's steps");
@@ -34,6 +42,9 @@ DEFINE_string(metrics_out, "", "JSON-lines file: one object per step and per eva
 DEFINE_string(trace_dir, "", "if set, every rank writes a Chrome trace (Perfetto) here");
 DEFINE_int32(fault_rank, -1, "testing: this rank fails at --fault_step (proves no rank hangs)");
 DEFINE_int32(fault_step, -1, "testing: step at which --fault_rank fails");
+DEFINE_bool(allow_shared_gpu, false,
+            "device \"cuda\" only, testing: let several ranks of one host share a GPU (NCCL over "
+            "loopback sockets; slow). Production runs one rank per GPU");
 DEFINE_int32(fault_nan_step, -1, "testing: rank 0's batch is poisoned with NaN at this step");
 
 namespace moe {
@@ -157,7 +168,39 @@ int Run(int argc, char** argv) {
                  "world); give every rank the same --config, --override and --steps",
                  kExitConfig);
 
+  // 1b. Device: bind this rank to its GPU before any CUDA or NCCL call (a LOG(FATAL) there, e.g.
+  // no GPU, ends every rank through MPI_Abort).
+  const bool on_gpu = config.device() == "cuda";
+#ifdef MOE_EP_HAS_CUDA
+  if (on_gpu) {
+    const DeviceBinding bind = BindDeviceForRank(MPI_COMM_WORLD, FLAGS_allow_shared_gpu);
+    LOG(INFO) << "rank " << rank << ": device cuda:" << bind.device << " (local rank "
+              << bind.local_rank << " of " << bind.local_size << " on this host"
+              << (bind.shared_gpu ? ", GPU shared with other ranks: testing only" : "") << ")";
+  }
+#endif
+
   MpiCommunicator comm(MPI_COMM_WORLD, config.parallel().ep_size());
+  Communicator* device_comm = nullptr;
+#ifdef MOE_EP_HAS_CUDA
+  // Blocking stream (cudaStreamCreate, not NonBlocking): the layers run on the legacy default
+  // stream, which then orders itself against the NCCL work implicitly (training_session.h).
+  struct StreamHolder {  // declared before `nccl`, so destroyed after it
+    cudaStream_t s = nullptr;
+    ~StreamHolder() {
+      if (s != nullptr) cudaStreamDestroy(s);
+    }
+  } nccl_stream;
+  std::unique_ptr<NcclCommunicator> nccl;
+  if (on_gpu) {
+    CUDA_CHECK(cudaStreamCreate(&nccl_stream.s));
+    nccl = std::make_unique<NcclCommunicator>(comm, nccl_stream.s);
+    device_comm = nccl.get();
+    LOG_IF(INFO, rank == 0) << "moe_train: NCCL communicators ready (world, expert, data)";
+  }
+#else
+  (void)on_gpu;  // ValidateTrainConfig refuses "cuda" in a build without the CUDA path
+#endif
   {
     // Every rank's log file opens with where it sits in the EP x DP grid.
     const int ep = comm.Size(GroupKind::kExpert), ep_rank = comm.Rank(GroupKind::kExpert);
@@ -175,7 +218,7 @@ int Run(int argc, char** argv) {
   FailTogetherIf(!ok, "data error: " + error, kExitData);
 
   Profiler profiler;
-  TrainingSession session(config, &comm, &profiler);
+  TrainingSession session(config, &comm, &profiler, device_comm);
   BatchSampler sampler(train.count, config.seed());
   const int64_t b = d.batch_per_rank(), gb = session.global_batch();
   int64_t num_params = 0, num_expert_params_local = 0;

@@ -6,12 +6,42 @@
 
 #include "core/optim/lr_schedule.h"
 
+#ifdef MOE_EP_HAS_CUDA
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include "core/kernels/cuda/adamw_kernels.h"
+#include "core/kernels/cuda/cublas_gemm.h"
+#include "core/kernels/cuda/cuda_check.h"
+#endif
+
 namespace moe {
 
+#ifdef MOE_EP_HAS_CUDA
+namespace {
+void CublasCheck(cublasStatus_t st, const char* what) {
+  CHECK(st == CUBLAS_STATUS_SUCCESS) << what << " failed: cuBLAS status " << static_cast<int>(st);
+}
+}  // namespace
+#endif
+
 TrainingSession::TrainingSession(const proto::TrainConfig& config, Communicator* comm,
-                                 Profiler* profiler)
+                                 Profiler* profiler, Communicator* device_comm)
     : config_(config), comm_(comm), profiler_(profiler) {
-  net_ = std::make_unique<VisionTransformer>(config.model(), comm, config.seed());
+  on_device_ = config.device() == "cuda";
+  if (on_device_) {
+#ifndef MOE_EP_HAS_CUDA
+    LOG(FATAL) << "device=\"cuda\" but this build has no CUDA path";
+#endif
+    CHECK(device_comm != nullptr && device_comm->works_on_device())
+        << "device=\"cuda\" needs a device communicator (NcclCommunicator)";
+    CHECK_EQ(device_comm->Size(GroupKind::kWorld), comm->Size(GroupKind::kWorld));
+    CHECK_EQ(device_comm->Size(GroupKind::kExpert), comm->Size(GroupKind::kExpert));
+    device_comm_ = device_comm;
+  }
+  net_ = std::make_unique<VisionTransformer>(config.model(), on_device_ ? device_comm : comm,
+                                             config.seed());
+  if (on_device_) net_->MoveTo(Device::kCUDA);
   params_ = net_->Parameters();
   for (Parameter* p : params_) (p->is_expert() ? expert_ : dense_).push_back(p);
   const auto& o = config.optimizer();
@@ -25,8 +55,100 @@ TrainingSession::TrainingSession(const proto::TrainConfig& config, Communicator*
   global_batch_ = static_cast<int64_t>(config.data().batch_per_rank()) * comm->Size(GroupKind::kWorld);
   int64_t n = 0;
   for (Parameter* p : dense_) n += p->grad.numel();
-  bucket_.resize(n);
+  if (!on_device_) {
+    bucket_.resize(n);
+    return;
+  }
+  device_bucket_ = Tensor({std::max<int64_t>(n, 1)}, Device::kCUDA);
+  device_norms_ = Tensor({std::max<int64_t>(static_cast<int64_t>(params_.size()), 1)}, Device::kCUDA);
+  for (Parameter* p : params_) {
+    CHECK(p->value.device() == Device::kCUDA && p->grad.device() == Device::kCUDA)
+        << "parameter " << p->name << " not on the GPU after MoveTo";
+    adam_m_.push_back(Tensor::Zeros(p->value.shape(), Device::kCUDA));
+    adam_v_.push_back(Tensor::Zeros(p->value.shape(), Device::kCUDA));
+  }
 }
+
+TrainingSession::~TrainingSession() = default;
+
+Tensor TrainingSession::ToNetDevice(const Tensor& host) const {
+  if (!on_device_ || host.device() == Device::kCUDA) return host;
+  Tensor d(host.shape(), Device::kCUDA);
+  d.CopyFrom(host);
+  return d;
+}
+
+#ifdef MOE_EP_HAS_CUDA
+void TrainingSession::SynchroniseGradientsCuda() {
+  const int64_t n_bucket = device_bucket_.numel();
+  ScopedPhase ph(profiler_, "grad_allreduce", n_bucket * sizeof(float));
+  // Copies and NCCL are ordered through the legacy default stream (see the header).
+  int64_t off = 0;
+  for (Parameter* p : dense_) {
+    CUDA_CHECK(cudaMemcpyAsync(device_bucket_.data() + off, p->grad.data(),
+                               p->grad.numel() * sizeof(float), cudaMemcpyDeviceToDevice, nullptr));
+    off += p->grad.numel();
+  }
+  if (off > 0) device_comm_->AllReduceSum(device_bucket_.data(), off, GroupKind::kWorld);
+  off = 0;
+  for (Parameter* p : dense_) {
+    CUDA_CHECK(cudaMemcpyAsync(p->grad.data(), device_bucket_.data() + off,
+                               p->grad.numel() * sizeof(float), cudaMemcpyDeviceToDevice, nullptr));
+    off += p->grad.numel();
+  }
+  if (device_comm_->Size(GroupKind::kData) > 1)
+    for (Parameter* p : expert_)
+      device_comm_->AllReduceSum(p->grad.data(), p->grad.numel(), GroupKind::kData);
+}
+
+double TrainingSession::ClipGradientsCuda() {
+  cublasHandle_t h = ThreadCublasHandle();
+  CublasCheck(cublasSetStream(h, nullptr), "cublasSetStream");
+  CublasCheck(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_DEVICE), "cublasSetPointerMode");
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const Tensor& g = params_[i]->grad;
+    CHECK_LT(g.numel(), int64_t{1} << 31) << params_[i]->name;
+    CublasCheck(cublasSnrm2(h, static_cast<int>(g.numel()), g.data(), 1, device_norms_.data() + i),
+                "cublasSnrm2");
+  }
+  CublasCheck(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode");
+  std::vector<float> norms(params_.size());
+  if (!norms.empty())
+    CUDA_CHECK(cudaMemcpy(norms.data(), device_norms_.data(), norms.size() * sizeof(float),
+                          cudaMemcpyDeviceToHost));
+  double dense_sq = 0, expert_sq = 0;
+  for (size_t i = 0; i < params_.size(); ++i)
+    (params_[i]->is_expert() ? expert_sq : dense_sq) += double(norms[i]) * norms[i];
+  comm_->AllReduceSum(&expert_sq, 1, GroupKind::kExpert);  // host scalar: the MPI communicator
+  const double norm = std::sqrt(dense_sq + expert_sq);
+  const double max_norm = config_.optimizer().grad_clip_norm();
+  if (max_norm > 0 && norm > max_norm) {
+    const float s = static_cast<float>(max_norm / (norm + 1e-6));
+    for (Parameter* p : params_)
+      CublasCheck(cublasSscal(h, static_cast<int>(p->grad.numel()), &s, p->grad.data(), 1),
+                  "cublasSscal");
+  }
+  return norm;
+}
+
+void TrainingSession::OptimizerStepCuda(float lr) {
+  ++adam_step_;
+  const auto& o = config_.optimizer();
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Parameter* p = params_[i];
+    const float wd = DecayApplies(p->name) ? o.weight_decay() : 0.f;
+    AdamWStepCuda(p->value.data(), p->grad.data(), adam_m_[i].data(), adam_v_[i].data(),
+                  p->value.numel(), lr, o.beta1(), o.beta2(), o.epsilon(), wd, adam_step_, nullptr);
+  }
+}
+#else
+void TrainingSession::SynchroniseGradientsCuda() { LOG(FATAL) << "no CUDA path in this build"; }
+double TrainingSession::ClipGradientsCuda() {
+  LOG(FATAL) << "no CUDA path in this build";
+  return 0;
+}
+void TrainingSession::OptimizerStepCuda(float) { LOG(FATAL) << "no CUDA path in this build"; }
+#endif
 
 void TrainingSession::SetContext(bool training, int64_t step, int64_t rows) {
   if (net_->moe_layers().empty()) return;
@@ -84,22 +206,24 @@ StepStats TrainingSession::TrainStep(int64_t step, const Tensor& images,
   Tensor logits;
   {
     ScopedPhase ph(profiler_, "forward_total");
-    logits = net_->Forward(images);
+    logits = net_->Forward(on_device_ ? ToNetDevice(images) : images);
   }
   const float mean_local = loss_.Forward(logits, labels, 1.f / static_cast<float>(global_batch_));
   {
     ScopedPhase ph(profiler_, "backward_total");
     net_->Backward(loss_.Backward());
   }
-  SynchroniseGradients();
+  if (on_device_) SynchroniseGradientsCuda();
+  else SynchroniseGradients();
   StepStats s;
-  s.grad_norm = ClipGradients();
+  s.grad_norm = on_device_ ? ClipGradientsCuda() : ClipGradients();
   const auto& o = config_.optimizer();
   s.learning_rate = WarmupCosineLr(static_cast<int>(step), config_.steps(), o.warmup_steps(),
                                    o.learning_rate(), o.min_lr_ratio());
   {
     ScopedPhase ph(profiler_, "optimizer");
-    optimizer_->Step(params_, static_cast<float>(s.learning_rate));
+    if (on_device_) OptimizerStepCuda(static_cast<float>(s.learning_rate));
+    else optimizer_->Step(params_, static_cast<float>(s.learning_rate));
   }
 
   // Global statistics in ONE all-reduce: [loss sum, correct, aux] then, per MoE layer,
@@ -141,7 +265,12 @@ StepStats TrainingSession::TrainStep(int64_t step, const Tensor& images,
 void TrainingSession::Evaluate(const Tensor& images, const std::vector<int>& labels,
                                int64_t valid, int64_t* correct, double* loss_sum) {
   SetContext(/*training=*/false, /*step=*/0, images.dim(0));
-  Tensor logits = net_->Forward(images);
+  Tensor logits = net_->Forward(on_device_ ? ToNetDevice(images) : images);
+  if (logits.device() != Device::kCPU) {  // [B, C] is small: score it on the host
+    Tensor host(logits.shape());
+    host.CopyFrom(logits);
+    logits = host;
+  }
   const int64_t C = logits.dim(1);
   int64_t ok = 0;
   double ls = 0;

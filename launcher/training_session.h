@@ -6,6 +6,18 @@
 // exactly what one rank computes on the whole global batch (the EP-invariance invariant).
 // Dense grads are summed over the world; expert grads over the DP replicas of those experts (the
 // contributions of the other EP ranks' tokens already arrived through the all-to-all).
+//
+// Devices (config.device): "cpu" is the host path throughout. "cuda" (builds with the CUDA path)
+// moves the net to this rank's GPU and gives it the DEVICE communicator (an NcclCommunicator),
+// which also carries the gradient all-reduces; the host communicator keeps the host scalars
+// (metrics, eval sums, contexts). Per step the images are uploaded, the loss runs on the device
+// (SoftmaxCrossEntropy's CUDA path), dense grads are flattened into one device bucket and
+// all-reduced over the world, expert grads over DP; grad norms are per-parameter cublasSnrm2
+// (float, device pointer mode) squared and summed in double on the host (one small D2H copy per
+// step; the CPU path sums squares in double, so the norm can differ in the last float bits);
+// clipping is cublasSscal; AdamW is AdamWStepCuda with per-parameter device m/v. Device work is
+// on the legacy default stream; the NCCL stream must be a blocking stream (cudaStreamCreate),
+// so the two are ordered implicitly.
 #pragma once
 
 #include <memory>
@@ -35,9 +47,13 @@ struct StepStats {
 
 class TrainingSession {
  public:
-  TrainingSession(const proto::TrainConfig& config, Communicator* comm, Profiler* profiler);
+  // comm: host-memory communicator (MPI). device_comm: required when config.device() is "cuda"
+  // (works_on_device(), same group layout as comm), ignored otherwise. Neither is owned.
+  TrainingSession(const proto::TrainConfig& config, Communicator* comm, Profiler* profiler,
+                  Communicator* device_comm = nullptr);
+  ~TrainingSession();
 
-  // images: this rank's [batch_per_rank, 784] slice of the global batch at `step`.
+  // images (host): this rank's [batch_per_rank, 784] slice of the global batch at `step`.
   StepStats TrainStep(int64_t step, const Tensor& images, const std::vector<int>& labels);
   // Forward only (eval capacity, no noise). The first `valid` rows count; the rest pad the batch
   // so every rank runs the same number of MoE all-to-alls. Returns this rank's sums.
@@ -46,12 +62,18 @@ class TrainingSession {
 
   std::vector<Parameter*> Parameters() { return params_; }
   VisionTransformer& net() { return *net_; }
+  bool on_device() const { return on_device_; }
   int64_t global_batch() const { return global_batch_; }
 
  private:
   void SetContext(bool training, int64_t step, int64_t rows);
   void SynchroniseGradients();
   double ClipGradients();
+  // The CUDA path's halves of the above and of the optimizer step (training_session.cc).
+  void SynchroniseGradientsCuda();
+  double ClipGradientsCuda();
+  void OptimizerStepCuda(float lr);
+  Tensor ToNetDevice(const Tensor& host) const;
 
   proto::TrainConfig config_;
   Communicator* comm_;
@@ -62,6 +84,13 @@ class TrainingSession {
   SoftmaxCrossEntropy loss_;
   int64_t global_batch_;
   std::vector<float> bucket_;  // flattened dense grads for one all-reduce
+  // CUDA path only.
+  bool on_device_ = false;
+  Communicator* device_comm_ = nullptr;
+  Tensor device_bucket_;                 // [sum of dense grad sizes] on the GPU
+  Tensor device_norms_;                  // [params_.size()] per-parameter grad norms
+  std::vector<Tensor> adam_m_, adam_v_;  // per params_ entry, on the GPU
+  int64_t adam_step_ = 0;
 };
 
 }  // namespace moe

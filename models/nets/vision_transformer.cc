@@ -9,11 +9,24 @@
 #include "models/layers/mlp.h"
 #include "models/layers/patch_embed.h"
 
+#ifdef MOE_EP_HAS_CUDA
+#include "core/kernels/cuda/dense_kernels.h"
+#endif
+
 namespace moe {
 
 namespace {
 void AddInPlace(Tensor* a, const Tensor& b) {
   CHECK_EQ(a->numel(), b.numel());
+  CHECK(a->device() == b.device()) << "residual add across devices";
+  if (a->device() == Device::kCUDA) {
+#ifdef MOE_EP_HAS_CUDA
+    AddInPlaceCuda(a->data(), b.data(), a->numel());  // legacy default stream, like the layers
+    return;
+#else
+    LOG(FATAL) << "a CUDA tensor in a build without the CUDA path";
+#endif
+  }
   float* x = a->data();
   const float* y = b.data();
   for (int64_t i = 0; i < a->numel(); ++i) x[i] += y[i];
@@ -86,6 +99,19 @@ VisionTransformer::~VisionTransformer() = default;
 
 void VisionTransformer::SetMoeContext(const MoeStepContext& ctx) {
   for (MoeLayer* m : moe_layers_) m->SetStepContext(ctx);
+}
+
+void VisionTransformer::MoveTo(Device d) {
+  embed_->MoveTo(d);
+  for (auto& b : blocks_) {
+    b->ln1->MoveTo(d);
+    b->attn->MoveTo(d);
+    b->ln2->MoveTo(d);
+    b->mlp->MoveTo(d);
+  }
+  final_norm_->MoveTo(d);
+  pool_->MoveTo(d);
+  head_->MoveTo(d);
 }
 
 Tensor VisionTransformer::Forward(const Tensor& images) {

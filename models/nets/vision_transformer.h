@@ -42,6 +42,9 @@ class VisionTransformer {
   std::vector<Parameter*> Parameters();
   const std::vector<MoeLayer*>& moe_layers() const { return moe_layers_; }
   void SetMoeContext(const MoeStepContext& ctx);
+  // Moves every child layer's parameters (and MoE device state) to d. Forward then takes images
+  // on d; the residual adds run where the activations are (AddInPlaceCuda on CUDA).
+  void MoveTo(Device d);
   int tokens_per_image() const { return tokens_per_image_; }
 
  private:

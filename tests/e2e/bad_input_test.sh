@@ -6,14 +6,14 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 SMALL='steps: 3 log_every: 1 data { eval_images: 64 }'
 
-# expect_failure NAME EXPECTED_TEXT EXPECTED_RC mpirun-args...
+# expect_failure NAME EXPECTED_TEXT EXPECTED_RC mpirun-args...   (EXPECTED_TEXT: extended regex)
 expect_failure() {
   local name="$1" text="$2" want_rc="$3"; shift 3
   run_job "$name" 180 "$@"
   if [ "$RC" -eq 0 ]; then fail "$name" "exited 0"; return; fi
   if [ "$RC" -eq 124 ] || [ "$RC" -eq 137 ]; then fail "$name" "hung (timeout)"; return; fi
   if [ "$want_rc" != "any" ] && [ "$RC" -ne "$want_rc" ]; then fail "$name" "exit $RC, want $want_rc"; return; fi
-  if ! grep -qF -- "$text" "$OUT"; then fail "$name" "message lacks '$text'"; return; fi
+  if ! grep -qE -- "$text" "$OUT"; then fail "$name" "message lacks '$text'"; return; fi
   if ! no_rank_left; then fail "$name" "a rank is still running"; return; fi
   pass "$name (exit $RC)"
 }
@@ -40,4 +40,10 @@ expect_failure rank_dies 'injected failure' any \
   -np 4 "$TRAIN" "${common[@]}" --override="$SMALL" --fault_rank=2 --fault_step=1
 expect_failure nan_loss 'loss is not finite at step 1' 4 \
   -np 4 "$TRAIN" "${common[@]}" --override="$SMALL" --fault_nan_step=1
+# device "cuda" where it cannot run: a build without the CUDA path refuses it in validation; a
+# CUDA build on a machine without a usable GPU fails at device binding. Either way every rank ends.
+if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+  expect_failure cuda_without_gpu 'device="cuda"|the NCCL path needs a GPU' any \
+    -np 2 "$TRAIN" "${common[@]}" --override="$SMALL device: 'cuda' parallel { ep_size: 2 }"
+fi
 finish

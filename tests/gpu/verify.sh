@@ -15,6 +15,8 @@
 #                     report "no GPU"; then CPU ones briefly
 #   mpi_<name>        the multi-rank CPU tests (tests/mpi) on 4 ranks, as a check of the bundled MPI
 #   launcher_smoke    moe_train, V-MoE tiny, a few steps on 4 ranks on the bundled Fashion-MNIST
+#   launcher_cuda_np1/np4  the same with device "cuda" on 1 rank and on 4 ranks sharing the GPU
+#                     (20 steps each; the loss must fall)
 # and writes $OUT/gpu_report.md (each step's command, exit code, time and output tail) and
 # $OUT/gpu_steps.log (all output). Exits 0 only if every step passed.
 #
@@ -309,6 +311,31 @@ if has_bin moe_train && [ -f "$D/t10k-images-idx3-ubyte.gz" ]; then
   step launcher_smoke cpu "$STEP_TIMEOUT" "${MPIRUN[@]}" "$B/bin/moe_train" \
     --config="$ROOT/launcher/configs/vmoe_tiny.pbtxt" --steps=20 --log_dir="$TMPD/logs" \
     --override="log_every: 5 data { train_images: \"$D/$train-images-idx3-ubyte.gz\" train_labels: \"$D/$train-labels-idx1-ubyte.gz\" test_images: \"$D/t10k-images-idx3-ubyte.gz\" test_labels: \"$D/t10k-labels-idx1-ubyte.gz\" eval_images: 1000 }"
+  # The trainer's CUDA path (device: "cuda"): 20 steps on 1 rank (EP=1) and on 4 ranks sharing the
+  # GPU (EP=4, --allow_shared_gpu); the mean loss of the last 5 steps must be below the first 5.
+  cat >"$TMPD/loss_falls.sh" <<'EOF2'
+#!/usr/bin/env bash
+# loss_falls.sh METRICS CMD...: runs CMD, then checks the loss in the JSON-lines METRICS fell.
+m="$1"; shift
+"$@" || exit $?
+l() { grep '"loss"' "$m" | sed -E 's/.*"loss": ([^,]*),.*/\1/'; }
+first=$(l | head -n 5 | awk '{s+=$1} END {if (NR) print s/NR}')
+last=$(l | tail -n 5 | awk '{s+=$1} END {if (NR) print s/NR}')
+echo "loss: first 5 steps $first, last 5 steps $last"
+awk -v a="$first" -v b="$last" 'BEGIN {exit !(a != "" && b != "" && b < a)}' || { echo "FAIL: loss did not fall"; exit 1; }
+EOF2
+  chmod +x "$TMPD/loss_falls.sh"
+  data_ovr="data { train_images: \"$D/$train-images-idx3-ubyte.gz\" train_labels: \"$D/$train-labels-idx1-ubyte.gz\" test_images: \"$D/t10k-images-idx3-ubyte.gz\" test_labels: \"$D/t10k-labels-idx1-ubyte.gz\" eval_images: 1000 }"
+  step launcher_cuda_np1 gpu "$STEP_TIMEOUT" "$TMPD/loss_falls.sh" "$TMPD/m_cuda1.jsonl" \
+    mpirun -np 1 "${MOE_MPIRUN_FLAGS[@]}" "$B/bin/moe_train" \
+    --config="$ROOT/launcher/configs/vmoe_tiny.pbtxt" --steps=20 --log_dir="$TMPD/logs_cuda1" \
+    --metrics_out="$TMPD/m_cuda1.jsonl" \
+    --override="device: \"cuda\" log_every: 5 parallel { ep_size: 1 } $data_ovr"
+  step launcher_cuda_np4 gpu "$STEP_TIMEOUT" "$TMPD/loss_falls.sh" "$TMPD/m_cuda4.jsonl" \
+    "${MPIRUN[@]}" "$B/bin/moe_train" --allow_shared_gpu \
+    --config="$ROOT/launcher/configs/vmoe_tiny.pbtxt" --steps=20 --log_dir="$TMPD/logs_cuda4" \
+    --metrics_out="$TMPD/m_cuda4.jsonl" \
+    --override="device: \"cuda\" log_every: 5 $data_ovr"
 fi
 
 # ---------------------------------------------------------------------------------------------
