@@ -10,6 +10,7 @@
 
 #include "core/device_memory.h"
 #include "core/rng.h"
+#include "models/nets/net_factory.h"
 
 namespace moe {
 
@@ -72,7 +73,7 @@ std::vector<std::string> ValidateTrainConfig(const proto::TrainConfig& c, int wo
     bad("device", "\"cuda\"",
         "this build has no CUDA path (configured with MOE_EP_WITH_CUDA=OFF or without nvcc); "
         "use \"cpu\" or rebuild with CUDA");
-  if (m.family() != "vit") bad("model.family", "\"" + m.family() + "\"", "supported: \"vit\"");
+  ValidateNetConfig(c, &errs);  // the family name and the family's own fields
   if (ep <= 0) bad("parallel.ep_size", std::to_string(ep), "must be >= 1");
   else if (world_size % ep != 0)
     bad("parallel.ep_size", std::to_string(ep),

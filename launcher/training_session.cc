@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "core/optim/lr_schedule.h"
+#include "models/nets/net_factory.h"
 
 #ifdef MOE_EP_HAS_CUDA
 #include <cublas_v2.h>
@@ -39,8 +40,7 @@ TrainingSession::TrainingSession(const proto::TrainConfig& config, Communicator*
     CHECK_EQ(device_comm->Size(GroupKind::kExpert), comm->Size(GroupKind::kExpert));
     device_comm_ = device_comm;
   }
-  net_ = std::make_unique<VisionTransformer>(config.model(), on_device_ ? device_comm : comm,
-                                             config.seed());
+  net_ = CreateNet(config, on_device_ ? device_comm : comm);
   if (on_device_) net_->MoveTo(Device::kCUDA);
   params_ = net_->Parameters();
   for (Parameter* p : params_) (p->is_expert() ? expert_ : dense_).push_back(p);
@@ -160,6 +160,7 @@ void TrainingSession::SetContext(bool training, int64_t step, int64_t rows) {
   ctx.first_global_group = comm_->Rank(GroupKind::kWorld) * groups_per_rank;
   ctx.num_global_groups = groups_per_rank * comm_->Size(GroupKind::kWorld);
   ctx.profiler = training ? profiler_ : nullptr;  // the profile covers training steps only
+  ctx.image_loss_scale = 1.f / static_cast<float>(global_batch_);
   net_->SetMoeContext(ctx);
 }
 
@@ -203,6 +204,9 @@ StepStats TrainingSession::TrainStep(int64_t step, const Tensor& images,
   const int64_t b = images.dim(0);
   for (Parameter* p : params_) p->grad.Zero();
   SetContext(/*training=*/true, step, b);
+  BatchInfo info;
+  info.labels = &labels;
+  net_->SetBatchInfo(info);
   Tensor logits;
   {
     ScopedPhase ph(profiler_, "forward_total");

@@ -27,7 +27,7 @@
 #include "core/optim/adamw.h"
 #include "core/profiler.h"
 #include "models/layers/softmax_cross_entropy.h"
-#include "models/nets/vision_transformer.h"
+#include "models/nets/net.h"
 #include "proto/moe_ep.pb.h"
 
 namespace moe {
@@ -61,7 +61,7 @@ class TrainingSession {
                 int64_t* correct, double* loss_sum);
 
   std::vector<Parameter*> Parameters() { return params_; }
-  VisionTransformer& net() { return *net_; }
+  Net& net() { return *net_; }
   bool on_device() const { return on_device_; }
   int64_t global_batch() const { return global_batch_; }
 
@@ -78,7 +78,7 @@ class TrainingSession {
   proto::TrainConfig config_;
   Communicator* comm_;
   Profiler* profiler_;
-  std::unique_ptr<VisionTransformer> net_;
+  std::unique_ptr<Net> net_;
   std::vector<Parameter*> params_, dense_, expert_;
   std::unique_ptr<AdamW> optimizer_;
   SoftmaxCrossEntropy loss_;

@@ -11,31 +11,13 @@
 #include "models/moe/aux_losses.h"
 #include "models/moe/block_permute.h"
 #include "models/moe/expert_bank.h"
+#include "models/moe/moe_routing_state.h"
+#include "models/layers/layer_norm.h"
+#include "models/layers/linear.h"
 #include "models/moe/router_math.h"
 #include "models/moe/slot_assignment.h"
 
 namespace moe {
-
-// Everything one Forward decides and Backward reuses. Index conventions:
-//   choice (t, r)      -> t * k + r, t a local row, r the choice rank (0 = best)
-//   send block (e, g)  -> e * G + g: expert-major, so the blocks for EP peer p are contiguous
-//   recv block         -> (src * El + l) * G + g, as the all-to-all delivers them
-struct MoeLayer::Routing {
-  int64_t rows = 0, groups = 0;
-  Tensor x;
-  std::vector<float> clean_logits, noisy_logits, probs, probs_clean;
-  std::vector<int> expert, slot;
-  std::vector<float> gate;
-  std::vector<int64_t> block_rows;       // [E * G] rows per send block (C, or exact if dropless)
-  std::vector<int64_t> block_offset;     // [E * G] first row of each send block
-  int64_t send_rows = 0;
-  std::vector<int64_t> recv_block_rows;  // [EP * El * G]
-  std::vector<int64_t> send_rows_per_peer, recv_rows_per_peer;
-  std::vector<int64_t> expert_rows;      // [El] rows each local expert processes
-  Tensor returned;                       // expert outputs back at the source, send layout
-  // Auxiliary-loss gradients, computed with the values in Forward and applied in Backward.
-  std::vector<float> d_probs_aux, d_probs_clean_aux, d_logits_aux, d_clean_logits_aux;
-};
 
 MoeLayer::MoeLayer(const std::string& name, const MoeLayerOptions& options, Communicator* comm,
                    uint64_t seed)
@@ -56,6 +38,39 @@ MoeLayer::MoeLayer(const std::string& name, const MoeLayerOptions& options, Comm
                           0.02f, seed);
   experts_ = std::make_unique<ExpertBank>(name + ".expert", opt_.dim, opt_.hidden,
                                           ep_rank_ * experts_per_rank_, experts_per_rank_, seed);
+  const bool per_image = opt_.rule == RoutingRule::kPatchTopL || opt_.rule == RoutingRule::kPerImage;
+  if (per_image) {
+    CHECK_GT(opt_.tokens_per_image, 0) << name << ": " << RoutingRuleName(opt_.rule)
+                                       << " routing needs tokens_per_image";
+    CHECK_EQ(opt_.group_tokens % opt_.tokens_per_image, 0)
+        << name << ": a routing group of " << opt_.group_tokens << " rows is not whole images of "
+        << opt_.tokens_per_image;
+  }
+  if (opt_.rule == RoutingRule::kPatchTopL)
+    CHECK(opt_.patch_top_l >= 1 && opt_.patch_top_l <= opt_.tokens_per_image)
+        << name << ": patch_top_l " << opt_.patch_top_l << " must be in [1, tokens_per_image="
+        << opt_.tokens_per_image << "]";
+  if (opt_.rule == RoutingRule::kAttribute) {
+    CHECK_GT(opt_.attribute_dim, 0) << name << ": attribute routing needs attribute_dim";
+    attr_proj_ = std::make_unique<Linear>(name + ".router.attr_proj", opt_.attribute_dim, opt_.dim,
+                                          seed);
+    attr_norm_ = std::make_unique<LayerNorm>(name + ".router.attr_norm", opt_.dim, seed);
+  }
+  CHECK(!(opt_.dropless && (opt_.rule == RoutingRule::kExpertChoice ||
+                            opt_.rule == RoutingRule::kPatchTopL)))
+      << name << ": dropless applies to the token-side rules only (" << RoutingRuleName(opt_.rule)
+      << " fills every slot by construction)";
+}
+
+const char* RoutingRuleName(RoutingRule rule) {
+  switch (rule) {
+    case RoutingRule::kTokenTopK: return "token_top_k";
+    case RoutingRule::kExpertChoice: return "expert_choice";
+    case RoutingRule::kPatchTopL: return "patch_top_l";
+    case RoutingRule::kPerImage: return "per_image";
+    case RoutingRule::kAttribute: return "attribute";
+  }
+  return "?";
 }
 
 MoeLayer::~MoeLayer() = default;
@@ -69,12 +84,20 @@ void MoeLayer::MoveTo(Device device) {
     *t = moved;
   }
   experts_->MoveTo(device);
+  if (attr_proj_) {
+    // The attribute embedding is tiny ([rows, A] -> [rows, D]) and its input lives on the host,
+    // so it stays there on every device; the CUDA path uploads its output (moe_layer_cuda.cc).
+    CHECK(device == Device::kCPU) << name_ << ": attribute routing runs its router on the host";
+  }
   routing_.reset();
   cuda_.reset();
 }
 
 std::vector<Parameter*> MoeLayer::Parameters() {
   std::vector<Parameter*> ps = {&router_};
+  for (Layer* l : {attr_proj_.get(), attr_norm_.get()})
+    if (l != nullptr)
+      for (Parameter* p : l->Parameters()) ps.push_back(p);
   for (Parameter* p : experts_->Parameters()) ps.push_back(p);
   return ps;
 }
@@ -82,70 +105,84 @@ std::vector<Parameter*> MoeLayer::Parameters() {
 int64_t MoeLayer::CurrentCapacity() const {
   if (opt_.dropless) return -1;
   const double cf = ctx_.training ? opt_.capacity_factor_train : opt_.capacity_factor_eval;
-  return CapacityPerExpert(opt_.top_k, opt_.group_tokens, cf, opt_.num_experts, opt_.rounding);
+  switch (opt_.rule) {
+    case RoutingRule::kExpertChoice:
+      return std::min<int64_t>(opt_.group_tokens,
+                               CapacityPerExpert(1, opt_.group_tokens, cf, opt_.num_experts,
+                                                 opt_.rounding));
+    case RoutingRule::kPatchTopL:
+      return static_cast<int64_t>(opt_.patch_top_l) * (opt_.group_tokens / opt_.tokens_per_image);
+    case RoutingRule::kPerImage:
+      // Whole images: the rounding applies to the image count, then C counts their tokens.
+      return opt_.tokens_per_image *
+             CapacityPerExpert(opt_.top_k, opt_.group_tokens / opt_.tokens_per_image, cf,
+                               opt_.num_experts, opt_.rounding);
+    default:
+      return CapacityPerExpert(opt_.top_k, opt_.group_tokens, cf, opt_.num_experts, opt_.rounding);
+  }
+}
+
+void MoeLayer::ForEachKeptAssignment(const std::function<void(int64_t, int, float)>& fn) const {
+  CHECK(routing_) << name_ << ": no host-path Forward to report on";
+  const Routing& R = *routing_;
+  for (int64_t t = 0; t < R.rows; ++t)
+    for (int r = 0; r < R.kc; ++r)
+      if (R.slot[t * R.kc + r] >= 0) fn(t, R.expert[t * R.kc + r], R.gate[t * R.kc + r]);
 }
 
 void MoeLayer::Route(const Tensor& x) {
+  metrics_ = MoeMetrics();
+  metrics_.tokens_per_expert.assign(opt_.num_experts, 0);
+  switch (opt_.rule) {
+    case RoutingRule::kTokenTopK:
+    case RoutingRule::kAttribute: RouteTokenTopK(x); break;
+    case RoutingRule::kExpertChoice: RouteExpertChoice(x); break;
+    case RoutingRule::kPatchTopL: RoutePatchTopL(x); break;
+    case RoutingRule::kPerImage: RoutePerImage(x); break;
+  }
   Routing& R = *routing_;
-  const int E = opt_.num_experts, k = opt_.top_k;
-  const int64_t n = opt_.group_tokens, rows = R.rows, G = R.groups;
-  const float sigma = opt_.noise_scale / E;
-  const bool noisy = ctx_.training && sigma > 0.f;
+  CHECK_EQ(static_cast<int64_t>(R.expert.size()), R.rows * R.kc);
+  CHECK_EQ(static_cast<int64_t>(R.block_rows.size()), int64_t{opt_.num_experts} * R.groups);
+}
 
+void MoeLayer::ComputeRouterLogits(bool noisy) {
+  Routing& R = *routing_;
+  const int E = opt_.num_experts;
+  const int64_t rows = R.router_rows, G = R.groups, per_group = rows / G;
+  const float sigma = opt_.noise_scale / E;
   R.clean_logits.assign(rows * E, 0.f);
-  Sgemm(false, false, rows, E, opt_.dim, 1.f, x.data(), opt_.dim, router_.value.data(), E, 0.f,
-        R.clean_logits.data(), E);
+  Sgemm(false, false, rows, E, opt_.dim, 1.f, R.router_in.data(), opt_.dim, router_.value.data(),
+        E, 0.f, R.clean_logits.data(), E);
   R.noisy_logits = R.clean_logits;
   if (noisy) {
-    // Keyed on (layer, step, global group, token in group, expert): the same draw whichever
+    // Keyed on (layer, step, global group, router row in group, expert): the same draw whichever
     // rank routes the group.
     CounterRng rng(MixKey(MixKey(seed_, HashString(name_ + ".router_noise")), ctx_.step));
     for (int64_t g = 0; g < G; ++g) {
       const uint64_t gid = static_cast<uint64_t>(ctx_.first_global_group + g);
-      for (int64_t i = 0; i < n * E; ++i)
-        R.noisy_logits[g * n * E + i] += sigma * rng.Normal(gid, static_cast<uint64_t>(i));
+      for (int64_t i = 0; i < per_group * E; ++i)
+        R.noisy_logits[g * per_group * E + i] += sigma * rng.Normal(gid, static_cast<uint64_t>(i));
     }
   }
   R.probs.resize(rows * E);
   SoftmaxRows(R.noisy_logits.data(), rows, E, R.probs.data());
   R.probs_clean = R.probs;
   if (noisy) SoftmaxRows(R.clean_logits.data(), rows, E, R.probs_clean.data());
-
-  R.expert.resize(rows * k);
-  R.gate.resize(rows * k);
-  R.slot.resize(rows * k);
-  TopKRows(R.probs.data(), rows, E, k, R.expert.data(), R.gate.data());
-
-  const int64_t capacity = CurrentCapacity();
-  R.block_rows.assign(E * G, 0);
-  metrics_ = MoeMetrics();
-  metrics_.tokens_per_expert.assign(E, 0);
-  std::vector<int64_t> counts(E);
-  std::vector<int64_t> identity(n);
-  std::iota(identity.begin(), identity.end(), 0);
-  for (int64_t g = 0; g < G; ++g) {
-    const int64_t t0 = g * n;
-    const std::vector<int64_t> order =
-        opt_.batch_prioritized ? BatchPrioritizedOrder(R.gate.data() + t0 * k, n, k) : identity;
-    std::fill(counts.begin(), counts.end(), 0);
-    metrics_.dropped += AssignSlots(R.expert.data() + t0 * k, n, k, E, capacity, order,
-                                    R.slot.data() + t0 * k, counts.data());
-    for (int e = 0; e < E; ++e) {
-      R.block_rows[e * G + g] = capacity < 0 ? counts[e] : capacity;
-      metrics_.tokens_per_expert[e] += counts[e];
-    }
-  }
-  metrics_.assignments = rows * k;
-  metrics_.capacity_slots = capacity < 0 ? 0 : capacity * E * G;
-
-  // Auxiliary losses per group, averaged over every group of the global batch.
   R.d_probs_aux.assign(rows * E, 0.f);
   R.d_probs_clean_aux.assign(rows * E, 0.f);
   R.d_logits_aux.assign(rows * E, 0.f);
   R.d_clean_logits_aux.assign(rows * E, 0.f);
+}
+
+// Auxiliary losses per routing group (over its router rows), averaged over every group of the
+// global batch. Values and gradients are computed here; Backward applies the gradients.
+void MoeLayer::AddAuxLosses(int64_t n, int k, bool noisy) {
+  Routing& R = *routing_;
   if (!ctx_.training) return;
+  const int E = opt_.num_experts;
+  const float sigma = opt_.noise_scale / E;
   const float per_group = 1.f / static_cast<float>(ctx_.num_global_groups);
-  for (int64_t g = 0; g < G; ++g) {
+  for (int64_t g = 0; g < R.groups; ++g) {
     const int64_t o = g * n * E;
     if (opt_.importance_weight > 0) {
       const double l = ImportanceLoss(R.probs_clean.data() + o, n, E,
@@ -154,7 +191,7 @@ void MoeLayer::Route(const Tensor& x) {
       metrics_.importance_loss += l;
       metrics_.aux_loss += opt_.importance_weight * per_group * l;
     }
-    if (opt_.load_weight > 0 && sigma > 0) {
+    if (opt_.load_weight > 0 && noisy && sigma > 0) {
       const double l = LoadLoss(R.clean_logits.data() + o, R.noisy_logits.data() + o, n, E, k,
                                 sigma, opt_.load_weight * per_group,
                                 R.d_clean_logits_aux.data() + o);
@@ -265,7 +302,6 @@ Tensor MoeLayer::Forward(const Tensor& x) {
   R.rows = x.dim(0);
   R.groups = R.rows / opt_.group_tokens;
   R.x = x;
-  const int k = opt_.top_k, E = opt_.num_experts;
   const int64_t D = opt_.dim, G = R.groups;
   {
     ScopedPhase ph(ctx_.profiler, "router");
@@ -276,6 +312,7 @@ Tensor MoeLayer::Forward(const Tensor& x) {
     ScopedPhase ph(ctx_.profiler, "dispatch_pack");
     BuildSendLayout();
     send = Tensor::Zeros({R.send_rows, D});  // padding slots stay zero
+    const int k = R.kc;
     for (int64_t t = 0; t < R.rows; ++t) {
       const int64_t g = t / opt_.group_tokens;
       for (int r = 0; r < k; ++r) {
@@ -296,6 +333,7 @@ Tensor MoeLayer::Forward(const Tensor& x) {
   Tensor y = Tensor::Zeros({R.rows, D});
   {
     ScopedPhase ph(ctx_.profiler, "combine");
+    const int k = R.kc;
     for (int64_t t = 0; t < R.rows; ++t) {
       const int64_t g = t / opt_.group_tokens;
       float* yt = y.data() + t * D;
@@ -308,7 +346,6 @@ Tensor MoeLayer::Forward(const Tensor& x) {
       }
     }
   }
-  (void)E;
   return y;
 }
 
@@ -319,12 +356,12 @@ Tensor MoeLayer::Backward(const Tensor& dy) {
   CHECK(routing_) << name_ << ": Backward before Forward";
   Routing& R = *routing_;
   CHECK_EQ(dy.numel(), R.rows * opt_.dim) << name_ << ": dy shape";
-  const int k = opt_.top_k, E = opt_.num_experts;
+  const int k = R.kc;
   const int64_t D = opt_.dim, G = R.groups;
 
   // combine backward: d(expert output) = gate * dy, d(gate) = <dy, expert output>.
   Tensor d_returned;
-  std::vector<float> d_probs(R.rows * E, 0.f);
+  std::vector<float> d_gate(R.rows * k, 0.f);
   {
     ScopedPhase ph(ctx_.profiler, "combine_bwd");
     d_returned = Tensor::Zeros({R.send_rows, D});
@@ -344,7 +381,7 @@ Tensor MoeLayer::Backward(const Tensor& dy) {
           dout[j] = w * dyt[j];
           dg += static_cast<double>(dyt[j]) * o[j];
         }
-        d_probs[t * E + e] += static_cast<float>(dg);
+        d_gate[t * k + r] = static_cast<float>(dg);
       }
     }
   }
@@ -372,19 +409,7 @@ Tensor MoeLayer::Backward(const Tensor& dy) {
   }
   {
     ScopedPhase ph(ctx_.profiler, "router_bwd");
-    // Noisy path: probs = softmax(noisy logits), noisy = clean + eps (additive, so d/dclean = 1).
-    for (int64_t i = 0; i < R.rows * E; ++i) d_probs[i] += R.d_probs_aux[i];
-    std::vector<float> d_clean(R.rows * E);
-    SoftmaxRowsBackward(R.probs.data(), d_probs.data(), R.rows, E, d_clean.data());
-    std::vector<float> d_from_clean_probs(R.rows * E);
-    SoftmaxRowsBackward(R.probs_clean.data(), R.d_probs_clean_aux.data(), R.rows, E,
-                        d_from_clean_probs.data());
-    for (int64_t i = 0; i < R.rows * E; ++i)
-      d_clean[i] += R.d_logits_aux[i] + d_from_clean_probs[i] + R.d_clean_logits_aux[i];
-    Sgemm(true, false, D, E, R.rows, 1.f, R.x.data(), D, d_clean.data(), E, 1.f,
-          router_.grad.data(), E);
-    Sgemm(false, true, R.rows, D, E, 1.f, d_clean.data(), E, router_.value.data(), E, 1.f,
-          dx.data(), D);
+    RouterBackward(d_gate, &dx);
   }
   return dx;
 }

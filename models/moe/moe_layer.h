@@ -19,6 +19,7 @@
 // ep_size == 1).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -31,6 +32,23 @@
 #include "models/moe/capacity.h"
 
 namespace moe {
+
+// How the router turns its input into (row, expert, slot, gate) assignments. One MoE layer
+// serves every family; a rule changes only the router and the slot assignment, never the
+// dispatch, all-to-all, experts or combine (moe_route_*.cc, one file per rule).
+enum class RoutingRule {
+  kTokenTopK,     // V-MoE: softmax top-k per token, 1st choices fill before 2nd, BPR optional
+  kExpertChoice,  // Zhou 2022: each expert takes its top-C tokens of the group (C from the
+                  // capacity factor with k = 1); a token gets 0..E experts; top_k is unused
+  kPatchTopL,     // pMoE: expert s's router keeps its own top-l patches of every image; gate =
+                  // softmax over the kept scores (or over all patches, kept unnormalised)
+  kPerImage,      // Mobile V-MoE: one decision per image from the mean of its tokens; capacity
+                  // counts whole images; optional super-class guidance of the router
+  kAttribute,     // Uni-Perceiver-MoE: router input LayerNorm(Linear(attribute bits)) (plus
+                  // the token, optionally); top-k gates renormalised to sum to 1
+};
+
+const char* RoutingRuleName(RoutingRule rule);
 
 struct MoeLayerOptions {
   int dim = 0;
@@ -48,6 +66,24 @@ struct MoeLayerOptions {
   float load_weight = 0.005f;
   float switch_weight = 0.f;
   float z_weight = 0.f;
+
+  RoutingRule rule = RoutingRule::kTokenTopK;
+  // kPatchTopL and kPerImage: rows per image (a routing group holds whole images).
+  int64_t tokens_per_image = 0;
+  // kPatchTopL: patches each expert keeps per image (l < tokens_per_image), the gate form, and
+  // hard gates (pMoE's second phase: every kept patch weighs 1, the router gets no gradient).
+  int patch_top_l = 0;
+  bool patch_gate_over_all = false;  // false: softmax over the kept l (pMoE MNIST version)
+  bool hard_gates = false;
+  // Renormalise the k kept gates to sum to 1 (kAttribute always does; others may opt in).
+  bool renormalise_gates = false;
+  // kAttribute: attribute bits per row (MoeStepContext::attributes) and whether the router also
+  // sees the token (router input = token + attribute embedding).
+  int attribute_dim = 0;
+  bool attribute_with_token = false;
+  // kPerImage: weight of CE(clean router logits, super-class label) (Mobile V-MoE: 0.3);
+  // super-class ids index experts, so they must lie in [0, num_experts).
+  float superclass_weight = 0.f;
 };
 
 // What changes every step; set before Forward.
@@ -57,6 +93,14 @@ struct MoeStepContext {
   int64_t first_global_group = 0;   // global id of this rank's first routing group
   int64_t num_global_groups = 1;    // groups in the global batch (aux losses are their mean)
   Profiler* profiler = nullptr;
+  // Scale of per-image supervised router losses (the trainer's 1 / global batch, so that P
+  // ranks sum to what 1 rank computes).
+  float image_loss_scale = 0.f;
+  // kPerImage with superclass_weight > 0: this rank's images' super-class ids (host, one per
+  // image of the micro-batch, in row order).
+  const std::vector<int>* superclass = nullptr;
+  // kAttribute: [rows, attribute_dim] bits (0/1 floats), host, one row per input row.
+  const Tensor* attributes = nullptr;
 };
 
 // Per-forward statistics, summed over this rank's groups (the trainer reduces over ranks).
@@ -67,6 +111,11 @@ struct MoeMetrics {
   int64_t capacity_slots = 0;              // slots offered (C * E * groups); 0 when dropless
   double aux_loss = 0;                     // weighted, already divided by num_global_groups
   double importance_loss = 0, load_loss = 0, switch_loss = 0, z_loss = 0;  // unweighted sums
+  double superclass_loss = 0;  // sum over images of CE(router logits, super-class), unweighted
+  int64_t superclass_correct = 0;  // images whose router argmax is their super-class
+  // Expert-side rules (expert choice, patch top-l) fill every slot, so nothing is "dropped";
+  // what they leave out is rows that no expert took (their MoE output is 0).
+  int64_t unrouted_rows = 0;
 };
 
 class ExpertBank;
@@ -90,10 +139,26 @@ class MoeLayer : public Layer {
   // Capacity per (group, expert) for the current mode; -1 when dropless.
   int64_t CurrentCapacity() const;
   const std::string& name() const { return name_; }
+  // Routing analytics: calls fn(row, global expert, gate) for every kept assignment of the last
+  // Forward on the host path (rows are this rank's input rows; rows / tokens_per_image is the
+  // image when the caller's rows are per-image blocks). Not available after a CUDA Forward.
+  void ForEachKeptAssignment(const std::function<void(int64_t, int, float)>& fn) const;
 
  private:
-  struct Routing;  // per-forward routing state (defined in the .cc)
+  struct Routing;  // per-forward routing state (moe_routing_state.h)
   void Route(const Tensor& x);
+  // Per rule (moe_route_<rule>.cc): fill the routing plan, metrics and aux-loss gradients.
+  void RouteTokenTopK(const Tensor& x);
+  void RouteExpertChoice(const Tensor& x);
+  void RoutePatchTopL(const Tensor& x);
+  void RoutePerImage(const Tensor& x);
+  // Shared router steps: logits (+ training noise keyed on global indices), softmax, aux losses.
+  void ComputeRouterLogits(bool noisy);
+  void AddAuxLosses(int64_t router_rows_per_group, int k, bool noisy);
+  // Token-side rules: V-MoE capacity fill of R.expert/R.gate (1st choices first, BPR optional).
+  void FillCapacitySlots(int64_t capacity);
+  // Backward of the router: d_gate [rows * kc] -> router grads, returns the input's share of dx.
+  void RouterBackward(const std::vector<float>& d_gate, Tensor* dx);
   void BuildSendLayout();
   Tensor ExchangeToExperts(const Tensor& send, const char* phase);
   Tensor ExchangeFromExperts(const Tensor& expert_rows, const char* phase);
@@ -109,6 +174,8 @@ class MoeLayer : public Layer {
   uint64_t seed_;
   int ep_size_, ep_rank_, experts_per_rank_;
   Parameter router_;  // [D, E], dense: replicated on every rank
+  // kAttribute: attribute embedding z = LayerNorm(Linear(a)), dense.
+  std::unique_ptr<Layer> attr_proj_, attr_norm_;
   std::unique_ptr<ExpertBank> experts_;
   MoeStepContext ctx_;
   MoeMetrics metrics_;

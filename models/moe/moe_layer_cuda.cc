@@ -239,6 +239,9 @@ void DeviceAllToAllV(Communicator* nccl, cudaStream_t s, const float* send,
 
 Tensor MoeLayer::ForwardCuda(const Tensor& x) {
   // Shapes and the parameters' device were checked by Forward.
+  CHECK(opt_.rule == RoutingRule::kTokenTopK && !opt_.renormalise_gates)
+      << name_ << ": the CUDA path routes with token top-k only so far; routing rule "
+      << RoutingRuleName(opt_.rule) << " runs on the CPU path";
   if (!cuda_) {
     cuda_ = std::make_shared<CudaState>();
     CudaState& S = *cuda_;

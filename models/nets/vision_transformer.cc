@@ -8,6 +8,7 @@
 #include "models/layers/mean_pool.h"
 #include "models/layers/mlp.h"
 #include "models/layers/patch_embed.h"
+#include "models/nets/families.h"
 
 #ifdef MOE_EP_HAS_CUDA
 #include "core/kernels/cuda/dense_kernels.h"
@@ -40,14 +41,22 @@ struct VisionTransformer::Block {
 };
 
 MoeLayerOptions MoeOptionsFromConfig(const proto::ModelConfig& model) {
-  const proto::MoeConfig& m = model.moe();
-  MoeLayerOptions o;
-  o.dim = model.hidden_dim();
-  o.hidden = m.expert_hidden_dim() > 0 ? m.expert_hidden_dim() : model.mlp_dim();
-  o.num_experts = m.num_experts();
-  o.top_k = m.top_k();
   const int p = model.patch_size();
   const int64_t tokens = static_cast<int64_t>(model.image_size() / p) * (model.image_size() / p);
+  const int hidden =
+      model.moe().expert_hidden_dim() > 0 ? model.moe().expert_hidden_dim() : model.mlp_dim();
+  return MoeOptionsFromConfig(model, model.hidden_dim(), hidden, tokens);
+}
+
+MoeLayerOptions MoeOptionsFromConfig(const proto::ModelConfig& model, int dim, int hidden,
+                                     int64_t tokens) {
+  const proto::MoeConfig& m = model.moe();
+  MoeLayerOptions o;
+  o.dim = dim;
+  o.hidden = hidden;
+  o.num_experts = m.num_experts();
+  o.top_k = m.top_k();
+  o.tokens_per_image = tokens;
   o.group_tokens = tokens * m.group_size_images();
   o.capacity_factor_train = m.capacity_factor_train();
   o.capacity_factor_eval = m.capacity_factor_eval();
@@ -63,6 +72,18 @@ MoeLayerOptions MoeOptionsFromConfig(const proto::ModelConfig& model) {
   o.load_weight = m.load_loss_weight();
   o.switch_weight = m.switch_loss_weight();
   o.z_weight = m.z_loss_weight();
+  switch (m.routing()) {
+    case proto::MoeConfig::TOKEN_TOP_K: o.rule = RoutingRule::kTokenTopK; break;
+    case proto::MoeConfig::EXPERT_CHOICE: o.rule = RoutingRule::kExpertChoice; break;
+    case proto::MoeConfig::PATCH_TOP_L: o.rule = RoutingRule::kPatchTopL; break;
+    case proto::MoeConfig::PER_IMAGE: o.rule = RoutingRule::kPerImage; break;
+    case proto::MoeConfig::ATTRIBUTE: o.rule = RoutingRule::kAttribute; break;
+  }
+  o.patch_top_l = m.patch_top_l();
+  o.patch_gate_over_all = m.patch_gate_over_all();
+  o.renormalise_gates = m.renormalise_gates();
+  o.superclass_weight = m.superclass_loss_weight();
+  o.attribute_with_token = m.attribute_with_token();
   return o;
 }
 
@@ -96,10 +117,6 @@ VisionTransformer::VisionTransformer(const proto::ModelConfig& config, Communica
 }
 
 VisionTransformer::~VisionTransformer() = default;
-
-void VisionTransformer::SetMoeContext(const MoeStepContext& ctx) {
-  for (MoeLayer* m : moe_layers_) m->SetStepContext(ctx);
-}
 
 void VisionTransformer::MoveTo(Device d) {
   embed_->MoveTo(d);
@@ -141,6 +158,30 @@ void VisionTransformer::Backward(const Tensor& dlogits) {
   embed_->Backward(dx);
 }
 
+double VisionTransformer::FlopsPerImage() const {
+  // Multiply-adds per image x 2. Per block: attention (qkv + out projections, scores and
+  // weighted sum), MLP or MoE (router + k expert MLPs per token; capacity drops not subtracted).
+  const double T = tokens_per_image_, D = config_.hidden_dim(), H = config_.mlp_dim();
+  const double P = config_.patch_size() * config_.patch_size() * config_.channels();
+  double macs = T * P * D;  // patch embedding
+  size_t moe_i = 0;
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    macs += T * 4 * D * D + 2 * T * T * D;
+    const bool is_moe = moe_i < moe_layers_.size() && blocks_[i]->mlp.get() == moe_layers_[moe_i];
+    if (is_moe) {
+      const MoeLayerOptions& o = moe_layers_[moe_i++]->options();
+      const double k = o.rule == RoutingRule::kExpertChoice
+                           ? o.capacity_factor_eval  // C = n c / E slots per expert, E experts
+                           : o.top_k;
+      macs += T * D * o.num_experts + k * T * 2 * D * o.hidden;
+    } else {
+      macs += T * 2 * D * H;
+    }
+  }
+  macs += D * config_.num_classes();
+  return 2 * macs;
+}
+
 std::vector<Parameter*> VisionTransformer::Parameters() {
   std::vector<Parameter*> ps;
   auto add = [&ps](const std::vector<Parameter*>& v) { ps.insert(ps.end(), v.begin(), v.end()); };
@@ -154,6 +195,19 @@ std::vector<Parameter*> VisionTransformer::Parameters() {
   add(final_norm_->Parameters());
   add(head_->Parameters());
   return ps;
+}
+
+std::unique_ptr<Net> CreateVit(const proto::TrainConfig& c, Communicator* comm) {
+  return std::make_unique<VisionTransformer>(c.model(), comm, c.seed());
+}
+
+void ValidateVitConfig(const proto::TrainConfig& c, std::vector<std::string>* errors) {
+  const proto::MoeConfig& moe = c.model().moe();
+  if (c.model().use_moe() && moe.routing() != proto::MoeConfig::TOKEN_TOP_K &&
+      moe.routing() != proto::MoeConfig::EXPERT_CHOICE)
+    errors->push_back(ConfigError("model.moe.routing", proto::MoeConfig::RoutingRule_Name(moe.routing()),
+                                  "family \"vit\" routes tokens: TOKEN_TOP_K or EXPERT_CHOICE "
+                                  "(per-image routing is family \"mobile_vmoe\")"));
 }
 
 }  // namespace moe

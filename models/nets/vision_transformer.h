@@ -14,6 +14,7 @@
 
 #include "comm/communicator.h"
 #include "models/layers/layer.h"
+#include "models/nets/net.h"
 #include "models/moe/moe_layer.h"
 #include "models/nets/moe_placement.h"
 #include "proto/moe_ep.pb.h"
@@ -26,25 +27,29 @@ class PatchEmbed;
 class MeanPoolTokens;
 class Linear;
 
-// Translates the MoE part of the config into layer options.
+// Translates the MoE part of the config into layer options for a layer whose rows are
+// `tokens_per_image` per image, `dim` wide, with expert hidden width `hidden` (the routing
+// group is moe.group_size_images images).
+MoeLayerOptions MoeOptionsFromConfig(const proto::ModelConfig& model, int dim, int hidden,
+                                     int64_t tokens_per_image);
+// The ViT's own MoE MLP options (dim = hidden_dim, hidden = expert_hidden_dim or mlp_dim).
 MoeLayerOptions MoeOptionsFromConfig(const proto::ModelConfig& model);
 
-class VisionTransformer {
+class VisionTransformer : public Net {
  public:
   VisionTransformer(const proto::ModelConfig& config, Communicator* comm, uint64_t seed);
-  ~VisionTransformer();
+  ~VisionTransformer() override;
 
   // images: [B, C*H*W]; returns logits [B, num_classes].
-  Tensor Forward(const Tensor& images);
+  Tensor Forward(const Tensor& images) override;
   // dlogits: [B, num_classes]; accumulates every parameter's grad.
-  void Backward(const Tensor& dlogits);
+  void Backward(const Tensor& dlogits) override;
 
-  std::vector<Parameter*> Parameters();
-  const std::vector<MoeLayer*>& moe_layers() const { return moe_layers_; }
-  void SetMoeContext(const MoeStepContext& ctx);
+  std::vector<Parameter*> Parameters() override;
   // Moves every child layer's parameters (and MoE device state) to d. Forward then takes images
   // on d; the residual adds run where the activations are (AddInPlaceCuda on CUDA).
-  void MoveTo(Device d);
+  void MoveTo(Device d) override;
+  double FlopsPerImage() const override;
   int tokens_per_image() const { return tokens_per_image_; }
 
  private:
@@ -56,7 +61,6 @@ class VisionTransformer {
   std::unique_ptr<LayerNorm> final_norm_;
   std::unique_ptr<MeanPoolTokens> pool_;
   std::unique_ptr<Linear> head_;
-  std::vector<MoeLayer*> moe_layers_;
 };
 
 }  // namespace moe

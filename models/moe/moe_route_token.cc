@@ -1,0 +1,138 @@
+// The token-side routing rules: V-MoE token top-k (with Batch Prioritized Routing), conditional
+// (attribute) routing, and Mobile V-MoE per-image routing. All three pick k experts per row and
+// then fill capacity slots the V-MoE way: every row's 1st choice before any 2nd choice, in token
+// order or BPR order, the rest dropped.
+#include <glog/logging.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "models/moe/moe_layer.h"
+#include "models/moe/moe_routing_state.h"
+#include "models/moe/router_math.h"
+#include "models/moe/slot_assignment.h"
+
+namespace moe {
+
+namespace {
+
+// Renormalises each row's k gates to sum to 1 (Uni-Perceiver-MoE's top-2).
+void RenormaliseGates(float* gate, int64_t rows, int k) {
+  for (int64_t t = 0; t < rows; ++t) {
+    double s = 0;
+    for (int r = 0; r < k; ++r) s += gate[t * k + r];
+    for (int r = 0; r < k; ++r) gate[t * k + r] = static_cast<float>(gate[t * k + r] / s);
+  }
+}
+
+}  // namespace
+
+// Capacity fill for the token-side rules; R.expert / R.gate must be set ([rows * k]).
+void MoeLayer::FillCapacitySlots(int64_t capacity) {
+  Routing& R = *routing_;
+  const MoeLayerOptions& opt = opt_;
+  MoeMetrics* metrics = &metrics_;
+  const int E = opt.num_experts, k = R.kc;
+  const int64_t n = opt.group_tokens, G = R.groups;
+  R.slot.assign(R.rows * k, -1);
+  R.block_rows.assign(E * G, 0);
+  std::vector<int64_t> counts(E);
+  const std::vector<int64_t> identity = IdentityOrder(n);
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t t0 = g * n;
+    const std::vector<int64_t> order =
+        opt.batch_prioritized ? BatchPrioritizedOrder(R.gate.data() + t0 * k, n, k) : identity;
+    std::fill(counts.begin(), counts.end(), 0);
+    metrics->dropped += AssignSlots(R.expert.data() + t0 * k, n, k, E, capacity, order,
+                                    R.slot.data() + t0 * k, counts.data());
+    for (int e = 0; e < E; ++e) {
+      R.block_rows[e * G + g] = capacity < 0 ? counts[e] : capacity;
+      metrics->tokens_per_expert[e] += counts[e];
+    }
+  }
+  metrics->assignments = R.rows * k;
+  metrics->capacity_slots = capacity < 0 ? 0 : capacity * E * G;
+}
+
+void MoeLayer::RouteTokenTopK(const Tensor& x) {
+  Routing& R = *routing_;
+  const int k = opt_.top_k;
+  R.kc = k;
+  R.router_rows = R.rows;
+  bool renormalise = opt_.renormalise_gates;
+  if (opt_.rule == RoutingRule::kAttribute) {
+    renormalise = true;
+    CHECK(ctx_.attributes != nullptr) << name_ << ": attribute routing needs the step's attributes";
+    CHECK_EQ(ctx_.attributes->dim(0), R.rows) << name_ << ": one attribute row per input row";
+    CHECK_EQ(ctx_.attributes->dim(1), opt_.attribute_dim) << name_ << ": attribute width";
+    Tensor z = attr_norm_->Forward(attr_proj_->Forward(*ctx_.attributes));
+    if (opt_.attribute_with_token) {
+      for (int64_t i = 0; i < z.numel(); ++i) z.data()[i] += x.data()[i];
+    }
+    R.router_in = z;
+  } else {
+    R.router_in = x;
+  }
+  const bool noisy = ctx_.training && opt_.noise_scale > 0.f;
+  ComputeRouterLogits(noisy);
+  R.expert.resize(R.rows * k);
+  R.gate.resize(R.rows * k);
+  TopKRows(R.probs.data(), R.rows, opt_.num_experts, k, R.expert.data(), R.gate.data());
+  if (renormalise) RenormaliseGates(R.gate.data(), R.rows, k);
+  FillCapacitySlots(CurrentCapacity());
+  AddAuxLosses(opt_.group_tokens, k, noisy);
+}
+
+void MoeLayer::RoutePerImage(const Tensor& x) {
+  Routing& R = *routing_;
+  const int k = opt_.top_k, E = opt_.num_experts;
+  const int64_t T = opt_.tokens_per_image, B = R.rows / T, D = opt_.dim;
+  R.kc = k;
+  R.router_rows = B;
+  // Router input: the mean of the image's tokens (SEEDS.md: the paper leaves it open).
+  R.router_in = Tensor::Zeros({B, D});
+  for (int64_t t = 0; t < R.rows; ++t) {
+    float* m = R.router_in.data() + (t / T) * D;
+    const float* xt = x.data() + t * D;
+    for (int64_t j = 0; j < D; ++j) m[j] += xt[j] / static_cast<float>(T);
+  }
+  const bool noisy = ctx_.training && opt_.noise_scale > 0.f;
+  ComputeRouterLogits(noisy);
+  std::vector<int> img_expert(B * k);
+  std::vector<float> img_gate(B * k);
+  TopKRows(R.probs.data(), B, E, k, img_expert.data(), img_gate.data());
+  if (opt_.renormalise_gates) RenormaliseGates(img_gate.data(), B, k);
+  R.expert.resize(R.rows * k);
+  R.gate.resize(R.rows * k);
+  for (int64_t t = 0; t < R.rows; ++t)
+    for (int r = 0; r < k; ++r) {
+      R.expert[t * k + r] = img_expert[(t / T) * k + r];
+      R.gate[t * k + r] = img_gate[(t / T) * k + r];
+    }
+  // Capacity is a whole number of images and an image's tokens are contiguous with equal
+  // gates, so (in token or BPR order) an image is kept or dropped as a whole.
+  FillCapacitySlots(CurrentCapacity());
+  AddAuxLosses(opt_.group_tokens / T, k, noisy);
+
+  // Super-class guidance (Mobile V-MoE): CE(clean router logits, super-class), per image, scaled
+  // like the classification loss so P ranks sum to 1 rank's value.
+  if (!ctx_.training || opt_.superclass_weight <= 0.f) return;
+  CHECK(ctx_.superclass != nullptr) << name_ << ": super-class guidance needs super-class labels";
+  CHECK_EQ(static_cast<int64_t>(ctx_.superclass->size()), B) << name_ << ": one label per image";
+  CHECK_GT(ctx_.image_loss_scale, 0.f) << name_ << ": image_loss_scale not set";
+  const float w = opt_.superclass_weight * ctx_.image_loss_scale;
+  for (int64_t i = 0; i < B; ++i) {
+    const int c = (*ctx_.superclass)[i];
+    CHECK(c >= 0 && c < E) << name_ << ": super-class " << c << " of image " << i
+                           << " is not an expert id in [0, " << E << ")";
+    const float* p = R.probs_clean.data() + i * E;
+    const double ce = -std::log(std::max(static_cast<double>(p[c]), 1e-30));
+    metrics_.superclass_loss += ce;
+    metrics_.aux_loss += w * ce;
+    if (std::max_element(p, p + E) - p == c) ++metrics_.superclass_correct;
+    for (int e = 0; e < E; ++e)
+      R.d_clean_logits_aux[i * E + e] += w * (p[e] - (e == c ? 1.f : 0.f));
+  }
+}
+
+}  // namespace moe

@@ -1,0 +1,44 @@
+// MoeLayer's per-forward routing state: everything one Forward decides and Backward reuses.
+// Internal to models/moe (moe_layer.cc and the moe_route_<rule>.cc files).
+//
+// Index conventions:
+//   choice (t, r)      -> t * kc + r, t a local row, r < kc. kc = choices per row: top_k for the
+//                         token rules, E for the expert-side rules (expert choice, patch top-l),
+//                         where choice r is expert r and slot -1 means "not taken".
+//   router row i       -> what the router scored: a token (token rules), an image (per-image)
+//   send block (e, g)  -> e * G + g: expert-major, so the blocks for EP peer p are contiguous
+//   recv block         -> (src * El + l) * G + g, as the all-to-all delivers them
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+#include "models/moe/moe_layer.h"
+
+namespace moe {
+
+struct MoeLayer::Routing {
+  int64_t rows = 0, groups = 0;
+  int kc = 0;
+  Tensor x;
+  // The router: logits = router_in [router_rows, D] x W [D, E] (+ noise in training).
+  int64_t router_rows = 0;
+  Tensor router_in;
+  std::vector<float> clean_logits, noisy_logits, probs, probs_clean;  // [router_rows, E]
+  // The plan: [rows * kc]; slot -1 = dropped or not taken.
+  std::vector<int> expert, slot;
+  std::vector<float> gate;
+  std::vector<int64_t> block_rows;       // [E * G] rows per send block (C, or exact if dropless)
+  std::vector<int64_t> block_offset;     // [E * G] first row of each send block
+  int64_t send_rows = 0;
+  std::vector<int64_t> recv_block_rows;  // [EP * El * G]
+  std::vector<int64_t> send_rows_per_peer, recv_rows_per_peer;
+  std::vector<int64_t> expert_rows;      // [El] rows each local expert processes
+  Tensor returned;                       // expert outputs back at the source, send layout
+  // Auxiliary-loss gradients, computed with the values in Forward and applied in Backward:
+  // w.r.t. the noisy probs, the clean probs, the noisy logits and the clean logits.
+  std::vector<float> d_probs_aux, d_probs_clean_aux, d_logits_aux, d_clean_logits_aux;
+};
+
+}  // namespace moe

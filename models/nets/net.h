@@ -1,0 +1,55 @@
+// Net: what the trainer needs from a model family. Every family (ViT/V-MoE, Sparse-MLP, pMoE,
+// Mobile V-MoE, conditional MoE) is one Net built by CreateNet (net_factory.h) from the config;
+// the trainer never knows which one it drives.
+//
+// Contract: Forward(images [B, C*H*W]) -> logits [B, num_outputs]; Backward(dlogits) accumulates
+// every parameter's grad (the caller zeroes them); MoE layers read their step context (set with
+// SetMoeContext before Forward) and the per-step side information some routing rules need
+// (SetBatchInfo: class labels for super-class guidance, task/modality ids for conditional
+// routing). Parameters() lists every parameter exactly once, dense and expert ones together
+// (Parameter::is_expert tells them apart).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/parameter.h"
+#include "core/tensor.h"
+#include "models/moe/moe_layer.h"
+
+namespace moe {
+
+// Per-step, per-image side information, host vectors of the micro-batch's length (or null).
+struct BatchInfo {
+  const std::vector<int>* labels = nullptr;    // class labels
+  const std::vector<int>* task = nullptr;      // conditional multi-task: task id per image
+  const std::vector<int>* modality = nullptr;  // conditional multi-task: modality id per image
+};
+
+class Net {
+ public:
+  virtual ~Net() = default;
+  virtual Tensor Forward(const Tensor& images) = 0;
+  virtual void Backward(const Tensor& dlogits) = 0;
+  virtual std::vector<Parameter*> Parameters() = 0;
+  // Moves every parameter to d; Forward then takes images on d.
+  virtual void MoveTo(Device d) = 0;
+
+  const std::vector<MoeLayer*>& moe_layers() const { return moe_layers_; }
+  // The same context for every MoE layer (routing groups are counted in images, so one
+  // context fits layers whose rows are tokens, channels or patches alike).
+  virtual void SetMoeContext(const MoeStepContext& ctx) {
+    for (MoeLayer* m : moe_layers_) m->SetStepContext(ctx);
+  }
+  // Called before Forward with this step's side information; families that need none ignore it.
+  virtual void SetBatchInfo(const BatchInfo& info) { (void)info; }
+  // Forward multiply-adds x 2 per image, counting only the experts a row actually visits at the
+  // configured capacity (the results table's "FLOPs per image").
+  virtual double FlopsPerImage() const = 0;
+
+ protected:
+  std::vector<MoeLayer*> moe_layers_;
+};
+
+}  // namespace moe
