@@ -19,6 +19,9 @@ struct Parameter {
   Tensor value;
   Tensor grad;
   int global_expert_id = -1;  // -1: dense (replicated on every rank)
+  // Frozen parameters keep their value: the optimizers skip them (moments and decay included),
+  // e.g. pMoE's routers in the experts-only phase. Their grads are still computed and reduced.
+  bool frozen = false;
   bool is_expert() const { return global_expert_id >= 0; }
 };
 

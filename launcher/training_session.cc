@@ -136,6 +136,7 @@ void TrainingSession::OptimizerStepCuda(float lr) {
   const auto& o = config_.optimizer();
   for (size_t i = 0; i < params_.size(); ++i) {
     Parameter* p = params_[i];
+    if (p->frozen) continue;
     const float wd = DecayApplies(p->name) ? o.weight_decay() : 0.f;
     AdamWStepCuda(p->value.data(), p->grad.data(), adam_m_[i].data(), adam_v_[i].data(),
                   p->value.numel(), lr, o.beta1(), o.beta2(), o.epsilon(), wd, adam_step_, nullptr);

@@ -54,6 +54,7 @@ void AdamW::Step(const std::vector<Parameter*>& params, float lr) {
   const float bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(static_cast<double>(b2), t)));
   for (Parameter* p : params) {
     CHECK(p != nullptr);
+    if (p->frozen) continue;
     CHECK(p->value.device() == Device::kCPU && p->grad.device() == Device::kCPU)
         << "AdamW::Step runs on host tensors; parameter " << p->name << " is on "
         << DeviceName(p->value.device());
