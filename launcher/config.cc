@@ -132,7 +132,8 @@ std::vector<std::string> ValidateTrainConfig(const proto::TrainConfig& c, int wo
                            {"switch_loss_weight", moe.switch_loss_weight()},
                            {"z_loss_weight", moe.z_loss_weight()}})
       if (w < 0) bad(std::string("model.moe.") + name, std::to_string(w), "must be >= 0");
-    if (moe.placement() == proto::MoeConfig::LAST_N && moe.last_n() <= 0)
+    if ((moe.placement() == proto::MoeConfig::LAST_N ||
+         moe.placement() == proto::MoeConfig::LAST_BLOCKS) && moe.last_n() <= 0)
       bad("model.moe.last_n", std::to_string(moe.last_n()), "must be >= 1");
     if (m.num_layers() < 2)
       bad("model.num_layers", std::to_string(m.num_layers()), "MoE blocks are the odd blocks: need >= 2");

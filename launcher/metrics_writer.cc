@@ -43,4 +43,10 @@ void MetricsWriter::WriteEval(int64_t step, double accuracy) {
   out_.flush();
 }
 
+void MetricsWriter::WriteObject(const std::string& json_object) {
+  if (!out_.is_open()) return;
+  out_ << json_object << "\n";
+  out_.flush();
+}
+
 }  // namespace moe

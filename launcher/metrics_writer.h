@@ -14,6 +14,8 @@ class MetricsWriter {
   explicit MetricsWriter(const std::string& path);
   void WriteStep(int64_t step, const StepStats& s);
   void WriteEval(int64_t step, double accuracy);
+  // Any other record (the run summary, routing matrices): one JSON object, written as one line.
+  void WriteObject(const std::string& json_object);
 
  private:
   std::ofstream out_;

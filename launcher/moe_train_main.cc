@@ -1,4 +1,5 @@
-// moe_train: trains a (V-MoE) vision transformer on Fashion-MNIST with experts sharded over MPI
+// moe_train: trains a vision model of any family (ViT/V-MoE, Mixer/Sparse-MLP, CNN/pMoE, Mobile
+// V-MoE, conditional MoE) on Fashion-MNIST with experts sharded over MPI
 // ranks. Run it under mpirun (launcher/run.sh sets the environment); see README.md.
 //
 // Failure policy: errors every rank can see (config, data files) are agreed on with an
@@ -24,7 +25,10 @@
 #include "launcher/config.h"
 #include "launcher/idx_dataset.h"
 #include "launcher/metrics_writer.h"
+#include "launcher/multitask.h"
 #include "launcher/profile_report.h"
+#include "launcher/routing_analytics.h"
+#include "launcher/run_summary.h"
 #include "launcher/training_session.h"
 
 #ifdef MOE_EP_HAS_CUDA
@@ -45,6 +49,9 @@ DEFINE_int32(fault_step, -1, "testing: step at which --fault_rank fails");
 DEFINE_bool(allow_shared_gpu, false,
             "device \"cuda\" only, testing: let several ranks of one host share a GPU (NCCL over "
             "loopback sockets; slow). Production runs one rank per GPU");
+DEFINE_string(analytics_dir, "",
+              "if set, rank 0 writes a routing heatmap PNG per MoE layer here (expert x class, "
+              "final evaluation); the tables are printed either way");
 DEFINE_int32(fault_nan_step, -1, "testing: rank 0's batch is poisoned with NaN at this step");
 
 namespace moe {
@@ -112,9 +119,10 @@ void GatherBatch(const ImageDataset& d, const std::vector<int64_t>& idx, Tensor*
 }
 
 // Evaluates on the test set split across the world; every rank runs the same number of
-// batches (padded with valid=0 rows) so the MoE all-to-alls stay matched.
+// batches (padded with valid=0 rows) so the MoE all-to-alls stay matched. With `analytics`,
+// every batch's kept routing assignments are counted per expert and class (this rank's share).
 double EvaluateTestSet(TrainingSession* session, const ImageDataset& test, int64_t eval_images,
-                       int64_t batch, Communicator* comm) {
+                       int64_t batch, Communicator* comm, RoutingAnalytics* analytics = nullptr) {
   const int world = comm->Size(GroupKind::kWorld), rank = comm->Rank(GroupKind::kWorld);
   const int64_t n = eval_images > 0 ? std::min<int64_t>(eval_images, test.count) : test.count;
   const int64_t per_round = batch * world;
@@ -132,6 +140,7 @@ double EvaluateTestSet(TrainingSession* session, const ImageDataset& test, int64
     int64_t c = 0;
     double l = 0;
     session->Evaluate(images, labels, valid, &c, &l);
+    if (analytics != nullptr) analytics->ObserveNet(session->net().moe_layers(), labels, valid);
     correct += c;
     loss += l;
   }
@@ -221,14 +230,27 @@ int Run(int argc, char** argv) {
   TrainingSession session(config, &comm, &profiler, device_comm);
   BatchSampler sampler(train.count, config.seed());
   const int64_t b = d.batch_per_rank(), gb = session.global_batch();
+  // Family "conditional": multi-task Fashion-MNIST (launcher/multitask.h).
+  const bool multi_task = IsMultiTask(config);
+  MultiTaskSpec multitask;
+  if (multi_task) ok = BuildMultiTaskSpec(config, &multitask, &error);
+  FailTogetherIf(multi_task && !ok, "config error: " + error, kExitConfig);
+  std::vector<int> tasks, modalities;
+  // Multi-task evaluation: every (task, modality) pair on the test set; returns their mean.
+  auto evaluate_multi_task = [&](int64_t at_step) {
+    const MultiTaskAccuracy mt = EvaluateMultiTask(&session, test, multitask, d.eval_images(), b, &comm);
+    LOG_IF(INFO, rank == 0) << "multi-task test accuracy at step " << at_step << ": " << mt.ToString();
+    return mt.Mean();
+  };
   int64_t num_params = 0, num_expert_params_local = 0;
   for (Parameter* p : session.Parameters())
     (p->is_expert() ? num_expert_params_local : num_params) += p->value.numel();
   double expert_params = static_cast<double>(num_expert_params_local);
   comm.AllReduceSum(&expert_params, 1, GroupKind::kExpert);
   LOG_IF(INFO, rank == 0) << "moe_train: world " << world << " = EP " << comm.Size(GroupKind::kExpert)
-                          << " x DP " << comm.Size(GroupKind::kData) << ", model "
-                          << (config.model().use_moe() ? "V-MoE" : "ViT") << ", "
+                          << " x DP " << comm.Size(GroupKind::kData) << ", family "
+                          << config.model().family() << (config.model().use_moe() ? " (MoE)" : " (dense)")
+                          << ", "
                           << session.net().moe_layers().size() << " MoE layers, dense params "
                           << num_params << ", expert params " << static_cast<int64_t>(expert_params)
                           << ", global batch " << gb << ", steps " << config.steps();
@@ -243,12 +265,17 @@ int Run(int argc, char** argv) {
   double window_loss = 0, window_acc = 0, window_drop = 0;
   int window = 0;
   auto window_start = std::chrono::steady_clock::now();
+  double periodic_eval_seconds = 0;  // left out of the summary's images/s
   for (int64_t step = 0; step < config.steps(); ++step) {
     if (rank == FLAGS_fault_rank && step == FLAGS_fault_step)
       LOG(FATAL) << "injected failure (--fault_rank=" << rank << " --fault_step=" << step << ")";
     GatherBatch(train, sampler.Slice(step, gb, static_cast<int64_t>(rank) * b, b), &images, &labels);
     if (rank == 0 && step == FLAGS_fault_nan_step) images.at(0) = std::nanf("");
-    const StepStats s = session.TrainStep(step, images, labels);
+    if (multi_task)
+      MakeMultiTaskBatch(multitask, train.rows, train.cols, step * gb + static_cast<int64_t>(rank) * b,
+                         &images, &labels, &tasks, &modalities);
+    const StepStats s = multi_task ? session.TrainStep(step, images, labels, &tasks, &modalities)
+                                   : session.TrainStep(step, images, labels);
     // The loss is all-reduced, so every rank sees the same NaN and they stop together.
     FailTogetherIf(!std::isfinite(s.loss) || !std::isfinite(s.aux_loss),
                    "numerics error: loss is not finite at step " + std::to_string(step) +
@@ -270,19 +297,35 @@ int Run(int argc, char** argv) {
                 << "  acc " << std::setprecision(3) << window_acc / window << "  img/s "
                 << std::setprecision(1) << window * gb / dt << "  dropped "
                 << std::setprecision(3) << window_drop / window << "  lr " << std::setprecision(5)
-                << s.learning_rate << "  ETA " << FormatSeconds(eta);
+                << s.learning_rate
+                << (s.superclass_accuracy >= 0  // Mobile V-MoE: router hits its super-class
+                        ? "  sc-acc " + std::to_string(s.superclass_accuracy).substr(0, 5)
+                        : std::string())
+                << "  ETA " << FormatSeconds(eta);
       window_loss = window_acc = window_drop = 0;
       window = 0;
       window_start = std::chrono::steady_clock::now();
     }
     if (config.eval_every() > 0 && (step + 1) % config.eval_every() == 0 && !last) {
-      const double acc = EvaluateTestSet(&session, test, d.eval_images(), b, &comm);
+      const auto eval_start = std::chrono::steady_clock::now();
+      const double acc = multi_task ? evaluate_multi_task(step + 1)
+                                    : EvaluateTestSet(&session, test, d.eval_images(), b, &comm);
+      periodic_eval_seconds += seconds_since(eval_start);
       metrics.WriteEval(step + 1, acc);
       LOG_IF(INFO, rank == 0) << "eval at step " << step + 1 << ": test accuracy " << acc;
     }
   }
   const double train_seconds = seconds_since(t0);
-  const double acc = EvaluateTestSet(&session, test, d.eval_images(), b, &comm);
+  // Routing analytics read the host routing state, which the CUDA path does not keep.
+  std::unique_ptr<RoutingAnalytics> analytics;
+  const auto& moe_layers = session.net().moe_layers();
+  if (!moe_layers.empty() && on_gpu)
+    LOG_IF(INFO, rank == 0) << "routing analytics: skipped (host path only; device is cuda)";
+  else if (!moe_layers.empty() && !multi_task)  // analytics count single-task class labels
+    analytics = std::make_unique<RoutingAnalytics>(moe_layers, config.model().num_classes());
+  const double acc = multi_task ? evaluate_multi_task(config.steps())
+                                : EvaluateTestSet(&session, test, d.eval_images(), b, &comm, analytics.get());
+  if (analytics) analytics->Reduce(&comm);
   metrics.WriteEval(config.steps(), acc);
 
   const std::string table = FormatProfileAcrossRanks(profiler, config.steps(), &comm);
@@ -296,6 +339,22 @@ int Run(int argc, char** argv) {
               << (d.eval_images() > 0 ? std::min<int64_t>(d.eval_images(), test.count) : test.count)
               << " test images after " << config.steps() << " steps; training wall time "
               << std::setprecision(1) << train_seconds << " s";
+    if (analytics) ReportRoutingAnalytics(*analytics, FLAGS_analytics_dir, &metrics);
+    RunSummary sum;
+    sum.family = config.model().family();
+    sum.model = ModelNameFromConfigPath(FLAGS_config);
+    sum.dense_params = num_params;
+    sum.expert_params = static_cast<int64_t>(expert_params);
+    sum.flops_per_image = session.net().FlopsPerImage();
+    const double pure_train_seconds = train_seconds - periodic_eval_seconds;
+    sum.images_per_s = pure_train_seconds > 0 ? config.steps() * gb / pure_train_seconds : 0;
+    sum.train_wall_s = train_seconds;
+    sum.steps = config.steps();
+    sum.global_batch = gb;
+    sum.world = world;
+    sum.test_accuracy = acc;
+    LOG(INFO) << FormatSummaryLine(sum);
+    metrics.WriteObject(SummaryJson(sum));
   }
   google::FlushLogFiles(google::GLOG_INFO);
   return 0;

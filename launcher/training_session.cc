@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "core/optim/lr_schedule.h"
+#include "launcher/multitask.h"
 #include "models/nets/net_factory.h"
 
 #ifdef MOE_EP_HAS_CUDA
@@ -53,6 +54,7 @@ TrainingSession::TrainingSession(const proto::TrainConfig& config, Communicator*
   ac.weight_decay = o.weight_decay();
   optimizer_ = std::make_unique<AdamW>(ac);
   global_batch_ = static_cast<int64_t>(config.data().batch_per_rank()) * comm->Size(GroupKind::kWorld);
+  if (IsMultiTask(config)) task_ranges_ = TaskLogitRanges(config.model());
   int64_t n = 0;
   for (Parameter* p : dense_) n += p->grad.numel();
   if (!on_device_) {
@@ -201,22 +203,39 @@ double TrainingSession::ClipGradients() {
 }
 
 StepStats TrainingSession::TrainStep(int64_t step, const Tensor& images,
-                                     const std::vector<int>& labels) {
+                                     const std::vector<int>& labels, const std::vector<int>* task,
+                                     const std::vector<int>* modality) {
   const int64_t b = images.dim(0);
   for (Parameter* p : params_) p->grad.Zero();
   SetContext(/*training=*/true, step, b);
   BatchInfo info;
   info.labels = &labels;
+  info.task = task;
+  info.modality = modality;
   net_->SetBatchInfo(info);
   Tensor logits;
   {
     ScopedPhase ph(profiler_, "forward_total");
     logits = net_->Forward(on_device_ ? ToNetDevice(images) : images);
   }
-  const float mean_local = loss_.Forward(logits, labels, 1.f / static_cast<float>(global_batch_));
+  const float loss_scale = 1.f / static_cast<float>(global_batch_);
+  float mean_local = 0;
+  int num_correct = 0;
+  if (task != nullptr) {
+    CHECK(!task_ranges_.empty()) << "per-image tasks given, but model.family=\""
+                                 << config_.model().family() << "\" is single-task";
+    CHECK(!on_device_) << "multi-task training runs on the host";
+    std::vector<std::pair<int, int>> ranges(b);
+    for (int64_t i = 0; i < b; ++i) ranges[i] = task_ranges_.at((*task)[i]);
+    mean_local = sliced_loss_.Forward(logits, labels, ranges, loss_scale);
+    num_correct = sliced_loss_.NumCorrect();
+  } else {
+    mean_local = loss_.Forward(logits, labels, loss_scale);
+    num_correct = loss_.NumCorrect();
+  }
   {
     ScopedPhase ph(profiler_, "backward_total");
-    net_->Backward(loss_.Backward());
+    net_->Backward(task != nullptr ? sliced_loss_.Backward() : loss_.Backward());
   }
   if (on_device_) SynchroniseGradientsCuda();
   else SynchroniseGradients();
@@ -235,7 +254,7 @@ StepStats TrainingSession::TrainStep(int64_t step, const Tensor& images,
   // [dropped, assignments, offered slots, tokens per expert...].
   const auto& layers = net_->moe_layers();
   std::vector<double> buf = {static_cast<double>(mean_local) * b,
-                             static_cast<double>(loss_.NumCorrect()), 0};
+                             static_cast<double>(num_correct), 0};
   for (MoeLayer* m : layers) {
     const MoeMetrics& mm = m->metrics();
     buf[2] += mm.aux_loss;
@@ -244,7 +263,16 @@ StepStats TrainingSession::TrainStep(int64_t step, const Tensor& images,
     buf.push_back(mm.capacity_slots);
     buf.insert(buf.end(), mm.tokens_per_expert.begin(), mm.tokens_per_expert.end());
   }
+  int guided_layers = 0;  // the last slot: super-class hits over the guided layers
+  buf.push_back(0);
+  for (MoeLayer* m : layers)
+    if (m->options().superclass_weight > 0) {
+      ++guided_layers;
+      buf.back() += static_cast<double>(m->metrics().superclass_correct);
+    }
   comm_->AllReduceSum(buf.data(), static_cast<int64_t>(buf.size()), GroupKind::kWorld);
+  if (guided_layers > 0)
+    s.superclass_accuracy = buf.back() / (static_cast<double>(guided_layers) * global_batch_);
   s.loss = buf[0] / global_batch_;
   s.accuracy = buf[1] / global_batch_;
   s.aux_loss = buf[2];
@@ -268,8 +296,16 @@ StepStats TrainingSession::TrainStep(int64_t step, const Tensor& images,
 }
 
 void TrainingSession::Evaluate(const Tensor& images, const std::vector<int>& labels,
-                               int64_t valid, int64_t* correct, double* loss_sum) {
+                               int64_t valid, int64_t* correct, double* loss_sum,
+                               const std::vector<int>* task, const std::vector<int>* modality) {
   SetContext(/*training=*/false, /*step=*/0, images.dim(0));
+  if (task != nullptr) {
+    CHECK(!task_ranges_.empty()) << "per-image tasks given to a single-task model";
+    BatchInfo info;
+    info.task = task;
+    info.modality = modality;
+    net_->SetBatchInfo(info);
+  }
   Tensor logits = net_->Forward(on_device_ ? ToNetDevice(images) : images);
   if (logits.device() != Device::kCPU) {  // [B, C] is small: score it on the host
     Tensor host(logits.shape());
@@ -281,13 +317,16 @@ void TrainingSession::Evaluate(const Tensor& images, const std::vector<int>& lab
   double ls = 0;
   for (int64_t i = 0; i < valid; ++i) {
     const float* row = logits.data() + i * C;
-    int best = 0;
-    float mx = row[0];
-    for (int c = 1; c < C; ++c)
+    // Multi-task: the row's own task slice; otherwise every class.
+    const int lo = task != nullptr ? task_ranges_.at((*task)[i]).first : 0;
+    const int hi = task != nullptr ? task_ranges_.at((*task)[i]).second : static_cast<int>(C);
+    int best = lo;
+    float mx = row[lo];
+    for (int c = lo + 1; c < hi; ++c)
       if (row[c] > mx) mx = row[best = c];
     ok += best == labels[i];
     double z = 0;
-    for (int c = 0; c < C; ++c) z += std::exp(double(row[c]) - mx);
+    for (int c = lo; c < hi; ++c) z += std::exp(double(row[c]) - mx);
     ls += std::log(z) + mx - row[labels[i]];
   }
   *correct = ok;

@@ -21,11 +21,13 @@
 #pragma once
 
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "comm/communicator.h"
 #include "core/optim/adamw.h"
 #include "core/profiler.h"
+#include "models/layers/sliced_cross_entropy.h"
 #include "models/layers/softmax_cross_entropy.h"
 #include "models/nets/net.h"
 #include "proto/moe_ep.pb.h"
@@ -43,6 +45,9 @@ struct StepStats {
   // Per MoE layer, over the world: kept assignments per expert, dropped fraction, capacity use.
   std::vector<std::vector<int64_t>> tokens_per_expert;
   std::vector<double> layer_dropped_fraction, layer_capacity_use;
+  // Super-class-guided routers (Mobile V-MoE): images whose router argmax is their super-class,
+  // over the guided MoE layers and the global batch; -1 when no layer is guided.
+  double superclass_accuracy = -1;
 };
 
 class TrainingSession {
@@ -54,11 +59,18 @@ class TrainingSession {
   ~TrainingSession();
 
   // images (host): this rank's [batch_per_rank, 784] slice of the global batch at `step`.
-  StepStats TrainStep(int64_t step, const Tensor& images, const std::vector<int>& labels);
+  // Multi-task (family "conditional", launcher/multitask.h): `task` and `modality` give each
+  // image's ids (they reach the net through BatchInfo), labels are global logit columns and each
+  // row is scored on its task's slice only (SlicedCrossEntropy). Without them: single-task CE.
+  StepStats TrainStep(int64_t step, const Tensor& images, const std::vector<int>& labels,
+                      const std::vector<int>* task = nullptr,
+                      const std::vector<int>* modality = nullptr);
   // Forward only (eval capacity, no noise). The first `valid` rows count; the rest pad the batch
-  // so every rank runs the same number of MoE all-to-alls. Returns this rank's sums.
+  // so every rank runs the same number of MoE all-to-alls. Returns this rank's sums. With
+  // `task`, the argmax and the loss are taken over each row's task slice.
   void Evaluate(const Tensor& images, const std::vector<int>& labels, int64_t valid,
-                int64_t* correct, double* loss_sum);
+                int64_t* correct, double* loss_sum, const std::vector<int>* task = nullptr,
+                const std::vector<int>* modality = nullptr);
 
   std::vector<Parameter*> Parameters() { return params_; }
   Net& net() { return *net_; }
@@ -82,6 +94,9 @@ class TrainingSession {
   std::vector<Parameter*> params_, dense_, expert_;
   std::unique_ptr<AdamW> optimizer_;
   SoftmaxCrossEntropy loss_;
+  // Multi-task: the per-task loss and each task's logit range (launcher/multitask.h).
+  SlicedCrossEntropy sliced_loss_;
+  std::vector<std::pair<int, int>> task_ranges_;
   int64_t global_batch_;
   std::vector<float> bucket_;  // flattened dense grads for one all-reduce
   // CUDA path only.

@@ -85,9 +85,11 @@ void MoeLayer::MoveTo(Device device) {
   }
   experts_->MoveTo(device);
   if (attr_proj_) {
-    // The attribute embedding is tiny ([rows, A] -> [rows, D]) and its input lives on the host,
-    // so it stays there on every device; the CUDA path uploads its output (moe_layer_cuda.cc).
-    CHECK(device == Device::kCPU) << name_ << ": attribute routing runs its router on the host";
+    // The attribute embedding's parameters live with the others (the trainer's optimizer wants
+    // every parameter on one device); on the CUDA path it is computed on the host, from host
+    // mirrors refreshed each step (moe_layer_cuda_host_route.cc).
+    attr_proj_->MoveTo(device);
+    attr_norm_->MoveTo(device);
   }
   routing_.reset();
   cuda_.reset();
@@ -131,28 +133,81 @@ void MoeLayer::ForEachKeptAssignment(const std::function<void(int64_t, int, floa
 }
 
 void MoeLayer::Route(const Tensor& x) {
+  StartRouting();
+  SetRouterInput(x, attr_proj_.get(), attr_norm_.get());
+  RouterLogits(router_.value.data());
+  RouteFromLogits();
+}
+
+void MoeLayer::StartRouting() {
+  Routing& R = *routing_;
   metrics_ = MoeMetrics();
   metrics_.tokens_per_expert.assign(opt_.num_experts, 0);
+  const bool expert_side =
+      opt_.rule == RoutingRule::kExpertChoice || opt_.rule == RoutingRule::kPatchTopL;
+  R.kc = expert_side ? opt_.num_experts : opt_.top_k;
+  R.router_rows =
+      opt_.rule == RoutingRule::kPerImage ? R.rows / opt_.tokens_per_image : R.rows;
+}
+
+void MoeLayer::SetRouterInput(const Tensor& x, Layer* proj, Layer* norm) {
+  Routing& R = *routing_;
+  switch (opt_.rule) {
+    case RoutingRule::kAttribute: {
+      CHECK(ctx_.attributes != nullptr)
+          << name_ << ": attribute routing needs the step's attributes";
+      CHECK_EQ(ctx_.attributes->dim(0), R.rows) << name_ << ": one attribute row per input row";
+      CHECK_EQ(ctx_.attributes->dim(1), opt_.attribute_dim) << name_ << ": attribute width";
+      Tensor z = norm->Forward(proj->Forward(*ctx_.attributes));
+      if (opt_.attribute_with_token) {
+        for (int64_t i = 0; i < z.numel(); ++i) z.data()[i] += x.data()[i];
+      }
+      R.router_in = z;
+      break;
+    }
+    case RoutingRule::kPerImage: {
+      // Router input: the mean of the image's tokens (SEEDS.md: the paper leaves it open).
+      const int64_t T = opt_.tokens_per_image, D = opt_.dim;
+      R.router_in = Tensor::Zeros({R.router_rows, D});
+      for (int64_t t = 0; t < R.rows; ++t) {
+        float* m = R.router_in.data() + (t / T) * D;
+        const float* xt = x.data() + t * D;
+        for (int64_t j = 0; j < D; ++j) m[j] += xt[j] / static_cast<float>(T);
+      }
+      break;
+    }
+    default: R.router_in = x;
+  }
+}
+
+void MoeLayer::RouterLogits(const float* w) {
+  Routing& R = *routing_;
+  const int E = opt_.num_experts;
+  R.clean_logits.assign(R.router_rows * E, 0.f);
+  Sgemm(false, false, R.router_rows, E, opt_.dim, 1.f, R.router_in.data(), opt_.dim, w, E, 0.f,
+        R.clean_logits.data(), E);
+}
+
+void MoeLayer::RouteFromLogits() {
   switch (opt_.rule) {
     case RoutingRule::kTokenTopK:
-    case RoutingRule::kAttribute: RouteTokenTopK(x); break;
-    case RoutingRule::kExpertChoice: RouteExpertChoice(x); break;
-    case RoutingRule::kPatchTopL: RoutePatchTopL(x); break;
-    case RoutingRule::kPerImage: RoutePerImage(x); break;
+    case RoutingRule::kAttribute: RouteTokenTopK(); break;
+    case RoutingRule::kExpertChoice: RouteExpertChoice(); break;
+    case RoutingRule::kPatchTopL: RoutePatchTopL(); break;
+    case RoutingRule::kPerImage: RoutePerImage(); break;
   }
   Routing& R = *routing_;
   CHECK_EQ(static_cast<int64_t>(R.expert.size()), R.rows * R.kc);
   CHECK_EQ(static_cast<int64_t>(R.block_rows.size()), int64_t{opt_.num_experts} * R.groups);
 }
 
-void MoeLayer::ComputeRouterLogits(bool noisy) {
+// Noise on R.clean_logits (training), softmax, zeroed aux-loss gradient arrays.
+void MoeLayer::RouterProbs(bool noisy) {
   Routing& R = *routing_;
   const int E = opt_.num_experts;
   const int64_t rows = R.router_rows, G = R.groups, per_group = rows / G;
   const float sigma = opt_.noise_scale / E;
-  R.clean_logits.assign(rows * E, 0.f);
-  Sgemm(false, false, rows, E, opt_.dim, 1.f, R.router_in.data(), opt_.dim, router_.value.data(),
-        E, 0.f, R.clean_logits.data(), E);
+  CHECK_EQ(static_cast<int64_t>(R.clean_logits.size()), rows * E);
   R.noisy_logits = R.clean_logits;
   if (noisy) {
     // Keyed on (layer, step, global group, router row in group, expert): the same draw whichever

@@ -136,6 +136,9 @@ class MoeLayer : public Layer {
 
   const MoeMetrics& metrics() const { return metrics_; }
   const MoeLayerOptions& options() const { return opt_; }
+  // pMoE's experts-only phase switches kPatchTopL to hard gates mid-run. Call between steps
+  // (never between a Forward and its Backward: the router backward reads the flag).
+  void set_hard_gates(bool on) { opt_.hard_gates = on; }
   // Capacity per (group, expert) for the current mode; -1 when dropless.
   int64_t CurrentCapacity() const;
   const std::string& name() const { return name_; }
@@ -146,19 +149,35 @@ class MoeLayer : public Layer {
 
  private:
   struct Routing;  // per-forward routing state (moe_routing_state.h)
+  // Host routing in three steps, so that the CUDA path can run the last one (and the attribute
+  // rule's first two) on host arrays: StartRouting + SetRouterInput + RouterLogits, then
+  // RouteFromLogits (the rule's decision from R.clean_logits).
   void Route(const Tensor& x);
+  void StartRouting();  // metrics reset, R.kc and R.router_rows for the rule
+  // R.router_in from the host input x (x may be empty for kAttribute without the token); the
+  // attribute embedding runs through `proj` and `norm` (attr_proj_/attr_norm_ on the host path).
+  void SetRouterInput(const Tensor& x, Layer* proj, Layer* norm);
+  void RouterLogits(const float* w);  // R.clean_logits = R.router_in x w (host [D, E])
+  void RouteFromLogits();
   // Per rule (moe_route_<rule>.cc): fill the routing plan, metrics and aux-loss gradients.
-  void RouteTokenTopK(const Tensor& x);
-  void RouteExpertChoice(const Tensor& x);
-  void RoutePatchTopL(const Tensor& x);
-  void RoutePerImage(const Tensor& x);
-  // Shared router steps: logits (+ training noise keyed on global indices), softmax, aux losses.
-  void ComputeRouterLogits(bool noisy);
+  void RouteTokenTopK();
+  void RouteExpertChoice();
+  void RoutePatchTopL();
+  void RoutePerImage();
+  // Shared router steps: training noise keyed on global indices, softmax, aux losses.
+  void RouterProbs(bool noisy);
   void AddAuxLosses(int64_t router_rows_per_group, int k, bool noisy);
   // Token-side rules: V-MoE capacity fill of R.expert/R.gate (1st choices first, BPR optional).
   void FillCapacitySlots(int64_t capacity);
   // Backward of the router: d_gate [rows * kc] -> router grads, returns the input's share of dx.
+  // = ApplyRouterGrad(RouterLogitsGrad(d_gate), router weights, their grad, dx, attr layers).
   void RouterBackward(const std::vector<float>& d_gate, Tensor* dx);
+  // d(clean logits) [router_rows * E]: the rule's gate backward, softmax backward, aux terms.
+  std::vector<float> RouterLogitsGrad(const std::vector<float>& d_gate);
+  // w_grad += router_in^T d_clean (host [D, E]); dx += the router input's share (skipped when
+  // dx is nullptr); kAttribute: backward through `norm` and `proj`.
+  void ApplyRouterGrad(const std::vector<float>& d_clean, const float* w, float* w_grad,
+                       Tensor* dx, Layer* proj, Layer* norm);
   void BuildSendLayout();
   Tensor ExchangeToExperts(const Tensor& send, const char* phase);
   Tensor ExchangeFromExperts(const Tensor& expert_rows, const char* phase);
@@ -167,6 +186,11 @@ class MoeLayer : public Layer {
   struct CudaState;
   Tensor ForwardCuda(const Tensor& x);
   Tensor BackwardCuda(const Tensor& dy);
+  // Every rule but plain token top-k decides on the host (moe_layer_cuda_host_route.cc): the
+  // plan is uploaded into CudaState; Backward's router step goes through the host again.
+  bool RoutesOnDevice() const;
+  void RouteOnHostForCuda(const Tensor& x);
+  void RouterBackwardForCuda(const float* d_gate_host, Tensor* dx);
 
   std::string name_;
   MoeLayerOptions opt_;

@@ -14,7 +14,14 @@
 // false) is used only with ep_size == 1, where
 // the all-to-alls are local device copies.
 //
-// Host synchronisation, once per Forward, none in Backward:
+// Routing rules: plain token top-k routes on the device (below). Every other rule (renormalised
+// token top-k, expert choice, patch top-l, per-image, attribute) takes its routing decision on
+// the host with the CPU path's own code and uploads the plan; dispatch, all-to-alls, experts and
+// combine are the same kernels for all of them (kc choices per row, slot -1 = not taken).
+// Design, host waits and PCIe bytes per rule: moe_layer_cuda_host_route.cc's header. State
+// shared by the two files: moe_layer_cuda_state.h.
+//
+// Host synchronisation of the device token top-k router, once per Forward, none in Backward:
 //   - every mode: the [G, E] slot counts (metrics) and, in training with auxiliary losses on, the
 //     [rows, E] router arrays they need come back to the host (pinned staging, one event). The
 //     auxiliary losses have no device kernels yet: their values and gradients are computed by the
@@ -38,9 +45,6 @@
 #include <glog/logging.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -53,195 +57,18 @@
 #include "models/moe/aux_losses.h"
 #include "models/moe/expert_bank.h"
 #include "models/moe/moe_layer.h"
+#include "models/moe/moe_layer_cuda_state.h"
 #include "models/moe/router_math.h"
 
 namespace moe {
 
-namespace {
-
-// MOE_EP_CUDA_POISON=1 (debug/tests): every device buffer that a kernel must fill completely is
-// first set to NaN (floats) or 0x7f7f7f7f (ints), so an unwritten element cannot pass for data.
-bool PoisonDeviceOutputs() {
-  const char* v = std::getenv("MOE_EP_CUDA_POISON");
-  return v != nullptr && v[0] != '\0' && v[0] != '0';
-}
-
-// A stream-ordered device array (cudaMallocAsync / cudaFreeAsync on one stream).
-template <typename T>
-class DeviceArray {
- public:
-  DeviceArray() = default;
-  DeviceArray(int64_t n, cudaStream_t stream, bool poison = true) : n_(n), stream_(stream) {
-    CHECK_GE(n, 0);
-    if (n == 0) return;
-    CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&p_), n * sizeof(T), stream));
-    if (poison && PoisonDeviceOutputs())
-      CUDA_CHECK(cudaMemsetAsync(p_, std::is_same<T, float>::value ? 0xff : 0x7f, n * sizeof(T),
-                                 stream));
-  }
-  DeviceArray(DeviceArray&& o) noexcept { *this = std::move(o); }
-  DeviceArray& operator=(DeviceArray&& o) noexcept {
-    if (this != &o) {
-      Release();
-      p_ = o.p_;
-      n_ = o.n_;
-      stream_ = o.stream_;
-      o.p_ = nullptr;
-      o.n_ = 0;
-    }
-    return *this;
-  }
-  DeviceArray(const DeviceArray&) = delete;
-  DeviceArray& operator=(const DeviceArray&) = delete;
-  ~DeviceArray() { Release(); }
-
-  T* get() const { return p_; }
-  int64_t size() const { return n_; }
-  void Zero() {
-    if (n_ > 0) CUDA_CHECK(cudaMemsetAsync(p_, 0, n_ * sizeof(T), stream_));
-  }
-
- private:
-  void Release() {
-    // Errors ignored: at process exit the runtime may be gone, and a failed free loses nothing.
-    if (p_ != nullptr) cudaFreeAsync(p_, stream_);
-    p_ = nullptr;
-    n_ = 0;
-  }
-  T* p_ = nullptr;
-  int64_t n_ = 0;
-  cudaStream_t stream_ = nullptr;
-};
-
-// Page-locked host memory, grown on demand (asynchronous copies need it to be asynchronous).
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-  ~PinnedBuffer() {
-    if (p_ != nullptr) cudaFreeHost(p_);
-  }
-  // Ensures `bytes` of room. A copy still queued from/to the old buffer must have completed:
-  // the caller synchronises `stream` first when the buffer grows.
-  char* Reserve(size_t bytes, cudaStream_t stream) {
-    if (bytes > cap_) {
-      if (p_ != nullptr) {
-        CUDA_CHECK(cudaStreamSynchronize(stream));
-        CUDA_CHECK(cudaFreeHost(p_));
-        p_ = nullptr;
-      }
-      cap_ = std::max(bytes, cap_ * 3 / 2);
-      CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&p_), cap_));
-    }
-    return p_;
-  }
-
- private:
-  char* p_ = nullptr;
-  size_t cap_ = 0;
-};
-
-// A profiler phase that, when a profiler is attached, waits for the stream before it closes.
-class DevicePhase {
- public:
-  DevicePhase(Profiler* profiler, const char* phase, cudaStream_t stream, int64_t bytes = 0)
-      : phase_(profiler, phase, bytes), sync_(profiler != nullptr), stream_(stream) {}
-  ~DevicePhase() {
-    if (sync_) CUDA_CHECK(cudaStreamSynchronize(stream_));
-  }
-
- private:
-  ScopedPhase phase_;  // destroyed (phase closed) after the body above has synchronised
-  bool sync_;
-  cudaStream_t stream_;
-};
-
-Tensor NewDeviceTensor(std::vector<int64_t> shape, cudaStream_t stream) {
-  Tensor t(std::move(shape), Device::kCUDA);
-  if (t.numel() > 0 && PoisonDeviceOutputs())
-    CUDA_CHECK(cudaMemsetAsync(t.data(), 0xff, t.numel() * sizeof(float), stream));
-  return t;
-}
-
-}  // namespace
-
-// Everything one device Forward decides and Backward reuses; index conventions as Routing in
-// moe_layer.cc. Device arrays unless named *_host.
-struct MoeLayer::CudaState {
-  cudaStream_t stream = nullptr;
-  Communicator* nccl = nullptr;  // device-memory communicator; nullptr: ep_size == 1, local copies
-  cudaEvent_t routed = nullptr;      // recorded after the device->host copies of the routing
-  cudaEvent_t enter = nullptr, leave = nullptr;  // ordering with the legacy default stream
-  PinnedBuffer down, up;             // staging: device->host (counts, router arrays), host->device
-
-  bool have_forward = false;
-  int64_t rows = 0, groups = 0, send_rows = 0, recv_rows = 0;
-  Tensor x;
-  DeviceArray<float> clean, noisy, probs, probs_clean;  // noisy/probs_clean empty without noise
-  const float* probs_clean_ptr = nullptr;               // probs_clean, or probs without noise
-  DeviceArray<int> expert, slot, order, choice_row, row_choice;
-  DeviceArray<float> gate;
-  DeviceArray<int64_t> counts, block_rows, block_offset, recv_block_rows_exchanged;
-  const int64_t* recv_block_rows = nullptr;  // exchanged (dropless) or block_rows (all C)
-  std::vector<int64_t> send_rows_per_peer, recv_rows_per_peer, expert_rows;
-  DeviceArray<float> returned;  // expert outputs back at the source, send layout
-  // Auxiliary-loss gradients from Forward's host computation, applied in Backward:
-  //   d_probs_aux  (switch loss) joins d(probs) before the softmax backward;
-  //   d_logits_extra = d_logits_aux (z) + softmax_bwd(probs_clean, d_probs_clean_aux)
-  //                    (importance) + d_clean_logits_aux (load), added to d(clean logits),
-  // summed in that order, as moe_layer.cc does.
-  bool have_aux_grads = false;
-  DeviceArray<float> d_probs_aux, d_logits_extra;
-  // Tensors of the last Forward/Backward kept until the next Forward, so that releasing them
-  // (cudaFree waits for the device) does not stall the host inside a step.
-  std::vector<Tensor> keep;
-
-  ~CudaState() {
-    for (cudaEvent_t e : {routed, enter, leave})
-      if (e != nullptr) cudaEventDestroy(e);
-  }
-
-  // Work enqueued on `stream` from now on runs after everything already on the legacy stream.
-  void EnterFromLegacyStream() {
-    if (stream == nullptr) return;
-    CUDA_CHECK(cudaEventRecord(enter, cudaStreamLegacy));
-    CUDA_CHECK(cudaStreamWaitEvent(stream, enter, 0));
-  }
-  // Work enqueued on the legacy stream from now on runs after everything on `stream`.
-  void LeaveToLegacyStream() {
-    if (stream == nullptr) return;
-    CUDA_CHECK(cudaEventRecord(leave, stream));
-    CUDA_CHECK(cudaStreamWaitEvent(cudaStreamLegacy, leave, 0));
-  }
-};
-
-namespace {
-
-// The layer's all-to-all-v on device rows: through NCCL, or a local copy when ep_size == 1.
-void DeviceAllToAllV(Communicator* nccl, cudaStream_t s, const float* send,
-                     const std::vector<int64_t>& send_rows, float* recv,
-                     const std::vector<int64_t>& recv_rows, int64_t D) {
-  std::vector<int64_t> sc(send_rows.size()), rc(recv_rows.size());
-  for (size_t p = 0; p < sc.size(); ++p) sc[p] = send_rows[p] * D;
-  for (size_t p = 0; p < rc.size(); ++p) rc[p] = recv_rows[p] * D;
-  if (nccl != nullptr) {
-    nccl->AllToAllV(send, sc, recv, rc, GroupKind::kExpert);
-    return;
-  }
-  CHECK_EQ(sc.size(), 1u);
-  CHECK_EQ(sc[0], rc[0]);
-  if (sc[0] > 0)
-    CUDA_CHECK(cudaMemcpyAsync(recv, send, sc[0] * sizeof(float), cudaMemcpyDeviceToDevice, s));
-}
-
-}  // namespace
+using moe_cuda::DeviceAllToAllV;
+using moe_cuda::DeviceArray;
+using moe_cuda::DevicePhase;
+using moe_cuda::NewDeviceTensor;
 
 Tensor MoeLayer::ForwardCuda(const Tensor& x) {
   // Shapes and the parameters' device were checked by Forward.
-  CHECK(opt_.rule == RoutingRule::kTokenTopK && !opt_.renormalise_gates)
-      << name_ << ": the CUDA path routes with token top-k only so far; routing rule "
-      << RoutingRuleName(opt_.rule) << " runs on the CPU path";
   if (!cuda_) {
     cuda_ = std::make_shared<CudaState>();
     CudaState& S = *cuda_;
@@ -250,7 +77,7 @@ Tensor MoeLayer::ForwardCuda(const Tensor& x) {
         << name_ << ": the CUDA path with ep_size " << ep_size_
         << " needs a device-memory communicator (NCCL); this one works on host memory";
     S.stream = S.nccl != nullptr ? static_cast<cudaStream_t>(S.nccl->device_stream()) : nullptr;
-    for (cudaEvent_t* e : {&S.routed, &S.enter, &S.leave})
+    for (cudaEvent_t* e : {&S.routed, &S.enter, &S.leave, &S.downloaded, &S.uploaded})
       CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
   }
   CudaState& S = *cuda_;
@@ -267,7 +94,11 @@ Tensor MoeLayer::ForwardCuda(const Tensor& x) {
   S.d_probs_aux = {};
   S.d_logits_extra = {};
   S.have_aux_grads = false;
+  S.router_in = {};
+  S.dgate = {};
 
+  const bool on_device = RoutesOnDevice();
+  S.host_routed = !on_device;
   const int E = opt_.num_experts, k = opt_.top_k, El = experts_per_rank_, EP = ep_size_;
   const int64_t n = opt_.group_tokens, D = opt_.dim;
   const int64_t rows = x.dim(0), G = rows / n;
@@ -277,6 +108,7 @@ Tensor MoeLayer::ForwardCuda(const Tensor& x) {
   S.rows = rows;
   S.groups = G;
   S.x = x;
+  S.kc = k;  // the device router's plan; RouteOnHostForCuda sets its own
 
   // Which router arrays the auxiliary losses read on the host (as Route computes them).
   const bool aux_importance = ctx_.training && opt_.importance_weight > 0;
@@ -284,12 +116,18 @@ Tensor MoeLayer::ForwardCuda(const Tensor& x) {
   const bool aux_switch = ctx_.training && opt_.switch_weight > 0;
   const bool aux_z = ctx_.training && opt_.z_weight > 0;
 
-  // ---- router: logits, noise, softmax, top-k, slots, send layout ----
+  // ---- the other rules: decided on the host, plan uploaded (moe_layer_cuda_host_route.cc) ----
+  if (!on_device) {
+    DevicePhase ph(ctx_.profiler, "router", s);
+    RouteOnHostForCuda(x);
+  }
+
+  // ---- device router (token top-k): logits, noise, softmax, top-k, slots, send layout ----
   const int64_t* counts_host = nullptr;
   const int64_t* recv_block_rows_host = nullptr;
   const float *clean_host = nullptr, *noisy_host = nullptr, *probs_host = nullptr,
               *probs_clean_host = nullptr;
-  {
+  if (on_device) {
     DevicePhase ph(ctx_.profiler, "router", s);
     S.clean = DeviceArray<float>(rows * E, s);
     CudaSgemm(false, false, rows, E, D, 1.f, x.data(), D, router_.value.data(), E, 0.f,
@@ -382,9 +220,20 @@ Tensor MoeLayer::ForwardCuda(const Tensor& x) {
       if (slot_of[a] >= 0) *host_of[a] = reinterpret_cast<const float*>(where[slot_of[a]]);
   }
   bool waited = false;
-  if (opt_.dropless) {
-    CUDA_CHECK(cudaEventSynchronize(S.routed));  // sizes decide the all-to-all and the GEMMs
-    waited = true;
+  if (on_device) {
+    if (opt_.dropless) {
+      CUDA_CHECK(cudaEventSynchronize(S.routed));  // sizes decide the all-to-all and the GEMMs
+      waited = true;
+    }
+    // Block sizes on the host: C, or the counts ([g*E + e] -> send order e*G + g) and the
+    // exchanged sizes when dropless.
+    S.block_rows_host.assign(E * G, capacity);
+    S.recv_block_rows_host.assign(E * G, capacity);
+    if (capacity < 0) {
+      for (int e = 0; e < E; ++e)
+        for (int64_t g = 0; g < G; ++g) S.block_rows_host[e * G + g] = counts_host[g * E + e];
+      S.recv_block_rows_host.assign(recv_block_rows_host, recv_block_rows_host + E * G);
+    }
   }
 
   // ---- send/receive layout on the host (as BuildSendLayout) ----
@@ -394,7 +243,7 @@ Tensor MoeLayer::ForwardCuda(const Tensor& x) {
   S.send_rows = 0;
   for (int e = 0; e < E; ++e)
     for (int64_t g = 0; g < G; ++g) {
-      const int64_t r = capacity < 0 ? counts_host[g * E + e] : capacity;
+      const int64_t r = S.block_rows_host[e * G + g];
       S.send_rows_per_peer[e / El] += r;
       S.send_rows += r;
     }
@@ -402,8 +251,7 @@ Tensor MoeLayer::ForwardCuda(const Tensor& x) {
   for (int p = 0; p < EP; ++p)
     for (int l = 0; l < El; ++l)
       for (int64_t g = 0; g < G; ++g) {
-        const int64_t b = (static_cast<int64_t>(p) * El + l) * G + g;
-        const int64_t r = capacity < 0 ? recv_block_rows_host[b] : capacity;
+        const int64_t r = S.recv_block_rows_host[(static_cast<int64_t>(p) * El + l) * G + g];
         S.recv_rows_per_peer[p] += r;
         S.expert_rows[l] += r;
         S.recv_rows += r;
@@ -413,12 +261,14 @@ Tensor MoeLayer::ForwardCuda(const Tensor& x) {
   DeviceArray<float> send;
   {
     DevicePhase ph(ctx_.profiler, "dispatch_pack", s);
-    S.choice_row = DeviceArray<int>(rows * k, s);
+    // kc choices per row: top_k, or E with slot -1 for "not taken" (expert-side rules); the
+    // kernels skip a choice with slot -1 whatever kc is.
+    S.choice_row = DeviceArray<int>(rows * S.kc, s);
     S.row_choice = DeviceArray<int>(S.send_rows, s);
-    BuildDispatchMapsCuda(S.expert.get(), S.slot.get(), S.block_offset.get(), rows, k, n, E,
+    BuildDispatchMapsCuda(S.expert.get(), S.slot.get(), S.block_offset.get(), rows, S.kc, n, E,
                           S.send_rows, S.choice_row.get(), S.row_choice.get(), s);
     send = DeviceArray<float>(S.send_rows * D, s);  // padding rows are written as zeros
-    DispatchPackCuda(x.data(), S.row_choice.get(), S.send_rows, k, D, send.get(), s);
+    DispatchPackCuda(x.data(), S.row_choice.get(), S.send_rows, S.kc, D, send.get(), s);
   }
   Tensor expert_in = NewDeviceTensor({S.recv_rows, D}, s);
   {
@@ -452,13 +302,13 @@ Tensor MoeLayer::ForwardCuda(const Tensor& x) {
   Tensor y = NewDeviceTensor({rows, D}, s);
   {
     DevicePhase ph(ctx_.profiler, "combine", s);
-    CombineCuda(S.returned.get(), S.choice_row.get(), S.gate.get(), rows, k, D, y.data(), s);
+    CombineCuda(S.returned.get(), S.choice_row.get(), S.gate.get(), rows, S.kc, D, y.data(), s);
   }
   S.keep.push_back(expert_in);  // the expert bank caches it too
   S.keep.push_back(expert_out);
 
-  // ---- metrics and auxiliary losses on the host, while the device works ----
-  {
+  // ---- device router: metrics and auxiliary losses on the host, while the device works ----
+  if (on_device) {
     ScopedPhase ph(ctx_.profiler, "router_host");
     if (!waited) CUDA_CHECK(cudaEventSynchronize(S.routed));
     metrics_ = MoeMetrics();
@@ -537,23 +387,39 @@ Tensor MoeLayer::BackwardCuda(const Tensor& dy) {
   CHECK_EQ(dy.numel(), S.rows * opt_.dim) << name_ << ": dy shape";
   const cudaStream_t s = S.stream;
   S.EnterFromLegacyStream();  // dy was produced there
-  const int k = opt_.top_k, E = opt_.num_experts, El = experts_per_rank_, EP = ep_size_;
+  const int kc = S.kc, E = opt_.num_experts, El = experts_per_rank_, EP = ep_size_;
   const int64_t D = opt_.dim, rows = S.rows, G = S.groups, m = rows * E;
 
-  // combine backward: d(expert output) = gate * dy; d(probs) = aux part + <dy, expert output>.
-  DeviceArray<float> d_probs(m, s, /*poison=*/false);
+  // combine backward: d(expert output) = gate * dy, and <dy, expert output> per kept choice:
+  //   device router: added into d(probs) [rows, E] (with the aux part) for the device softmax
+  //                  backward;
+  //   host-decided rules: kept per choice, d(gate) [rows * kc], and copied to the host, where
+  //                  the rule's router backward runs. The copy is only waited for at the router
+  //                  step, after the expert backward has been enqueued.
+  DeviceArray<float> d_probs;
   DeviceArray<float> d_returned(S.send_rows * D, s);
+  const float* dgate_host = nullptr;
   {
     DevicePhase ph(ctx_.profiler, "combine_bwd", s);
-    if (S.have_aux_grads) {
-      CUDA_CHECK(cudaMemcpyAsync(d_probs.get(), S.d_probs_aux.get(), m * sizeof(float),
-                                 cudaMemcpyDeviceToDevice, s));
+    if (S.host_routed) {
+      S.dgate = DeviceArray<float>(rows * kc, s);
+      CombineBackwardCuda(dy.data(), S.returned.get(), S.gate.get(), S.expert.get(),
+                          S.choice_row.get(), S.row_choice.get(), rows, kc, E, S.send_rows, D,
+                          d_returned.get(), S.dgate.get(), /*d_probs=*/nullptr, s);
+      dgate_host = reinterpret_cast<const float*>(
+          S.Download({{S.dgate.get(), rows * kc * sizeof(float)}}, /*wait=*/false)[0]);
     } else {
-      d_probs.Zero();
+      d_probs = DeviceArray<float>(m, s, /*poison=*/false);
+      if (S.have_aux_grads) {
+        CUDA_CHECK(cudaMemcpyAsync(d_probs.get(), S.d_probs_aux.get(), m * sizeof(float),
+                                   cudaMemcpyDeviceToDevice, s));
+      } else {
+        d_probs.Zero();
+      }
+      CombineBackwardCuda(dy.data(), S.returned.get(), S.gate.get(), S.expert.get(),
+                          S.choice_row.get(), S.row_choice.get(), rows, kc, E, S.send_rows, D,
+                          d_returned.get(), /*dgate=*/nullptr, d_probs.get(), s);
     }
-    CombineBackwardCuda(dy.data(), S.returned.get(), S.gate.get(), S.expert.get(),
-                        S.choice_row.get(), S.row_choice.get(), rows, k, E, S.send_rows, D,
-                        d_returned.get(), /*dgate=*/nullptr, d_probs.get(), s);
   }
   Tensor d_expert_out = NewDeviceTensor({S.recv_rows, D}, s);
   {
@@ -583,10 +449,13 @@ Tensor MoeLayer::BackwardCuda(const Tensor& dy) {
   Tensor dx = NewDeviceTensor({rows, D}, s);
   {
     DevicePhase ph(ctx_.profiler, "dispatch_bwd", s);
-    DispatchBackwardCuda(d_send.get(), S.choice_row.get(), rows, k, D, dx.data(),
+    DispatchBackwardCuda(d_send.get(), S.choice_row.get(), rows, kc, D, dx.data(),
                          /*accumulate=*/false, s);
   }
-  {
+  if (S.host_routed) {
+    DevicePhase ph(ctx_.profiler, "router_bwd", s);
+    RouterBackwardForCuda(dgate_host, &dx);
+  } else {
     DevicePhase ph(ctx_.profiler, "router_bwd", s);
     // probs = softmax(noisy logits), noisy = clean + eps: d/dclean of the noisy path is 1.
     DeviceArray<float> d_clean(m, s);

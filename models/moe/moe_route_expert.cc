@@ -25,15 +25,12 @@ void CountUnrouted(const std::vector<int>& slot, int64_t rows, int E, MoeMetrics
 
 }  // namespace
 
-void MoeLayer::RouteExpertChoice(const Tensor& x) {
+void MoeLayer::RouteExpertChoice() {
   Routing& R = *routing_;
   const int E = opt_.num_experts;
   const int64_t n = opt_.group_tokens, G = R.groups;
-  R.kc = E;
-  R.router_rows = R.rows;
-  R.router_in = x;
   const bool noisy = ctx_.training && opt_.noise_scale > 0.f;
-  ComputeRouterLogits(noisy);
+  RouterProbs(noisy);
   const int64_t C = CurrentCapacity();
   R.expert.resize(R.rows * E);
   R.slot.assign(R.rows * E, -1);
@@ -59,17 +56,14 @@ void MoeLayer::RouteExpertChoice(const Tensor& x) {
   AddAuxLosses(n, 1, noisy);
 }
 
-void MoeLayer::RoutePatchTopL(const Tensor& x) {
+void MoeLayer::RoutePatchTopL() {
   Routing& R = *routing_;
   const int E = opt_.num_experts, l = opt_.patch_top_l;
   const int64_t T = opt_.tokens_per_image, B = R.rows / T, G = R.groups;
   const int64_t images_per_group = opt_.group_tokens / T;
-  R.kc = E;
-  R.router_rows = R.rows;
-  R.router_in = x;
   // Scores r_{j,s} = <w_s, x_j>: the router matrix's column s is expert s's router.
   const bool noisy = ctx_.training && opt_.noise_scale > 0.f;
-  ComputeRouterLogits(noisy);
+  RouterProbs(noisy);
   R.expert.resize(R.rows * E);
   R.slot.assign(R.rows * E, -1);
   R.gate.assign(R.rows * E, 0.f);

@@ -54,27 +54,12 @@ void MoeLayer::FillCapacitySlots(int64_t capacity) {
   metrics->capacity_slots = capacity < 0 ? 0 : capacity * E * G;
 }
 
-void MoeLayer::RouteTokenTopK(const Tensor& x) {
+void MoeLayer::RouteTokenTopK() {
   Routing& R = *routing_;
-  const int k = opt_.top_k;
-  R.kc = k;
-  R.router_rows = R.rows;
-  bool renormalise = opt_.renormalise_gates;
-  if (opt_.rule == RoutingRule::kAttribute) {
-    renormalise = true;
-    CHECK(ctx_.attributes != nullptr) << name_ << ": attribute routing needs the step's attributes";
-    CHECK_EQ(ctx_.attributes->dim(0), R.rows) << name_ << ": one attribute row per input row";
-    CHECK_EQ(ctx_.attributes->dim(1), opt_.attribute_dim) << name_ << ": attribute width";
-    Tensor z = attr_norm_->Forward(attr_proj_->Forward(*ctx_.attributes));
-    if (opt_.attribute_with_token) {
-      for (int64_t i = 0; i < z.numel(); ++i) z.data()[i] += x.data()[i];
-    }
-    R.router_in = z;
-  } else {
-    R.router_in = x;
-  }
+  const int k = R.kc;
+  const bool renormalise = opt_.rule == RoutingRule::kAttribute || opt_.renormalise_gates;
   const bool noisy = ctx_.training && opt_.noise_scale > 0.f;
-  ComputeRouterLogits(noisy);
+  RouterProbs(noisy);
   R.expert.resize(R.rows * k);
   R.gate.resize(R.rows * k);
   TopKRows(R.probs.data(), R.rows, opt_.num_experts, k, R.expert.data(), R.gate.data());
@@ -83,21 +68,12 @@ void MoeLayer::RouteTokenTopK(const Tensor& x) {
   AddAuxLosses(opt_.group_tokens, k, noisy);
 }
 
-void MoeLayer::RoutePerImage(const Tensor& x) {
+void MoeLayer::RoutePerImage() {
   Routing& R = *routing_;
-  const int k = opt_.top_k, E = opt_.num_experts;
-  const int64_t T = opt_.tokens_per_image, B = R.rows / T, D = opt_.dim;
-  R.kc = k;
-  R.router_rows = B;
-  // Router input: the mean of the image's tokens (SEEDS.md: the paper leaves it open).
-  R.router_in = Tensor::Zeros({B, D});
-  for (int64_t t = 0; t < R.rows; ++t) {
-    float* m = R.router_in.data() + (t / T) * D;
-    const float* xt = x.data() + t * D;
-    for (int64_t j = 0; j < D; ++j) m[j] += xt[j] / static_cast<float>(T);
-  }
+  const int k = R.kc, E = opt_.num_experts;
+  const int64_t T = opt_.tokens_per_image, B = R.router_rows;
   const bool noisy = ctx_.training && opt_.noise_scale > 0.f;
-  ComputeRouterLogits(noisy);
+  RouterProbs(noisy);
   std::vector<int> img_expert(B * k);
   std::vector<float> img_gate(B * k);
   TopKRows(R.probs.data(), B, E, k, img_expert.data(), img_gate.data());

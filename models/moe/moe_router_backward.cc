@@ -30,9 +30,15 @@ void RenormalisedGateBackward(const float* probs_row, const int* expert, const f
 }  // namespace
 
 void MoeLayer::RouterBackward(const std::vector<float>& d_gate, Tensor* dx) {
+  ApplyRouterGrad(RouterLogitsGrad(d_gate), router_.value.data(), router_.grad.data(), dx,
+                  attr_proj_.get(), attr_norm_.get());
+}
+
+std::vector<float> MoeLayer::RouterLogitsGrad(const std::vector<float>& d_gate) {
   Routing& R = *routing_;
   const int E = opt_.num_experts, kc = R.kc;
-  const int64_t rows = R.rows, RR = R.router_rows, D = opt_.dim;
+  const int64_t rows = R.rows, RR = R.router_rows;
+  CHECK_EQ(static_cast<int64_t>(d_gate.size()), rows * kc) << name_ << ": d_gate size";
   std::vector<float> d_probs = R.d_probs_aux;          // w.r.t. softmax(noisy logits)
   std::vector<float> d_logits(RR * E, 0.f);            // w.r.t. the (noisy) logits directly
   const bool renormalised = opt_.rule == RoutingRule::kAttribute || opt_.renormalise_gates;
@@ -118,20 +124,27 @@ void MoeLayer::RouterBackward(const std::vector<float>& d_gate, Tensor* dx) {
                       d_from_clean_probs.data());
   for (int64_t i = 0; i < RR * E; ++i)
     d_clean[i] += d_logits[i] + R.d_logits_aux[i] + d_from_clean_probs[i] + R.d_clean_logits_aux[i];
-  Sgemm(true, false, D, E, RR, 1.f, R.router_in.data(), D, d_clean.data(), E, 1.f,
-        router_.grad.data(), E);
+  return d_clean;
+}
+
+void MoeLayer::ApplyRouterGrad(const std::vector<float>& d_clean, const float* w, float* w_grad,
+                               Tensor* dx, Layer* proj, Layer* norm) {
+  Routing& R = *routing_;
+  const int E = opt_.num_experts;
+  const int64_t rows = R.rows, RR = R.router_rows, D = opt_.dim;
+  Sgemm(true, false, D, E, RR, 1.f, R.router_in.data(), D, d_clean.data(), E, 1.f, w_grad, E);
 
   // d(router input), then its share of dx.
   if (opt_.rule == RoutingRule::kTokenTopK || opt_.rule == RoutingRule::kExpertChoice ||
       opt_.rule == RoutingRule::kPatchTopL) {
-    Sgemm(false, true, rows, D, E, 1.f, d_clean.data(), E, router_.value.data(), E, 1.f,
-          dx->data(), D);
+    if (dx != nullptr)
+      Sgemm(false, true, rows, D, E, 1.f, d_clean.data(), E, w, E, 1.f, dx->data(), D);
     return;
   }
   Tensor d_in({RR, D});
-  Sgemm(false, true, RR, D, E, 1.f, d_clean.data(), E, router_.value.data(), E, 0.f, d_in.data(),
-        D);
+  Sgemm(false, true, RR, D, E, 1.f, d_clean.data(), E, w, E, 0.f, d_in.data(), D);
   if (opt_.rule == RoutingRule::kPerImage) {
+    if (dx == nullptr) return;
     const int64_t T = opt_.tokens_per_image;
     for (int64_t t = 0; t < rows; ++t) {
       const float* di = d_in.data() + (t / T) * D;
@@ -141,9 +154,9 @@ void MoeLayer::RouterBackward(const std::vector<float>& d_gate, Tensor* dx) {
     return;
   }
   // kAttribute: z = LayerNorm(Linear(a)) (+ x when the router also sees the token).
-  if (opt_.attribute_with_token)
+  if (opt_.attribute_with_token && dx != nullptr)
     for (int64_t i = 0; i < d_in.numel(); ++i) dx->data()[i] += d_in.data()[i];
-  attr_proj_->Backward(attr_norm_->Backward(d_in));
+  proj->Backward(norm->Backward(d_in));
 }
 
 }  // namespace moe

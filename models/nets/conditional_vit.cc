@@ -1,20 +1,397 @@
-// PLACEHOLDER until the conditional MoE (Uni-Perceiver-MoE) family is built: the factory links, and choosing the family
-// fails validation with a clear message. Replaced by the family's implementation.
-#include "models/nets/families.h"
+#include "models/nets/conditional_vit.h"
 
 #include <glog/logging.h>
 
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "core/gemm.h"
+#include "models/layers/attention.h"
+#include "models/layers/layer_norm.h"
+#include "models/layers/linear.h"
+#include "models/layers/mean_pool.h"
+#include "models/layers/mlp.h"
+#include "models/layers/patch_embed.h"
+#include "models/moe/router_math.h"
+#include "models/nets/families.h"
+#include "models/nets/moe_placement.h"
+#include "models/nets/vision_transformer.h"
+
 namespace moe {
 
+using Level = proto::ConditionalConfig;
+
+uint32_t TokenAttributeBits(int task, int modality) {
+  CHECK(task == 0 || task == 1) << "task " << task;
+  CHECK(modality == 0 || modality == 1) << "modality " << modality;
+  return (1u << modality) | (1u << (2 + task)) | (1u << 4);
+}
+
+uint32_t RoutingLevelMask(proto::ConditionalConfig::RoutingLevel level) {
+  switch (level) {
+    case Level::TOKEN:
+    case Level::CONTEXT: return 0;
+    case Level::MODALITY: return 0x03;
+    case Level::TASK: return 0x0c;
+    case Level::ATTRIBUTE: return 0xff;
+  }
+  return 0;
+}
+
+RoutingRule RoutingRuleForLevel(proto::ConditionalConfig::RoutingLevel level) {
+  switch (level) {
+    case Level::TOKEN: return RoutingRule::kTokenTopK;
+    case Level::CONTEXT: return RoutingRule::kPerImage;
+    default: return RoutingRule::kAttribute;
+  }
+}
+
+int ConditionalNumOutputs(const proto::ModelConfig& model) {
+  return 10 + model.conditional().num_superclasses();
+}
+
+MoeLayerOptions ConditionalMoeOptions(const proto::ModelConfig& model) {
+  const int64_t T = static_cast<int64_t>(model.image_size() / model.patch_size()) *
+                    (model.image_size() / model.patch_size());
+  const int hidden =
+      model.moe().expert_hidden_dim() > 0 ? model.moe().expert_hidden_dim() : model.mlp_dim();
+  MoeLayerOptions o = MoeOptionsFromConfig(model, model.hidden_dim(), hidden, T);
+  o.rule = RoutingRuleForLevel(model.conditional().routing_level());
+  // Uni-Perceiver-MoE renormalises the top-k gates at every level (kAttribute always does).
+  o.renormalise_gates = true;
+  if (o.rule == RoutingRule::kAttribute) o.attribute_dim = kTokenAttributeBits;
+  return o;
+}
+
+namespace {
+
+void AddInPlace(Tensor* a, const Tensor& b) {
+  CHECK_EQ(a->numel(), b.numel());
+  float* x = a->data();
+  const float* y = b.data();
+  for (int64_t i = 0; i < a->numel(); ++i) x[i] += y[i];
+}
+
+// Multi-head attention between the two routed projections: qkv [B*T, 3D] ([q | k | v] columns,
+// head h owning columns h*dh.. of each part) -> o [B*T, D]; per image and head
+// P = softmax(Q K^T / sqrt(dh)), O = P V. Same layout as MultiHeadSelfAttention, whose core is
+// private to it, so the pair's attention carries its own.
+class AttentionCore {
+ public:
+  AttentionCore(int64_t dim, int heads, int64_t tokens)
+      : D_(dim), H_(heads), dh_(dim / heads), T_(tokens) {
+    CHECK_EQ(dim % heads, 0);
+  }
+
+  Tensor Forward(const Tensor& qkv) {
+    const int64_t B = qkv.dim(0) / T_, D3 = 3 * D_;
+    qkv_ = qkv;
+    probs_ = Tensor({B, H_, T_, T_});
+    Tensor o({B * T_, D_});
+    const float scale = 1.f / std::sqrt(static_cast<float>(dh_));
+    for (int64_t b = 0; b < B; ++b)
+      for (int h = 0; h < H_; ++h) {
+        const float* q = qkv.data() + b * T_ * D3 + h * dh_;
+        float* p = probs_.data() + (b * H_ + h) * T_ * T_;
+        Sgemm(false, true, T_, T_, dh_, scale, q, D3, q + D_, D3, 0.f, p, T_);
+        SoftmaxRows(p, T_, static_cast<int>(T_), p);
+        Sgemm(false, false, T_, dh_, T_, 1.f, p, T_, q + 2 * D_, D3, 0.f,
+              o.data() + b * T_ * D_ + h * dh_, D_);
+      }
+    return o;
+  }
+
+  Tensor Backward(const Tensor& dout) {
+    const int64_t B = qkv_.dim(0) / T_, D3 = 3 * D_;
+    const float scale = 1.f / std::sqrt(static_cast<float>(dh_));
+    Tensor dqkv({B * T_, D3});
+    std::vector<float> dp(T_ * T_), ds(T_ * T_);
+    for (int64_t b = 0; b < B; ++b)
+      for (int h = 0; h < H_; ++h) {
+        const float* q = qkv_.data() + b * T_ * D3 + h * dh_;
+        const float* p = probs_.data() + (b * H_ + h) * T_ * T_;
+        const float* d_o = dout.data() + b * T_ * D_ + h * dh_;
+        float* dq = dqkv.data() + b * T_ * D3 + h * dh_;
+        Sgemm(false, true, T_, T_, dh_, 1.f, d_o, D_, q + 2 * D_, D3, 0.f, dp.data(), T_);  // dP
+        Sgemm(true, false, T_, dh_, T_, 1.f, p, T_, d_o, D_, 0.f, dq + 2 * D_, D3);        // dV
+        SoftmaxRowsBackward(p, dp.data(), T_, static_cast<int>(T_), ds.data());            // dS
+        Sgemm(false, false, T_, dh_, T_, scale, ds.data(), T_, q + D_, D3, 0.f, dq, D3);   // dQ
+        Sgemm(true, false, T_, dh_, T_, scale, ds.data(), T_, q, D3, 0.f, dq + D_, D3);    // dK
+      }
+    return dqkv;
+  }
+
+ private:
+  int64_t D_;
+  int H_;
+  int64_t dh_, T_;
+  Tensor qkv_, probs_;
+};
+
+// Attention whose qkv and output projections are routed linear experts with one shared decision.
+class MoeSelfAttention : public Layer {
+ public:
+  MoeSelfAttention(const std::string& name, const MoeLinearPairOptions& o, int heads,
+                   uint64_t seed)
+      : pair_(name, o, seed), core_(o.in1, heads, o.tokens_per_image) {}
+  Tensor Forward(const Tensor& x) override {
+    return pair_.ForwardSecond(core_.Forward(pair_.ForwardFirst(x)));
+  }
+  Tensor Backward(const Tensor& dy) override {
+    Tensor dx = pair_.BackwardFirst(core_.Backward(pair_.BackwardSecond(dy)));
+    // With one decision per image, every token of the image gets the same merged key bias, which
+    // cannot change the attention (each query's softmax is shift-invariant): its true gradient
+    // is 0 and what the backward leaves there is rounding noise -- which AdamW would normalise
+    // into +-lr steps that differ between a sharded and a one-rank run. So it stays at its
+    // initial 0 (its gate-gradient term <db, b_k> is then 0 too). Per-token decisions mix
+    // different expert biases across an image's tokens, and there the key bias does matter.
+    if (pair_.options().router_input == MoeLinearPairOptions::RouterInput::kToken) return dx;
+    Parameter* b = pair_.bias(0);
+    const int64_t E = b->grad.dim(0), D3 = b->grad.dim(1), D = D3 / 3;
+    for (int64_t e = 0; e < E; ++e) std::fill_n(b->grad.data() + e * D3 + D, D, 0.f);
+    return dx;
+  }
+  std::vector<Parameter*> Parameters() override { return pair_.Parameters(); }
+  MoeLinearPair* pair() { return &pair_; }
+
+ private:
+  MoeLinearPair pair_;
+  AttentionCore core_;
+};
+
+}  // namespace
+
+struct ConditionalVit::Block {
+  std::unique_ptr<LayerNorm> ln1, ln2;
+  std::unique_ptr<Layer> attn;  // MultiHeadSelfAttention or MoeSelfAttention
+  std::unique_ptr<Layer> mlp;   // Mlp or MoeLayer
+  bool moe_attention = false;
+};
+
+ConditionalVit::ConditionalVit(const proto::ModelConfig& config, Communicator* comm,
+                               uint64_t seed)
+    : config_(config) {
+  const int D = config.hidden_dim();
+  const int p = config.patch_size();
+  dim_ = D;
+  tokens_per_image_ = (config.image_size() / p) * (config.image_size() / p);
+  embed_ = std::make_unique<PatchEmbed>("embed", config.image_size(), config.channels(), p, D, seed);
+  task_embed_ = MakeParameter("embed.task", {2, D}, InitKind::kNormal, 0.02f, seed);
+  modality_embed_ = MakeParameter("embed.modality", {2, D}, InitKind::kNormal, 0.02f, seed);
+  const proto::ConditionalConfig& cc = config.conditional();
+  const std::set<int> moe_blocks =
+      config.use_moe() ? EvenBlockIndices(config.num_layers()) : std::set<int>();
+  for (int i = 0; i < config.num_layers(); ++i) {
+    const std::string prefix = "block" + std::to_string(i);
+    auto b = std::make_unique<Block>();
+    b->ln1 = std::make_unique<LayerNorm>(prefix + ".ln1", D, seed);
+    b->ln2 = std::make_unique<LayerNorm>(prefix + ".ln2", D, seed);
+    const bool moe = moe_blocks.count(i) > 0;
+    if (moe && cc.moe_in_attention()) {
+      MoeLinearPairOptions o;
+      o.first_name = "qkv";
+      o.second_name = "proj";
+      o.in1 = D;
+      o.out1 = 3 * D;
+      o.in2 = D;
+      o.out2 = D;
+      o.num_experts = config.moe().num_experts();
+      o.top_k = config.moe().top_k();
+      o.tokens_per_image = tokens_per_image_;
+      o.images_per_group = config.moe().group_size_images();
+      o.noise_scale = config.moe().router_noise_scale();
+      switch (RoutingRuleForLevel(cc.routing_level())) {
+        case RoutingRule::kTokenTopK: o.router_input = MoeLinearPairOptions::RouterInput::kToken; break;
+        case RoutingRule::kPerImage:
+          o.router_input = MoeLinearPairOptions::RouterInput::kImageMean;
+          break;
+        default:
+          o.router_input = MoeLinearPairOptions::RouterInput::kAttributes;
+          o.attribute_dim = kTokenAttributeBits;
+      }
+      auto a = std::make_unique<MoeSelfAttention>(prefix + ".attn.moe", o, config.num_heads(), seed);
+      attention_moe_.push_back(a->pair());
+      b->attn = std::move(a);
+      b->moe_attention = true;
+    } else {
+      b->attn = std::make_unique<MultiHeadSelfAttention>(prefix + ".attn", D, config.num_heads(),
+                                                         tokens_per_image_, seed);
+    }
+    if (moe) {
+      auto m = std::make_unique<MoeLayer>(prefix + ".moe", ConditionalMoeOptions(config), comm, seed);
+      moe_layers_.push_back(m.get());
+      b->mlp = std::move(m);
+    } else {
+      b->mlp = std::make_unique<Mlp>(prefix + ".mlp", D, config.mlp_dim(), seed);
+    }
+    blocks_.push_back(std::move(b));
+  }
+  final_norm_ = std::make_unique<LayerNorm>("final_ln", D, seed);
+  pool_ = std::make_unique<MeanPoolTokens>(tokens_per_image_);
+  head_ = std::make_unique<Linear>("head", D, ConditionalNumOutputs(config), seed);
+}
+
+ConditionalVit::~ConditionalVit() = default;
+
+void ConditionalVit::MoveTo(Device d) {
+  CHECK(d == Device::kCPU) << "model.family=\"conditional\" runs on the host (its attribute "
+                              "routers and routed attention have no device path)";
+}
+
+void ConditionalVit::SetMoeContext(const MoeStepContext& ctx) { ctx_ = ctx; }
+
+void ConditionalVit::SetBatchInfo(const BatchInfo& info) {
+  next_task_ = info.task != nullptr ? *info.task : std::vector<int>();
+  next_modality_ = info.modality != nullptr ? *info.modality : std::vector<int>();
+}
+
+Tensor ConditionalVit::Forward(const Tensor& images) {
+  CHECK(images.device() == Device::kCPU) << "model.family=\"conditional\" runs on the host";
+  const int64_t B = images.dim(0), T = tokens_per_image_, D = dim_;
+  // The ids are consumed: a later Forward without SetBatchInfo means task 0 on the image.
+  task_ = next_task_.empty() ? std::vector<int>(B, 0) : next_task_;
+  modality_ = next_modality_.empty() ? std::vector<int>(B, 0) : next_modality_;
+  next_task_.clear();
+  next_modality_.clear();
+  CHECK_EQ(static_cast<int64_t>(task_.size()), B) << "one task id per image";
+  CHECK_EQ(static_cast<int64_t>(modality_.size()), B) << "one modality id per image";
+
+  Tensor x = embed_->Forward(images);
+  for (int64_t t = 0; t < B * T; ++t) {
+    const int task = task_[t / T], mod = modality_[t / T];
+    CHECK(task == 0 || task == 1) << "task id " << task << " of image " << t / T;
+    CHECK(mod == 0 || mod == 1) << "modality id " << mod << " of image " << t / T;
+    float* xt = x.data() + t * D;
+    const float* te = task_embed_.value.data() + task * D;
+    const float* me = modality_embed_.value.data() + mod * D;
+    for (int64_t j = 0; j < D; ++j) xt[j] += te[j] + me[j];
+  }
+
+  // The routers' attributes: every token of image b carries the bits of (task, modality),
+  // masked to the routing level's bits.
+  const uint32_t mask = RoutingLevelMask(config_.conditional().routing_level());
+  if (!moe_layers_.empty() && mask != 0) {
+    attributes_ = Tensor::Zeros({B * T, kTokenAttributeBits});
+    for (int64_t t = 0; t < B * T; ++t) {
+      const uint32_t bits = TokenAttributeBits(task_[t / T], modality_[t / T]) & mask;
+      for (int j = 0; j < kTokenAttributeBits; ++j)
+        attributes_.at(t * kTokenAttributeBits + j) = static_cast<float>((bits >> j) & 1u);
+    }
+  } else {
+    attributes_ = Tensor();
+  }
+  MoeStepContext ctx = ctx_;
+  ctx.attributes = attributes_.empty() ? nullptr : &attributes_;
+  for (MoeLayer* m : moe_layers_) m->SetStepContext(ctx);
+  for (MoeLinearPair* a : attention_moe_) a->SetStepContext(ctx);
+
+  for (auto& b : blocks_) {
+    Tensor h = b->attn->Forward(b->ln1->Forward(x));
+    AddInPlace(&h, x);
+    Tensor y = b->mlp->Forward(b->ln2->Forward(h));
+    AddInPlace(&y, h);
+    x = y;
+  }
+  return head_->Forward(pool_->Forward(final_norm_->Forward(x)));
+}
+
+void ConditionalVit::Backward(const Tensor& dlogits) {
+  Tensor dx = final_norm_->Backward(pool_->Backward(head_->Backward(dlogits)));
+  for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) {
+    Block& b = **it;
+    Tensor dh = b.ln2->Backward(b.mlp->Backward(dx));
+    AddInPlace(&dh, dx);
+    Tensor dxin = b.ln1->Backward(b.attn->Backward(dh));
+    AddInPlace(&dxin, dh);
+    dx = dxin;
+  }
+  const int64_t T = tokens_per_image_, D = dim_, rows = dx.dim(0);
+  for (int64_t t = 0; t < rows; ++t) {
+    const float* dxt = dx.data() + t * D;
+    float* dte = task_embed_.grad.data() + task_[t / T] * D;
+    float* dme = modality_embed_.grad.data() + modality_[t / T] * D;
+    for (int64_t j = 0; j < D; ++j) {
+      dte[j] += dxt[j];
+      dme[j] += dxt[j];
+    }
+  }
+  embed_->Backward(dx);
+}
+
+double ConditionalVit::FlopsPerImage() const {
+  // Multiply-adds per image x 2, as VisionTransformer counts them. A routed attention block
+  // costs its router plus, with merged weights, one merge per image (k expert weights) and the
+  // dense projections' GEMMs; a routed FFN costs its router plus k expert MLPs per token.
+  const double T = tokens_per_image_, D = dim_, H = config_.mlp_dim();
+  const double P = config_.patch_size() * config_.patch_size() * config_.channels();
+  double macs = T * P * D + 2 * T * D;  // patch embedding, task + modality embeddings (adds)
+  size_t moe_i = 0;
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    macs += T * 4 * D * D + 2 * T * T * D;
+    if (blocks_[i]->moe_attention) {
+      const double E = config_.moe().num_experts(), k = config_.moe().top_k();
+      macs += D * E + k * 4 * D * D;  // one router row and one merge per image
+    }
+    const bool is_moe = moe_i < moe_layers_.size() && blocks_[i]->mlp.get() == moe_layers_[moe_i];
+    if (is_moe) {
+      const MoeLayerOptions& o = moe_layers_[moe_i++]->options();
+      macs += T * D * o.num_experts + o.top_k * T * 2 * D * o.hidden;
+    } else {
+      macs += T * 2 * D * H;
+    }
+  }
+  macs += D * ConditionalNumOutputs(config_);
+  return 2 * macs;
+}
+
+std::vector<Parameter*> ConditionalVit::Parameters() {
+  std::vector<Parameter*> ps;
+  auto add = [&ps](const std::vector<Parameter*>& v) { ps.insert(ps.end(), v.begin(), v.end()); };
+  add(embed_->Parameters());
+  ps.push_back(&task_embed_);
+  ps.push_back(&modality_embed_);
+  for (auto& b : blocks_) {
+    add(b->ln1->Parameters());
+    add(b->attn->Parameters());
+    add(b->ln2->Parameters());
+    add(b->mlp->Parameters());
+  }
+  add(final_norm_->Parameters());
+  add(head_->Parameters());
+  return ps;
+}
+
 std::unique_ptr<Net> CreateConditionalVit(const proto::TrainConfig& c, Communicator* comm) {
-  (void)comm;
-  LOG(FATAL) << "model.family=\"" << c.model().family() << "\" is not built yet";
-  return nullptr;
+  return std::make_unique<ConditionalVit>(c.model(), comm, c.seed());
 }
 
 void ValidateConditionalVitConfig(const proto::TrainConfig& c, std::vector<std::string>* errors) {
-  errors->push_back(ConfigError("model.family", "\"" + c.model().family() + "\"",
-                                "the conditional MoE (Uni-Perceiver-MoE) family is not built yet"));
+  const proto::ModelConfig& m = c.model();
+  const proto::ConditionalConfig& cc = m.conditional();
+  const proto::MoeConfig& moe = m.moe();
+  if (c.device() != "cpu")
+    errors->push_back(ConfigError("device", "\"" + c.device() + "\"",
+                                  "family \"conditional\" runs on the host (attribute routers and "
+                                  "routed attention have no CUDA path): use \"cpu\""));
+  if (cc.num_superclasses() < 2 || cc.num_superclasses() > 10)
+    errors->push_back(ConfigError("model.conditional.num_superclasses",
+                                  std::to_string(cc.num_superclasses()),
+                                  "the coarse task needs 2..10 super-classes"));
+  if (!m.use_moe()) return;
+  if (moe.has_routing())
+    errors->push_back(ConfigError(
+        "model.moe.routing", proto::MoeConfig::RoutingRule_Name(moe.routing()),
+        "family \"conditional\" takes its rule from model.conditional.routing_level; leave "
+        "model.moe.routing unset"));
+  if (moe.superclass_loss_weight() != 0)
+    errors->push_back(ConfigError("model.moe.superclass_loss_weight",
+                                  std::to_string(moe.superclass_loss_weight()),
+                                  "super-class router guidance is family \"mobile_vmoe\""));
+  if (moe.attribute_with_token() && RoutingRuleForLevel(cc.routing_level()) != RoutingRule::kAttribute)
+    errors->push_back(ConfigError("model.moe.attribute_with_token", "true",
+                                  "only the MODALITY, TASK and ATTRIBUTE routing levels read "
+                                  "attributes"));
 }
 
 }  // namespace moe

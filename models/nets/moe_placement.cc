@@ -8,6 +8,12 @@ namespace moe {
 std::set<int> MoeBlockIndices(const proto::ModelConfig& model) {
   std::set<int> out;
   if (!model.use_moe()) return out;
+  if (model.moe().placement() == proto::MoeConfig::LAST_BLOCKS) {
+    // Mobile V-MoE keeps the early blocks dense and makes the last L blocks MoE, consecutive.
+    const int n = std::min(std::max(0, model.moe().last_n()), model.num_layers());
+    for (int i = model.num_layers() - n; i < model.num_layers(); ++i) out.insert(i);
+    return out;
+  }
   std::vector<int> odd;
   for (int i = 1; i < model.num_layers(); i += 2) odd.push_back(i);
   if (model.moe().placement() == proto::MoeConfig::EVERY_2) {

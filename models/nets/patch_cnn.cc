@@ -1,20 +1,184 @@
-// PLACEHOLDER until the pMoE / dense CNN family is built: the factory links, and choosing the family
-// fails validation with a clear message. Replaced by the family's implementation.
-#include "models/nets/families.h"
+#include "models/nets/patch_cnn.h"
 
 #include <glog/logging.h>
 
+#include "models/layers/linear.h"
+#include "models/layers/mean_pool.h"
+#include "models/layers/mlp.h"
+#include "models/layers/patchify.h"
+#include "models/nets/families.h"
+#include "models/nets/vision_transformer.h"
+
 namespace moe {
 
+int64_t PmoePatchesPerImage(const proto::ModelConfig& model) {
+  const int64_t g = model.image_size() / model.patch_size();
+  return g * g;
+}
+
+int PmoeExpertHidden(const proto::ModelConfig& model) {
+  if (model.moe().expert_hidden_dim() > 0) return model.moe().expert_hidden_dim();
+  return model.pmoe().conv_channels() / model.moe().num_experts();
+}
+
+MoeLayerOptions PmoeMoeOptions(const proto::ModelConfig& model) {
+  MoeLayerOptions o = MoeOptionsFromConfig(model, model.hidden_dim(), PmoeExpertHidden(model),
+                                           PmoePatchesPerImage(model));
+  o.top_k = 1;  // unused by PATCH_TOP_L (a patch goes to 0..E experts); 1 keeps the layer's check
+  return o;
+}
+
+PatchCnn::PatchCnn(const proto::ModelConfig& config, Communicator* comm, uint64_t seed)
+    : config_(config) {
+  const int D = config.hidden_dim();
+  patchify_ = std::make_unique<Patchify>(config.image_size(), config.channels(), config.patch_size());
+  tokens_ = patchify_->tokens_per_image();
+  embed_ = std::make_unique<Linear>("embed", patchify_->patch_dim(), D, seed);
+  if (config.use_moe()) {
+    CHECK(config.moe().routing() == proto::MoeConfig::PATCH_TOP_L)
+        << "family \"pmoe\" routes with PATCH_TOP_L (validate the config first)";
+    moe_ = std::make_unique<MoeLayer>("moe", PmoeMoeOptions(config), comm, seed);
+    moe_layers_.push_back(moe_.get());
+    for (Parameter* p : moe_->Parameters())
+      if (p->name.rfind("moe.router", 0) == 0) routers_.push_back(p);
+    CHECK(!routers_.empty()) << "pmoe: the MoE layer exposes no router parameter";
+  } else {
+    mlp_ = std::make_unique<Mlp>("mlp", D, config.pmoe().conv_channels(), seed);
+  }
+  pool_ = std::make_unique<MeanPoolTokens>(tokens_);
+  head_ = std::make_unique<Linear>("head", D, config.num_classes(), seed);
+  // Zero router steps: the routers stay at their initial values from the start.
+  if (moe_ && config.pmoe().recipe() == proto::PmoeConfig::ROUTER_THEN_EXPERTS &&
+      config.pmoe().router_phase_steps() <= 0)
+    SetExpertsPhase(true);
+}
+
+PatchCnn::~PatchCnn() = default;
+
+void PatchCnn::SetExpertsPhase(bool on) {
+  if (on == experts_phase_) return;
+  experts_phase_ = on;
+  for (Parameter* p : routers_) p->frozen = on;
+  moe_->set_hard_gates(on);
+  LOG(INFO) << "pmoe: " << (on ? "experts-only phase: routers frozen, hard gates"
+                               : "joint phase: routers trainable, soft gates");
+}
+
+void PatchCnn::SetMoeContext(const MoeStepContext& ctx) {
+  // Only a training step moves the phase: the trainer evaluates with step 0, which must not
+  // send a model trained past the router phase back to soft gates.
+  if (moe_ && ctx.training && config_.pmoe().recipe() == proto::PmoeConfig::ROUTER_THEN_EXPERTS)
+    SetExpertsPhase(ctx.step >= config_.pmoe().router_phase_steps());
+  Net::SetMoeContext(ctx);
+}
+
+void PatchCnn::MoveTo(Device d) {
+  patchify_->MoveTo(d);
+  embed_->MoveTo(d);
+  if (moe_) moe_->MoveTo(d);
+  if (mlp_) mlp_->MoveTo(d);
+  pool_->MoveTo(d);
+  head_->MoveTo(d);
+}
+
+Tensor PatchCnn::Forward(const Tensor& images) {
+  Tensor h = embed_->Forward(patchify_->Forward(images));
+  // Per-patch outputs: sum_s gate * E_s(x_j) (0 for patches no expert kept), or the dense Mlp.
+  Tensor y = moe_ ? moe_->Forward(h) : mlp_->Forward(h);
+  return head_->Forward(pool_->Forward(y));
+}
+
+void PatchCnn::Backward(const Tensor& dlogits) {
+  Tensor dy = pool_->Backward(head_->Backward(dlogits));
+  Tensor dh = moe_ ? moe_->Backward(dy) : mlp_->Backward(dy);
+  // embed's weight grads come from its Backward; d(images) is not needed, so Patchify's
+  // Backward (a permutation) is skipped.
+  embed_->Backward(dh);
+}
+
+double PatchCnn::FlopsPerImage() const {
+  // Multiply-adds x 2 of the GEMMs that run (gate scaling, pooling and the softmax are O(n D)
+  // and left out, as in the ViT's count). pMoE's capacity is exactly l patches per expert per
+  // image, so the experts run E * l rows of width h; the dense CNN runs n rows of width m.
+  const double n = static_cast<double>(tokens_), D = config_.hidden_dim();
+  const double P = static_cast<double>(config_.channels()) * config_.patch_size() * config_.patch_size();
+  double macs = n * P * D + D * config_.num_classes();  // embed (the conv's first half) + head
+  if (moe_) {
+    const MoeLayerOptions& o = moe_->options();
+    macs += n * D * o.num_experts;                                  // router scores r_{j,s}
+    macs += double(o.num_experts) * o.patch_top_l * 2 * D * o.hidden;  // E * l expert rows
+  } else {
+    macs += n * 2 * D * config_.pmoe().conv_channels();
+  }
+  return 2 * macs;
+}
+
+std::vector<Parameter*> PatchCnn::Parameters() {
+  std::vector<Parameter*> ps;
+  auto add = [&ps](const std::vector<Parameter*>& v) { ps.insert(ps.end(), v.begin(), v.end()); };
+  add(embed_->Parameters());
+  add(moe_ ? moe_->Parameters() : mlp_->Parameters());
+  add(head_->Parameters());
+  return ps;
+}
+
 std::unique_ptr<Net> CreatePatchCnn(const proto::TrainConfig& c, Communicator* comm) {
-  (void)comm;
-  LOG(FATAL) << "model.family=\"" << c.model().family() << "\" is not built yet";
-  return nullptr;
+  return std::make_unique<PatchCnn>(c.model(), comm, c.seed());
 }
 
 void ValidatePatchCnnConfig(const proto::TrainConfig& c, std::vector<std::string>* errors) {
-  errors->push_back(ConfigError("model.family", "\"" + c.model().family() + "\"",
-                                "the pMoE / dense CNN family is not built yet"));
+  auto bad = [errors](const std::string& field, const std::string& value, const std::string& why) {
+    errors->push_back(ConfigError(field, value, why));
+  };
+  auto str = [](auto v) { return std::to_string(v); };
+  const proto::ModelConfig& m = c.model();
+  const proto::MoeConfig& moe = m.moe();
+  const proto::PmoeConfig& pm = m.pmoe();
+  // Shapes themselves (patch_size divides image_size, ...) are checked by ValidateTrainConfig.
+  const bool shapes_ok = m.patch_size() > 0 && m.image_size() > 0 && m.image_size() % m.patch_size() == 0;
+  const int64_t n = shapes_ok ? PmoePatchesPerImage(m) : 0;
+  if (pm.conv_channels() <= 0)
+    bad("model.pmoe.conv_channels", str(pm.conv_channels()), "must be >= 1");
+  if (!m.use_moe()) {
+    if (pm.recipe() != proto::PmoeConfig::JOINT)
+      bad("model.pmoe.recipe", proto::PmoeConfig::Recipe_Name(pm.recipe()),
+          "the dense CNN (model.use_moe=false) has no routers to train first; use JOINT");
+    return;
+  }
+  if (moe.routing() != proto::MoeConfig::PATCH_TOP_L)
+    bad("model.moe.routing", proto::MoeConfig::RoutingRule_Name(moe.routing()),
+        "family \"pmoe\" routes patches with PATCH_TOP_L");
+  if (shapes_ok && (moe.patch_top_l() < 1 || moe.patch_top_l() >= n))
+    bad("model.moe.patch_top_l", str(moe.patch_top_l()),
+        "must be in [1, n) with n = " + str(n) + " patches per image (l < n is pMoE's saving)");
+  if (moe.router_noise_scale() != 0)
+    bad("model.moe.router_noise_scale", str(moe.router_noise_scale()),
+        "pMoE's routers have no noise: set 0");
+  for (auto [name, w] : {std::pair<const char*, float>{"importance_loss_weight", moe.importance_loss_weight()},
+                         {"load_loss_weight", moe.load_loss_weight()},
+                         {"switch_loss_weight", moe.switch_loss_weight()},
+                         {"z_loss_weight", moe.z_loss_weight()}})
+    if (w != 0)
+      bad(std::string("model.moe.") + name, str(w),
+          "pMoE trains without auxiliary losses (each expert takes exactly l patches, so there "
+          "is nothing to balance): set 0");
+  if (moe.dropless())
+    bad("model.moe.dropless", "true", "PATCH_TOP_L fills every slot by construction; set false");
+  if (moe.renormalise_gates())
+    bad("model.moe.renormalise_gates", "true",
+        "PATCH_TOP_L gates are a softmax per expert already; set false");
+  if (moe.superclass_loss_weight() != 0)
+    bad("model.moe.superclass_loss_weight", str(moe.superclass_loss_weight()),
+        "super-class guidance is PER_IMAGE routing (family \"mobile_vmoe\")");
+  if (moe.num_experts() > 0 && moe.expert_hidden_dim() == 0 && pm.conv_channels() > 0 &&
+      pm.conv_channels() % moe.num_experts() != 0)
+    bad("model.pmoe.conv_channels", str(pm.conv_channels()),
+        "with model.moe.expert_hidden_dim=0 each expert gets conv_channels / num_experts "
+        "filters: must be a multiple of num_experts=" + str(moe.num_experts()));
+  if (pm.recipe() == proto::PmoeConfig::ROUTER_THEN_EXPERTS &&
+      (pm.router_phase_steps() < 0 || pm.router_phase_steps() >= c.steps()))
+    bad("model.pmoe.router_phase_steps", str(pm.router_phase_steps()),
+        "must be in [0, steps=" + str(c.steps()) + ") so that the experts-only phase runs");
 }
 
 }  // namespace moe

@@ -173,7 +173,10 @@ double VisionTransformer::FlopsPerImage() const {
       const double k = o.rule == RoutingRule::kExpertChoice
                            ? o.capacity_factor_eval  // C = n c / E slots per expert, E experts
                            : o.top_k;
-      macs += T * D * o.num_experts + k * T * 2 * D * o.hidden;
+      // Per-image routing scores one mean token per image (the mean itself is T * D adds).
+      const double router = o.rule == RoutingRule::kPerImage ? T * D + D * o.num_experts
+                                                             : T * D * o.num_experts;
+      macs += router + k * T * 2 * D * o.hidden;
     } else {
       macs += T * 2 * D * H;
     }

@@ -31,4 +31,26 @@ done
 for r in 0 1 2 3; do
   ls "$WORK/logs"/moe_train.rank$r.* >/dev/null 2>&1 && pass "log_rank$r" || fail "log_rank$r" "no log file"
 done
+# The run summary line and its JSON twin (launcher/family_results.sh parses the line).
+grep -qE 'summary: family=vit model=vmoe_tiny params=[0-9]+ .*flops_per_image=[0-9]+ images_per_s=[0-9.]+ train_wall_s=[0-9.]+ steps=60 .*test_accuracy=[0-9.]+' "$OUT" \
+  && pass summary_line || fail summary_line "no summary line"
+grep -q '"summary": {"family": "vit"' "$WORK/metrics.jsonl" && pass summary_json || fail summary_json "no summary object"
+# Routing analytics of the final evaluation: a table per MoE layer (8 experts x 10 classes).
+n_tables=$(grep -c 'routing matrix block[0-9]*.moe (final evaluation' "$OUT" || true)
+[ "$n_tables" -eq 2 ] && grep -qE '^ +7( +[0-9]+\.[0-9]){10}$' "$OUT" && pass routing_table \
+  || fail routing_table "$n_tables tables"
+n_json=$(grep -c '"routing_matrix"' "$WORK/metrics.jsonl" || true)
+[ "$n_json" -eq 2 ] && pass routing_json || fail routing_json "$n_json routing_matrix lines"
+
+# With --analytics_dir, one PNG heatmap per MoE layer (a short run: only the picture matters).
+run_job analytics 600 -np 4 "$TRAIN" --config="$CONFIG" --log_dir="$WORK/logs_analytics" \
+  --analytics_dir="$WORK/routing" --override="steps: 2 data { eval_images: 256 }"
+[ "$RC" -eq 0 ] && pass analytics_exit || fail analytics_exit "exit $RC"
+n_png=$(ls "$WORK/routing"/routing_*.png 2>/dev/null | wc -l)
+png=$(ls "$WORK/routing"/routing_*.png 2>/dev/null | head -n 1)
+if [ "$n_png" -eq 2 ] && [ "$(head -c 8 "$png" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ]; then
+  pass routing_png
+else
+  fail routing_png "$n_png PNG files; first bytes: $(head -c 8 "$png" 2>/dev/null | od -An -tx1)"
+fi
 finish

@@ -133,5 +133,26 @@ TEST(LrSchedule, NoWarmupAndDegenerateLengths) {
   EXPECT_NEAR(WarmupCosineLr(0, 1, 0, 1.f, 0.25f), 0.25f, 1e-7);
 }
 
+// pMoE's experts-only phase freezes the routers: a frozen parameter keeps its exact value (no
+// Adam update, no weight decay, though its name would be decayed) and gets no moments, while
+// the parameters stepped with it move; unfreezing lets it move again.
+TEST(AdamW, FrozenParameterIsLeftUntouched) {
+  AdamW opt(Config());
+  Parameter router = Scalar("moe.router.w", 0.75f), expert = Scalar("moe.expert.w1", 0.75f);
+  router.frozen = true;
+  for (int step = 0; step < 3; ++step) {
+    router.grad.at(0) = 2.f;
+    expert.grad.at(0) = 2.f;
+    opt.Step({&router, &expert}, 0.1f);
+    EXPECT_EQ(router.value.at(0), 0.75f) << "step " << step;
+    EXPECT_EQ(router.grad.at(0), 2.f) << "step " << step;  // grads are the trainer's to zero
+  }
+  EXPECT_LT(expert.value.at(0), 0.75f - 0.25f);
+  EXPECT_EQ(opt.FindMoments(&router), nullptr);
+  router.frozen = false;
+  opt.Step({&router, &expert}, 0.1f);
+  EXPECT_LT(router.value.at(0), 0.75f);
+}
+
 }  // namespace
 }  // namespace moe

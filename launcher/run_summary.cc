@@ -1,0 +1,50 @@
+#include "launcher/run_summary.h"
+
+#include <iomanip>
+#include <sstream>
+
+namespace moe {
+namespace {
+
+// Values must not break the key=value line or the JSON string.
+std::string Token(const std::string& s) {
+  std::string out;
+  for (char c : s) out.push_back(c == ' ' || c == '"' || c == '\\' || c == '=' ? '_' : c);
+  return out.empty() ? "-" : out;
+}
+
+}  // namespace
+
+std::string FormatSummaryLine(const RunSummary& s) {
+  std::ostringstream os;
+  os << "summary: family=" << Token(s.family) << " model=" << Token(s.model)
+     << " params=" << s.total_params() << " dense_params=" << s.dense_params
+     << " expert_params=" << s.expert_params << " flops_per_image=" << std::fixed
+     << std::setprecision(0) << s.flops_per_image << " images_per_s=" << std::setprecision(1)
+     << s.images_per_s << " train_wall_s=" << s.train_wall_s << " steps=" << s.steps
+     << " global_batch=" << s.global_batch << " ranks=" << s.world
+     << " test_accuracy=" << std::setprecision(4) << s.test_accuracy;
+  return os.str();
+}
+
+std::string SummaryJson(const RunSummary& s) {
+  std::ostringstream os;
+  os << std::setprecision(9) << "{\"summary\": {\"family\": \"" << Token(s.family)
+     << "\", \"model\": \"" << Token(s.model) << "\", \"params\": " << s.total_params()
+     << ", \"dense_params\": " << s.dense_params << ", \"expert_params\": " << s.expert_params
+     << ", \"flops_per_image\": " << s.flops_per_image << ", \"images_per_s\": " << s.images_per_s
+     << ", \"train_wall_s\": " << s.train_wall_s << ", \"steps\": " << s.steps
+     << ", \"global_batch\": " << s.global_batch << ", \"ranks\": " << s.world
+     << ", \"test_accuracy\": " << s.test_accuracy << "}}";
+  return os.str();
+}
+
+std::string ModelNameFromConfigPath(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
+  const size_t dot = base.rfind('.');
+  if (dot != std::string::npos && dot > 0) base.resize(dot);
+  return base;
+}
+
+}  // namespace moe

@@ -1,0 +1,210 @@
+// superclass_tool: makes a Mobile V-MoE super-class file for a data set that has none
+// (SEEDS.md "Mobile V-MoE"; the method is in launcher/confusion_clustering.h).
+//
+//   1. trains the DENSE model of --config (e.g. launcher/configs/vit_tiny.pbtxt) for --steps on
+//      the first --train_count training images, one process or under mpirun (TrainingSession:
+//      the same step as moe_train);
+//   2. predicts the held-out training images that follow (the test set stays untouched, so the
+//      super-classes never see the data the models are scored on);
+//   3. builds the confusion matrix and graph, clusters it into --num_superclasses groups by
+//      average linkage, and writes --out (rank 0).
+//
+//   mpirun -np 4 build/launcher/superclass_tool --config=launcher/configs/vit_tiny.pbtxt
+//       --steps=600 --num_superclasses=4 --out=launcher/superclasses/fashion_mnist_E4.txt
+#include <gflags/gflags.h>
+#include <glog/logging.h>
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iomanip>
+#include <sstream>
+
+#include "comm/mpi_abort.h"
+#include "comm/mpi_communicator.h"
+#include "core/gemm.h"
+#include "launcher/batch_sampler.h"
+#include "launcher/config.h"
+#include "launcher/confusion_clustering.h"
+#include "launcher/idx_dataset.h"
+#include "launcher/training_session.h"
+
+DEFINE_string(config, "launcher/configs/vit_tiny.pbtxt", "the dense model's TrainConfig (text format)");
+DEFINE_string(override, "", "text-format fields merged over the config");
+DEFINE_int32(steps, 600, "training steps of the dense model");
+DEFINE_int32(num_superclasses, 4, "E: groups to cluster the classes into (= the experts)");
+DEFINE_int64(train_count, 50000, "the first N training images train the dense model");
+DEFINE_int64(heldout_count, 10000, "the next N training images are predicted for the confusions");
+DEFINE_string(out, "", "the super-class file to write (rank 0)");
+DEFINE_string(class_names,
+              "T-shirt/top,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,Ankle boot",
+              "comma-separated class names for the file's comments (Fashion-MNIST by default)");
+
+namespace moe {
+namespace {
+
+std::vector<std::string> Split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, sep);) out.push_back(item);
+  return out;
+}
+
+// Ends every rank with `message` (printed by rank 0) when `failed` on any rank.
+void FailTogetherIf(bool failed, const std::string& message) {
+  int local = failed, any = 0, rank = 0;
+  MPI_Allreduce(&local, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  if (!any) return;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (failed) fprintf(stderr, "superclass_tool: rank %d: %s\n", rank, message.c_str());
+  MPI_Finalize();
+  std::exit(2);
+}
+
+void Gather(const ImageDataset& d, const std::vector<int64_t>& idx, Tensor* images,
+            std::vector<int>* labels) {
+  const int64_t px = d.pixels_per_image();
+  *images = Tensor({static_cast<int64_t>(idx.size()), px});
+  labels->resize(idx.size());
+  for (size_t i = 0; i < idx.size(); ++i) {
+    std::copy(d.image(idx[i]), d.image(idx[i]) + px, images->data() + i * px);
+    (*labels)[i] = d.labels[idx[i]];
+  }
+}
+
+int Run() {
+  int rank = 0, world = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  SetBlasThreads(1);
+
+  proto::TrainConfig config;
+  std::string error;
+  bool ok = LoadTrainConfig(FLAGS_config, FLAGS_override, &config, &error);
+  FailTogetherIf(!ok, error);
+  config.set_steps(FLAGS_steps);
+  std::vector<std::string> problems = ValidateTrainConfig(config, world);
+  // The method clusters a DENSE model's confusions: an MoE model would need routing contexts
+  // and, for Mobile V-MoE, the very super-classes this tool makes.
+  if (config.model().use_moe())
+    problems.push_back("config error: model.use_moe=true: the super-class tool trains the dense "
+                       "model (e.g. launcher/configs/vit_tiny.pbtxt)");
+  const int C = config.model().num_classes(), E = FLAGS_num_superclasses;
+  if (E < 1 || E > C)
+    problems.push_back("flag error: --num_superclasses=" + std::to_string(E) + ": must be in [1, " +
+                       std::to_string(C) + "]");
+  if (FLAGS_out.empty()) problems.push_back("flag error: --out is required");
+  std::string joined;
+  for (const auto& p : problems) joined += (joined.empty() ? "" : "\n") + p;
+  FailTogetherIf(!problems.empty(), joined);
+
+  const auto& d = config.data();
+  ImageDataset train;
+  ok = LoadIdxDataset(d.train_images(), d.train_labels(), &train, &error);
+  if (ok && FLAGS_train_count + FLAGS_heldout_count > train.count) {
+    ok = false;
+    error = "--train_count + --heldout_count exceed the " + std::to_string(train.count) +
+            " training images";
+  }
+  FailTogetherIf(!ok || FLAGS_train_count <= 0 || FLAGS_heldout_count <= 0,
+                 ok ? "--train_count and --heldout_count must be > 0" : "data error: " + error);
+
+  // 1. Train the dense model on the first train_count images (the sampler never leaves them).
+  MpiCommunicator comm(MPI_COMM_WORLD, config.parallel().ep_size());
+  TrainingSession session(config, &comm, /*profiler=*/nullptr);
+  BatchSampler sampler(FLAGS_train_count, config.seed());
+  const int64_t b = d.batch_per_rank(), gb = session.global_batch();
+  Tensor images;
+  std::vector<int> labels;
+  const auto t0 = std::chrono::steady_clock::now();
+  double window_loss = 0;
+  int window = 0;
+  for (int64_t step = 0; step < config.steps(); ++step) {
+    Gather(train, sampler.Slice(step, gb, static_cast<int64_t>(rank) * b, b), &images, &labels);
+    window_loss += session.TrainStep(step, images, labels).loss;
+    ++window;
+    if (rank == 0 && ((step + 1) % std::max(1, config.log_every()) == 0 || step + 1 == config.steps())) {
+      LOG(INFO) << "dense step " << step + 1 << "/" << config.steps() << "  loss "
+                << window_loss / window;
+      window_loss = 0;
+      window = 0;
+    }
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  // 2. Predict the held-out images, each rank a contiguous share; sum the confusion counts.
+  const int64_t first = FLAGS_train_count, n = FLAGS_heldout_count;
+  const int64_t per_rank = (n + world - 1) / world;
+  const int64_t lo = std::min(n, rank * per_rank), hi = std::min(n, lo + per_rank);
+  std::vector<int> truth, predicted;
+  for (int64_t at = lo; at < hi; at += b) {
+    std::vector<int64_t> idx;
+    for (int64_t i = at; i < std::min(hi, at + b); ++i) idx.push_back(first + i);
+    Gather(train, idx, &images, &labels);
+    const Tensor logits = session.net().Forward(images);  // dense: no routing context needed
+    for (size_t i = 0; i < idx.size(); ++i) {
+      const float* row = logits.data() + i * C;
+      predicted.push_back(static_cast<int>(std::max_element(row, row + C) - row));
+      truth.push_back(labels[i]);
+    }
+  }
+  const std::vector<int64_t> local = CountConfusions(truth, predicted, C);
+  std::vector<double> summed(local.begin(), local.end());
+  comm.AllReduceSum(summed.data(), static_cast<int64_t>(summed.size()), GroupKind::kWorld);
+  std::vector<int64_t> counts(summed.begin(), summed.end());
+
+  // 3. Cluster and write (rank 0).
+  const std::vector<double> graph = ConfusionGraph(counts, C);
+  const std::vector<int> super = AverageLinkageClusters(graph, C, E);
+  if (rank == 0) {
+    int64_t correct = 0;
+    for (int c = 0; c < C; ++c) correct += counts[c * C + c];
+    const double acc = static_cast<double>(correct) / n;
+    std::ostringstream table;
+    table << "confusion matrix (rows: true class, columns: prediction) on " << n << " held-out images:\n";
+    for (int i = 0; i < C; ++i) {
+      for (int j = 0; j < C; ++j) table << std::setw(6) << counts[i * C + j];
+      table << "\n";
+    }
+    LOG(INFO) << table.str();
+    std::vector<std::string> header = {
+        "Mobile V-MoE super-classes (class -> expert), made by launcher/superclass_tool:",
+        "dense model " + FLAGS_config + " (" + config.model().family() + ", " +
+            std::to_string(config.steps()) + " steps, global batch " + std::to_string(gb) + ", " +
+            std::to_string(world) + " ranks, seed " + std::to_string(config.seed()) + ") trained on",
+        "training images [0, " + std::to_string(first) + "); confusions on held-out training images [" +
+            std::to_string(first) + ", " + std::to_string(first + n) + "), held-out accuracy " +
+            std::to_string(acc) + ";",
+        "graph W_ij = C_ij/n_i + C_ji/n_j; " + std::to_string(E) +
+            " groups by greedy average-linkage merging (launcher/confusion_clustering.h)."};
+    const std::string text = FormatSuperclassFile(super, Split(FLAGS_class_names, ','), header);
+    std::ofstream out(FLAGS_out);
+    CHECK(out << text) << "cannot write " << FLAGS_out;
+    LOG(INFO) << "dense training " << std::fixed << std::setprecision(1) << seconds
+              << " s, held-out accuracy " << std::setprecision(4) << acc << "; wrote " << FLAGS_out
+              << ":\n" << text;
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace moe
+
+int main(int argc, char** argv) {
+  gflags::SetUsageMessage(
+      "superclass_tool --config=DENSE.pbtxt --steps=N --num_superclasses=E --out=FILE");
+  gflags::ParseCommandLineFlags(&argc, &argv, true);
+  MPI_Init(&argc, &argv);
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  FLAGS_logtostderr = true;
+  if (rank != 0) FLAGS_minloglevel = google::GLOG_WARNING;
+  google::InitGoogleLogging(argv[0]);
+  moe::InstallMpiAbortOnFatal();
+  const int rc = moe::Run();
+  MPI_Finalize();
+  return rc;
+}

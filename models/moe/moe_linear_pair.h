@@ -1,0 +1,126 @@
+// MoeLinearPair: two routed linear layers that share ONE routing decision -- Uni-Perceiver-MoE's
+// MoE attention, where the qkv projection is routed and the output projection reuses its routing
+// (SEEDS.md "Conditional MoE"). The caller runs whatever sits between the two (the attention).
+//
+//   first:   y1_t = sum_r g_tr (x_t W1[e_tr] + b1[e_tr])     W1 [E, in1, out1], b1 [E, out1]
+//   second:  y2_t = sum_r g_tr (h_t W2[e_tr] + b2[e_tr])     W2 [E, in2, out2], b2 [E, out2]
+//
+// Routing follows the conditional rules of the FFN MoE (MoeLayer, kAttribute / renormalised
+// top-k): logits = z W_g (no bias; + N(0, (noise_scale / E)^2) in training), probs = softmax,
+// top-k, the k gates renormalised to sum to 1 (RenormalisedTopK, routing_rules.h). The router's
+// input z, by the pair's RouterInput:
+//   kToken       the token x_t: one decision per token
+//   kImageMean   the mean of the image's tokens: one decision per image (the "context" level)
+//   kAttributes  LayerNorm(Linear(a)) of the image's attribute row (MoeStepContext::attributes):
+//                one decision per image; every token of an image must carry the same bits
+// The noise is keyed on (layer, step, global image, token in image, expert), so a sharded run
+// draws what one rank draws. The pair has its own router (separate from the FFN's, as in the
+// paper) and no auxiliary losses: nothing is dropped, and under attribute routing the load is
+// fixed by the data's (task, modality) mix, not by the router.
+//
+// Where the experts live: on EVERY rank, as dense (replicated) parameters whose gradients are
+// all-reduced over the world -- not sharded like the FFN experts. That is what makes the merged
+// weights possible: with one decision per image, W = sum_r g_r W[e_r] (exact for linear experts,
+// SEEDS.md case 11) is built once per distinct decision and the image's rows take ONE GEMM, with
+// no dispatch and no all-to-all. Under attribute routing at evaluation an entire batch has at
+// most (tasks x modalities) distinct decisions. Per-token decisions (kToken), or merge_weights
+// off, take the per-expert path: gather each expert's rows, one GEMM per expert, gate-weighted
+// scatter. Both paths are exact; a test checks they agree.
+//
+// Call order per step: ForwardFirst, ForwardSecond, BackwardSecond, BackwardFirst (the router's
+// gradients from both layers are applied in BackwardFirst). Host tensors only.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/parameter.h"
+#include "core/tensor.h"
+#include "models/layers/layer.h"
+#include "models/moe/moe_layer.h"
+
+namespace moe {
+
+struct MoeLinearPairOptions {
+  // Parameter names: <name>.<first_name>.w / .b, <name>.<second_name>.w / .b, <name>.router.*.
+  std::string first_name = "fc1", second_name = "fc2";
+  int64_t in1 = 0, out1 = 0, in2 = 0, out2 = 0;
+  int num_experts = 8;
+  int top_k = 2;
+  enum class RouterInput { kToken, kImageMean, kAttributes };
+  RouterInput router_input = RouterInput::kAttributes;
+  int64_t tokens_per_image = 0;
+  // Routing groups of the step context are counted in images: the global image of local image i
+  // is first_global_group * images_per_group + i (the noise key).
+  int64_t images_per_group = 1;
+  int attribute_dim = 0;     // kAttributes: bits per row of MoeStepContext::attributes
+  float noise_scale = 1.f;   // noise std = noise_scale / num_experts, training only
+  bool merge_weights = true; // per-image decisions: merged weights (false: per-expert path)
+};
+
+class MoeLinearPair {
+ public:
+  MoeLinearPair(const std::string& name, const MoeLinearPairOptions& options, uint64_t seed);
+  ~MoeLinearPair();
+
+  void SetStepContext(const MoeStepContext& ctx) { ctx_ = ctx; }
+  // x [rows, in1], rows a whole number of images: routes, then returns y1 [rows, out1].
+  Tensor ForwardFirst(const Tensor& x);
+  // h [rows, in2] -> y2 [rows, out2] with the routing of the last ForwardFirst.
+  Tensor ForwardSecond(const Tensor& h);
+  // dy2 -> dh; accumulates the second layer's grads and keeps its gate grads for the router.
+  Tensor BackwardSecond(const Tensor& dy2);
+  // dy1 -> dx (the router's share included for kToken / kImageMean); accumulates the first
+  // layer's and the router's grads.
+  Tensor BackwardFirst(const Tensor& dy1);
+  std::vector<Parameter*> Parameters();
+
+  const MoeLinearPairOptions& options() const { return opt_; }
+  // Expert weights [E, in, out] and biases [E, out] of layer 0 (first) or 1 (second).
+  Parameter* weight(int layer) { return &w_[layer]; }
+  Parameter* bias(int layer) { return &b_[layer]; }
+  // The last ForwardFirst's plan, per ROW (token): k experts and their gates, [rows * k].
+  std::vector<int> RowExperts() const;
+  std::vector<float> RowGates() const;
+  // Distinct decisions the merged path ran (GEMMs per layer); 0 on the per-expert path.
+  int64_t merged_groups() const { return static_cast<int64_t>(groups_.size()); }
+
+ private:
+  bool PerImage() const { return opt_.router_input != MoeLinearPairOptions::RouterInput::kToken; }
+  int64_t DecisionOf(int64_t row) const { return PerImage() ? row / opt_.tokens_per_image : row; }
+  void Route(const Tensor& x);
+  void GroupDecisions();
+  // One routed linear (w [E, in, out], b [E, out]) on input x; `which` picks the cached state.
+  Tensor RoutedForward(int which, const Tensor& x);
+  Tensor RoutedBackward(int which, const Tensor& dy);
+  void RouterBackward(Tensor* dx);
+
+  std::string name_;
+  MoeLinearPairOptions opt_;
+  uint64_t seed_;
+  Parameter w_[2], b_[2];
+  Parameter router_;  // [in1, E]
+  std::unique_ptr<Layer> attr_proj_, attr_norm_;
+  MoeStepContext ctx_;
+
+  // Per-forward state.
+  int64_t rows_ = 0, decisions_ = 0;
+  Tensor router_in_;                       // [decisions, in1]
+  std::vector<float> probs_;               // [decisions, E] softmax of the (noisy) logits
+  std::vector<int> expert_;                // [decisions * k]
+  std::vector<float> gate_, d_gate_;       // [decisions * k]
+  Tensor in_[2];                           // the two layers' inputs
+  // Merged path: images grouped by identical decisions; each group's merged weights per layer.
+  struct Group {
+    int64_t decision = 0;                  // a representative decision (its experts and gates)
+    std::vector<int64_t> images;
+    Tensor w[2], b[2];
+  };
+  std::vector<Group> groups_;
+  // Per-expert path: (row, choice) pairs per expert, and every choice's unweighted output.
+  std::vector<std::vector<std::pair<int64_t, int>>> by_expert_;
+  Tensor choice_out_[2];                   // [rows * k, out]
+};
+
+}  // namespace moe

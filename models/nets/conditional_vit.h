@@ -1,0 +1,101 @@
+// ConditionalVit: the conditional MoE family ("conditional"; Uni-Perceiver-MoE, Zhu et al. 2022)
+// on multi-task Fashion-MNIST (launcher/multitask.h): one ViT, two task heads, two modalities.
+//
+//   images -> PatchEmbed (+ position) + task_embed[task] + modality_embed[modality] on every
+//   token -> L pre-LN blocks -> LayerNorm -> mean over tokens -> head [D, 10 + S]
+//   block i: h = x + Attn_i(LN1(x));  y = h + FFN_i(LN2(h))
+// The task and modality embeddings are in the dense net too, so the dense baseline knows the
+// task as well as the MoE net does (the comparison isolates routing, not task information).
+// The logits hold both heads: fine classes [0, 10), super-classes [10, 10 + S); the trainer scores
+// each sample on its task's slice only (SlicedCrossEntropy).
+//
+// MoE (model.use_moe): blocks {0, 2, 4, ...} (EvenBlockIndices). FFN_i is the expert-parallel
+// MoeLayer (each expert fc1 -> GELU -> fc2 under ONE routing decision). With
+// conditional.moe_in_attention, Attn_i's qkv and output projections are routed linear experts
+// sharing one decision (MoeLinearPair, its own router; experts replicated, merged weights).
+//
+// Token attributes: 8 bits per token, the attribute router's input (the paper leaves the meaning
+// per bit open; ours):
+//   bit 0  modality 0 (the image)          bit 1  modality 1 (the second view)
+//   bit 2  task 0 (fine, 10 classes)       bit 3  task 1 (coarse, S super-classes)
+//   bit 4  token type "image patch" (every token here: the net has no class token)
+//   bits 5-7 reserved, always 0 (room for other token types, e.g. text)
+// Routing levels (conditional.routing_level) -> the MoE layer's rule:
+//   TOKEN     kTokenTopK, gates renormalised (the token's features)
+//   CONTEXT   kPerImage, gates renormalised (the mean of the image's tokens)
+//   MODALITY  kAttribute on bits {0, 1}        TASK  kAttribute on bits {2, 3}
+//   ATTRIBUTE kAttribute on all 8 bits
+// Under the attribute levels every token of an image carries the same bits, so at evaluation all
+// its tokens take the same experts and gates (SEEDS.md case 11). In training the FFN router's
+// noise is drawn per token (MoeLayer keys it on the row), so near-ties may split an image; the
+// attention pair draws one noise vector per image (one decision per image, as the paper).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "models/moe/moe_layer.h"
+#include "models/moe/moe_linear_pair.h"
+#include "models/nets/net.h"
+#include "proto/moe_ep.pb.h"
+
+namespace moe {
+
+class LayerNorm;
+class PatchEmbed;
+class MeanPoolTokens;
+class Linear;
+
+constexpr int kTokenAttributeBits = 8;
+// The 8 attribute bits of a token of an image with this task and modality (bit i = (v >> i) & 1).
+uint32_t TokenAttributeBits(int task, int modality);
+// Bits the router sees at each level (0 for TOKEN and CONTEXT, which do not read attributes).
+uint32_t RoutingLevelMask(proto::ConditionalConfig::RoutingLevel level);
+// The MoE layer's rule for a level.
+RoutingRule RoutingRuleForLevel(proto::ConditionalConfig::RoutingLevel level);
+// The FFN MoE layer's options for this model (rule, renormalisation and attribute width by level).
+MoeLayerOptions ConditionalMoeOptions(const proto::ModelConfig& model);
+// Logit count: 10 fine classes + num_superclasses.
+int ConditionalNumOutputs(const proto::ModelConfig& model);
+
+class ConditionalVit : public Net {
+ public:
+  ConditionalVit(const proto::ModelConfig& config, Communicator* comm, uint64_t seed);
+  ~ConditionalVit() override;
+
+  // images [B, C*H*W] -> logits [B, 10 + S]. Uses the task / modality ids of the last
+  // SetBatchInfo (consumed by this Forward); without them every image is task 0, modality 0.
+  Tensor Forward(const Tensor& images) override;
+  void Backward(const Tensor& dlogits) override;
+  std::vector<Parameter*> Parameters() override;
+  void MoveTo(Device d) override;  // host only: CHECK-fails for CUDA (the validator says so)
+  double FlopsPerImage() const override;
+  void SetMoeContext(const MoeStepContext& ctx) override;
+  void SetBatchInfo(const BatchInfo& info) override;
+
+  const std::vector<MoeLinearPair*>& attention_moe() const { return attention_moe_; }
+  // The masked attribute rows [B*T, 8] of the last Forward (empty for TOKEN / CONTEXT).
+  const Tensor& attributes() const { return attributes_; }
+  int tokens_per_image() const { return tokens_per_image_; }
+
+ private:
+  struct Block;
+  proto::ModelConfig config_;
+  int tokens_per_image_;
+  int dim_;
+  std::unique_ptr<PatchEmbed> embed_;
+  Parameter task_embed_, modality_embed_;  // [2, D] each
+  std::vector<std::unique_ptr<Block>> blocks_;
+  std::unique_ptr<LayerNorm> final_norm_;
+  std::unique_ptr<MeanPoolTokens> pool_;
+  std::unique_ptr<Linear> head_;
+  std::vector<MoeLinearPair*> attention_moe_;
+  MoeStepContext ctx_;
+  std::vector<int> next_task_, next_modality_;  // from SetBatchInfo, for the next Forward
+  std::vector<int> task_, modality_;            // of the last Forward
+  Tensor attributes_;
+};
+
+}  // namespace moe
