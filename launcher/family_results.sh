@@ -29,6 +29,7 @@ PAIRS=(
   "V-MoE|vit_tiny|vmoe_tiny"
   "Sparse-MLP|mixer_tiny|sparse_mlp_tiny"
   "pMoE|cnn_tiny|pmoe_tiny"
+  "pMoE-two-phase|cnn_tiny|pmoe_two_phase"
   "Mobile-V-MoE|vit_tiny|mobile_vmoe_tiny"
   "conditional|conditional_dense_tiny|conditional_moe_tiny"
 )

@@ -237,8 +237,9 @@ int Run(int argc, char** argv) {
   FailTogetherIf(multi_task && !ok, "config error: " + error, kExitConfig);
   std::vector<int> tasks, modalities;
   // Multi-task evaluation: every (task, modality) pair on the test set; returns their mean.
-  auto evaluate_multi_task = [&](int64_t at_step) {
-    const MultiTaskAccuracy mt = EvaluateMultiTask(&session, test, multitask, d.eval_images(), b, &comm);
+  auto evaluate_multi_task = [&](int64_t at_step, RoutingAnalytics* analytics) {
+    const MultiTaskAccuracy mt =
+        EvaluateMultiTask(&session, test, multitask, d.eval_images(), b, &comm, analytics);
     LOG_IF(INFO, rank == 0) << "multi-task test accuracy at step " << at_step << ": " << mt.ToString();
     return mt.Mean();
   };
@@ -308,7 +309,7 @@ int Run(int argc, char** argv) {
     }
     if (config.eval_every() > 0 && (step + 1) % config.eval_every() == 0 && !last) {
       const auto eval_start = std::chrono::steady_clock::now();
-      const double acc = multi_task ? evaluate_multi_task(step + 1)
+      const double acc = multi_task ? evaluate_multi_task(step + 1, nullptr)
                                     : EvaluateTestSet(&session, test, d.eval_images(), b, &comm);
       periodic_eval_seconds += seconds_since(eval_start);
       metrics.WriteEval(step + 1, acc);
@@ -321,9 +322,9 @@ int Run(int argc, char** argv) {
   const auto& moe_layers = session.net().moe_layers();
   if (!moe_layers.empty() && on_gpu)
     LOG_IF(INFO, rank == 0) << "routing analytics: skipped (host path only; device is cuda)";
-  else if (!moe_layers.empty() && !multi_task)  // analytics count single-task class labels
+  else if (!moe_layers.empty())  // multi-task: fine classes over every (task, modality) pass
     analytics = std::make_unique<RoutingAnalytics>(moe_layers, config.model().num_classes());
-  const double acc = multi_task ? evaluate_multi_task(config.steps())
+  const double acc = multi_task ? evaluate_multi_task(config.steps(), analytics.get())
                                 : EvaluateTestSet(&session, test, d.eval_images(), b, &comm, analytics.get());
   if (analytics) analytics->Reduce(&comm);
   metrics.WriteEval(config.steps(), acc);

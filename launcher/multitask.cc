@@ -174,7 +174,8 @@ std::string MultiTaskAccuracy::ToString() const {
 
 MultiTaskAccuracy EvaluateMultiTask(TrainingSession* session, const ImageDataset& test,
                                     const MultiTaskSpec& spec, int64_t eval_images,
-                                    int64_t batch, Communicator* comm) {
+                                    int64_t batch, Communicator* comm,
+                                    RoutingAnalytics* analytics) {
   const int world = comm->Size(GroupKind::kWorld), rank = comm->Rank(GroupKind::kWorld);
   const int64_t n = eval_images > 0 ? std::min<int64_t>(eval_images, test.count) : test.count;
   const int64_t per_round = batch * world;
@@ -193,11 +194,13 @@ MultiTaskAccuracy EvaluateMultiTask(TrainingSession* session, const ImageDataset
           std::copy(test.image(idx), test.image(idx) + px, images.data() + i * px);
           labels[i] = test.labels[idx];
         }
+        const std::vector<int> fine = labels;  // the task may remap labels; analytics use these
         SetTaskAndModality(spec, test.rows, test.cols, t, m, &images, &labels, &tasks,
                            &modalities);
         int64_t correct = 0;
         double loss = 0;
         session->Evaluate(images, labels, valid, &correct, &loss, &tasks, &modalities);
+        if (analytics != nullptr) analytics->ObserveNet(session->net().moe_layers(), fine, valid);
         sums[2 * (t * kNumModalities + m)] += static_cast<double>(correct);
         sums[2 * (t * kNumModalities + m) + 1] += loss;
       }

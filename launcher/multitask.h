@@ -29,6 +29,7 @@
 #include "comm/communicator.h"
 #include "core/tensor.h"
 #include "launcher/idx_dataset.h"
+#include "launcher/routing_analytics.h"
 #include "launcher/training_session.h"
 #include "proto/moe_ep.pb.h"
 
@@ -90,8 +91,11 @@ struct MultiTaskAccuracy {
   double Mean() const;
   std::string ToString() const;  // "fine/image 0.8123 fine/view2 ... coarse/view2 ..."
 };
+// With `analytics`, the FFN MoE layers' routing is counted against each image's FINE class over
+// all four (task, modality) passes (so every test image counts four times).
 MultiTaskAccuracy EvaluateMultiTask(TrainingSession* session, const ImageDataset& test,
                                     const MultiTaskSpec& spec, int64_t eval_images,
-                                    int64_t batch, Communicator* comm);
+                                    int64_t batch, Communicator* comm,
+                                    RoutingAnalytics* analytics = nullptr);
 
 }  // namespace moe

@@ -29,6 +29,9 @@ coarse=$(echo "$line" | sed -E 's/.*coarse\/image ([0-9.]+).*/\1/')
 awk -v c="${coarse:-0}" 'BEGIN {exit !(c > 0.4)}' && pass "coarse_above_chance ($coarse)" \
   || fail coarse_above_chance "coarse/image $coarse"
 grep -q 'final: test accuracy' "$OUT" && pass final_accuracy || fail final_accuracy "no final line"
+# Routing analytics: one expert x fine-class table per FFN MoE layer (blocks 0 and 2).
+n_tables=$(grep -c 'routing matrix block[0-9]*.moe (final evaluation' "$OUT" || true)
+[ "$n_tables" -ge 2 ] && pass "routing_tables ($n_tables)" || fail routing_tables "$n_tables tables"
 
 run_job bad_routing 120 -np 4 "$TRAIN" --config="$CONFIG" --log_dir="$WORK/logs_bad" \
   --override="model { moe { routing: TOKEN_TOP_K } }"
