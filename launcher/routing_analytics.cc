@@ -253,7 +253,9 @@ void ReportRoutingAnalytics(const RoutingAnalytics& a, const std::string& analyt
     LOG(INFO) << "routing matrix " << m.layer << " (final evaluation, " << images
               << " images x " << m.rows_per_image
               << " rows): % of each class's rows kept by each expert (rows = experts, columns = "
-                 "classes; a column sums to top_k x 100% less capacity drops)\n"
+                 "classes; a column sums to experts per row x 100% less capacity drops: top_k for "
+                 "token rules; pMoE's experts keep l of n patches of every image, so its columns "
+                 "are uniform by construction)\n"
               << FormatRoutingTable(m);
     if (metrics != nullptr) metrics->WriteObject(RoutingMatrixJson(m));
     if (analytics_dir.empty()) continue;
