@@ -224,10 +224,16 @@ StepStats TrainingSession::TrainStep(int64_t step, const Tensor& images,
   if (task != nullptr) {
     CHECK(!task_ranges_.empty()) << "per-image tasks given, but model.family=\""
                                  << config_.model().family() << "\" is single-task";
-    CHECK(!on_device_) << "multi-task training runs on the host";
     std::vector<std::pair<int, int>> ranges(b);
     for (int64_t i = 0; i < b; ++i) ranges[i] = task_ranges_.at((*task)[i]);
-    mean_local = sliced_loss_.Forward(logits, labels, ranges, loss_scale);
+    // SlicedCrossEntropy is host code; the [B, C] logits are small, so on the device path they
+    // are scored on the host and dlogits go back up (ToNetDevice below).
+    Tensor host_logits = logits;
+    if (logits.device() != Device::kCPU) {
+      host_logits = Tensor(logits.shape());
+      host_logits.CopyFrom(logits);
+    }
+    mean_local = sliced_loss_.Forward(host_logits, labels, ranges, loss_scale);
     num_correct = sliced_loss_.NumCorrect();
   } else {
     mean_local = loss_.Forward(logits, labels, loss_scale);
@@ -235,7 +241,7 @@ StepStats TrainingSession::TrainStep(int64_t step, const Tensor& images,
   }
   {
     ScopedPhase ph(profiler_, "backward_total");
-    net_->Backward(task != nullptr ? sliced_loss_.Backward() : loss_.Backward());
+    net_->Backward(task != nullptr ? ToNetDevice(sliced_loss_.Backward()) : loss_.Backward());
   }
   if (on_device_) SynchroniseGradientsCuda();
   else SynchroniseGradients();

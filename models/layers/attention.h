@@ -42,4 +42,16 @@ class MultiHeadSelfAttention : public Layer {
   int64_t batch_ = 0;
 };
 
+#ifdef MOE_EP_HAS_CUDA
+// The attention core on device tensors, shared by MultiHeadSelfAttention's CUDA path and the
+// conditional family's routed attention (whose projections are not Linear layers):
+// qkv [B*T, 3D] ([q | k | v] columns, layout above) -> context [B*T, D]; *probs gets the
+// [B, H, T, T] softmax for the backward. Legacy default stream.
+Tensor SelfAttentionCoreForwardCuda(const Tensor& qkv, int64_t batch, int64_t heads,
+                                    int64_t tokens, int64_t dim, Tensor* probs);
+// dcontext [B*T, D] -> dqkv [B*T, 3D] from Forward's qkv and probs.
+Tensor SelfAttentionCoreBackwardCuda(const Tensor& qkv, const Tensor& probs, const Tensor& dctx,
+                                     int64_t batch, int64_t heads, int64_t tokens, int64_t dim);
+#endif
+
 }  // namespace moe

@@ -5,7 +5,9 @@
 // (image, head) pair is not one linear stride since heads step dh columns inside an image); the
 // row softmax and its backward over all B*H*T rows at once. Backward keeps the full dP / dS
 // [B, H, T, T] on the device (the host path reuses one T x T scratch) so the products batch.
-// Default stream throughout.
+// Default stream throughout. The core between the projections is a pair of free functions
+// (SelfAttentionCore{Forward,Backward}Cuda) because the conditional family's routed attention
+// (models/nets/conditional_vit.cc) runs the same core between routed projections.
 #ifdef MOE_EP_HAS_CUDA
 
 #include <cuda_runtime_api.h>
@@ -21,16 +23,15 @@
 
 namespace moe {
 
-Tensor MultiHeadSelfAttention::ForwardCuda(const Tensor& x) {
-  const int64_t B = batch_, H = heads_, T = tokens_, D = dim_, dh = head_dim_, ld = 3 * D;
+Tensor SelfAttentionCoreForwardCuda(const Tensor& qkv_t, int64_t B, int64_t H, int64_t T,
+                                    int64_t D, Tensor* probs) {
+  const int64_t dh = D / H, ld = 3 * D;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dh)));
-
-  qkv_out_ = qkv_.Forward(x);  // checks the parameters are on the device
-  probs_ = NewDeviceTensor({B, H, T, T});
+  *probs = NewDeviceTensor({B, H, T, T});
   Tensor ctx = NewDeviceTensor({B * T, D});
   if (B > 0) {
-    const float* qkv = qkv_out_.data();
-    float* p = probs_.data();
+    const float* qkv = qkv_t.data();
+    float* p = probs->data();
     for (int64_t h = 0; h < H; ++h) {
       // S = Q K^T / sqrt(dh), for every image.
       CudaSgemmStridedBatched(false, true, T, T, dh, scale, qkv + h * dh, ld, T * ld,
@@ -44,19 +45,18 @@ Tensor MultiHeadSelfAttention::ForwardCuda(const Tensor& x) {
                               T * D, B);
     }
   }
-  return proj_.Forward(ctx);
+  return ctx;
 }
 
-Tensor MultiHeadSelfAttention::BackwardCuda(const Tensor& dy) {
-  const int64_t B = batch_, H = heads_, T = tokens_, D = dim_, dh = head_dim_, ld = 3 * D;
+Tensor SelfAttentionCoreBackwardCuda(const Tensor& qkv_t, const Tensor& probs, const Tensor& dctx,
+                                     int64_t B, int64_t H, int64_t T, int64_t D) {
+  const int64_t dh = D / H, ld = 3 * D;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dh)));
-
-  const Tensor dctx = proj_.Backward(dy);
   Tensor dqkv = NewDeviceTensor({B * T, ld});
   if (B > 0) {
     Tensor dp = NewDeviceTensor({B, H, T, T});
-    const float* qkv = qkv_out_.data();
-    const float* p = probs_.data();
+    const float* qkv = qkv_t.data();
+    const float* p = probs.data();
     float* dq = dqkv.data();
     for (int64_t h = 0; h < H; ++h) {
       const float* dout = dctx.data() + h * dh;
@@ -77,6 +77,19 @@ Tensor MultiHeadSelfAttention::BackwardCuda(const Tensor& dy) {
                               T * ld, 0.f, dq + D + h * dh, ld, T * ld, B);
     }
   }
+  return dqkv;
+}
+
+Tensor MultiHeadSelfAttention::ForwardCuda(const Tensor& x) {
+  qkv_out_ = qkv_.Forward(x);  // checks the parameters are on the device
+  return proj_.Forward(
+      SelfAttentionCoreForwardCuda(qkv_out_, batch_, heads_, tokens_, dim_, &probs_));
+}
+
+Tensor MultiHeadSelfAttention::BackwardCuda(const Tensor& dy) {
+  const int64_t D = dim_;
+  Tensor dqkv = SelfAttentionCoreBackwardCuda(qkv_out_, probs_, proj_.Backward(dy), batch_,
+                                              heads_, tokens_, dim_);
   // The key bias's gradient is exactly zero (see attention.cc): keep the key-bias slice of the
   // bias gradient as it was before the Linear backward, as the host path does.
   Parameter* bias = qkv_.bias();

@@ -78,14 +78,10 @@ std::vector<Parameter*> MoeLinearPair::Parameters() {
   return ps;
 }
 
-void MoeLinearPair::Route(const Tensor& x) {
+void MoeLinearPair::RouterInputHost(const Tensor& x) {
   using RI = MoeLinearPairOptions::RouterInput;
   const int64_t T = opt_.tokens_per_image, D = opt_.in1;
-  const int E = opt_.num_experts, k = opt_.top_k;
-  rows_ = x.dim(0);
-  CHECK_EQ(rows_ % T, 0) << name_ << ": " << rows_ << " rows is not whole images of " << T;
   const int64_t B = rows_ / T;
-  decisions_ = PerImage() ? B : rows_;
   switch (opt_.router_input) {
     case RI::kToken: router_in_ = x; break;
     case RI::kImageMean:
@@ -97,6 +93,8 @@ void MoeLinearPair::Route(const Tensor& x) {
       const Tensor* a = ctx_.attributes;
       const int64_t A = opt_.attribute_dim;
       CHECK(a != nullptr) << name_ << ": attribute routing needs the step's attributes";
+      CHECK(a->device() == Device::kCPU)
+          << name_ << ": the attributes are host data (MoeStepContext::attributes)";
       CHECK(a->ndim() == 2 && a->dim(0) == rows_ && a->dim(1) == A)
           << name_ << ": attributes " << a->ShapeString() << ", want [" << rows_ << ", " << A
           << "]";
@@ -109,13 +107,18 @@ void MoeLinearPair::Route(const Tensor& x) {
               << " has other attributes than the image's first token (one decision per image)";
         std::copy(first, first + A, per_image.data() + i * A);
       }
-      router_in_ = attr_norm_->Forward(attr_proj_->Forward(per_image));
+      router_in_ = AttrNorm()->Forward(AttrProj()->Forward(per_image));
       break;
     }
   }
+}
+
+void MoeLinearPair::Decide() {
+  const int64_t T = opt_.tokens_per_image, D = opt_.in1;
+  const int E = opt_.num_experts, k = opt_.top_k;
   std::vector<float> logits(decisions_ * E, 0.f);
-  Sgemm(false, false, decisions_, E, D, 1.f, router_in_.data(), D, router_.value.data(), E, 0.f,
-        logits.data(), E);
+  Sgemm(false, false, decisions_, E, D, 1.f, router_in_.data(), D, RouterParam().value.data(), E,
+        0.f, logits.data(), E);
   if (ctx_.training && opt_.noise_scale > 0.f) {
     const float sigma = opt_.noise_scale / static_cast<float>(E);
     CounterRng rng(MixKey(MixKey(seed_, HashString(name_ + ".router_noise")), ctx_.step));
@@ -156,26 +159,30 @@ void MoeLinearPair::GroupDecisions() {
       }
       groups_[it->second].images.push_back(i);
     }
-    for (Group& g : groups_) {
-      std::vector<float> gates(gate_.begin() + g.decision * k, gate_.begin() + (g.decision + 1) * k);
-      for (int l = 0; l < 2; ++l) {
-        const int64_t in = w_[l].value.dim(1), out = w_[l].value.dim(2);
-        std::vector<const float*> ws, bs;
-        for (int r = 0; r < k; ++r) {
-          const int e = expert_[g.decision * k + r];
-          ws.push_back(w_[l].value.data() + e * in * out);
-          bs.push_back(b_[l].value.data() + e * out);
-        }
-        g.w[l] = Tensor({in, out});
-        g.b[l] = Tensor({out});
-        MergeExpertWeights(ws, gates, in * out, g.w[l].data());
-        MergeExpertWeights(bs, gates, out, g.b[l].data());
-      }
-    }
     return;
   }
   for (int64_t t = 0; t < rows_; ++t)
     for (int r = 0; r < k; ++r) by_expert_[expert_[DecisionOf(t) * k + r]].push_back({t, r});
+}
+
+void MoeLinearPair::MergeGroupsHost() {
+  const int k = opt_.top_k;
+  for (Group& g : groups_) {
+    std::vector<float> gates(gate_.begin() + g.decision * k, gate_.begin() + (g.decision + 1) * k);
+    for (int l = 0; l < 2; ++l) {
+      const int64_t in = w_[l].value.dim(1), out = w_[l].value.dim(2);
+      std::vector<const float*> ws, bs;
+      for (int r = 0; r < k; ++r) {
+        const int e = expert_[g.decision * k + r];
+        ws.push_back(w_[l].value.data() + e * in * out);
+        bs.push_back(b_[l].value.data() + e * out);
+      }
+      g.w[l] = Tensor({in, out});
+      g.b[l] = Tensor({out});
+      MergeExpertWeights(ws, gates, in * out, g.w[l].data());
+      MergeExpertWeights(bs, gates, out, g.b[l].data());
+    }
+  }
 }
 
 Tensor MoeLinearPair::RoutedForward(int l, const Tensor& x) {
@@ -280,10 +287,10 @@ Tensor MoeLinearPair::RoutedBackward(int l, const Tensor& dy) {
   return dx;
 }
 
-void MoeLinearPair::RouterBackward(Tensor* dx) {
+Tensor MoeLinearPair::RouterBackward() {
   using RI = MoeLinearPairOptions::RouterInput;
   const int E = opt_.num_experts, k = opt_.top_k;
-  const int64_t D = opt_.in1, T = opt_.tokens_per_image;
+  const int64_t D = opt_.in1;
   // Renormalised gates g_r = p_r / S (S = sum of the k kept probs): dp_j = (dg_j - <dg, g>) / S.
   std::vector<float> dprobs(decisions_ * E, 0.f), dlogits(decisions_ * E);
   for (int64_t d = 0; d < decisions_; ++d) {
@@ -296,36 +303,89 @@ void MoeLinearPair::RouterBackward(Tensor* dx) {
       dprobs[d * E + expert_[d * k + r]] += static_cast<float>((d_gate_[d * k + r] - dot) / S);
   }
   SoftmaxRowsBackward(probs_.data(), dprobs.data(), decisions_, E, dlogits.data());
+  Parameter& router = RouterParam();
   Sgemm(true, false, D, E, decisions_, 1.f, router_in_.data(), D, dlogits.data(), E, 1.f,
-        router_.grad.data(), E);
+        router.grad.data(), E);
   Tensor dz({decisions_, D});
-  Sgemm(false, true, decisions_, D, E, 1.f, dlogits.data(), E, router_.value.data(), E, 0.f,
+  Sgemm(false, true, decisions_, D, E, 1.f, dlogits.data(), E, router.value.data(), E, 0.f,
         dz.data(), D);
-  switch (opt_.router_input) {
-    case RI::kToken: Axpy(1.f, dz.data(), dz.numel(), dx->data()); break;
-    case RI::kImageMean:
-      for (int64_t t = 0; t < rows_; ++t)
-        Axpy(1.f / static_cast<float>(T), dz.data() + (t / T) * D, D, dx->data() + t * D);
-      break;
-    case RI::kAttributes: attr_proj_->Backward(attr_norm_->Backward(dz)); break;
-  }
+  if (opt_.router_input != RI::kAttributes) return dz;
+  AttrProj()->Backward(AttrNorm()->Backward(dz));
+  return Tensor();
 }
 
 Tensor MoeLinearPair::ForwardFirst(const Tensor& x) {
-  CHECK(x.device() == Device::kCPU) << name_ << ": host tensors only";
   CHECK(x.ndim() == 2 && x.dim(1) == opt_.in1) << name_ << ": input " << x.ShapeString();
-  Route(x);
+  rows_ = x.dim(0);
+  CHECK_EQ(rows_ % opt_.tokens_per_image, 0)
+      << name_ << ": " << rows_ << " rows is not whole images of " << opt_.tokens_per_image;
+  decisions_ = PerImage() ? rows_ / opt_.tokens_per_image : rows_;
+  on_device_ = x.device() == Device::kCUDA;
+  if (on_device_) {
+#ifdef MOE_EP_HAS_CUDA
+    CHECK(PerImage() && opt_.merge_weights)
+        << name_ << ": the device path has the merged-weight path only (one decision per image, "
+                    "merge_weights on); per-token routing (routing_level TOKEN) runs on the host";
+    RouterInputCuda(x);
+    Decide();
+    MergeGroupsCuda();
+    return RoutedForwardCuda(0, x);
+#else
+    LOG(FATAL) << name_ << ": a CUDA tensor in a build without the CUDA path";
+#endif
+  }
+  RouterInputHost(x);
+  Decide();
+  MergeGroupsHost();
   return RoutedForward(0, x);
 }
 
-Tensor MoeLinearPair::ForwardSecond(const Tensor& h) { return RoutedForward(1, h); }
+Tensor MoeLinearPair::ForwardSecond(const Tensor& h) {
+#ifdef MOE_EP_HAS_CUDA
+  if (on_device_) return RoutedForwardCuda(1, h);
+#endif
+  return RoutedForward(1, h);
+}
 
-Tensor MoeLinearPair::BackwardSecond(const Tensor& dy2) { return RoutedBackward(1, dy2); }
+Tensor MoeLinearPair::BackwardSecond(const Tensor& dy2) {
+#ifdef MOE_EP_HAS_CUDA
+  if (on_device_) return RoutedBackwardCuda(1, dy2);
+#endif
+  return RoutedBackward(1, dy2);
+}
 
 Tensor MoeLinearPair::BackwardFirst(const Tensor& dy1) {
+#ifdef MOE_EP_HAS_CUDA
+  if (on_device_) {
+    Tensor dx = RoutedBackwardCuda(0, dy1);
+    RouterBackwardCuda(&dx);
+    return dx;
+  }
+#endif
   Tensor dx = RoutedBackward(0, dy1);
-  RouterBackward(&dx);
+  const Tensor dz = RouterBackward();
+  const int64_t D = opt_.in1, T = opt_.tokens_per_image;
+  switch (opt_.router_input) {
+    case MoeLinearPairOptions::RouterInput::kToken:
+      Axpy(1.f, dz.data(), dz.numel(), dx.data());
+      break;
+    case MoeLinearPairOptions::RouterInput::kImageMean:
+      for (int64_t t = 0; t < rows_; ++t)
+        Axpy(1.f / static_cast<float>(T), dz.data() + (t / T) * D, D, dx.data() + t * D);
+      break;
+    case MoeLinearPairOptions::RouterInput::kAttributes: break;
+  }
   return dx;
+}
+
+void MoeLinearPair::ZeroBiasGradColumns(int layer, int64_t begin, int64_t count) {
+  Tensor& g = b_[layer].grad;
+  const int64_t E = g.dim(0), cols = g.dim(1);
+  CHECK(begin >= 0 && count >= 0 && begin + count <= cols) << name_ << ": bias columns";
+#ifdef MOE_EP_HAS_CUDA
+  if (g.device() == Device::kCUDA) return ZeroBiasGradColumnsCuda(layer, begin, count);
+#endif
+  for (int64_t e = 0; e < E; ++e) std::fill_n(g.data() + e * cols + begin, count, 0.f);
 }
 
 std::vector<int> MoeLinearPair::RowExperts() const {

@@ -28,7 +28,14 @@
 // scatter. Both paths are exact; a test checks they agree.
 //
 // Call order per step: ForwardFirst, ForwardSecond, BackwardSecond, BackwardFirst (the router's
-// gradients from both layers are applied in BackwardFirst). Host tensors only.
+// gradients from both layers are applied in BackwardFirst).
+//
+// Devices: the pair runs where ForwardFirst's input is (moe_linear_pair_cuda.cc, compiled with
+// MOE_EP_HAS_CUDA; every parameter on the device after MoveParameterTo). On the device the
+// routing decision and the router's backward stay on the host (the same code as the host path,
+// on host copies of the router's parameters refreshed every step); the merged weights, the
+// GEMMs and the expert gradients run on the device. Merged path only: per-token decisions
+// (kToken) or merge_weights off CHECK-fail on device tensors.
 #pragma once
 
 #include <memory>
@@ -75,6 +82,9 @@ class MoeLinearPair {
   // layer's and the router's grads.
   Tensor BackwardFirst(const Tensor& dy1);
   std::vector<Parameter*> Parameters();
+  // Zeroes columns [begin, begin + count) of every expert's bias gradient of layer 0 or 1, on
+  // whichever device the gradient is (MoeSelfAttention's key bias).
+  void ZeroBiasGradColumns(int layer, int64_t begin, int64_t count);
 
   const MoeLinearPairOptions& options() const { return opt_; }
   // Expert weights [E, in, out] and biases [E, out] of layer 0 (first) or 1 (second).
@@ -89,12 +99,32 @@ class MoeLinearPair {
  private:
   bool PerImage() const { return opt_.router_input != MoeLinearPairOptions::RouterInput::kToken; }
   int64_t DecisionOf(int64_t row) const { return PerImage() ? row / opt_.tokens_per_image : row; }
-  void Route(const Tensor& x);
+  // The router's input (router_in_, host) from the host path's x.
+  void RouterInputHost(const Tensor& x);
+  // From router_in_: logits, noise, softmax, top-k and the groups of identical decisions.
+  void Decide();
   void GroupDecisions();
+  void MergeGroupsHost();
+  // The router parameter and attribute layers the host-side routing reads and writes: the real
+  // ones on the host path, the host copies on the device path.
+  Parameter& RouterParam() { return on_device_ ? host_router_ : router_; }
+  Layer* AttrProj() { return on_device_ ? host_attr_proj_.get() : attr_proj_.get(); }
+  Layer* AttrNorm() { return on_device_ ? host_attr_norm_.get() : attr_norm_.get(); }
   // One routed linear (w [E, in, out], b [E, out]) on input x; `which` picks the cached state.
   Tensor RoutedForward(int which, const Tensor& x);
   Tensor RoutedBackward(int which, const Tensor& dy);
-  void RouterBackward(Tensor* dx);
+  // Host router backward: router (and attribute-layer) grads accumulated; returns dL/d(router
+  // input) [decisions, in1] for kToken / kImageMean (empty for kAttributes).
+  Tensor RouterBackward();
+#ifdef MOE_EP_HAS_CUDA
+  // moe_linear_pair_cuda.cc.
+  void RouterInputCuda(const Tensor& x);
+  void MergeGroupsCuda();
+  Tensor RoutedForwardCuda(int which, const Tensor& x);
+  Tensor RoutedBackwardCuda(int which, const Tensor& dy);
+  void RouterBackwardCuda(Tensor* dx);
+  void ZeroBiasGradColumnsCuda(int layer, int64_t begin, int64_t count);
+#endif
 
   std::string name_;
   MoeLinearPairOptions opt_;
@@ -121,6 +151,14 @@ class MoeLinearPair {
   // Per-expert path: (row, choice) pairs per expert, and every choice's unweighted output.
   std::vector<std::vector<std::pair<int64_t, int>>> by_expert_;
   Tensor choice_out_[2];                   // [rows * k, out]
+
+  // Device path: whether the last ForwardFirst ran on the device; the host copies of the router
+  // parameters; every group's merged weights and biases as rows of one device tensor per layer
+  // ([groups, in * out], [groups, out]; group g = groups_[g]).
+  bool on_device_ = false;
+  Parameter host_router_;
+  std::unique_ptr<Layer> host_attr_proj_, host_attr_norm_;
+  Tensor merged_w_[2], merged_b_[2];
 };
 
 }  // namespace moe

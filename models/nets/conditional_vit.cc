@@ -7,6 +7,10 @@
 #include <set>
 
 #include "core/gemm.h"
+#ifdef MOE_EP_HAS_CUDA
+#include "core/kernels/cuda/cublas_gemm.h"
+#include "core/kernels/cuda/dense_kernels.h"
+#endif
 #include "models/layers/attention.h"
 #include "models/layers/layer_norm.h"
 #include "models/layers/linear.h"
@@ -68,6 +72,15 @@ namespace {
 
 void AddInPlace(Tensor* a, const Tensor& b) {
   CHECK_EQ(a->numel(), b.numel());
+  CHECK(a->device() == b.device()) << "residual add across devices";
+  if (a->device() == Device::kCUDA) {
+#ifdef MOE_EP_HAS_CUDA
+    AddInPlaceCuda(a->data(), b.data(), a->numel());  // legacy default stream, like the layers
+    return;
+#else
+    LOG(FATAL) << "a CUDA tensor in a build without the CUDA path";
+#endif
+  }
   float* x = a->data();
   const float* y = b.data();
   for (int64_t i = 0; i < a->numel(); ++i) x[i] += y[i];
@@ -87,6 +100,10 @@ class AttentionCore {
   Tensor Forward(const Tensor& qkv) {
     const int64_t B = qkv.dim(0) / T_, D3 = 3 * D_;
     qkv_ = qkv;
+#ifdef MOE_EP_HAS_CUDA
+    if (qkv.device() == Device::kCUDA)
+      return SelfAttentionCoreForwardCuda(qkv, B, H_, T_, D_, &probs_);
+#endif
     probs_ = Tensor({B, H_, T_, T_});
     Tensor o({B * T_, D_});
     const float scale = 1.f / std::sqrt(static_cast<float>(dh_));
@@ -104,6 +121,10 @@ class AttentionCore {
 
   Tensor Backward(const Tensor& dout) {
     const int64_t B = qkv_.dim(0) / T_, D3 = 3 * D_;
+#ifdef MOE_EP_HAS_CUDA
+    if (dout.device() == Device::kCUDA)
+      return SelfAttentionCoreBackwardCuda(qkv_, probs_, dout, B, H_, T_, D_);
+#endif
     const float scale = 1.f / std::sqrt(static_cast<float>(dh_));
     Tensor dqkv({B * T_, D3});
     std::vector<float> dp(T_ * T_), ds(T_ * T_);
@@ -147,9 +168,8 @@ class MoeSelfAttention : public Layer {
     // initial 0 (its gate-gradient term <db, b_k> is then 0 too). Per-token decisions mix
     // different expert biases across an image's tokens, and there the key bias does matter.
     if (pair_.options().router_input == MoeLinearPairOptions::RouterInput::kToken) return dx;
-    Parameter* b = pair_.bias(0);
-    const int64_t E = b->grad.dim(0), D3 = b->grad.dim(1), D = D3 / 3;
-    for (int64_t e = 0; e < E; ++e) std::fill_n(b->grad.data() + e * D3 + D, D, 0.f);
+    const int64_t D = pair_.options().in1;
+    pair_.ZeroBiasGradColumns(0, D, D);
     return dx;
   }
   std::vector<Parameter*> Parameters() override { return pair_.Parameters(); }
@@ -235,8 +255,20 @@ ConditionalVit::ConditionalVit(const proto::ModelConfig& config, Communicator* c
 ConditionalVit::~ConditionalVit() = default;
 
 void ConditionalVit::MoveTo(Device d) {
-  CHECK(d == Device::kCPU) << "model.family=\"conditional\" runs on the host (its attribute "
-                              "routers and routed attention have no device path)";
+  // Everything, the routed attention's routers included (MoeLinearPair keeps host copies of its
+  // router for the host-side routing itself), so the optimizer sees one device.
+  MoveParameterTo(&task_embed_, d);
+  MoveParameterTo(&modality_embed_, d);
+  embed_->MoveTo(d);
+  for (auto& b : blocks_) {
+    b->ln1->MoveTo(d);
+    b->attn->MoveTo(d);
+    b->ln2->MoveTo(d);
+    b->mlp->MoveTo(d);
+  }
+  final_norm_->MoveTo(d);
+  pool_->MoveTo(d);
+  head_->MoveTo(d);
 }
 
 void ConditionalVit::SetMoeContext(const MoeStepContext& ctx) { ctx_ = ctx; }
@@ -247,7 +279,6 @@ void ConditionalVit::SetBatchInfo(const BatchInfo& info) {
 }
 
 Tensor ConditionalVit::Forward(const Tensor& images) {
-  CHECK(images.device() == Device::kCPU) << "model.family=\"conditional\" runs on the host";
   const int64_t B = images.dim(0), T = tokens_per_image_, D = dim_;
   // The ids are consumed: a later Forward without SetBatchInfo means task 0 on the image.
   task_ = next_task_.empty() ? std::vector<int>(B, 0) : next_task_;
@@ -257,15 +288,42 @@ Tensor ConditionalVit::Forward(const Tensor& images) {
   CHECK_EQ(static_cast<int64_t>(task_.size()), B) << "one task id per image";
   CHECK_EQ(static_cast<int64_t>(modality_.size()), B) << "one modality id per image";
 
+  for (int64_t i = 0; i < B; ++i) {
+    CHECK(task_[i] == 0 || task_[i] == 1) << "task id " << task_[i] << " of image " << i;
+    CHECK(modality_[i] == 0 || modality_[i] == 1)
+        << "modality id " << modality_[i] << " of image " << i;
+  }
   Tensor x = embed_->Forward(images);
-  for (int64_t t = 0; t < B * T; ++t) {
-    const int task = task_[t / T], mod = modality_[t / T];
-    CHECK(task == 0 || task == 1) << "task id " << task << " of image " << t / T;
-    CHECK(mod == 0 || mod == 1) << "modality id " << mod << " of image " << t / T;
-    float* xt = x.data() + t * D;
-    const float* te = task_embed_.value.data() + task * D;
-    const float* me = modality_embed_.value.data() + mod * D;
-    for (int64_t j = 0; j < D; ++j) xt[j] += te[j] + me[j];
+  if (x.device() == Device::kCUDA) {
+#ifdef MOE_EP_HAS_CUDA
+    // The embeddings as GEMMs with a one-hot row per token, [task one-hot | modality one-hot]
+    // (rows x 4, built here, uploaded: 16 bytes a token): x += OH_task E_task + OH_mod E_mod.
+    // The backward reuses it: dE = OH^T dx.
+    Tensor oh = Tensor::Zeros({B * T, 4});
+    for (int64_t t = 0; t < B * T; ++t) {
+      oh.at(t * 4 + task_[t / T]) = 1.f;
+      oh.at(t * 4 + 2 + modality_[t / T]) = 1.f;
+    }
+    Tensor up({B * T, 4}, Device::kCUDA);
+    up.CopyFrom(oh);
+    embed_onehot_ = up;
+    if (B > 0) {
+      CudaSgemm(false, false, B * T, D, 2, 1.f, up.data(), 4, task_embed_.value.data(), D, 1.f,
+                x.data(), D);
+      CudaSgemm(false, false, B * T, D, 2, 1.f, up.data() + 2, 4, modality_embed_.value.data(),
+                D, 1.f, x.data(), D);
+    }
+#else
+    LOG(FATAL) << "a CUDA tensor in a build without the CUDA path";
+#endif
+  } else {
+    for (int64_t t = 0; t < B * T; ++t) {
+      const int task = task_[t / T], mod = modality_[t / T];
+      float* xt = x.data() + t * D;
+      const float* te = task_embed_.value.data() + task * D;
+      const float* me = modality_embed_.value.data() + mod * D;
+      for (int64_t j = 0; j < D; ++j) xt[j] += te[j] + me[j];
+    }
   }
 
   // The routers' attributes: every token of image b carries the bits of (task, modality),
@@ -307,6 +365,20 @@ void ConditionalVit::Backward(const Tensor& dlogits) {
     dx = dxin;
   }
   const int64_t T = tokens_per_image_, D = dim_, rows = dx.dim(0);
+  if (dx.device() == Device::kCUDA) {
+#ifdef MOE_EP_HAS_CUDA
+    if (rows > 0) {
+      CudaSgemm(true, false, 2, D, rows, 1.f, embed_onehot_.data(), 4, dx.data(), D, 1.f,
+                task_embed_.grad.data(), D);
+      CudaSgemm(true, false, 2, D, rows, 1.f, embed_onehot_.data() + 2, 4, dx.data(), D, 1.f,
+                modality_embed_.grad.data(), D);
+    }
+    embed_->Backward(dx);
+    return;
+#else
+    LOG(FATAL) << "a CUDA tensor in a build without the CUDA path";
+#endif
+  }
   for (int64_t t = 0; t < rows; ++t) {
     const float* dxt = dx.data() + t * D;
     float* dte = task_embed_.grad.data() + task_[t / T] * D;
@@ -370,10 +442,14 @@ void ValidateConditionalVitConfig(const proto::TrainConfig& c, std::vector<std::
   const proto::ModelConfig& m = c.model();
   const proto::ConditionalConfig& cc = m.conditional();
   const proto::MoeConfig& moe = m.moe();
-  if (c.device() != "cpu")
-    errors->push_back(ConfigError("device", "\"" + c.device() + "\"",
-                                  "family \"conditional\" runs on the host (attribute routers and "
-                                  "routed attention have no CUDA path): use \"cpu\""));
+  // TOKEN-level routed attention takes MoeLinearPair's per-expert path, which has no device
+  // path (every other level's routed attention has one decision per image: merged weights).
+  if (c.device() == "cuda" && m.use_moe() && cc.moe_in_attention() &&
+      cc.routing_level() == Level::TOKEN)
+    errors->push_back(ConfigError("device", "\"cuda\"",
+                                  "family \"conditional\" with moe_in_attention and routing_level "
+                                  "TOKEN runs on the host (per-token routed attention has no CUDA "
+                                  "path): use \"cpu\" or another routing level"));
   if (cc.num_superclasses() < 2 || cc.num_superclasses() > 10)
     errors->push_back(ConfigError("model.conditional.num_superclasses",
                                   std::to_string(cc.num_superclasses()),

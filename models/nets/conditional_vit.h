@@ -70,7 +70,9 @@ class ConditionalVit : public Net {
   Tensor Forward(const Tensor& images) override;
   void Backward(const Tensor& dlogits) override;
   std::vector<Parameter*> Parameters() override;
-  void MoveTo(Device d) override;  // host only: CHECK-fails for CUDA (the validator says so)
+  // Every parameter and layer; on CUDA the routing decisions stay on the host (MoeLayer's and
+  // MoeLinearPair's device paths), everything else runs on the device.
+  void MoveTo(Device d) override;
   double FlopsPerImage() const override;
   void SetMoeContext(const MoeStepContext& ctx) override;
   void SetBatchInfo(const BatchInfo& info) override;
@@ -96,6 +98,7 @@ class ConditionalVit : public Net {
   std::vector<int> next_task_, next_modality_;  // from SetBatchInfo, for the next Forward
   std::vector<int> task_, modality_;            // of the last Forward
   Tensor attributes_;
+  Tensor embed_onehot_;  // device path: [B*T, 4] task | modality one-hot rows of the last Forward
 };
 
 }  // namespace moe

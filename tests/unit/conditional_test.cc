@@ -419,8 +419,12 @@ TEST(ConditionalNet, ValidatorRejectsWhatTheFamilyCannotRun) {
   std::vector<std::string> errors;
   ValidateConditionalVitConfig(c, &errors);
   EXPECT_TRUE(errors.empty()) << errors.front();
-  c.mutable_model()->mutable_moe()->set_routing(proto::MoeConfig::TOKEN_TOP_K);
+  // The device path runs every level's routed attention except TOKEN's (per-expert path).
   c.set_device("cuda");
+  ValidateConditionalVitConfig(c, &errors);
+  EXPECT_TRUE(errors.empty()) << errors.front();
+  c.mutable_model()->mutable_conditional()->set_routing_level(Level::TOKEN);
+  c.mutable_model()->mutable_moe()->set_routing(proto::MoeConfig::TOKEN_TOP_K);
   c.mutable_model()->mutable_conditional()->set_num_superclasses(1);
   ValidateConditionalVitConfig(c, &errors);
   ASSERT_EQ(errors.size(), 3u);
