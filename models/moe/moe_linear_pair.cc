@@ -323,12 +323,13 @@ Tensor MoeLinearPair::ForwardFirst(const Tensor& x) {
   on_device_ = x.device() == Device::kCUDA;
   if (on_device_) {
 #ifdef MOE_EP_HAS_CUDA
-    CHECK(PerImage() && opt_.merge_weights)
-        << name_ << ": the device path has the merged-weight path only (one decision per image, "
-                    "merge_weights on); per-token routing (routing_level TOKEN) runs on the host";
     RouterInputCuda(x);
     Decide();
-    MergeGroupsCuda();
+    if (groups_.empty()) {
+      UploadExpertPlanCuda();
+    } else {
+      MergeGroupsCuda();
+    }
     return RoutedForwardCuda(0, x);
 #else
     LOG(FATAL) << name_ << ": a CUDA tensor in a build without the CUDA path";

@@ -34,8 +34,9 @@
 // MOE_EP_HAS_CUDA; every parameter on the device after MoveParameterTo). On the device the
 // routing decision and the router's backward stay on the host (the same code as the host path,
 // on host copies of the router's parameters refreshed every step); the merged weights, the
-// GEMMs and the expert gradients run on the device. Merged path only: per-token decisions
-// (kToken) or merge_weights off CHECK-fail on device tensors.
+// GEMMs and the expert gradients run on the device. Both paths: the merged one, and the
+// per-expert one (kToken, or merge_weights off) with the (row, choice) lists and gates uploaded
+// per forward and a gather / GEMM / gate-weighted scatter-add per expert.
 #pragma once
 
 #include <memory>
@@ -122,6 +123,11 @@ class MoeLinearPair {
   void MergeGroupsCuda();
   Tensor RoutedForwardCuda(int which, const Tensor& x);
   Tensor RoutedBackwardCuda(int which, const Tensor& dy);
+  // Per-expert path on the device: the plan (by_expert_) up, then per expert gather / GEMM /
+  // scatter-add; the backward's gate gradients come down into d_gate_.
+  void UploadExpertPlanCuda();
+  Tensor RoutedForwardExpertsCuda(int which, const Tensor& x);
+  Tensor RoutedBackwardExpertsCuda(int which, const Tensor& dy);
   void RouterBackwardCuda(Tensor* dx);
   void ZeroBiasGradColumnsCuda(int layer, int64_t begin, int64_t count);
 #endif
@@ -159,6 +165,11 @@ class MoeLinearPair {
   Parameter host_router_;
   std::unique_ptr<Layer> host_attr_proj_, host_attr_norm_;
   Tensor merged_w_[2], merged_b_[2];
+  // Device per-expert path: by_expert_ flattened in expert order (expert e owns entries
+  // [plan_offset_[e], plan_offset_[e + 1])): the rows as int32 (bits stored in a float tensor)
+  // and each entry's gate; choice_out_[l] then holds the expert outputs in that order.
+  std::vector<int64_t> plan_offset_;
+  Tensor plan_rows_, plan_gates_;
 };
 
 }  // namespace moe

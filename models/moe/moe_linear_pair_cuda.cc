@@ -1,5 +1,6 @@
-// MoeLinearPair on device tensors (see moe_linear_pair.h): the host path's maths with the
-// merged-weight path only. Plain C++ calling cuBLAS and dense_kernels.h, so no nvcc.
+// MoeLinearPair on device tensors (see moe_linear_pair.h): the host path's maths, merged-weight
+// and per-expert paths. Plain C++ calling cuBLAS, dense_kernels.h and row_gather_kernels.h, so
+// no nvcc.
 //
 // What stays on the host, and why: the routing decision reads host data (the attributes) and is
 // a handful of rows ([images, E]); its code is the host path's own (RouterInputHost / Decide /
@@ -27,6 +28,18 @@
 //         gate-gradient dots 2 * B*E (one per layer);
 //   up    the merged-weight coefficients G*E, the backward coefficients 2 * E*B, the router
 //         grads (same sizes as down), dz B*D (CONTEXT only).
+//
+// The per-expert path (kToken, or merge_weights off), the host's per-expert loop on the device:
+// by_expert_ is flattened in expert order and uploaded with every entry's gate (rows*k ints and
+// floats, once per ForwardFirst); per expert e with n entries, experts in order on the one
+// stream:
+//   forward   xs = gather(x) [n, in]; o = xs W[e] + b[e] (kept in choice_out_, expert order);
+//             y[row] += g * o (scatter-add: a row appears at most once per expert, so the rows
+//             of one launch are distinct and no atomics are needed)
+//   backward  gs = g * gather(dy); dgate = <dy[row], o> (double); dW[e] += xs^T gs;
+//             db[e] += colsum gs; dx[row] += gs W[e]^T (scatter-add)
+// The gate gradients (rows*k floats) come down once per layer; for kToken the router input
+// (the rows, rows*in1) comes down in ForwardFirst and dz (same size) goes up in BackwardFirst.
 // Host waits: the downloads are synchronous copies (legacy default stream), two per Forward
 // (parameters; image means) and one per chunk per layer in Backward (the dots).
 //
@@ -44,6 +57,7 @@
 #include "core/kernels/cuda/cublas_gemm.h"
 #include "core/kernels/cuda/cuda_check.h"
 #include "core/kernels/cuda/dense_kernels.h"
+#include "core/kernels/cuda/row_gather_kernels.h"
 #include "models/layers/device_tensor.h"
 #include "models/layers/layer_norm.h"
 #include "models/layers/linear.h"
@@ -120,7 +134,10 @@ void MoeLinearPair::RouterInputCuda(const Tensor& x) {
       break;
     }
     case RI::kAttributes: RouterInputHost(x); break;  // reads the host attributes only
-    case RI::kToken: LOG(FATAL) << name_ << ": per-token routing has no device path";
+    case RI::kToken:  // the rows themselves: rows*D floats down
+      router_in_ = Tensor({rows_, D});
+      router_in_.CopyFrom(x);
+      break;
   }
 }
 
@@ -152,6 +169,7 @@ Tensor MoeLinearPair::RoutedForwardCuda(int l, const Tensor& x) {
   CHECK(x.ndim() == 2 && x.dim(0) == rows_ && x.dim(1) == in)
       << name_ << ": layer " << l << " input " << x.ShapeString() << ", want [" << rows_ << ", "
       << in << "]";
+  if (groups_.empty()) return RoutedForwardExpertsCuda(l, x);
   in_[l] = x;
   Tensor y = NewDeviceTensor({rows_, out});
   for (size_t g = 0; g < groups_.size(); ++g) {
@@ -174,6 +192,7 @@ Tensor MoeLinearPair::RoutedBackwardCuda(int l, const Tensor& dy) {
   CHECK(in_[l].ndim() == 2) << name_ << ": Backward before Forward";
   CHECK(dy.device() == Device::kCUDA) << name_ << ": dy on the host";
   CHECK(dy.ndim() == 2 && dy.dim(0) == rows_ && dy.dim(1) == out) << name_ << ": dy shape";
+  if (groups_.empty()) return RoutedBackwardExpertsCuda(l, dy);
   const float* x = in_[l].data();
   Tensor dx = NewDeviceTensor({rows_, in});
   for (size_t g = 0; g < groups_.size(); ++g) {
@@ -228,6 +247,93 @@ Tensor MoeLinearPair::RoutedBackwardCuda(int l, const Tensor& dy) {
   return dx;
 }
 
+void MoeLinearPair::UploadExpertPlanCuda() {
+  const int E = opt_.num_experts, k = opt_.top_k;
+  plan_offset_.assign(E + 1, 0);
+  for (int e = 0; e < E; ++e)
+    plan_offset_[e + 1] = plan_offset_[e] + static_cast<int64_t>(by_expert_[e].size());
+  const int64_t n = plan_offset_[E];
+  CHECK_EQ(n, rows_ * k);
+  CHECK_LT(rows_, int64_t{1} << 31) << name_ << ": rows must fit int32 on the device";
+  std::vector<int> rows(n);
+  std::vector<float> gates(n);
+  for (int e = 0; e < E; ++e)
+    for (size_t j = 0; j < by_expert_[e].size(); ++j) {
+      const auto [t, r] = by_expert_[e][j];
+      rows[plan_offset_[e] + j] = static_cast<int>(t);
+      gates[plan_offset_[e] + j] = gate_[DecisionOf(t) * k + r];
+    }
+  static_assert(sizeof(int) == sizeof(float), "int32 rows stored in a float tensor");
+  plan_rows_ = Tensor({n}, Device::kCUDA);
+  if (n > 0)
+    CUDA_CHECK(cudaMemcpy(plan_rows_.data(), rows.data(), n * sizeof(int),
+                          cudaMemcpyHostToDevice));
+  plan_gates_ = Upload(gates, {n});
+}
+
+Tensor MoeLinearPair::RoutedForwardExpertsCuda(int l, const Tensor& x) {
+  const int64_t in = w_[l].value.dim(1), out = w_[l].value.dim(2);
+  const int E = opt_.num_experts;
+  in_[l] = x;
+  Tensor y = NewDeviceTensor({rows_, out});
+  if (y.numel() > 0) CUDA_CHECK(cudaMemset(y.data(), 0, y.numel() * sizeof(float)));
+  const int64_t total = plan_offset_[E];
+  choice_out_[l] = NewDeviceTensor({total, out});
+  int64_t max_n = 0;
+  for (int e = 0; e < E; ++e) max_n = std::max(max_n, plan_offset_[e + 1] - plan_offset_[e]);
+  Tensor xs = NewDeviceTensor({max_n, in});
+  const int* rows = reinterpret_cast<const int*>(plan_rows_.data());
+  for (int e = 0; e < E; ++e) {
+    const int64_t off = plan_offset_[e], n = plan_offset_[e + 1] - off;
+    if (n == 0) continue;
+    float* os = choice_out_[l].data() + off * out;
+    GatherRowsCuda(x.data(), rows + off, nullptr, n, in, xs.data());
+    CudaSgemm(false, false, n, out, in, 1.f, xs.data(), in, w_[l].value.data() + e * in * out,
+              out, 0.f, os, out);
+    BiasAddRowsCuda(os, b_[l].value.data() + e * out, n, out);
+    ScatterAddRowsCuda(os, rows + off, plan_gates_.data() + off, n, out, y.data());
+  }
+  return y;
+}
+
+Tensor MoeLinearPair::RoutedBackwardExpertsCuda(int l, const Tensor& dy) {
+  const int64_t in = w_[l].value.dim(1), out = w_[l].value.dim(2), io = in * out;
+  const int E = opt_.num_experts, k = opt_.top_k;
+  const Tensor& x = in_[l];
+  Tensor dx = NewDeviceTensor({rows_, in});
+  if (dx.numel() > 0) CUDA_CHECK(cudaMemset(dx.data(), 0, dx.numel() * sizeof(float)));
+  const int64_t total = plan_offset_[E];
+  int64_t max_n = 0;
+  for (int e = 0; e < E; ++e) max_n = std::max(max_n, plan_offset_[e + 1] - plan_offset_[e]);
+  Tensor xs = NewDeviceTensor({max_n, in}), gs = NewDeviceTensor({max_n, out});
+  Tensor dxs = NewDeviceTensor({max_n, in}), dgate = NewDeviceTensor({total});
+  const int* rows = reinterpret_cast<const int*>(plan_rows_.data());
+  for (int e = 0; e < E; ++e) {
+    const int64_t off = plan_offset_[e], n = plan_offset_[e + 1] - off;
+    if (n == 0) continue;
+    GatherRowsCuda(x.data(), rows + off, nullptr, n, in, xs.data());
+    GatherRowsCuda(dy.data(), rows + off, plan_gates_.data() + off, n, out, gs.data());
+    GatheredRowDotsCuda(dy.data(), rows + off, choice_out_[l].data() + off * out, n, out,
+                        dgate.data() + off);
+    CudaSgemm(true, false, in, out, n, 1.f, xs.data(), in, gs.data(), out, 1.f,
+              w_[l].grad.data() + e * io, out);
+    ColumnSumAccumulateCuda(gs.data(), n, out, b_[l].grad.data() + e * out);
+    CudaSgemm(false, true, n, in, out, 1.f, gs.data(), out, w_[l].value.data() + e * io, out, 0.f,
+              dxs.data(), in);
+    ScatterAddRowsCuda(dxs.data(), rows + off, nullptr, n, in, dx.data());
+  }
+  std::vector<float> dgate_h(total);
+  if (total > 0)
+    CUDA_CHECK(cudaMemcpy(dgate_h.data(), dgate.data(), total * sizeof(float),
+                          cudaMemcpyDeviceToHost));
+  for (int e = 0; e < E; ++e)
+    for (size_t j = 0; j < by_expert_[e].size(); ++j) {
+      const auto [t, r] = by_expert_[e][j];
+      d_gate_[DecisionOf(t) * k + r] += dgate_h[plan_offset_[e] + j];
+    }
+  return dx;
+}
+
 void MoeLinearPair::RouterBackwardCuda(Tensor* dx) {
   const Tensor dz = RouterBackward();  // host: into the host copies' grads
   AddHostToDevice(host_router_.grad, &router_.grad);
@@ -237,6 +343,12 @@ void MoeLinearPair::RouterBackwardCuda(Tensor* dx) {
       const std::vector<Parameter*> dp = dev->Parameters(), hp = host->Parameters();
       for (size_t i = 0; i < dp.size(); ++i) AddHostToDevice(hp[i]->grad, &dp[i]->grad);
     }
+  }
+  if (opt_.router_input == MoeLinearPairOptions::RouterInput::kToken && rows_ > 0) {
+    // The router input is x itself: dx += dz, as the host's Axpy.
+    Tensor dzd(dz.shape(), Device::kCUDA);
+    dzd.CopyFrom(dz);
+    AddInPlaceCuda(dx->data(), dzd.data(), dz.numel());
   }
   if (opt_.router_input == MoeLinearPairOptions::RouterInput::kImageMean && rows_ > 0) {
     // d(mean)/dx: every token of image b gets dz_b / T, as the host's Axpy.

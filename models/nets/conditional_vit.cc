@@ -442,14 +442,6 @@ void ValidateConditionalVitConfig(const proto::TrainConfig& c, std::vector<std::
   const proto::ModelConfig& m = c.model();
   const proto::ConditionalConfig& cc = m.conditional();
   const proto::MoeConfig& moe = m.moe();
-  // TOKEN-level routed attention takes MoeLinearPair's per-expert path, which has no device
-  // path (every other level's routed attention has one decision per image: merged weights).
-  if (c.device() == "cuda" && m.use_moe() && cc.moe_in_attention() &&
-      cc.routing_level() == Level::TOKEN)
-    errors->push_back(ConfigError("device", "\"cuda\"",
-                                  "family \"conditional\" with moe_in_attention and routing_level "
-                                  "TOKEN runs on the host (per-token routed attention has no CUDA "
-                                  "path): use \"cpu\" or another routing level"));
   if (cc.num_superclasses() < 2 || cc.num_superclasses() > 10)
     errors->push_back(ConfigError("model.conditional.num_superclasses",
                                   std::to_string(cc.num_superclasses()),

@@ -1,5 +1,5 @@
-// The conditional family's device path against its host path: MoeLinearPair alone (attribute
-// and image-mean router inputs, training noise on, parameter gradients pre-seeded so the beta = 1
+// The conditional family's device path against its host path: MoeLinearPair alone (attribute,
+// image-mean and token router inputs, merged and per-expert paths, training noise on, parameter gradients pre-seeded so the beta = 1
 // accumulation is checked) and whole ConditionalVit nets with routed attention (ATTRIBUTE and
 // TASK levels, MoE FFN on one rank through a SelfCommunicator): a CPU twin and a
 // MoveTo(kCUDA) twin built from the same seed, the same images, task and modality ids. Compared:
@@ -70,7 +70,7 @@ class ConditionalGpuTest : public ::testing::Test {
   void TearDown() override { SetPoisonNewDeviceTensors(false); }
 };
 
-void ComparePair(RouterInput input) {
+void ComparePair(RouterInput input, bool merge_weights = true) {
   MoeLinearPairOptions o;
   o.in1 = 12;
   o.out1 = 36;
@@ -82,6 +82,7 @@ void ComparePair(RouterInput input) {
   o.images_per_group = 2;
   o.router_input = input;
   o.attribute_dim = input == RouterInput::kAttributes ? 4 : 0;
+  o.merge_weights = merge_weights;
   MoeLinearPair host("pair", o, 11), dev("pair", o, 11);
   for (Parameter* p : dev.Parameters()) MoveParameterTo(p, Device::kCUDA);
   std::vector<Parameter*> hp = host.Parameters(), dp = dev.Parameters();
@@ -124,6 +125,14 @@ TEST_F(ConditionalGpuTest, LinearPairAttributeRoutingMatchesHost) {
 }
 TEST_F(ConditionalGpuTest, LinearPairImageMeanRoutingMatchesHost) {
   ComparePair(RouterInput::kImageMean);
+}
+// The per-expert path: per-token decisions (routing_level TOKEN), and per-image decisions with
+// merge_weights off.
+TEST_F(ConditionalGpuTest, LinearPairTokenRoutingMatchesHost) {
+  ComparePair(RouterInput::kToken);
+}
+TEST_F(ConditionalGpuTest, LinearPairUnmergedAttributeRoutingMatchesHost) {
+  ComparePair(RouterInput::kAttributes, /*merge_weights=*/false);
 }
 
 proto::TrainConfig NetConfig(Level::RoutingLevel level) {
