@@ -17,6 +17,7 @@
 #include "models/layers/mean_pool.h"
 #include "models/layers/mlp.h"
 #include "models/layers/patch_embed.h"
+#include "models/layers/pre_norm_block.h"
 #include "models/moe/router_math.h"
 #include "models/nets/families.h"
 #include "models/nets/moe_placement.h"
@@ -69,22 +70,6 @@ MoeLayerOptions ConditionalMoeOptions(const proto::ModelConfig& model) {
 }
 
 namespace {
-
-void AddInPlace(Tensor* a, const Tensor& b) {
-  CHECK_EQ(a->numel(), b.numel());
-  CHECK(a->device() == b.device()) << "residual add across devices";
-  if (a->device() == Device::kCUDA) {
-#ifdef MOE_EP_HAS_CUDA
-    AddInPlaceCuda(a->data(), b.data(), a->numel());  // legacy default stream, like the layers
-    return;
-#else
-    LOG(FATAL) << "a CUDA tensor in a build without the CUDA path";
-#endif
-  }
-  float* x = a->data();
-  const float* y = b.data();
-  for (int64_t i = 0; i < a->numel(); ++i) x[i] += y[i];
-}
 
 // Multi-head attention between the two routed projections: qkv [B*T, 3D] ([q | k | v] columns,
 // head h owning columns h*dh.. of each part) -> o [B*T, D]; per image and head
@@ -182,13 +167,6 @@ class MoeSelfAttention : public Layer {
 
 }  // namespace
 
-struct ConditionalVit::Block {
-  std::unique_ptr<LayerNorm> ln1, ln2;
-  std::unique_ptr<Layer> attn;  // MultiHeadSelfAttention or MoeSelfAttention
-  std::unique_ptr<Layer> mlp;   // Mlp or MoeLayer
-  bool moe_attention = false;
-};
-
 ConditionalVit::ConditionalVit(const proto::ModelConfig& config, Communicator* comm,
                                uint64_t seed)
     : config_(config) {
@@ -204,9 +182,8 @@ ConditionalVit::ConditionalVit(const proto::ModelConfig& config, Communicator* c
       config.use_moe() ? EvenBlockIndices(config.num_layers()) : std::set<int>();
   for (int i = 0; i < config.num_layers(); ++i) {
     const std::string prefix = "block" + std::to_string(i);
-    auto b = std::make_unique<Block>();
-    b->ln1 = std::make_unique<LayerNorm>(prefix + ".ln1", D, seed);
-    b->ln2 = std::make_unique<LayerNorm>(prefix + ".ln2", D, seed);
+    std::unique_ptr<Layer> attn;  // MultiHeadSelfAttention or MoeSelfAttention
+    std::unique_ptr<Layer> mlp;   // Mlp or MoeLayer
     const bool moe = moe_blocks.count(i) > 0;
     if (moe && cc.moe_in_attention()) {
       MoeLinearPairOptions o;
@@ -232,20 +209,22 @@ ConditionalVit::ConditionalVit(const proto::ModelConfig& config, Communicator* c
       }
       auto a = std::make_unique<MoeSelfAttention>(prefix + ".attn.moe", o, config.num_heads(), seed);
       attention_moe_.push_back(a->pair());
-      b->attn = std::move(a);
-      b->moe_attention = true;
+      attn = std::move(a);
     } else {
-      b->attn = std::make_unique<MultiHeadSelfAttention>(prefix + ".attn", D, config.num_heads(),
+      attn = std::make_unique<MultiHeadSelfAttention>(prefix + ".attn", D, config.num_heads(),
                                                          tokens_per_image_, seed);
     }
     if (moe) {
       auto m = std::make_unique<MoeLayer>(prefix + ".moe", ConditionalMoeOptions(config), comm, seed);
       moe_layers_.push_back(m.get());
-      b->mlp = std::move(m);
+      mlp = std::move(m);
     } else {
-      b->mlp = std::make_unique<Mlp>(prefix + ".mlp", D, config.mlp_dim(), seed);
+      mlp = std::make_unique<Mlp>(prefix + ".mlp", D, config.mlp_dim(), seed);
     }
-    blocks_.push_back(std::move(b));
+    moe_attention_.push_back(moe && cc.moe_in_attention());
+    blocks_.push_back(std::make_unique<PreNormBlock>(
+        std::make_unique<LayerNorm>(prefix + ".ln1", D, seed), std::move(attn),
+        std::make_unique<LayerNorm>(prefix + ".ln2", D, seed), std::move(mlp)));
   }
   final_norm_ = std::make_unique<LayerNorm>("final_ln", D, seed);
   pool_ = std::make_unique<MeanPoolTokens>(tokens_per_image_);
@@ -260,12 +239,7 @@ void ConditionalVit::MoveTo(Device d) {
   MoveParameterTo(&task_embed_, d);
   MoveParameterTo(&modality_embed_, d);
   embed_->MoveTo(d);
-  for (auto& b : blocks_) {
-    b->ln1->MoveTo(d);
-    b->attn->MoveTo(d);
-    b->ln2->MoveTo(d);
-    b->mlp->MoveTo(d);
-  }
+  for (auto& b : blocks_) b->MoveTo(d);
   final_norm_->MoveTo(d);
   pool_->MoveTo(d);
   head_->MoveTo(d);
@@ -344,26 +318,13 @@ Tensor ConditionalVit::Forward(const Tensor& images) {
   for (MoeLayer* m : moe_layers_) m->SetStepContext(ctx);
   for (MoeLinearPair* a : attention_moe_) a->SetStepContext(ctx);
 
-  for (auto& b : blocks_) {
-    Tensor h = b->attn->Forward(b->ln1->Forward(x));
-    AddInPlace(&h, x);
-    Tensor y = b->mlp->Forward(b->ln2->Forward(h));
-    AddInPlace(&y, h);
-    x = y;
-  }
+  for (auto& b : blocks_) x = b->Forward(x);
   return head_->Forward(pool_->Forward(final_norm_->Forward(x)));
 }
 
 void ConditionalVit::Backward(const Tensor& dlogits) {
   Tensor dx = final_norm_->Backward(pool_->Backward(head_->Backward(dlogits)));
-  for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) {
-    Block& b = **it;
-    Tensor dh = b.ln2->Backward(b.mlp->Backward(dx));
-    AddInPlace(&dh, dx);
-    Tensor dxin = b.ln1->Backward(b.attn->Backward(dh));
-    AddInPlace(&dxin, dh);
-    dx = dxin;
-  }
+  for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) dx = (*it)->Backward(dx);
   const int64_t T = tokens_per_image_, D = dim_, rows = dx.dim(0);
   if (dx.device() == Device::kCUDA) {
 #ifdef MOE_EP_HAS_CUDA
@@ -401,11 +362,11 @@ double ConditionalVit::FlopsPerImage() const {
   size_t moe_i = 0;
   for (size_t i = 0; i < blocks_.size(); ++i) {
     macs += T * 4 * D * D + 2 * T * T * D;
-    if (blocks_[i]->moe_attention) {
+    if (moe_attention_[i]) {
       const double E = config_.moe().num_experts(), k = config_.moe().top_k();
       macs += D * E + k * 4 * D * D;  // one router row and one merge per image
     }
-    const bool is_moe = moe_i < moe_layers_.size() && blocks_[i]->mlp.get() == moe_layers_[moe_i];
+    const bool is_moe = moe_i < moe_layers_.size() && blocks_[i]->mlp() == moe_layers_[moe_i];
     if (is_moe) {
       const MoeLayerOptions& o = moe_layers_[moe_i++]->options();
       macs += T * D * o.num_experts + o.top_k * T * 2 * D * o.hidden;
@@ -423,12 +384,7 @@ std::vector<Parameter*> ConditionalVit::Parameters() {
   add(embed_->Parameters());
   ps.push_back(&task_embed_);
   ps.push_back(&modality_embed_);
-  for (auto& b : blocks_) {
-    add(b->ln1->Parameters());
-    add(b->attn->Parameters());
-    add(b->ln2->Parameters());
-    add(b->mlp->Parameters());
-  }
+  for (auto& b : blocks_) add(b->Parameters());
   add(final_norm_->Parameters());
   add(head_->Parameters());
   return ps;

@@ -44,6 +44,7 @@
 namespace moe {
 
 class LayerNorm;
+class PreNormBlock;
 class PatchEmbed;
 class MeanPoolTokens;
 class Linear;
@@ -83,13 +84,13 @@ class ConditionalVit : public Net {
   int tokens_per_image() const { return tokens_per_image_; }
 
  private:
-  struct Block;
   proto::ModelConfig config_;
   int tokens_per_image_;
   int dim_;
   std::unique_ptr<PatchEmbed> embed_;
   Parameter task_embed_, modality_embed_;  // [2, D] each
-  std::vector<std::unique_ptr<Block>> blocks_;
+  std::vector<std::unique_ptr<PreNormBlock>> blocks_;
+  std::vector<bool> moe_attention_;  // per block: routed attention (MoeSelfAttention)
   std::unique_ptr<LayerNorm> final_norm_;
   std::unique_ptr<MeanPoolTokens> pool_;
   std::unique_ptr<Linear> head_;

@@ -8,37 +8,10 @@
 #include "models/layers/mean_pool.h"
 #include "models/layers/mlp.h"
 #include "models/layers/patch_embed.h"
+#include "models/layers/pre_norm_block.h"
 #include "models/nets/families.h"
 
-#ifdef MOE_EP_HAS_CUDA
-#include "core/kernels/cuda/dense_kernels.h"
-#endif
-
 namespace moe {
-
-namespace {
-void AddInPlace(Tensor* a, const Tensor& b) {
-  CHECK_EQ(a->numel(), b.numel());
-  CHECK(a->device() == b.device()) << "residual add across devices";
-  if (a->device() == Device::kCUDA) {
-#ifdef MOE_EP_HAS_CUDA
-    AddInPlaceCuda(a->data(), b.data(), a->numel());  // legacy default stream, like the layers
-    return;
-#else
-    LOG(FATAL) << "a CUDA tensor in a build without the CUDA path";
-#endif
-  }
-  float* x = a->data();
-  const float* y = b.data();
-  for (int64_t i = 0; i < a->numel(); ++i) x[i] += y[i];
-}
-}  // namespace
-
-struct VisionTransformer::Block {
-  std::unique_ptr<LayerNorm> ln1, ln2;
-  std::unique_ptr<MultiHeadSelfAttention> attn;
-  std::unique_ptr<Layer> mlp;  // Mlp or MoeLayer
-};
 
 MoeLayerOptions MoeOptionsFromConfig(const proto::ModelConfig& model) {
   const int p = model.patch_size();
@@ -97,19 +70,19 @@ VisionTransformer::VisionTransformer(const proto::ModelConfig& config, Communica
   const std::set<int> moe_blocks = MoeBlockIndices(config);
   for (int i = 0; i < config.num_layers(); ++i) {
     const std::string prefix = "block" + std::to_string(i);
-    auto b = std::make_unique<Block>();
-    b->ln1 = std::make_unique<LayerNorm>(prefix + ".ln1", D, seed);
-    b->attn = std::make_unique<MultiHeadSelfAttention>(prefix + ".attn", D, config.num_heads(),
-                                                       tokens_per_image_, seed);
-    b->ln2 = std::make_unique<LayerNorm>(prefix + ".ln2", D, seed);
+    std::unique_ptr<Layer> mlp;  // Mlp or MoeLayer
     if (moe_blocks.count(i)) {
       auto m = std::make_unique<MoeLayer>(prefix + ".moe", MoeOptionsFromConfig(config), comm, seed);
       moe_layers_.push_back(m.get());
-      b->mlp = std::move(m);
+      mlp = std::move(m);
     } else {
-      b->mlp = std::make_unique<Mlp>(prefix + ".mlp", D, config.mlp_dim(), seed);
+      mlp = std::make_unique<Mlp>(prefix + ".mlp", D, config.mlp_dim(), seed);
     }
-    blocks_.push_back(std::move(b));
+    blocks_.push_back(std::make_unique<PreNormBlock>(
+        std::make_unique<LayerNorm>(prefix + ".ln1", D, seed),
+        std::make_unique<MultiHeadSelfAttention>(prefix + ".attn", D, config.num_heads(),
+                                                 tokens_per_image_, seed),
+        std::make_unique<LayerNorm>(prefix + ".ln2", D, seed), std::move(mlp)));
   }
   final_norm_ = std::make_unique<LayerNorm>("final_ln", D, seed);
   pool_ = std::make_unique<MeanPoolTokens>(tokens_per_image_);
@@ -120,12 +93,7 @@ VisionTransformer::~VisionTransformer() = default;
 
 void VisionTransformer::MoveTo(Device d) {
   embed_->MoveTo(d);
-  for (auto& b : blocks_) {
-    b->ln1->MoveTo(d);
-    b->attn->MoveTo(d);
-    b->ln2->MoveTo(d);
-    b->mlp->MoveTo(d);
-  }
+  for (auto& b : blocks_) b->MoveTo(d);
   final_norm_->MoveTo(d);
   pool_->MoveTo(d);
   head_->MoveTo(d);
@@ -133,28 +101,13 @@ void VisionTransformer::MoveTo(Device d) {
 
 Tensor VisionTransformer::Forward(const Tensor& images) {
   Tensor x = embed_->Forward(images);
-  for (auto& b : blocks_) {
-    Tensor h = b->attn->Forward(b->ln1->Forward(x));
-    AddInPlace(&h, x);
-    Tensor y = b->mlp->Forward(b->ln2->Forward(h));
-    AddInPlace(&y, h);
-    x = y;
-  }
+  for (auto& b : blocks_) x = b->Forward(x);
   return head_->Forward(pool_->Forward(final_norm_->Forward(x)));
 }
 
 void VisionTransformer::Backward(const Tensor& dlogits) {
   Tensor dx = final_norm_->Backward(pool_->Backward(head_->Backward(dlogits)));
-  for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) {
-    Block& b = **it;
-    // y = h + mlp(ln2(h)): dh = dy + ln2'(mlp'(dy)).
-    Tensor dh = b.ln2->Backward(b.mlp->Backward(dx));
-    AddInPlace(&dh, dx);
-    // h = x + attn(ln1(x)).
-    Tensor dxin = b.ln1->Backward(b.attn->Backward(dh));
-    AddInPlace(&dxin, dh);
-    dx = dxin;
-  }
+  for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) dx = (*it)->Backward(dx);
   embed_->Backward(dx);
 }
 
@@ -167,7 +120,7 @@ double VisionTransformer::FlopsPerImage() const {
   size_t moe_i = 0;
   for (size_t i = 0; i < blocks_.size(); ++i) {
     macs += T * 4 * D * D + 2 * T * T * D;
-    const bool is_moe = moe_i < moe_layers_.size() && blocks_[i]->mlp.get() == moe_layers_[moe_i];
+    const bool is_moe = moe_i < moe_layers_.size() && blocks_[i]->mlp() == moe_layers_[moe_i];
     if (is_moe) {
       const MoeLayerOptions& o = moe_layers_[moe_i++]->options();
       const double k = o.rule == RoutingRule::kExpertChoice
@@ -189,12 +142,7 @@ std::vector<Parameter*> VisionTransformer::Parameters() {
   std::vector<Parameter*> ps;
   auto add = [&ps](const std::vector<Parameter*>& v) { ps.insert(ps.end(), v.begin(), v.end()); };
   add(embed_->Parameters());
-  for (auto& b : blocks_) {
-    add(b->ln1->Parameters());
-    add(b->attn->Parameters());
-    add(b->ln2->Parameters());
-    add(b->mlp->Parameters());
-  }
+  for (auto& b : blocks_) add(b->Parameters());
   add(final_norm_->Parameters());
   add(head_->Parameters());
   return ps;

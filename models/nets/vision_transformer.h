@@ -22,6 +22,7 @@
 namespace moe {
 
 class LayerNorm;
+class PreNormBlock;
 class MultiHeadSelfAttention;
 class PatchEmbed;
 class MeanPoolTokens;
@@ -53,11 +54,10 @@ class VisionTransformer : public Net {
   int tokens_per_image() const { return tokens_per_image_; }
 
  private:
-  struct Block;
   proto::ModelConfig config_;
   int tokens_per_image_;
   std::unique_ptr<PatchEmbed> embed_;
-  std::vector<std::unique_ptr<Block>> blocks_;
+  std::vector<std::unique_ptr<PreNormBlock>> blocks_;
   std::unique_ptr<LayerNorm> final_norm_;
   std::unique_ptr<MeanPoolTokens> pool_;
   std::unique_ptr<Linear> head_;
