@@ -17,6 +17,8 @@
 #include <memory>
 #include <sstream>
 #include <sys/stat.h>
+#include <unistd.h>
+#include <utility>
 
 #include "comm/mpi_abort.h"
 #include "comm/mpi_communicator.h"
@@ -169,6 +171,16 @@ int Run(int argc, char** argv) {
   std::string joined;
   for (const auto& p : problems) joined += (joined.empty() ? "" : "\n") + p;
   FailTogetherIf(!problems.empty(), joined, kExitConfig);
+  // Output folders are checked before training, so a typo does not cost a whole run's outputs.
+  for (const auto& [flag, dir] : {std::pair<const char*, std::string>{"trace_dir", FLAGS_trace_dir},
+                                  {"analytics_dir", FLAGS_analytics_dir}}) {
+    if (dir.empty()) continue;
+    mkdir(dir.c_str(), 0755);  // an existing folder is fine; access() below decides
+    FailTogetherIf(access(dir.c_str(), W_OK) != 0,
+                   std::string("config error: --") + flag + "=" + dir +
+                       ": cannot create or write to this folder",
+                   kExitConfig);
+  }
   uint64_t h = ConfigHash(config), hmin = 0, hmax = 0;
   MPI_Allreduce(&h, &hmin, 1, MPI_UINT64_T, MPI_MIN, MPI_COMM_WORLD);
   MPI_Allreduce(&h, &hmax, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);

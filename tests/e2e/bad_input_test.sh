@@ -40,6 +40,8 @@ expect_failure rank_dies 'injected failure' any \
   -np 4 "$TRAIN" "${common[@]}" --override="$SMALL" --fault_rank=2 --fault_step=1
 expect_failure nan_loss 'loss is not finite at step 1' 4 \
   -np 4 "$TRAIN" "${common[@]}" --override="$SMALL" --fault_nan_step=1
+expect_failure unwritable_analytics_dir 'analytics_dir=/proc/no_such/dir: cannot create' 2 \
+  -np 4 "$TRAIN" "${common[@]}" --override="$SMALL" --analytics_dir=/proc/no_such/dir
 # device "cuda" where it cannot run: a build without the CUDA path refuses it in validation; a
 # CUDA build on a machine without a usable GPU fails at device binding. Either way every rank ends.
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
