@@ -7,7 +7,6 @@
 #include <cuda_runtime_api.h>
 #include <glog/logging.h>
 
-#include <memory>
 #include <vector>
 
 #include "core/kernels/cuda/cuda_check.h"
@@ -16,12 +15,6 @@
 #include "models/layers/softmax_cross_entropy.h"
 
 namespace moe {
-
-namespace {
-struct CudaFreeDeleter {
-  void operator()(int* p) const { cudaFree(p); }
-};
-}  // namespace
 
 float SoftmaxCrossEntropy::ForwardCuda(const Tensor& logits, const std::vector<int>& labels,
                                        float loss_scale) {
@@ -35,10 +28,12 @@ float SoftmaxCrossEntropy::ForwardCuda(const Tensor& logits, const std::vector<i
   row_loss_.assign(B, 0.0);
   if (B == 0) return 0.f;
 
-  // labels and pred share one device int buffer [2B]; row losses a float tensor [B].
-  int* ints = nullptr;
-  CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ints), 2 * B * sizeof(int)));
-  std::unique_ptr<int, CudaFreeDeleter> owner(ints);
+  // labels and pred share one device int buffer [2B] (int32 bits in a float tensor: its memory
+  // is stream-ordered on the legacy stream like every Tensor, no cudaFree synchronisation);
+  // row losses a float tensor [B].
+  static_assert(sizeof(int) == sizeof(float), "int32 labels stored in a float tensor");
+  Tensor ints_t({2 * B}, Device::kCUDA);
+  int* ints = reinterpret_cast<int*>(ints_t.data());
   CUDA_CHECK(cudaMemcpy(ints, labels.data(), B * sizeof(int), cudaMemcpyHostToDevice));
   Tensor row_loss = NewDeviceTensor({B});
   SoftmaxCrossEntropyForwardCuda(logits.data(), ints, B, C, loss_scale, row_loss.data(),

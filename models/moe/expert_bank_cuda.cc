@@ -10,6 +10,11 @@
 // received (EP * groups * capacity of them), which is what keeps the GPU busy; E_local launches
 // of it cost microseconds.
 //
+// Memory: the Tensors (input, hidden activations, outputs) are the MoE layer's kind, allocated
+// through moe_cuda::NewDeviceTensor (ordered after the legacy stream, where Tensor memory is
+// stream-ordered) and released only after the layer's LeaveToLegacyStream; Backward's scratch
+// d(hidden) is a stream-ordered buffer on the layer's stream.
+//
 // Numerics: GEMM then bias (the CPU writes the bias first and accumulates the GEMM into it), bias
 // gradients summed in double (ColumnSumAccumulateCuda; the CPU sums in float): equal to the CPU
 // up to float rounding, not bit for bit.
@@ -18,34 +23,17 @@
 #include <cuda_runtime_api.h>
 #include <glog/logging.h>
 
-#include <cstdlib>
-
 #include "core/kernels/cuda/cublas_gemm.h"
 #include "core/kernels/cuda/cuda_check.h"
 #include "core/kernels/cuda/dense_kernels.h"
 #include "core/kernels/cuda/gelu_kernels.h"
 #include "models/moe/expert_bank.h"
+#include "models/moe/moe_layer_cuda_state.h"
 
 namespace moe {
 
-namespace {
-
-// Debug aid shared with moe_layer_cuda.cc: MOE_EP_CUDA_POISON=1 fills every device output buffer
-// with NaN (bytes 0xff) before the kernels that must write all of it, so a row left unwritten
-// shows up as NaN instead of as whatever cudaMalloc returned.
-bool PoisonDeviceOutputs() {
-  const char* v = std::getenv("MOE_EP_CUDA_POISON");
-  return v != nullptr && v[0] != '\0' && v[0] != '0';
-}
-
-Tensor NewDeviceTensor(std::vector<int64_t> shape, cudaStream_t stream) {
-  Tensor t(std::move(shape), Device::kCUDA);
-  if (t.numel() > 0 && PoisonDeviceOutputs())
-    CUDA_CHECK(cudaMemsetAsync(t.data(), 0xff, t.numel() * sizeof(float), stream));
-  return t;
-}
-
-}  // namespace
+using moe_cuda::DeviceArray;
+using moe_cuda::NewDeviceTensor;
 
 Tensor ExpertBank::ForwardCuda(const Tensor& input, const std::vector<int64_t>& rows_per_expert) {
   CHECK_EQ(static_cast<int>(rows_per_expert.size()), num_local_);
@@ -88,7 +76,9 @@ Tensor ExpertBank::BackwardCuda(const Tensor& d_output) {
   cudaStream_t s = static_cast<cudaStream_t>(cuda_stream_);
   const int64_t total = input_.dim(0);
   Tensor d_input = NewDeviceTensor({total, dim_}, s);
-  Tensor d_hidden = NewDeviceTensor({total, hidden_}, s);
+  // Scratch used only here, by work on `s`: stream-ordered on `s` itself, so its release at the
+  // end of this function is ordered after the kernels below by construction (no host wait).
+  DeviceArray<float> d_hidden(total * hidden_, s);
   int64_t row = 0;
   for (int l = 0; l < num_local_; ++l) {
     const int64_t m = rows_[l];
@@ -98,7 +88,7 @@ Tensor ExpertBank::BackwardCuda(const Tensor& d_output) {
     const float* x = input_.data() + row * dim_;
     const float* hp = hidden_pre_.data() + row * hidden_;
     const float* ha = hidden_act_.data() + row * hidden_;
-    float* dh = d_hidden.data() + row * hidden_;
+    float* dh = d_hidden.get() + row * hidden_;
     // Second layer: dW2 += H^T dY, db2 += colsum(dY), dH = dY W2^T (grads accumulate, beta = 1).
     CudaSgemm(true, false, hidden_, dim_, m, 1.f, ha, hidden_, dy, dim_, 1.f, ex.w2.grad.data(),
               dim_, s);
@@ -114,9 +104,7 @@ Tensor ExpertBank::BackwardCuda(const Tensor& d_output) {
               d_input.data() + row * dim_, dim_, s);
     row += m;
   }
-  // d_hidden is released here with kernels that use it possibly still queued: safe because
-  // Tensor's device memory is cudaFree'd, which waits for the device.
-  return d_input;
+  return d_input;  // d_hidden: cudaFreeAsync on s, after the kernels above
 }
 
 }  // namespace moe

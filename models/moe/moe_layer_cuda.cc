@@ -38,7 +38,12 @@
 //
 // Memory: router/dispatch buffers internal to this file are stream-ordered (cudaMallocAsync /
 // cudaFreeAsync on the layer's stream): freeing them never waits. What crosses an interface
-// (the expert bank's input/output, y, dx) is a Tensor.
+// (the expert bank's input/output, y, dx) is a Tensor, whose memory is stream-ordered on the
+// LEGACY stream (core/kernels/cuda/device_memory_cuda.cu): NewDeviceTensor orders the layer's
+// stream after its allocation, and every Tensor the layer's stream uses stays referenced until
+// LeaveToLegacyStream has ordered the legacy stream (where it will be freed) after that use --
+// by the layer state, the expert bank, or a local of Forward/Backward's outermost scope, which
+// is destroyed after the Leave at the end. Never a local of an inner scope.
 #ifdef MOE_EP_HAS_CUDA
 
 #include <cuda_runtime_api.h>
@@ -84,9 +89,8 @@ Tensor MoeLayer::ForwardCuda(const Tensor& x) {
   const cudaStream_t s = S.stream;
   S.EnterFromLegacyStream();  // x was produced there
   routing_.reset();
-  // Drop the last step's buffers (stream-ordered frees; the kept Tensors wait for the device).
+  // Drop the last step's buffers (stream-ordered frees on the layer's stream).
   S.have_forward = false;
-  S.keep.clear();
   S.noisy = {};
   S.probs_clean = {};
   S.order = {};
@@ -304,8 +308,6 @@ Tensor MoeLayer::ForwardCuda(const Tensor& x) {
     DevicePhase ph(ctx_.profiler, "combine", s);
     CombineCuda(S.returned.get(), S.choice_row.get(), S.gate.get(), rows, S.kc, D, y.data(), s);
   }
-  S.keep.push_back(expert_in);  // the expert bank caches it too
-  S.keep.push_back(expert_out);
 
   // ---- device router: metrics and auxiliary losses on the host, while the device works ----
   if (on_device) {
@@ -378,7 +380,7 @@ Tensor MoeLayer::ForwardCuda(const Tensor& x) {
   }
   S.have_forward = true;
   S.LeaveToLegacyStream();
-  return y;
+  return y;  // expert_in, expert_out released after the Leave above: stream-ordered
 }
 
 Tensor MoeLayer::BackwardCuda(const Tensor& dy) {
@@ -466,10 +468,8 @@ Tensor MoeLayer::BackwardCuda(const Tensor& dy) {
     CudaSgemm(false, true, rows, D, E, 1.f, d_clean.get(), E, router_.value.data(), E, 1.f,
               dx.data(), D, s);
   }
-  S.keep.push_back(d_expert_out);
-  S.keep.push_back(d_expert_in);
   S.LeaveToLegacyStream();
-  return dx;
+  return dx;  // d_expert_out, d_expert_in released after the Leave above: stream-ordered
 }
 
 }  // namespace moe

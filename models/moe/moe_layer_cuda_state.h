@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "core/kernels/cuda/cuda_check.h"
+#include "core/kernels/cuda/stream.h"
 #include "core/profiler.h"
 #include "core/tensor.h"
 #include "models/layers/layer.h"
@@ -125,8 +126,15 @@ class DevicePhase {
   cudaStream_t stream_;
 };
 
+// A device Tensor for work on `stream`. Tensor memory is stream-ordered on the legacy stream
+// (core/kernels/cuda/device_memory_cuda.cu), so `stream` is made to wait for the legacy stream
+// after the allocation: the block may have been freed there by work still queued. The release
+// is ordered by LeaveToLegacyStream, which must come after the last use on `stream` and before
+// the last reference to the Tensor goes.
 inline Tensor NewDeviceTensor(std::vector<int64_t> shape, cudaStream_t stream) {
   Tensor t(std::move(shape), Device::kCUDA);
+  if (t.numel() > 0 && stream != nullptr && stream != cudaStreamLegacy)
+    OrderAfter(stream, cudaStreamLegacy);
   if (t.numel() > 0 && PoisonDeviceOutputs())
     CUDA_CHECK(cudaMemsetAsync(t.data(), 0xff, t.numel() * sizeof(float), stream));
   return t;
@@ -161,9 +169,6 @@ struct MoeLayer::CudaState {
   // summed in that order, as moe_layer.cc does.
   bool have_aux_grads = false;
   moe_cuda::DeviceArray<float> d_probs_aux, d_logits_extra;
-  // Tensors of the last Forward/Backward kept until the next Forward, so that releasing them
-  // (cudaFree waits for the device) does not stall the host inside a step.
-  std::vector<Tensor> keep;
 
   // The rules decided on the host (every rule but plain token top-k; moe_layer_cuda_host_route.cc)
   // upload their plan into expert/slot/gate/block_rows/block_offset above and use these.

@@ -10,6 +10,7 @@
 #include "core/rng.h"
 #include "models/layers/layer_norm.h"
 #include "models/layers/linear.h"
+#include "models/layers/mean_pool.h"
 #include "models/moe/router_math.h"
 #include "models/moe/routing_rules.h"
 
@@ -84,11 +85,14 @@ void MoeLinearPair::RouterInputHost(const Tensor& x) {
   const int64_t B = rows_ / T;
   switch (opt_.router_input) {
     case RI::kToken: router_in_ = x; break;
-    case RI::kImageMean:
-      router_in_ = Tensor::Zeros({B, D});
-      for (int64_t t = 0; t < rows_; ++t)
-        Axpy(1.f / static_cast<float>(T), x.data() + t * D, D, router_in_.data() + (t / T) * D);
+    case RI::kImageMean: {
+      // MeanPoolTokens' mean (double sums in token order, one division), the very definition
+      // the device path computes (MeanPoolTokensForwardCuda): the gates depend on these bits,
+      // and host and device twins must route identically.
+      MeanPoolTokens pool(T);
+      router_in_ = pool.Forward(x);
       break;
+    }
     case RI::kAttributes: {
       const Tensor* a = ctx_.attributes;
       const int64_t A = opt_.attribute_dim;

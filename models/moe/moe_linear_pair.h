@@ -94,6 +94,10 @@ class MoeLinearPair {
   // The last ForwardFirst's plan, per ROW (token): k experts and their gates, [rows * k].
   std::vector<int> RowExperts() const;
   std::vector<float> RowGates() const;
+  // The last ForwardFirst's router input, on the host ([decisions, in1]): what the gates are
+  // computed from. For kImageMean it is MeanPoolTokens' mean (double sums in token order, one
+  // division), on both paths, so that host and device twins route identically.
+  const Tensor& router_input() const { return router_in_; }
   // Distinct decisions the merged path ran (GEMMs per layer); 0 on the per-expert path.
   int64_t merged_groups() const { return static_cast<int64_t>(groups_.size()); }
 

@@ -126,7 +126,9 @@ void MoeLinearPair::RouterInputCuda(const Tensor& x) {
   }
   switch (opt_.router_input) {
     case RI::kImageMean: {
-      // The image means on the device (double sums), then down: B*D floats, not the rows.
+      // The image means on the device, then down: B*D floats, not the rows. The same
+      // definition as the host path's (MeanPoolTokens: double sums in token order, one
+      // division), so both twins route from bit-identical inputs.
       Tensor m = NewDeviceTensor({B, D});
       if (B > 0) MeanPoolTokensForwardCuda(x.data(), B, T, D, m.data());
       router_in_ = Tensor({B, D});

@@ -371,7 +371,7 @@ check_bundle() {
   return $rc
 }
 if [ "$DO_CHECK" = 1 ]; then
-  check_bundle || die "self-containment check failed (see above and $BUILD_DIR/bare_root_out/gpu_report.md)"
+  check_bundle || die "$TARBALL was written, but the self-containment check failed (see above and $BUILD_DIR/bare_root_out/gpu_report.md)"
 fi
 
 log "bundle: $unpacked_mib MiB unpacked ($BUNDLE)"

@@ -5,9 +5,12 @@
 # instead), sets the environment from the bundle, checks glibc / driver / library compatibility,
 # then runs, each step under `timeout` and carrying on after failures:
 #   mpi_singleton     a tests/mpi binary started without mpirun (singleton MPI_Init, bundled MPI)
-#   gpu_tests         moe_gpu_tests, one process: every GPU test must PASS (a SKIPPED test fails)
-#   gpu_tests_np4     moe_gpu_tests on 4 ranks of the bundle's mpirun on the one GPU (the NCCL
-#                     communicator tests; shared-GPU env per rank: NCCL_HOSTID, no P2P/SHM, lo)
+#   gpu_<Suite>       moe_gpu_tests, one process PER SUITE (a CUDA error is sticky for its
+#                     process: one suite's fault cannot hide the others' results); every GPU test
+#                     must PASS (a SKIPPED test fails on a GPU machine)
+#   gpu_np4_<Suite>   the multi-rank suites (their sources call MPI_Comm_size: NCCL communicator,
+#                     MoE layer, routing rules) on 4 ranks of the bundle's mpirun on the one GPU,
+#                     one mpirun per suite (shared-GPU env per rank: NCCL_HOSTID, no P2P/SHM, lo)
 #   torch_selftest    tests/bench/torch_moe_reference.py --selftest on the GPU
 #   torch_reference   the PyTorch eager/bmm MoE reference timings (table in torch_reference.txt)
 #   bench_<name>      the benchmarks in the bundle: GPU ones first (single-process ones with their
@@ -25,6 +28,13 @@
 # step names to run), MOE_VERIFY_NO_GPU_OK=1 (dry run on a machine without a GPU: skips allowed),
 # MOE_BUNDLE_DIR (where to unpack; default /tmp/moe-ep-gpu-bundle), MOE_VERIFY_TORCH_ARGS,
 # MOE_VERIFY_UNIT=1 (also run the CPU unit tests).
+#
+# "Is there a GPU?" is decided from structured signals only, never from the wording of an error
+# message: nvidia-smi -L listing a GPU, and the bundle's gpu_device_count (cudaGetDeviceCount;
+# exit 0: devices, 77: none usable). Without a GPU (dry run, MOE_VERIFY_NO_GPU_OK=1) a step that
+# needs one to run at all (kind gpu_only: the trainer on device "cuda", the GPU benches) is
+# reported SKIP whatever its exit code (a timeout still fails: a hang is a bug anywhere); GPU test
+# binaries (kind gpu) must still exit 0, their tests reporting SKIPPED.
 set -u
 START_S=$(date +%s)
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -109,10 +119,6 @@ if [ "$HAVE_GPU" = 1 ]; then
   elif [ -n "$DRV_CUDA" ] && ! version_ge "$DRV_CUDA" "$NEED_CUDA"; then
     note "- note: driver CUDA $DRV_CUDA < nvcc $NEED_CUDA; relying on minor-version compatibility (sm_90 SASS, no PTX JIT)"
   fi
-elif [ "$NO_GPU_OK" = 1 ]; then
-  note "- no GPU (dry run: MOE_VERIFY_NO_GPU_OK=1)"
-else
-  env_fail "no GPU visible (nvidia-smi -L: $(echo "$GPU_LIST" | head -1))"
 fi
 HOST_GLIBC="$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}')"
 NEED_GLIBC="$(binfo need_glibc)"
@@ -168,6 +174,25 @@ for n in libcudart.so libcublas.so libnccl.so; do
   p="$(ldd "$B/bin/moe_gpu_tests" 2>/dev/null | awk -v n="$n" 'index($1, n)==1 {print $3; exit}')"
   note "- $n* -> ${p:-?}"
 done
+# The CUDA runtime's own answer, as an exit code (0: devices, 77: none usable), now that its
+# libraries are found: with nvidia-smi's, the only signals "no GPU" is decided from.
+CUDA_PROBE="gpu_device_count is not in the bundle"; CUDA_PROBE_RC=-1
+if has_bin gpu_device_count; then
+  CUDA_PROBE="$(timeout 60 "$B/bin/gpu_device_count" 2>&1 </dev/null)"; CUDA_PROBE_RC=$?
+  CUDA_PROBE="$(echo "$CUDA_PROBE" | head -1)"
+fi
+note "- gpu_device_count (cudaGetDeviceCount): exit $CUDA_PROBE_RC, $CUDA_PROBE"
+if [ "$HAVE_GPU" = 1 ] && [ "$CUDA_PROBE_RC" -ne 0 ]; then
+  env_fail "nvidia-smi lists a GPU, but the CUDA runtime finds none usable ($CUDA_PROBE)"
+elif [ "$HAVE_GPU" = 0 ] && [ "$CUDA_PROBE_RC" -eq 0 ]; then
+  HAVE_GPU=1
+  note "- a GPU after all: the CUDA runtime sees one ($CUDA_PROBE), nvidia-smi did not"
+fi
+if [ "$HAVE_GPU" = 0 ] && [ "$NO_GPU_OK" = 1 ]; then
+  note "- no GPU (dry run: MOE_VERIFY_NO_GPU_OK=1): steps of kind gpu_only are reported SKIP"
+elif [ "$HAVE_GPU" = 0 ]; then
+  env_fail "no GPU (nvidia-smi -L: $(echo "$GPU_LIST" | head -1); $CUDA_PROBE)"
+fi
 note "- mpirun: $(command -v mpirun) ($(mpirun --version 2>&1 | head -1)); OPAL_PREFIX=$OPAL_PREFIX"
 note "- LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 [ "$ENV_OK" = 1 ] && record environment PASS 0 "$(( $(date +%s) - START_S ))" \
@@ -197,11 +222,13 @@ MPIRUN=(mpirun -np "$NP" "${MOE_MPIRUN_FLAGS[@]}" "$TMPD/rank_env.sh")
 # ---------------------------------------------------------------------------------------------
 # Steps.
 note ""; note "## Steps"
-# step NAME KIND TIMEOUT CMD...   KIND: gpu or torch (a SKIPPED test or "no GPU" fails), cpu
+# step NAME KIND TIMEOUT CMD...   KIND: cpu; gpu (GPU tests: they skip by themselves without a
+#   GPU; on a GPU machine a SKIPPED test or a "no GPU" message fails the step); gpu_only and
+#   torch (need a GPU to run at all: SKIP in a dry run without one, whatever the exit code).
 step() {
   local name="$1" kind="$2" tmo="$3"; shift 3
   if [ -n "$ONLY" ] && ! [[ "$name" =~ $ONLY ]]; then return 0; fi
-  local now elapsed status rc t0 dt skipped nogpu out="$TMPD/$name.out"
+  local now elapsed status rc t0 dt skipped nogpu why="" out="$TMPD/${name//\//_}.out"
   now=$(date +%s); elapsed=$((now - START_S))
   note ""; note "### $name"; note ""; note '```'; note "$*"; note '```'
   if [ "$elapsed" -ge "$BUDGET_S" ]; then
@@ -217,15 +244,22 @@ step() {
   dt=$(( $(date +%s) - t0 ))
   cat "$out" >>"$FULL_LOG"
   skipped=0; nogpu=0
-  grep -q '^\[  SKIPPED \]' "$out" && skipped=1
+  grep -qE '^\[  SKIPPED \]|^moe_gpu_tests: SKIPPED:' "$out" && skipped=1
+  # Only an alarm on a GPU machine (a program that says it found none): never a reason to skip.
   grep -qiE 'no GPU|no usable GPU|no CUDA|CUDA is not available' "$out" && nogpu=1
   if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then status="FAIL (timeout ${tmo}s)"
+  elif [ "$kind" != cpu ] && [ "$HAVE_GPU" = 0 ] && [ "$NO_GPU_OK" = 1 ]; then
+    # Dry run, no GPU by nvidia-smi and cudaGetDeviceCount (structured signals, not messages).
+    if [ "$kind" = gpu_only ] || [ "$kind" = torch ]; then
+      status=SKIP; why=" (needs a GPU; none here: $CUDA_PROBE)"
+    elif [ "$rc" -ne 0 ]; then status=FAIL
+    elif [ "$skipped" = 1 ]; then status=SKIP
+    else status=PASS; fi
   elif [ "$rc" -ne 0 ]; then status=FAIL
   elif [ "$kind" != cpu ] && [ $((skipped + nogpu)) -gt 0 ]; then
-    if [ "$NO_GPU_OK" = 1 ] && [ "$HAVE_GPU" = 0 ]; then status=SKIP
-    else status="FAIL (skipped on a GPU machine)"; fi
+    status="FAIL (skipped on a GPU machine)"
   else status=PASS; fi
-  note "exit code $rc, ${dt}s: **$status**"; note ""; note '```'
+  note "exit code $rc, ${dt}s: **$status**$why"; note ""; note '```'
   tail -n 40 "$out" >>"$REPORT"; note '```'
   record "$name" "$status" "$rc" "$dt"
   say "$name: $status (rc $rc, ${dt}s)"
@@ -242,14 +276,35 @@ done
 n1="$(awk '$1=="mpi" {print $2; exit}' "$B/MANIFEST")"
 [ -n "$n1" ] && step mpi_singleton cpu 60 "$B/bin/$n1" --gtest_brief=1
 
-# 1. GPU tests, one process, then four ranks sharing the GPU (the NCCL communicator tests).
-if has_bin moe_gpu_tests; then
-  step gpu_tests gpu "$STEP_TIMEOUT" "$B/bin/moe_gpu_tests"
-  step gpu_tests_np4 gpu "$STEP_TIMEOUT" "${MPIRUN[@]}" "$B/bin/moe_gpu_tests" --gtest_brief=1
+# 1. GPU tests in chunks, one process per suite (a CUDA error is sticky for its process, so one
+#    suite's fault cannot hide the others'), then the multi-rank suites on four ranks sharing the
+#    GPU, one mpirun per suite.
+multi_rank_suites() {  # suites of the test sources that look at the MPI world size
+  local files
+  files="$(grep -l 'MPI_Comm_size' "$ROOT"/tests/gpu/*_test.cc 2>/dev/null)"
+  [ -n "$files" ] || return 0
+  # shellcheck disable=SC2086
+  grep -hoE '^TEST(_F|_P)?\([A-Za-z0-9_]+' $files | sed -E 's/^TEST(_F|_P)?\(//' | sort -u
+}
+# The suites moe_gpu_tests holds: "Suite", or "Prefix/Suite" for value-parameterised ones.
+SUITES=""
+has_bin moe_gpu_tests && SUITES="$(timeout 60 "$B/bin/moe_gpu_tests" --gtest_list_tests \
+  2>/dev/null </dev/null | awk '/^[^ #]/ {sub(/\.$/, "", $1); print $1}')"
+if [ -n "$SUITES" ]; then
+  MULTI="$(multi_rank_suites)"
+  for suite in $SUITES; do
+    step "gpu_$suite" gpu "$STEP_TIMEOUT" "$B/bin/moe_gpu_tests" --gtest_filter="$suite.*" \
+      --gtest_brief=1
+  done
+  for suite in $SUITES; do
+    grep -qx "${suite##*/}" <<<"$MULTI" || continue
+    step "gpu_np4_$suite" gpu "$STEP_TIMEOUT" "${MPIRUN[@]}" "$B/bin/moe_gpu_tests" \
+      --gtest_filter="$suite.*" --gtest_brief=1
+  done
 else
-  record gpu_tests "FAIL (moe_gpu_tests not in the bundle)" - 0
+  record gpu_tests "FAIL (moe_gpu_tests missing from the bundle, or it cannot list its tests)" - 0
 fi
-for n in $(awk '$1=="gpu" && $2!="moe_gpu_tests" {print $2}' "$B/MANIFEST"); do
+for n in $(awk '$1=="gpu" && $2!="moe_gpu_tests" && $2!="gpu_device_count" {print $2}' "$B/MANIFEST"); do
   step "gpu_$n" gpu "$STEP_TIMEOUT" "$B/bin/$n"
 done
 
@@ -271,9 +326,9 @@ fi
 #    defined); CPU ones briefly. Flags are passed only where the binary defines them.
 while read -r cat n dev par; do
   [ "$cat" = bench ] && [ -x "$B/bin/$n" ] || continue
-  f="$B/bin/$n"; args=(); kind=cpu; [ "$dev" = gpu ] && kind=gpu
-  flag_of "$n" allow_shared_gpu && { kind=gpu; args+=(--allow_shared_gpu); }
-  if [ "$kind" = gpu ]; then
+  f="$B/bin/$n"; args=(); kind=cpu; [ "$dev" = gpu ] && kind=gpu_only
+  flag_of "$n" allow_shared_gpu && { kind=gpu_only; args+=(--allow_shared_gpu); }
+  if [ "$kind" = gpu_only ]; then
     [ "$par" = mpi ] && flag_of "$n" iters && args+=(--iters=10)
   else
     flag_of "$n" iters && args+=(--iters=3)
@@ -285,7 +340,7 @@ while read -r cat n dev par; do
   if [ "$par" = mpi ]; then step "bench_$n" "$kind" "$STEP_TIMEOUT" "${MPIRUN[@]}" "$f" "${args[@]}"
   else step "bench_$n" "$kind" "$STEP_TIMEOUT" "$f" "${args[@]}"; fi
   # (the device tool returns at most 8 files from $OUT)
-  if [ -f "$TMPD/bench_$n.out" ] && [ "$kind" = gpu ] && [ "$(ls "$OUT" | wc -l)" -lt 7 ]; then
+  if [ -f "$TMPD/bench_$n.out" ] && [ "$kind" = gpu_only ] && [ "$(ls "$OUT" | wc -l)" -lt 7 ]; then
     cp "$TMPD/bench_$n.out" "$OUT/bench_$n.txt"
   fi
 done < <(sort -k3,3r "$B/MANIFEST")   # GPU benches first
@@ -326,12 +381,12 @@ awk -v a="$first" -v b="$last" 'BEGIN {exit !(a != "" && b != "" && b < a)}' || 
 EOF2
   chmod +x "$TMPD/loss_falls.sh"
   data_ovr="data { train_images: \"$D/$train-images-idx3-ubyte.gz\" train_labels: \"$D/$train-labels-idx1-ubyte.gz\" test_images: \"$D/t10k-images-idx3-ubyte.gz\" test_labels: \"$D/t10k-labels-idx1-ubyte.gz\" eval_images: 1000 }"
-  step launcher_cuda_np1 gpu "$STEP_TIMEOUT" "$TMPD/loss_falls.sh" "$TMPD/m_cuda1.jsonl" \
+  step launcher_cuda_np1 gpu_only "$STEP_TIMEOUT" "$TMPD/loss_falls.sh" "$TMPD/m_cuda1.jsonl" \
     mpirun -np 1 "${MOE_MPIRUN_FLAGS[@]}" "$B/bin/moe_train" \
     --config="$ROOT/launcher/configs/vmoe_tiny.pbtxt" --steps=20 --log_dir="$TMPD/logs_cuda1" \
     --metrics_out="$TMPD/m_cuda1.jsonl" \
     --override="device: \"cuda\" log_every: 5 parallel { ep_size: 1 } $data_ovr"
-  step launcher_cuda_np4 gpu "$STEP_TIMEOUT" "$TMPD/loss_falls.sh" "$TMPD/m_cuda4.jsonl" \
+  step launcher_cuda_np4 gpu_only "$STEP_TIMEOUT" "$TMPD/loss_falls.sh" "$TMPD/m_cuda4.jsonl" \
     "${MPIRUN[@]}" "$B/bin/moe_train" --allow_shared_gpu \
     --config="$ROOT/launcher/configs/vmoe_tiny.pbtxt" --steps=20 --log_dir="$TMPD/logs_cuda4" \
     --metrics_out="$TMPD/m_cuda4.jsonl" \

@@ -280,14 +280,13 @@ void ColumnReduceAccumulate(const float* dy, const float* x, const float* mean, 
   CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&part),
                              part_elems * sizeof(double) * (ln ? 2 : 1), stream));
   double* part_b = ln ? part + part_elems : nullptr;
-  const dim3 block(kColTileX, kColTileY);
-  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(chunks));
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(chunks));  // y <= 1024
   if (ln) {
-    ColumnPartialKernel<true><<<grid, block, 0, stream>>>(dy, x, mean, rstd, rows, cols,
-                                                          rows_per_chunk, part, part_b);
+    ColumnPartialKernel<true><<<grid, dim3(kColTileX, kColTileY), 0, stream>>>(
+        dy, x, mean, rstd, rows, cols, rows_per_chunk, part, part_b);
   } else {
-    ColumnPartialKernel<false><<<grid, block, 0, stream>>>(dy, nullptr, nullptr, nullptr, rows,
-                                                           cols, rows_per_chunk, part, nullptr);
+    ColumnPartialKernel<false><<<grid, dim3(kColTileX, kColTileY), 0, stream>>>(
+        dy, nullptr, nullptr, nullptr, rows, cols, rows_per_chunk, part, nullptr);
   }
   CUDA_CHECK_LAUNCH();
   ColumnFinalizeKernel<<<BlocksFor(cols), kThreads, 0, stream>>>(part, part_b, chunks, cols,

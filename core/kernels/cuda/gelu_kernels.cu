@@ -12,6 +12,7 @@ namespace {
 
 constexpr float kInvSqrt2 = 0.70710678118654752440f;
 constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
+constexpr int kThreads = 256;  // every launch below; the kernels' __launch_bounds__
 
 __device__ __forceinline__ float GeluF(float x) { return 0.5f * x * erfcf(-x * kInvSqrt2); }
 
@@ -21,7 +22,8 @@ __device__ __forceinline__ float GeluGradF(float x, float dy) {
   return dy * (cdf + x * pdf);
 }
 
-__global__ void GeluForwardScalar(const float* x, float* y, int64_t n) {
+__global__ void __launch_bounds__(kThreads)
+    GeluForwardScalar(const float* x, float* y, int64_t n) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += stride) {
@@ -30,8 +32,8 @@ __global__ void GeluForwardScalar(const float* x, float* y, int64_t n) {
 }
 
 // n4 float4 groups, then the n - 4*n4 tail elements handled by the first threads.
-__global__ void GeluForwardVec4(const float4* x, float4* y, int64_t n4, const float* xt,
-                                float* yt, int tail) {
+__global__ void __launch_bounds__(kThreads)
+    GeluForwardVec4(const float4* x, float4* y, int64_t n4, const float* xt, float* yt, int tail) {
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = tid; i < n4; i += stride) {
@@ -41,7 +43,8 @@ __global__ void GeluForwardVec4(const float4* x, float4* y, int64_t n4, const fl
   if (tid < tail) yt[tid] = GeluF(xt[tid]);
 }
 
-__global__ void GeluBackwardScalar(const float* x, const float* dy, float* dx, int64_t n) {
+__global__ void __launch_bounds__(kThreads)
+    GeluBackwardScalar(const float* x, const float* dy, float* dx, int64_t n) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += stride) {
@@ -49,8 +52,9 @@ __global__ void GeluBackwardScalar(const float* x, const float* dy, float* dx, i
   }
 }
 
-__global__ void GeluBackwardVec4(const float4* x, const float4* dy, float4* dx, int64_t n4,
-                                 const float* xt, const float* dyt, float* dxt, int tail) {
+__global__ void __launch_bounds__(kThreads)
+    GeluBackwardVec4(const float4* x, const float4* dy, float4* dx, int64_t n4, const float* xt,
+                     const float* dyt, float* dxt, int tail) {
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = tid; i < n4; i += stride) {
@@ -63,8 +67,6 @@ __global__ void GeluBackwardVec4(const float4* x, const float4* dy, float4* dx, 
 }
 
 bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
-constexpr int kThreads = 256;
 
 int BlocksFor(int64_t work) {
   const int64_t b = (std::max<int64_t>(work, 1) + kThreads - 1) / kThreads;

@@ -16,6 +16,10 @@
 //      tables in dynamic shared memory (src-major and expert-major, 16 bytes per row block, so
 //      ep*el*G <= 12288 = 192 KiB, opted in above 48 KiB), then copies one output row per warp,
 //      grid-stride, finding the row's block by binary search in the output-order table.
+//  Launch bounds: every kernel's __launch_bounds__ is its launch's block size (checked at build
+//  time, tests/build_checks). With the thread count alone ptxas may trim registers to fit one
+//  more block per SM; for the float4 CombineBackwardRows and PermuteBlocks that spilled 4-8
+//  bytes, so those two say minBlocks 1 (use registers freely up to what one block allows).
 #include "core/kernels/cuda/moe_dispatch_kernels.h"
 
 #include <cuda_runtime.h>
@@ -85,10 +89,10 @@ __device__ __forceinline__ double Dot(float4 a, float4 b) {
   return ((Dot(a.x, b.x) + Dot(a.y, b.y)) + Dot(a.z, b.z)) + Dot(a.w, b.w);
 }
 
-__global__ void DispatchMapsKernel(const int* expert, const int* slot,
-                                   const int64_t* block_offset, int64_t choices, int k, int64_t n,
-                                   int64_t groups, int E, int64_t send_rows, int* choice_row,
-                                   int* row_choice) {
+__global__ void __launch_bounds__(kEltThreads)
+    DispatchMapsKernel(const int* expert, const int* slot, const int64_t* block_offset,
+                       int64_t choices, int k, int64_t n, int64_t groups, int E, int64_t send_rows,
+                       int* choice_row, int* row_choice) {
   for (int64_t c = GlobalThread(); c < choices; c += ThreadStride()) {
     const int s = slot[c];
     if (s < 0) {
@@ -107,8 +111,8 @@ __global__ void DispatchMapsKernel(const int* expert, const int* slot,
 
 // W = row width in elements of T (D or D/4).
 template <typename T>
-__global__ void PackKernel(const T* x, const int* row_choice, int64_t send_rows, int k, int64_t W,
-                           T* send) {
+__global__ void __launch_bounds__(kWarpThreads)
+    PackKernel(const T* x, const int* row_choice, int64_t send_rows, int k, int64_t W, T* send) {
   const int lane = threadIdx.x & 31;
   for (int64_t row = GlobalWarp(); row < send_rows; row += WarpStride()) {
     const int c = row_choice[row];
@@ -123,8 +127,9 @@ __global__ void PackKernel(const T* x, const int* row_choice, int64_t send_rows,
 }
 
 template <typename T>
-__global__ void CombineKernel(const T* returned, const int* choice_row, const float* gate,
-                              int64_t rows, int k, int64_t W, T* y) {
+__global__ void __launch_bounds__(kWarpThreads)
+    CombineKernel(const T* returned, const int* choice_row, const float* gate, int64_t rows, int k,
+                  int64_t W, T* y) {
   const int lane = threadIdx.x & 31;
   for (int64_t t = GlobalWarp(); t < rows; t += WarpStride()) {
     for (int64_t j = lane; j < W; j += 32) {
@@ -140,8 +145,9 @@ __global__ void CombineKernel(const T* returned, const int* choice_row, const fl
 }
 
 template <typename T>
-__global__ void CombineBackwardRowsKernel(const T* dy, const float* gate, const int* row_choice,
-                                          int64_t send_rows, int k, int64_t W, T* d_returned) {
+__global__ void __launch_bounds__(kWarpThreads, 1)  // see "Launch bounds" above
+    CombineBackwardRowsKernel(const T* dy, const float* gate, const int* row_choice,
+                              int64_t send_rows, int k, int64_t W, T* d_returned) {
   const int lane = threadIdx.x & 31;
   for (int64_t row = GlobalWarp(); row < send_rows; row += WarpStride()) {
     const int c = row_choice[row];
@@ -157,9 +163,9 @@ __global__ void CombineBackwardRowsKernel(const T* dy, const float* gate, const 
 }
 
 template <typename T>
-__global__ void GateGradKernel(const T* dy, const T* returned, const int* expert,
-                               const int* choice_row, int64_t choices, int k, int E, int64_t W,
-                               float* dgate, float* d_probs) {
+__global__ void __launch_bounds__(kWarpThreads)
+    GateGradKernel(const T* dy, const T* returned, const int* expert, const int* choice_row,
+                   int64_t choices, int k, int E, int64_t W, float* dgate, float* d_probs) {
   const int lane = threadIdx.x & 31;
   for (int64_t c = GlobalWarp(); c < choices; c += WarpStride()) {
     const int row = choice_row[c];  // warp-uniform
@@ -183,8 +189,9 @@ __global__ void GateGradKernel(const T* dy, const T* returned, const int* expert
 }
 
 template <typename T>
-__global__ void DispatchBackwardKernel(const T* d_send, const int* choice_row, int64_t rows,
-                                       int k, int64_t W, T* dx, bool accumulate) {
+__global__ void __launch_bounds__(kWarpThreads)
+    DispatchBackwardKernel(const T* d_send, const int* choice_row, int64_t rows, int k, int64_t W,
+                           T* dx, bool accumulate) {
   const int lane = threadIdx.x & 31;
   for (int64_t t = GlobalWarp(); t < rows; t += WarpStride()) {
     for (int64_t j = lane; j < W; j += 32) {
@@ -212,8 +219,9 @@ __device__ __forceinline__ int64_t SrcToExpert(int64_t b, int ep, int el, int64_
 }
 
 template <typename T>
-__global__ void PermuteBlocksKernel(const T* in, T* out, int64_t W, const int64_t* block_rows,
-                                    int ep, int el, int64_t G, bool to_expert_major) {
+__global__ void __launch_bounds__(kPermThreads, 1)  // see "Launch bounds" above
+    PermuteBlocksKernel(const T* in, T* out, int64_t W, const int64_t* block_rows, int ep, int el,
+                        int64_t G, bool to_expert_major) {
   extern __shared__ int64_t perm_smem[];
   const int64_t nb = static_cast<int64_t>(ep) * el * G;
   int64_t* src_off = perm_smem;        // [nb], indexed src-major
@@ -259,6 +267,26 @@ __global__ void PermuteBlocksKernel(const T* in, T* out, int64_t W, const int64_
     T* dst = out + o * W;
     for (int64_t j = lane; j < W; j += 32) dst[j] = src[j];
   }
+}
+
+// Above 48 KiB of dynamic shared memory a kernel must opt in (cudaFuncSetAttribute), and the
+// static shared memory (cub's scan storage) counts against the same per-block limit.
+template <typename T>
+void LaunchPermuteBlocks(const T* in, T* out, int64_t W, const int64_t* block_rows, int ep, int el,
+                         int64_t groups, bool to_expert_major, int grid, size_t smem, int optin,
+                         cudaStream_t stream) {
+  if (smem > 48 * 1024) {
+    cudaFuncAttributes attr;
+    CUDA_CHECK(cudaFuncGetAttributes(&attr, PermuteBlocksKernel<T>));
+    CHECK_LE(smem + attr.sharedSizeBytes, static_cast<size_t>(optin))
+        << "PermuteBlocksCuda: offset tables need " << smem << " bytes of shared memory";
+    CUDA_CHECK(cudaFuncSetAttribute(PermuteBlocksKernel<T>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(smem)));
+  }
+  PermuteBlocksKernel<T><<<grid, kPermThreads, smem, stream>>>(in, out, W, block_rows, ep, el,
+                                                               groups, to_expert_major);
+  CUDA_CHECK_LAUNCH();
 }
 
 void CheckRowsFitInt(int64_t rows, int k, int64_t send_rows) {
@@ -392,24 +420,12 @@ void PermuteBlocksCuda(const float* in, float* out, int64_t D, const int64_t* bl
   // Each grid block rescans the tables, so a few blocks per SM and grid-stride beyond that.
   const int grid = std::min(GridFor(total_rows, kPermThreads / 32), std::max(2 * sms, 1));
   const bool vec = D % 4 == 0 && Aligned16(in) && Aligned16(out);
-  auto launch = [&](auto kernel, const auto* src, auto* dst, int64_t W) {
-    if (smem > 48 * 1024) {
-      cudaFuncAttributes attr;
-      CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
-      CHECK_LE(smem + attr.sharedSizeBytes, static_cast<size_t>(optin))
-          << "PermuteBlocksCuda: offset tables need " << smem << " bytes of shared memory";
-      CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(smem)));
-    }
-    kernel<<<grid, kPermThreads, smem, stream>>>(src, dst, W, block_rows, ep, el, groups,
-                                                 to_expert_major);
-    CUDA_CHECK_LAUNCH();
-  };
   if (vec) {
-    launch(PermuteBlocksKernel<float4>, reinterpret_cast<const float4*>(in),
-           reinterpret_cast<float4*>(out), D / 4);
+    LaunchPermuteBlocks(reinterpret_cast<const float4*>(in), reinterpret_cast<float4*>(out), D / 4,
+                        block_rows, ep, el, groups, to_expert_major, grid, smem, optin, stream);
   } else {
-    launch(PermuteBlocksKernel<float>, in, out, D);
+    LaunchPermuteBlocks(in, out, D, block_rows, ep, el, groups, to_expert_major, grid, smem, optin,
+                        stream);
   }
 }
 

@@ -22,8 +22,8 @@ int GridFor(int64_t n) {
   return static_cast<int>(std::min<int64_t>(b, int64_t{1} << 20));
 }
 
-__global__ void ImageMeanKernel(const float* x, int64_t images, int64_t T, int64_t D,
-                                float* mean) {
+__global__ void __launch_bounds__(kThreads)
+    ImageMeanKernel(const float* x, int64_t images, int64_t T, int64_t D, float* mean) {
   const float tf = static_cast<float>(T);
   const int64_t n = images * D;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
@@ -36,8 +36,8 @@ __global__ void ImageMeanKernel(const float* x, int64_t images, int64_t T, int64
   }
 }
 
-__global__ void ImageMeanBackwardKernel(const float* d_mean, int64_t images, int64_t T, int64_t D,
-                                        float* dx) {
+__global__ void __launch_bounds__(kThreads)
+    ImageMeanBackwardKernel(const float* d_mean, int64_t images, int64_t T, int64_t D, float* dx) {
   const float tf = static_cast<float>(T);
   const int64_t n = images * T * D;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;

@@ -20,7 +20,9 @@
 //      count goes to shared memory [8][E], one thread per expert scans those 8 counts in warp
 //      order and adds the carried count. No atomics: deterministic and equal to the sequential
 //      fill. Shared memory 9*E ints, so E <= 1024. n * k < 2^31.
-//  SendLayout  one 1024-thread block, cub::BlockScan over the E*G blocks in chunks of 1024.
+//  SendLayout  one 256-thread block, cub::BlockScan over the E*G blocks in chunks of 256.
+//  Every kernel declares __launch_bounds__ equal to its launch's block size (checked at build
+//  time with the registers and shared memory ptxas chose: tests/build_checks).
 #include "core/kernels/cuda/moe_routing_kernels.h"
 
 #include <cuda_runtime.h>
@@ -46,7 +48,10 @@ constexpr int kBprThreads = 1024;
 constexpr int kSlotThreads = 256;
 constexpr int kSlotWarps = kSlotThreads / 32;
 constexpr int kMaxSlotE = 1024;
-constexpr int kScanThreads = 1024;
+// 256, not 1024: the scan keeps int64 values and cub's scan state in registers (92 per thread
+// when compiled for 1024 threads unbounded, 92 x 1024 > 65536: the launch could never start);
+// E*G is a few thousand blocks at most, 256 threads scan it in a few passes.
+constexpr int kScanThreads = 256;
 
 int GridFor(int64_t work, int threads_per_item_group) {
   const int64_t b = (std::max<int64_t>(work, 1) + threads_per_item_group - 1) / threads_per_item_group;
@@ -68,20 +73,21 @@ __device__ __forceinline__ int64_t WarpStride() {
 
 // ---- random numbers ----
 
-__global__ void CounterNormalKernel(uint64_t key, uint64_t i, uint64_t j0, int64_t n, float* out) {
+__global__ void __launch_bounds__(kEltThreads)
+    CounterNormalKernel(uint64_t key, uint64_t i, uint64_t j0, int64_t n, float* out) {
   for (int64_t j = GlobalThread(); j < n; j += ThreadStride())
     out[j] = cuda_rng::Normal(key, i, j0 + static_cast<uint64_t>(j));
 }
 
-__global__ void CounterUniformKernel(uint64_t key, uint64_t i, uint64_t j0, int64_t n,
-                                     float* out) {
+__global__ void __launch_bounds__(kEltThreads)
+    CounterUniformKernel(uint64_t key, uint64_t i, uint64_t j0, int64_t n, float* out) {
   for (int64_t j = GlobalThread(); j < n; j += ThreadStride())
     out[j] = cuda_rng::Uniform(key, i, j0 + static_cast<uint64_t>(j));
 }
 
-__global__ void AddRouterNoiseKernel(const float* clean, float* noisy, int64_t total,
-                                     int64_t per_group, float sigma, uint64_t key,
-                                     int64_t first_group) {
+__global__ void __launch_bounds__(kEltThreads)
+    AddRouterNoiseKernel(const float* clean, float* noisy, int64_t total, int64_t per_group,
+                         float sigma, uint64_t key, int64_t first_group) {
   for (int64_t idx = GlobalThread(); idx < total; idx += ThreadStride()) {
     const int64_t g = idx / per_group;
     const int64_t i = idx - g * per_group;
@@ -93,8 +99,11 @@ __global__ void AddRouterNoiseKernel(const float* clean, float* noisy, int64_t t
 
 // ---- softmax, top-k: one warp per row ----
 
+// minBlocks 1: with the thread bound alone ptxas trims PL = 8 from 70 to 56 registers to fit
+// one more block per SM and spills 88 bytes doing it; 84 registers x 128 threads fit easily.
 template <int PL>
-__global__ void SoftmaxForwardKernel(const float* x, int64_t n, int E, float* y) {
+__global__ void __launch_bounds__(kRowThreads, 1)
+    SoftmaxForwardKernel(const float* x, int64_t n, int E, float* y) {
   const int lane = threadIdx.x & 31;
   for (int64_t row = GlobalWarp(); row < n; row += WarpStride()) {
     const float* xr = x + row * E;
@@ -131,8 +140,8 @@ __global__ void SoftmaxForwardKernel(const float* x, int64_t n, int E, float* y)
 }
 
 template <int PL>
-__global__ void SoftmaxBackwardKernel(const float* y, const float* dy, int64_t n, int E,
-                                      float* dx) {
+__global__ void __launch_bounds__(kRowThreads)
+    SoftmaxBackwardKernel(const float* y, const float* dy, int64_t n, int E, float* dx) {
   const int lane = threadIdx.x & 31;
   for (int64_t row = GlobalWarp(); row < n; row += WarpStride()) {
     float yv[PL], dv[PL];
@@ -165,8 +174,8 @@ __global__ void SoftmaxBackwardKernel(const float* y, const float* dy, int64_t n
 // never win and the result is the largest non-NaN unused value, lowest index among equals (-0 ==
 // +0). Both cases are computed here with warp reductions.
 template <int PL>
-__global__ void TopKKernel(const float* probs, int64_t n, int E, int k, int* expert,
-                           float* gate) {
+__global__ void __launch_bounds__(kRowThreads)
+    TopKKernel(const float* probs, int64_t n, int E, int k, int* expert, float* gate) {
   const int lane = threadIdx.x & 31;
   for (int64_t row = GlobalWarp(); row < n; row += WarpStride()) {
     const float* p = probs + row * E;
@@ -275,7 +284,8 @@ __device__ __forceinline__ unsigned long long BprKey(const float* gate, int64_t 
          static_cast<unsigned>(t);
 }
 
-__global__ void BprBlockSortKernel(const float* gate, int n, int k, int npow2, int* order) {
+__global__ void __launch_bounds__(kBprThreads)
+    BprBlockSortKernel(const float* gate, int n, int k, int npow2, int* order) {
   extern __shared__ unsigned long long keys[];
   const int64_t g = blockIdx.x;
   for (int t = threadIdx.x; t < npow2; t += blockDim.x)
@@ -301,18 +311,20 @@ __global__ void BprBlockSortKernel(const float* gate, int n, int k, int npow2, i
     order[g * n + t] = static_cast<int>(keys[t] & 0xffffffffull);
 }
 
-__global__ void BprKeysKernel(const float* gate, int64_t total, int n, int k,
-                              unsigned long long* keys) {
+__global__ void __launch_bounds__(kEltThreads)
+    BprKeysKernel(const float* gate, int64_t total, int n, int k, unsigned long long* keys) {
   for (int64_t idx = GlobalThread(); idx < total; idx += ThreadStride())
     keys[idx] = BprKey(gate, idx, k, static_cast<int>(idx % n));
 }
 
-__global__ void SegmentOffsetsKernel(int64_t groups, int n, int* offsets) {
+__global__ void __launch_bounds__(kEltThreads)
+    SegmentOffsetsKernel(int64_t groups, int n, int* offsets) {
   for (int64_t i = GlobalThread(); i <= groups; i += ThreadStride())
     offsets[i] = static_cast<int>(i * n);
 }
 
-__global__ void KeysToOrderKernel(const unsigned long long* keys, int64_t total, int* order) {
+__global__ void __launch_bounds__(kEltThreads)
+    KeysToOrderKernel(const unsigned long long* keys, int64_t total, int* order) {
   for (int64_t idx = GlobalThread(); idx < total; idx += ThreadStride())
     order[idx] = static_cast<int>(keys[idx] & 0xffffffffull);
 }
@@ -321,8 +333,9 @@ size_t AlignUp(size_t x) { return (x + 255) & ~size_t{255}; }
 
 // ---- slot assignment ----
 
-__global__ void AssignSlotsKernel(const int* expert, const int* order, int n, int k, int E,
-                                  int64_t capacity, int* slot, int64_t* counts) {
+__global__ void __launch_bounds__(kSlotThreads)
+    AssignSlotsKernel(const int* expert, const int* order, int n, int k, int E,
+                      int64_t capacity, int* slot, int64_t* counts) {
   extern __shared__ int slot_smem[];
   int* warp_count = slot_smem;                 // [kSlotWarps][E]: counts, then warp offsets
   int* carried = slot_smem + kSlotWarps * E;   // [E]: assignments so far, all passes
@@ -374,8 +387,9 @@ __global__ void AssignSlotsKernel(const int* expert, const int* order, int n, in
 
 // ---- send layout ----
 
-__global__ void SendLayoutKernel(const int64_t* counts, int64_t groups, int E, int64_t capacity,
-                                 int64_t* block_rows, int64_t* block_offset, int64_t* send_rows) {
+__global__ void __launch_bounds__(kScanThreads)
+    SendLayoutKernel(const int64_t* counts, int64_t groups, int E, int64_t capacity,
+                     int64_t* block_rows, int64_t* block_offset, int64_t* send_rows) {
   using Scan = cub::BlockScan<int64_t, kScanThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
   __shared__ int64_t carry;

@@ -18,9 +18,10 @@ int Blocks(int64_t work) {
   return static_cast<int>(std::min<int64_t>((work + kThreads - 1) / kThreads, 65535 * 8));
 }
 
-__global__ void GatherRowsKernel(const float* __restrict__ src, const int* __restrict__ idx,
-                                 const float* __restrict__ scale, int64_t n, int64_t D,
-                                 float* __restrict__ dst) {
+__global__ void __launch_bounds__(kThreads)
+    GatherRowsKernel(const float* __restrict__ src, const int* __restrict__ idx,
+                     const float* __restrict__ scale, int64_t n, int64_t D,
+                     float* __restrict__ dst) {
   const int64_t total = n * D;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -30,9 +31,10 @@ __global__ void GatherRowsKernel(const float* __restrict__ src, const int* __res
   }
 }
 
-__global__ void ScatterAddRowsKernel(const float* __restrict__ src, const int* __restrict__ idx,
-                                     const float* __restrict__ scale, int64_t n, int64_t D,
-                                     float* __restrict__ dst) {
+__global__ void __launch_bounds__(kThreads)
+    ScatterAddRowsKernel(const float* __restrict__ src, const int* __restrict__ idx,
+                         const float* __restrict__ scale, int64_t n, int64_t D,
+                         float* __restrict__ dst) {
   const int64_t total = n * D;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -44,9 +46,10 @@ __global__ void ScatterAddRowsKernel(const float* __restrict__ src, const int* _
 }
 
 // One warp per row j.
-__global__ void GatheredRowDotsKernel(const float* __restrict__ a, const int* __restrict__ idx,
-                                      const float* __restrict__ b, int64_t n, int64_t D,
-                                      float* __restrict__ out) {
+__global__ void __launch_bounds__(kThreads)
+    GatheredRowDotsKernel(const float* __restrict__ a, const int* __restrict__ idx,
+                          const float* __restrict__ b, int64_t n, int64_t D,
+                          float* __restrict__ out) {
   const int64_t warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (warp >= n) return;

@@ -59,11 +59,10 @@ void BatchedTransposeCuda(const float* x, int64_t batch, int64_t rows, int64_t c
       << "BatchedTransposeCuda: negative size " << batch << " x " << rows << " x " << cols;
   if (batch == 0 || rows == 0 || cols == 0) return;
   CHECK(x != y) << "BatchedTransposeCuda: x and y must not alias";
-  const dim3 block(kTile, kRowsPerPass);
   const dim3 grid(static_cast<unsigned>(std::min<int64_t>((cols + kTile - 1) / kTile, kMaxGrid)),
                   static_cast<unsigned>(std::min<int64_t>((rows + kTile - 1) / kTile, kMaxGrid)),
                   static_cast<unsigned>(std::min<int64_t>(batch, kMaxGrid)));
-  BatchedTransposeKernel<<<grid, block, 0, stream>>>(x, batch, rows, cols, y);
+  BatchedTransposeKernel<<<grid, dim3(kTile, kRowsPerPass), 0, stream>>>(x, batch, rows, cols, y);
   CUDA_CHECK_LAUNCH();
 }
 
