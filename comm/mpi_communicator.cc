@@ -6,6 +6,8 @@
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
+#include <string>
 
 #include "comm/mpi_check.h"
 
@@ -63,6 +65,7 @@ MpiCommunicator::MpiCommunicator(MPI_Comm world, int ep_size) : max_message_floa
   if (!MakeLayout(layout_.world_size, layout_.world_rank, ep_size, &layout_, &error))
     Abort("process groups: " + error, 1);
 
+  watchdog_ = std::make_unique<CollectiveWatchdog>(world_, kDefaultCollectiveTimeoutSeconds);
   MPI_CHECK(MPI_Comm_split(world_, layout_.dp_rank, layout_.ep_rank, &expert_));
   MPI_CHECK(MPI_Comm_split(world_, layout_.ep_rank, layout_.dp_rank, &data_));
   MPI_CHECK(MPI_Comm_set_errhandler(expert_, MPI_ERRORS_RETURN));
@@ -82,6 +85,7 @@ MpiCommunicator::~MpiCommunicator() {
   int finalized = 0;
   MPI_CHECK(MPI_Finalized(&finalized));
   if (finalized) return;  // MPI freed everything already; freeing now would be an error.
+  watchdog_.reset();
   for (MPI_Comm* c : {&data_, &expert_, &world_})
     if (*c != MPI_COMM_NULL) MPI_CHECK(MPI_Comm_free(c));
 }
@@ -107,12 +111,26 @@ void MpiCommunicator::set_max_message_floats(int64_t n) {
   max_message_floats_ = n;
 }
 
+void MpiCommunicator::Finish(MPI_Request* requests, int n, const char* op, GroupKind g) {
+  if (n == 0) return;
+  watchdog_->Wait(
+      [requests, n] {
+        int flag = 0;
+        MPI_CHECK(MPI_Testall(n, requests, &flag, MPI_STATUSES_IGNORE));
+        return flag != 0;
+      },
+      std::string(op) + " on the " + GroupName(g) + " group (" + std::to_string(Size(g)) +
+          " ranks)");
+}
+
 void MpiCommunicator::VerifyCounts(const std::vector<int64_t>& send_counts,
                                    const std::vector<int64_t>& recv_counts, GroupKind g) {
   const int p = Size(g);
   std::vector<int64_t> announced(p);
-  MPI_CHECK(MPI_Alltoall(send_counts.data(), 1, MPI_INT64_T, announced.data(), 1, MPI_INT64_T,
-                         comm(g)));
+  MPI_Request req;
+  MPI_CHECK(MPI_Ialltoall(send_counts.data(), 1, MPI_INT64_T, announced.data(), 1, MPI_INT64_T,
+                          comm(g), &req));
+  Finish(&req, 1, "all-to-all of counts (verification)", g);
   for (int peer = 0; peer < p; ++peer)
     CHECK_EQ(announced[peer], recv_counts[peer])
         << GroupName(g) << " all-to-all-v: " << GroupName(g) << " rank " << peer << " sends "
@@ -144,8 +162,10 @@ void MpiCommunicator::AllToAllV(const float* send, const std::vector<int64_t>& s
   CheckFitsInInt(recv_counts, recv_displs, "receive", g);
   const std::vector<int> sc = ToInt(send_counts), sd = ToInt(send_displs);
   const std::vector<int> rc = ToInt(recv_counts), rd = ToInt(recv_displs);
-  MPI_CHECK(MPI_Alltoallv(send, sc.data(), sd.data(), MPI_FLOAT, recv, rc.data(), rd.data(),
-                          MPI_FLOAT, comm(g)));
+  MPI_Request req;
+  MPI_CHECK(MPI_Ialltoallv(send, sc.data(), sd.data(), MPI_FLOAT, recv, rc.data(), rd.data(),
+                           MPI_FLOAT, comm(g), &req));
+  Finish(&req, 1, "all-to-all-v", g);
 }
 
 void MpiCommunicator::PairwiseAllToAllV(const float* send, const std::vector<int64_t>& send_counts,
@@ -179,9 +199,7 @@ void MpiCommunicator::PairwiseAllToAllV(const float* send, const std::vector<int
   }
   std::copy(send + send_displs[me], send + send_displs[me] + send_counts[me],
             recv + recv_displs[me]);
-  if (!requests.empty())
-    MPI_CHECK(MPI_Waitall(static_cast<int>(requests.size()), requests.data(),
-                          MPI_STATUSES_IGNORE));
+  Finish(requests.data(), static_cast<int>(requests.size()), "all-to-all-v (pairwise)", g);
 }
 
 void MpiCommunicator::AllToAllInt64(const int64_t* send, int64_t* recv, int64_t count_per_peer,
@@ -190,30 +208,40 @@ void MpiCommunicator::AllToAllInt64(const int64_t* send, int64_t* recv, int64_t 
       << GroupName(g) << " all-to-all (int64): count_per_peer " << count_per_peer
       << " must be in [0, INT_MAX]";
   const int n = static_cast<int>(count_per_peer);
-  MPI_CHECK(MPI_Alltoall(send, n, MPI_INT64_T, recv, n, MPI_INT64_T, comm(g)));
+  MPI_Request req;
+  MPI_CHECK(MPI_Ialltoall(send, n, MPI_INT64_T, recv, n, MPI_INT64_T, comm(g), &req));
+  Finish(&req, 1, "all-to-all of counts", g);
 }
 
 void MpiCommunicator::AllReduceSum(float* data, int64_t count, GroupKind g) {
   ForEachIntSlice(count, [&](int64_t off, int n) {
-    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data + off, n, MPI_FLOAT, MPI_SUM, comm(g)));
+    MPI_Request req;
+    MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, data + off, n, MPI_FLOAT, MPI_SUM, comm(g), &req));
+    Finish(&req, 1, "all-reduce (sum)", g);
   });
 }
 
 void MpiCommunicator::AllReduceSum(double* data, int64_t count, GroupKind g) {
   ForEachIntSlice(count, [&](int64_t off, int n) {
-    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data + off, n, MPI_DOUBLE, MPI_SUM, comm(g)));
+    MPI_Request req;
+    MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, data + off, n, MPI_DOUBLE, MPI_SUM, comm(g), &req));
+    Finish(&req, 1, "all-reduce (sum)", g);
   });
 }
 
 void MpiCommunicator::AllReduceMax(double* data, int64_t count, GroupKind g) {
   ForEachIntSlice(count, [&](int64_t off, int n) {
-    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data + off, n, MPI_DOUBLE, MPI_MAX, comm(g)));
+    MPI_Request req;
+    MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, data + off, n, MPI_DOUBLE, MPI_MAX, comm(g), &req));
+    Finish(&req, 1, "all-reduce (max)", g);
   });
 }
 
 void MpiCommunicator::AllReduceMin(double* data, int64_t count, GroupKind g) {
   ForEachIntSlice(count, [&](int64_t off, int n) {
-    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data + off, n, MPI_DOUBLE, MPI_MIN, comm(g)));
+    MPI_Request req;
+    MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, data + off, n, MPI_DOUBLE, MPI_MIN, comm(g), &req));
+    Finish(&req, 1, "all-reduce (min)", g);
   });
 }
 
@@ -221,11 +249,17 @@ void MpiCommunicator::Broadcast(float* data, int64_t count, int root, GroupKind 
   CHECK(root >= 0 && root < Size(g)) << GroupName(g) << " broadcast: root " << root
                                      << " is not a rank of a group of " << Size(g);
   ForEachIntSlice(count, [&](int64_t off, int n) {
-    MPI_CHECK(MPI_Bcast(data + off, n, MPI_FLOAT, root, comm(g)));
+    MPI_Request req;
+    MPI_CHECK(MPI_Ibcast(data + off, n, MPI_FLOAT, root, comm(g), &req));
+    Finish(&req, 1, "broadcast", g);
   });
 }
 
-void MpiCommunicator::Barrier(GroupKind g) { MPI_CHECK(MPI_Barrier(comm(g))); }
+void MpiCommunicator::Barrier(GroupKind g) {
+  MPI_Request req;
+  MPI_CHECK(MPI_Ibarrier(comm(g), &req));
+  Finish(&req, 1, "barrier", g);
+}
 
 void MpiCommunicator::Abort(const std::string& reason, int exit_code) {
   LOG(ERROR) << "rank " << layout_.world_rank << " of " << layout_.world_size

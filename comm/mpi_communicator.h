@@ -18,20 +18,30 @@
 //     blocks above max_message_floats (INT_MAX by default) go as several messages, so any size
 //     works.
 // AllReduce/Broadcast split counts above INT_MAX into successive calls.
+//
+// Every collective runs as its non-blocking MPI variant and is finished by the collective
+// watchdog (collective_watchdog.h): one that has not completed within collective_timeout()
+// seconds (600 unless set) ends the job with a message naming the step, the phase and the ranks
+// that did not answer, and exit code kExitCollectiveTimeout.
 #pragma once
 
 #include <mpi.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "comm/collective_watchdog.h"
 #include "comm/communicator.h"
 #include "comm/process_groups.h"
 
 namespace moe {
 
 enum class AllToAllAlgorithm { kAlltoallv, kPairwise };
+
+// Long enough for any real step's collective (a slow rank's whole forward pass included).
+constexpr double kDefaultCollectiveTimeoutSeconds = 600;
 
 class MpiCommunicator : public Communicator {
  public:
@@ -74,8 +84,15 @@ class MpiCommunicator : public Communicator {
   // kPairwise only: the most floats one message carries (INT_MAX unless lowered, which tests do
   // to cut blocks into many messages with small buffers). Must be the same on every rank.
   void set_max_message_floats(int64_t n);
+  // Seconds a collective may take before the watchdog ends the job (<= 0: never). Must be the
+  // same on every rank. NcclCommunicator waits through the same watchdog.
+  void set_collective_timeout(double seconds) { watchdog_->set_timeout(seconds); }
+  double collective_timeout() const { return watchdog_->timeout(); }
+  CollectiveWatchdog& watchdog() const { return *watchdog_; }
 
  private:
+  // Completes n started requests through the watchdog; op and g name them in its message.
+  void Finish(MPI_Request* requests, int n, const char* op, GroupKind g);
   void VerifyCounts(const std::vector<int64_t>& send_counts,
                     const std::vector<int64_t>& recv_counts, GroupKind g);
   void PairwiseAllToAllV(const float* send, const std::vector<int64_t>& send_counts,
@@ -91,6 +108,7 @@ class MpiCommunicator : public Communicator {
   bool verify_counts_ = false;
   AllToAllAlgorithm algorithm_ = AllToAllAlgorithm::kAlltoallv;
   int64_t max_message_floats_;
+  std::unique_ptr<CollectiveWatchdog> watchdog_;
 };
 
 }  // namespace moe

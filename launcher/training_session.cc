@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "comm/collective_watchdog.h"
 #include "core/optim/lr_schedule.h"
 #include "launcher/multitask.h"
 #include "models/nets/net_factory.h"
@@ -84,6 +85,7 @@ Tensor TrainingSession::ToNetDevice(const Tensor& host) const {
 void TrainingSession::SynchroniseGradientsCuda() {
   const int64_t n_bucket = device_bucket_.numel();
   ScopedPhase ph(profiler_, "grad_allreduce", n_bucket * sizeof(float));
+  ScopedActivity act("gradient all-reduce");
   // Copies and NCCL are ordered through the legacy default stream (see the header).
   int64_t off = 0;
   for (Parameter* p : dense_) {
@@ -169,6 +171,7 @@ void TrainingSession::SetContext(bool training, int64_t step, int64_t rows) {
 
 void TrainingSession::SynchroniseGradients() {
   ScopedPhase ph(profiler_, "grad_allreduce", bucket_.size() * sizeof(float));
+  ScopedActivity act("gradient all-reduce");
   int64_t off = 0;
   for (Parameter* p : dense_) {
     std::copy(p->grad.data(), p->grad.data() + p->grad.numel(), bucket_.data() + off);
@@ -191,6 +194,7 @@ double TrainingSession::ClipGradients() {
     for (int64_t i = 0; i < p->grad.numel(); ++i) dense_sq += double(p->grad.at(i)) * p->grad.at(i);
   for (Parameter* p : expert_)
     for (int64_t i = 0; i < p->grad.numel(); ++i) expert_sq += double(p->grad.at(i)) * p->grad.at(i);
+  ScopedActivity act("gradient norm all-reduce");
   comm_->AllReduceSum(&expert_sq, 1, GroupKind::kExpert);
   const double norm = std::sqrt(dense_sq + expert_sq);
   const double max_norm = config_.optimizer().grad_clip_norm();
@@ -205,7 +209,26 @@ double TrainingSession::ClipGradients() {
 StepStats TrainingSession::TrainStep(int64_t step, const Tensor& images,
                                      const std::vector<int>& labels, const std::vector<int>* task,
                                      const std::vector<int>* modality) {
+  StepStats s = ComputeGradients(step, images, labels, task, modality);
+  ApplyUpdate(step, &s);
+  return s;
+}
+
+void TrainingSession::ApplyUpdate(int64_t step, StepStats* s) {
+  const auto& o = config_.optimizer();
+  s->learning_rate = WarmupCosineLr(static_cast<int>(step), config_.steps(), o.warmup_steps(),
+                                    o.learning_rate(), o.min_lr_ratio());
+  ScopedPhase ph(profiler_, "optimizer");
+  if (on_device_) OptimizerStepCuda(static_cast<float>(s->learning_rate));
+  else optimizer_->Step(params_, static_cast<float>(s->learning_rate));
+}
+
+StepStats TrainingSession::ComputeGradients(int64_t step, const Tensor& images,
+                                            const std::vector<int>& labels,
+                                            const std::vector<int>* task,
+                                            const std::vector<int>* modality) {
   const int64_t b = images.dim(0);
+  SetActivityStep(step);
   for (Parameter* p : params_) p->grad.Zero();
   SetContext(/*training=*/true, step, b);
   BatchInfo info;
@@ -247,14 +270,6 @@ StepStats TrainingSession::TrainStep(int64_t step, const Tensor& images,
   else SynchroniseGradients();
   StepStats s;
   s.grad_norm = on_device_ ? ClipGradientsCuda() : ClipGradients();
-  const auto& o = config_.optimizer();
-  s.learning_rate = WarmupCosineLr(static_cast<int>(step), config_.steps(), o.warmup_steps(),
-                                   o.learning_rate(), o.min_lr_ratio());
-  {
-    ScopedPhase ph(profiler_, "optimizer");
-    if (on_device_) OptimizerStepCuda(static_cast<float>(s.learning_rate));
-    else optimizer_->Step(params_, static_cast<float>(s.learning_rate));
-  }
 
   // Global statistics in ONE all-reduce: [loss sum, correct, aux] then, per MoE layer,
   // [dropped, assignments, offered slots, tokens per expert...].
@@ -276,7 +291,10 @@ StepStats TrainingSession::TrainStep(int64_t step, const Tensor& images,
       ++guided_layers;
       buf.back() += static_cast<double>(m->metrics().superclass_correct);
     }
-  comm_->AllReduceSum(buf.data(), static_cast<int64_t>(buf.size()), GroupKind::kWorld);
+  {
+    ScopedActivity act("step statistics all-reduce");
+    comm_->AllReduceSum(buf.data(), static_cast<int64_t>(buf.size()), GroupKind::kWorld);
+  }
   if (guided_layers > 0)
     s.superclass_accuracy = buf.back() / (static_cast<double>(guided_layers) * global_batch_);
   s.loss = buf[0] / global_batch_;
@@ -305,6 +323,7 @@ void TrainingSession::Evaluate(const Tensor& images, const std::vector<int>& lab
                                int64_t valid, int64_t* correct, double* loss_sum,
                                const std::vector<int>* task, const std::vector<int>* modality) {
   SetContext(/*training=*/false, /*step=*/0, images.dim(0));
+  SetActivityStage("evaluation");
   if (task != nullptr) {
     CHECK(!task_ranges_.empty()) << "per-image tasks given to a single-task model";
     BatchInfo info;

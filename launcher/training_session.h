@@ -65,6 +65,13 @@ class TrainingSession {
   StepStats TrainStep(int64_t step, const Tensor& images, const std::vector<int>& labels,
                       const std::vector<int>* task = nullptr,
                       const std::vector<int>* modality = nullptr);
+  // TrainStep's two halves, for callers that inspect the gradients before the update (the
+  // EP-invariance tests): forward, backward, gradient synchronisation, clipping and the global
+  // statistics; then the learning rate and the optimizer step (fills s->learning_rate).
+  StepStats ComputeGradients(int64_t step, const Tensor& images, const std::vector<int>& labels,
+                             const std::vector<int>* task = nullptr,
+                             const std::vector<int>* modality = nullptr);
+  void ApplyUpdate(int64_t step, StepStats* s);
   // Forward only (eval capacity, no noise). The first `valid` rows count; the rest pad the batch
   // so every rank runs the same number of MoE all-to-alls. Returns this rank's sums. With
   // `task`, the argmax and the loss are taken over each row's task slice.

@@ -82,6 +82,7 @@ NcclCommunicator::NcclCommunicator(const MpiCommunicator& mpi, cudaStream_t stre
       mpi_world_(mpi.comm(GroupKind::kWorld)),
       mpi_expert_(mpi.comm(GroupKind::kExpert)),
       mpi_data_(mpi.comm(GroupKind::kData)),
+      watchdog_(&mpi.watchdog()),
       expert_rank_(mpi.Rank(GroupKind::kExpert)),
       expert_size_(mpi.Size(GroupKind::kExpert)),
       data_rank_(mpi.Rank(GroupKind::kData)),
@@ -90,6 +91,7 @@ NcclCommunicator::NcclCommunicator(const MpiCommunicator& mpi, cudaStream_t stre
   world_ = InitGroup(mpi_world_, layout_.world_rank, layout_.world_size);
   expert_ = InitGroup(mpi_expert_, expert_rank_, expert_size_);
   data_ = InitGroup(mpi_data_, data_rank_, data_size_);
+  CUDA_CHECK(cudaEventCreateWithFlags(&done_event_, cudaEventDisableTiming));
   CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&barrier_scratch_), sizeof(float)));
   CUDA_CHECK(cudaMemsetAsync(barrier_scratch_, 0, sizeof(float), stream_));
 }
@@ -116,6 +118,7 @@ NcclCommunicator::~NcclCommunicator() {
       *c = nullptr;
     }
   if (barrier_scratch_ != nullptr) CUDA_CHECK(cudaFree(barrier_scratch_));
+  if (done_event_ != nullptr) CUDA_CHECK(cudaEventDestroy(done_event_));
 }
 
 ncclComm_t NcclCommunicator::nccl_comm(GroupKind g) const {
@@ -174,6 +177,7 @@ void NcclCommunicator::AllToAllV(const float* send, const std::vector<int64_t>& 
                           ncclFloat, peer, comm, stream_));
   }
   NCCL_CHECK(ncclGroupEnd());
+  AwaitCompletion("all-to-all-v", g);
 }
 
 void NcclCommunicator::AllToAllInt64(const int64_t* send, int64_t* recv, int64_t count_per_peer,
@@ -189,6 +193,7 @@ void NcclCommunicator::AllToAllInt64(const int64_t* send, int64_t* recv, int64_t
     NCCL_CHECK(ncclRecv(recv + peer * n, n, ncclInt64, peer, comm, stream_));
   }
   NCCL_CHECK(ncclGroupEnd());
+  AwaitCompletion("all-to-all of counts", g);
 }
 
 void NcclCommunicator::AllReduceSum(float* data, int64_t count, GroupKind g) {
@@ -196,6 +201,7 @@ void NcclCommunicator::AllReduceSum(float* data, int64_t count, GroupKind g) {
   if (count == 0) return;
   NCCL_CHECK(ncclAllReduce(data, data, static_cast<size_t>(count), ncclFloat, ncclSum,
                            nccl_comm(g), stream_));
+  AwaitCompletion("all-reduce (sum)", g);
 }
 
 void NcclCommunicator::AllReduceSum(double* data, int64_t count, GroupKind g) {
@@ -203,6 +209,7 @@ void NcclCommunicator::AllReduceSum(double* data, int64_t count, GroupKind g) {
   if (count == 0) return;
   NCCL_CHECK(ncclAllReduce(data, data, static_cast<size_t>(count), ncclDouble, ncclSum,
                            nccl_comm(g), stream_));
+  AwaitCompletion("all-reduce (sum)", g);
 }
 
 void NcclCommunicator::AllReduceMax(double* data, int64_t count, GroupKind g) {
@@ -210,6 +217,7 @@ void NcclCommunicator::AllReduceMax(double* data, int64_t count, GroupKind g) {
   if (count == 0) return;
   NCCL_CHECK(ncclAllReduce(data, data, static_cast<size_t>(count), ncclDouble, ncclMax,
                            nccl_comm(g), stream_));
+  AwaitCompletion("all-reduce (max)", g);
 }
 
 void NcclCommunicator::AllReduceMin(double* data, int64_t count, GroupKind g) {
@@ -217,6 +225,7 @@ void NcclCommunicator::AllReduceMin(double* data, int64_t count, GroupKind g) {
   if (count == 0) return;
   NCCL_CHECK(ncclAllReduce(data, data, static_cast<size_t>(count), ncclDouble, ncclMin,
                            nccl_comm(g), stream_));
+  AwaitCompletion("all-reduce (min)", g);
 }
 
 void NcclCommunicator::Broadcast(float* data, int64_t count, int root, GroupKind g) {
@@ -226,12 +235,49 @@ void NcclCommunicator::Broadcast(float* data, int64_t count, int root, GroupKind
   if (count == 0) return;
   NCCL_CHECK(ncclBroadcast(data, data, static_cast<size_t>(count), ncclFloat, root, nccl_comm(g),
                            stream_));
+  AwaitCompletion("broadcast", g);
 }
 
 void NcclCommunicator::Barrier(GroupKind g) {
   NCCL_CHECK(ncclAllReduce(barrier_scratch_, barrier_scratch_, 1, ncclFloat, ncclSum,
                            nccl_comm(g), stream_));
-  CUDA_CHECK(cudaStreamSynchronize(stream_));
+  if (watchdog_->timeout() > 0) AwaitCompletion("barrier", g);
+  else CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void NcclCommunicator::AwaitCompletion(const char* op, GroupKind g) {
+  if (watchdog_->timeout() <= 0) return;  // no watchdog: stay asynchronous
+  CUDA_CHECK(cudaEventRecord(done_event_, stream_));
+  watchdog_->Wait(
+      [this] {
+        const cudaError_t e = cudaEventQuery(done_event_);
+        if (e == cudaSuccess) return true;
+        if (e != cudaErrorNotReady) CUDA_CHECK(e);
+        CheckAsyncErrors();
+        return false;
+      },
+      std::string("NCCL ") + op + " on the " + GroupName(g) + " group (" +
+          std::to_string(Size(g)) + " ranks)",
+      [this] { AbortNcclComms(); });
+}
+
+void NcclCommunicator::CheckAsyncErrors() const {
+  for (ncclComm_t c : {world_, expert_, data_}) {
+    ncclResult_t async = ncclSuccess;
+    NCCL_CHECK(ncclCommGetAsyncError(c, &async));
+    CHECK(async == ncclSuccess || async == ncclInProgress)
+        << "NCCL reported an asynchronous error while waiting: " << ncclGetErrorString(async)
+        << " (" << ncclGetLastError(c) << ")";
+  }
+}
+
+void NcclCommunicator::AbortNcclComms() {
+  // No NCCL_CHECK: we are ending anyway, and aborting unblocks kernels waiting on absent peers.
+  for (ncclComm_t* c : {&data_, &expert_, &world_})
+    if (*c != nullptr) {
+      ncclCommAbort(*c);
+      *c = nullptr;
+    }
 }
 
 void NcclCommunicator::Abort(const std::string& reason, int exit_code) {
@@ -240,9 +286,7 @@ void NcclCommunicator::Abort(const std::string& reason, int exit_code) {
   google::FlushLogFiles(google::GLOG_INFO);
   std::fflush(stdout);
   std::fflush(stderr);
-  // No NCCL_CHECK here: a failure would re-enter the fatal path; MPI_Abort below ends us anyway.
-  for (ncclComm_t c : {data_, expert_, world_})
-    if (c != nullptr) ncclCommAbort(c);
+  AbortNcclComms();
   MPI_Abort(mpi_world_, exit_code);
   std::abort();  // MPI_Abort does not return; this only satisfies [[noreturn]].
 }

@@ -6,10 +6,19 @@
 //   calls ncclCommInitRank with its MPI group rank. All ranks create them in the same order
 //   (world, expert, data), so the blocking inits cannot cross.
 //
-// Streams: every operation is only ENQUEUED on the stream given at construction and returns
-// before the data has moved. Callers order their own kernels on the same stream, or synchronise
-// (cudaStreamSynchronize(stream())) before reading results on the host or from another stream.
-// Barrier is the exception: it returns only when the whole group has reached it (see Barrier).
+// Streams: every operation is ENQUEUED on the stream given at construction. Callers order their
+// own kernels on the same stream, or synchronise (cudaStreamSynchronize(stream())) before reading
+// results on the host or from another stream.
+//
+// Watchdog: with the MpiCommunicator's collective timeout on (the default, 600 s), every operation
+// then waits on the host for its completion (a CUDA event) through the same CollectiveWatchdog
+// (collective_watchdog.h), also polling ncclCommGetAsyncError: an operation that does not finish
+// in time gets the roll call and message, then ncclCommAbort on all three communicators (NCCL
+// kernels waiting for an absent peer stop) and MPI_Abort. The price is one host wait per
+// collective, so the host cannot run ahead of a collective to queue the next kernels; a timeout
+// of 0 (--collective_timeout_s=0) keeps the operations asynchronous, without the watchdog.
+// Not covered: connection set-up to a peer happens inside ncclGroupEnd at the first exchange with
+// it (blocking NCCL communicators), before the watchdog waits.
 //
 // AllToAllV is ncclGroupStart + one ncclSend/ncclRecv per peer (the own block included; NCCL
 // copies it locally) + ncclGroupEnd; a zero count posts no call for that peer, so the dropless
@@ -108,11 +117,17 @@ class NcclCommunicator : public Communicator {
   ncclComm_t InitGroup(MPI_Comm group, int rank, int size);
   void VerifyCounts(const std::vector<int64_t>& send_counts,
                     const std::vector<int64_t>& recv_counts, GroupKind g);
+  // With the watchdog on: waits for the work just enqueued, through the watchdog (see the top).
+  void AwaitCompletion(const char* op, GroupKind g);
+  void CheckAsyncErrors() const;
+  void AbortNcclComms();
 
   ProcessGroupLayout layout_;
   cudaStream_t stream_;
   // Not owned: mpi's communicators, used for count verification and Abort.
   MPI_Comm mpi_world_ = MPI_COMM_NULL, mpi_expert_ = MPI_COMM_NULL, mpi_data_ = MPI_COMM_NULL;
+  CollectiveWatchdog* watchdog_;  // the MpiCommunicator's
+  cudaEvent_t done_event_ = nullptr;
   ncclComm_t world_ = nullptr, expert_ = nullptr, data_ = nullptr;
   int expert_rank_ = 0, expert_size_ = 1, data_rank_ = 0, data_size_ = 1;
   float* barrier_scratch_ = nullptr;  // one device float for Barrier

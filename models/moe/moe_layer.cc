@@ -1,5 +1,7 @@
 #include "models/moe/moe_layer.h"
 
+#include "comm/collective_watchdog.h"
+
 #include <glog/logging.h>
 
 #include <algorithm>
@@ -287,6 +289,7 @@ void MoeLayer::BuildSendLayout() {
   R.recv_block_rows.assign(static_cast<int64_t>(EP) * El * G, 0);
   if (opt_.dropless) {
     // Send layout per peer p: [l][g] = block (p * El + l, g), which is already contiguous.
+    ScopedActivity act(name_ + " dropless block sizes");
     comm_->AllToAllInt64(R.block_rows.data(), R.recv_block_rows.data(), El * G, GroupKind::kExpert);
   } else {
     std::fill(R.recv_block_rows.begin(), R.recv_block_rows.end(), CurrentCapacity());
@@ -315,6 +318,7 @@ Tensor MoeLayer::ExchangeToExperts(const Tensor& send, const char* phase) {
   }
   {
     ScopedPhase ph(ctx_.profiler, phase, R.send_rows * D * sizeof(float));
+    ScopedActivity act(name_ + " " + phase);  // names the phase if the watchdog fires
     comm_->AllToAllV(send.data(), sc, received.data(), rc, GroupKind::kExpert);
   }
   Tensor expert_major({recv_rows, D});
@@ -336,6 +340,7 @@ Tensor MoeLayer::ExchangeFromExperts(const Tensor& expert_rows, const char* phas
     rc[p] = R.send_rows_per_peer[p] * D;
   }
   ScopedPhase ph(ctx_.profiler, phase, expert_rows.numel() * sizeof(float));
+  ScopedActivity act(name_ + " " + phase);
   comm_->AllToAllV(src_major.data(), sc, back.data(), rc, GroupKind::kExpert);
   return back;
 }
