@@ -261,6 +261,28 @@ void MpiCommunicator::Barrier(GroupKind g) {
   Finish(&req, 1, "barrier", g);
 }
 
+void MpiCommunicator::GatherBytes(const std::string& mine, int root, std::vector<std::string>* all) {
+  const int p = layout_.world_size, me = layout_.world_rank;
+  CHECK(mine.size() <= static_cast<size_t>(kMaxInt)) << "GatherBytes: " << mine.size() << " bytes";
+  int len = static_cast<int>(mine.size());
+  std::vector<int> lens(me == root ? p : 0), displs(me == root ? p : 0);
+  MPI_Request req;
+  MPI_CHECK(MPI_Igather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, root, world_, &req));
+  Finish(&req, 1, "gather of lengths", GroupKind::kWorld);
+  int64_t total = 0;
+  for (int r = 0; r < static_cast<int>(lens.size()); ++r) {
+    displs[r] = static_cast<int>(total);
+    total += lens[r];
+    CHECK_LE(total, kMaxInt) << "GatherBytes: more than INT_MAX bytes in all";
+  }
+  std::string joined(static_cast<size_t>(total), '\0');
+  MPI_CHECK(MPI_Igatherv(mine.data(), len, MPI_BYTE, joined.data(), lens.data(), displs.data(),
+                         MPI_BYTE, root, world_, &req));
+  Finish(&req, 1, "gather", GroupKind::kWorld);
+  all->clear();
+  for (int r = 0; r < static_cast<int>(lens.size()); ++r) all->push_back(joined.substr(displs[r], lens[r]));
+}
+
 void MpiCommunicator::Abort(const std::string& reason, int exit_code) {
   LOG(ERROR) << "rank " << layout_.world_rank << " of " << layout_.world_size
              << ": ending the job: " << reason;

@@ -71,6 +71,9 @@ class MpiCommunicator : public Communicator {
   void AllReduceMin(double* data, int64_t count, GroupKind g) override;
   void Broadcast(float* data, int64_t count, int root, GroupKind g) override;
   void Barrier(GroupKind g) override;
+  // World rank `root` receives every rank's bytes, in world-rank order; the others get an empty
+  // vector. For small host records (checkpoint manifests), through the watchdog like the rest.
+  void GatherBytes(const std::string& mine, int root, std::vector<std::string>* all);
   // LOG(ERROR)s "rank R of W: reason", flushes glog, then MPI_Abort(world, exit_code).
   [[noreturn]] void Abort(const std::string& reason, int exit_code) override;
 

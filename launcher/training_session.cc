@@ -2,6 +2,7 @@
 
 #include <glog/logging.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "comm/collective_watchdog.h"
@@ -73,6 +74,70 @@ TrainingSession::TrainingSession(const proto::TrainConfig& config, Communicator*
 }
 
 TrainingSession::~TrainingSession() = default;
+
+size_t TrainingSession::IndexOf(const Parameter* p) const {
+  for (size_t i = 0; i < params_.size(); ++i)
+    if (params_[i] == p) return i;
+  LOG(FATAL) << "parameter " << p->name << " does not belong to this training session";
+  return 0;
+}
+
+namespace {
+// Host copy of a tensor on either device.
+std::vector<float> HostCopy(const Tensor& t) {
+  std::vector<float> out(static_cast<size_t>(t.numel()));
+  if (t.numel() == 0) return out;
+  Tensor host({t.numel()});
+  host.CopyFrom(t);
+  std::copy(host.data(), host.data() + t.numel(), out.begin());
+  return out;
+}
+void UploadTo(Tensor* t, const float* data) {
+  Tensor host({t->numel()});
+  std::copy(data, data + t->numel(), host.data());
+  t->CopyFrom(host);
+}
+}  // namespace
+
+void TrainingSession::GetTrainingState(const Parameter* p, std::vector<float>* value,
+                                       std::vector<float>* adam_m,
+                                       std::vector<float>* adam_v) const {
+  *value = HostCopy(p->value);
+  if (on_device_) {
+    const size_t i = IndexOf(p);
+    *adam_m = HostCopy(adam_m_[i]);
+    *adam_v = HostCopy(adam_v_[i]);
+    return;
+  }
+  const AdamWMoments* mv = optimizer_->FindMoments(p);
+  const size_t n = static_cast<size_t>(p->value.numel());
+  *adam_m = mv != nullptr ? mv->m : std::vector<float>(n, 0.f);
+  *adam_v = mv != nullptr ? mv->v : std::vector<float>(n, 0.f);
+}
+
+void TrainingSession::SetTrainingState(Parameter* p, const float* value, const float* adam_m,
+                                       const float* adam_v) {
+  UploadTo(&p->value, value);
+  const int64_t n = p->value.numel();
+  if (on_device_) {
+    const size_t i = IndexOf(p);
+    UploadTo(&adam_m_[i], adam_m);
+    UploadTo(&adam_v_[i], adam_v);
+    return;
+  }
+  AdamWMoments& mv = optimizer_->MomentsFor(p);
+  std::copy(adam_m, adam_m + n, mv.m.begin());
+  std::copy(adam_v, adam_v + n, mv.v.begin());
+}
+
+int64_t TrainingSession::optimizer_step_count() const {
+  return on_device_ ? adam_step_ : optimizer_->step_count();
+}
+
+void TrainingSession::set_optimizer_step_count(int64_t steps) {
+  if (on_device_) adam_step_ = steps;
+  else optimizer_->set_step_count(steps);
+}
 
 Tensor TrainingSession::ToNetDevice(const Tensor& host) const {
   if (!on_device_ || host.device() == Device::kCUDA) return host;

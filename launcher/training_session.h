@@ -80,6 +80,15 @@ class TrainingSession {
                 const std::vector<int>* modality = nullptr);
 
   std::vector<Parameter*> Parameters() { return params_; }
+
+  // Checkpointing (launcher/checkpoint.h): host copies of a parameter's value and AdamW moments
+  // (zeros for a parameter never stepped), and the number of optimizer steps taken; the setters
+  // restore them (host buffers of p->value.numel() floats), on either device.
+  void GetTrainingState(const Parameter* p, std::vector<float>* value, std::vector<float>* adam_m,
+                        std::vector<float>* adam_v) const;
+  void SetTrainingState(Parameter* p, const float* value, const float* adam_m, const float* adam_v);
+  int64_t optimizer_step_count() const;
+  void set_optimizer_step_count(int64_t steps);
   Net& net() { return *net_; }
   bool on_device() const { return on_device_; }
   int64_t global_batch() const { return global_batch_; }
@@ -93,6 +102,7 @@ class TrainingSession {
   double ClipGradientsCuda();
   void OptimizerStepCuda(float lr);
   Tensor ToNetDevice(const Tensor& host) const;
+  size_t IndexOf(const Parameter* p) const;
 
   proto::TrainConfig config_;
   Communicator* comm_;
