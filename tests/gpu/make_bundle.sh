@@ -78,8 +78,10 @@ mkdir -p "$BUNDLE/bin" "$BUNDLE/lib" "$BUNDLE/lib-fallback" "$BUNDLE/ompi" "$BUN
 category_of() {
   local n="$1"
   if [ "$n" = moe_gpu_tests ] || [ -f "$ROOT/tests/gpu/$n.cc" ] || [ -f "$ROOT/tests/gpu/$n.cu" ]; then echo gpu
-  elif [ -f "$ROOT/tests/mpi/$n.cc" ]; then echo mpi
-  elif [ -f "$ROOT/tests/unit/$n.cc" ]; then echo unit
+  # Only the *_test binaries (the CTest ones) are tests: tests/mpi also builds helpers such as
+  # fatal_failure_probe, which fails on purpose for an e2e test and must not run as a step.
+  elif [[ "$n" == *_test ]] && [ -f "$ROOT/tests/mpi/$n.cc" ]; then echo mpi
+  elif [[ "$n" == *_test ]] && [ -f "$ROOT/tests/unit/$n.cc" ]; then echo unit
   elif [ -f "$ROOT/tests/bench/$n.cc" ] || [[ "$n" == *_bench ]]; then echo bench
   elif [ "$n" = moe_train ]; then echo launcher
   else echo other; fi

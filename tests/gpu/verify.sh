@@ -105,7 +105,8 @@ note "- bundle: $B (built from $(binfo git_commit | cut -c1-10), dirty=$(binfo g
 note ""; note "## Environment"; note ""
 ENV_OK=1
 env_fail() { ENV_OK=0; note "- **FAIL**: $*"; say "FAIL: $*"; }
-GPU_LIST="$(nvidia-smi -L 2>&1)"; GPU_RC=$?
+if command -v nvidia-smi >/dev/null 2>&1; then GPU_LIST="$(nvidia-smi -L 2>&1)"; GPU_RC=$?
+else GPU_LIST="nvidia-smi not found"; GPU_RC=127; fi
 HAVE_GPU=0
 if [ $GPU_RC -eq 0 ] && echo "$GPU_LIST" | grep -q '^GPU '; then HAVE_GPU=1; fi
 note "- GPUs: $(echo "$GPU_LIST" | head -4 | tr '\n' ';')"
