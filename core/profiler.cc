@@ -3,8 +3,9 @@
 #include <glog/logging.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
-#include <fstream>
+#include <cstring>
 #include <sstream>
 
 namespace moe {
@@ -94,19 +95,30 @@ std::string Profiler::ChromeTraceJson(int pid) const {
   return os.str();
 }
 
-bool Profiler::WriteChromeTrace(const std::string& path, int pid) const {
-  std::ofstream f(path, std::ios::out | std::ios::trunc);
-  if (!f) {
-    LOG(ERROR) << "cannot open Chrome trace file " << path << " for writing";
-    return false;
+bool Profiler::WriteChromeTrace(const std::string& path, int pid, std::string* error) const {
+  // stdio rather than ofstream: each step's errno names the cause (ENOSPC, EDQUOT, EIO, ...).
+  const std::string json = ChromeTraceJson(pid);
+  const char* step = nullptr;
+  int err = 0;
+  FILE* f = std::fopen(path.c_str(), "w");
+  if (f == nullptr) {
+    step = "open for writing";
+    err = errno;
+  } else {
+    if (std::fwrite(json.data(), 1, json.size(), f) != json.size() || std::fflush(f) != 0) {
+      step = "write";
+      err = errno;
+    }
+    if (std::fclose(f) != 0 && step == nullptr) {
+      step = "close";
+      err = errno;
+    }
   }
-  f << ChromeTraceJson(pid);
-  f.close();
-  if (!f) {
-    LOG(ERROR) << "failed writing Chrome trace file " << path;
-    return false;
-  }
-  return true;
+  if (step == nullptr) return true;
+  const std::string message = path + ": " + step + " failed: " + std::strerror(err);
+  if (error != nullptr) *error = message;
+  else LOG(ERROR) << "Chrome trace " << message;
+  return false;
 }
 
 ScopedPhase::ScopedPhase(Profiler* profiler, const std::string& phase, int64_t bytes)

@@ -47,8 +47,9 @@ class Profiler {
 
   // Chrome trace JSON ({"traceEvents": [...]}), opens in Perfetto / chrome://tracing.
   // pid = rank, tid = 0, complete events (ph "X") with ts/dur in microseconds and args.bytes.
-  // Returns false (and logs) if the file cannot be written.
-  bool WriteChromeTrace(const std::string& path, int pid) const;
+  // Every step (open, write, flush, close) is checked: on failure returns false with
+  // "PATH: <step> failed: <strerror>" in *error (logged instead when error is null).
+  bool WriteChromeTrace(const std::string& path, int pid, std::string* error = nullptr) const;
   std::string ChromeTraceJson(int pid) const;
 
  private:

@@ -11,11 +11,14 @@ namespace moe {
 
 // Parses protobuf text format from `path`, then merges `overrides` (also text format, e.g.
 // "steps: 20 model { moe { top_k: 1 } }") on top. Unknown fields and syntax errors name the
-// file, line and column.
+// file, line and column; a file that sets no field at all (empty, only comments) is an error.
 bool LoadTrainConfig(const std::string& path, const std::string& overrides,
                      proto::TrainConfig* config, std::string* error);
 
-// Every semantic problem, one message each, naming the field and its value.
+// Every semantic problem, one message per field: "config error: <field.path>=<value>: <why>".
+// Every numeric field of proto/moe_ep.proto has its range checked (NaN and infinities
+// included), whether or not the family in use reads it; cross-field checks (divisibility, k <= E)
+// apply where the fields are used. Memory needs are checked separately (memory_estimate.h).
 std::vector<std::string> ValidateTrainConfig(const proto::TrainConfig& config, int world_size);
 
 // Stable 64-bit hash of the config's deterministic serialisation: compared over the world so

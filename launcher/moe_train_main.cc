@@ -11,13 +11,12 @@
 
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <iomanip>
 #include <memory>
 #include <sstream>
-#include <sys/stat.h>
-#include <unistd.h>
 #include <utility>
 
 #include "comm/mpi_abort.h"
@@ -25,12 +24,16 @@
 #include "core/gemm.h"
 #include "launcher/batch_sampler.h"
 #include "launcher/config.h"
+#include "launcher/exit_codes.h"
 #include "launcher/idx_dataset.h"
+#include "launcher/memory_estimate.h"
 #include "launcher/metrics_writer.h"
 #include "launcher/multitask.h"
+#include "launcher/output_files.h"
 #include "launcher/profile_report.h"
 #include "launcher/routing_analytics.h"
 #include "launcher/run_summary.h"
+#include "launcher/stop_signals.h"
 #include "launcher/training_session.h"
 
 #ifdef MOE_EP_HAS_CUDA
@@ -42,7 +45,7 @@
 
 DEFINE_string(config, "", "TrainConfig in protobuf text format (launcher/configs/*.pbtxt)");
 DEFINE_string(override, "", "text-format fields merged over the config, e.g. 'steps: 20'");
-DEFINE_int32(steps, 0, "if > 0, overrides the config's steps");
+DEFINE_int32(steps, 0, "overrides the config's steps (when given, must be >= 1)");
 DEFINE_string(metrics_out, "", "JSON-lines file: one object per step and per evaluation (rank 0)");
 // --log_dir is glog's own flag: the folder for the per-rank log files (default "logs").
 DEFINE_string(trace_dir, "", "if set, every rank writes a Chrome trace (Perfetto) here");
@@ -58,10 +61,6 @@ DEFINE_int32(fault_nan_step, -1, "testing: rank 0's batch is poisoned with NaN a
 
 namespace moe {
 namespace {
-
-constexpr int kExitConfig = 2;
-constexpr int kExitData = 3;
-constexpr int kExitNumerics = 4;
 
 // All ranks learn whether any rank failed; the lowest failing rank prints its message; all exit
 // with `code`. Returns only when nobody failed.
@@ -85,11 +84,11 @@ void FailTogetherIf(bool failed, const std::string& message, int code) {
   std::exit(code);
 }
 
-void SetUpLogging(const char* argv0, int rank) {
-  if (FLAGS_log_dir.empty()) FLAGS_log_dir = "logs";
-  mkdir(FLAGS_log_dir.c_str(), 0755);
+// With log_files false (an unusable --log_dir, reported right after) no log file is opened, so
+// glog does not print "COULD NOT CREATE LOGFILE" on every rank.
+void SetUpLogging(const char* argv0, int rank, bool log_files) {
   const std::string base = FLAGS_log_dir + "/moe_train.rank" + std::to_string(rank) + ".";
-  google::SetLogDestination(google::GLOG_INFO, base.c_str());
+  google::SetLogDestination(google::GLOG_INFO, log_files ? base.c_str() : "");
   for (auto sev : {google::GLOG_WARNING, google::GLOG_ERROR, google::GLOG_FATAL})
     google::SetLogDestination(sev, "");  // one file per rank, not one per severity
   FLAGS_alsologtostderr = rank == 0;
@@ -105,6 +104,58 @@ std::string FormatSeconds(double s) {
   if (t >= 60) os << std::setw(t >= 3600 ? 2 : 1) << std::setfill('0') << (t / 60) % 60 << "m";
   os << std::setw(t >= 60 ? 2 : 1) << std::setfill('0') << t % 60 << "s";
   return os.str();
+}
+
+// An explicit --steps must be a real step count: --steps=0 and --steps=-5 used to be ignored, and
+// the config's steps ran instead.
+std::string StepsFlagError() {
+  gflags::CommandLineFlagInfo info;
+  if (!gflags::GetCommandLineFlagInfo("steps", &info) || info.is_default || FLAGS_steps >= 1)
+    return "";
+  return "config error: --steps=" + std::to_string(FLAGS_steps) +
+         ": must be >= 1 (it replaces the config's steps)";
+}
+
+// Every output is proven writable before the run spends any time (config error, exit 2); the
+// same outputs are checked again when written (output error, exit 6). rank 0 opens the metrics
+// file here and keeps it open.
+void CheckOutputsUpFront(int rank, MetricsWriter* metrics) {
+  std::string error;
+  bool ok = FLAGS_trace_dir.empty() || CheckOutputDir("trace_dir", FLAGS_trace_dir, &error);
+  if (ok && rank == 0 && !FLAGS_analytics_dir.empty())
+    ok = CheckOutputDir("analytics_dir", FLAGS_analytics_dir, &error);
+  if (ok && rank == 0 && !metrics->Open(FLAGS_metrics_out, &error)) {
+    ok = false;
+    error = "config error: --metrics_out=" + FLAGS_metrics_out + ": " + error;
+  }
+  FailTogetherIf(!ok, error, kExitConfig);
+}
+
+// Ranks on this host share its memory, so the per-rank estimate is compared with their share.
+int RanksOnThisHost() {
+  MPI_Comm local;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local);
+  int n = 1;
+  MPI_Comm_size(local, &n);
+  MPI_Comm_free(&local);
+  return n;
+}
+
+// A config that cannot fit (capacity_factor_train: 1e9, num_experts: 100000) is refused here in
+// a second, naming the field, instead of failing an allocation minutes later without one.
+// Host memory only: on the CUDA path the parameters and buffers live on the GPU.
+void CheckMemoryUpFront(const proto::TrainConfig& config, int world) {
+  if (config.device() != "cpu") return;
+  const std::string error =
+      CheckMemoryFits(config, world, RanksOnThisHost(), AvailableHostMemoryBytes());
+  FailTogetherIf(!error.empty(), error, kExitConfig);
+}
+
+// rank 0 writes the metrics; every rank learns of a failed write and ends with exit code 6.
+void FailOnMetricsError(const MetricsWriter& metrics) {
+  FailTogetherIf(!metrics.ok(),
+                 "output error: --metrics_out=" + FLAGS_metrics_out + ": " + metrics.error(),
+                 kExitOutput);
 }
 
 // Copies the rows `idx` of the data set into a [n, pixels] batch and a label vector.
@@ -155,8 +206,18 @@ int Run(int argc, char** argv) {
   int rank = 0, world = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world);
-  SetUpLogging(argv[0], rank);
+  // The log folder is checked before glog opens files in it (glog would print "COULD NOT CREATE
+  // LOGFILE" on every rank and train on).
+  if (FLAGS_log_dir.empty()) FLAGS_log_dir = "logs";
+  std::string log_dir_error;
+  const bool log_dir_ok = CheckOutputDir("log_dir", FLAGS_log_dir, &log_dir_error);
+  SetUpLogging(argv[0], rank, log_dir_ok);
   InstallMpiAbortOnFatal();
+  InstallStopSignalHandlers("moe_train", rank);
+  // A metrics pipe whose reader went away must be an output error (EPIPE, exit 6), not a rank
+  // killed by SIGPIPE without a word.
+  signal(SIGPIPE, SIG_IGN);
+  FailTogetherIf(!log_dir_ok, log_dir_error, kExitConfig);
   SetBlasThreads(1);
 
   // 1. Config: parse, validate, and check every rank holds the same one.
@@ -166,21 +227,16 @@ int Run(int argc, char** argv) {
   if (!ok) error = "config error: --config is required (e.g. launcher/configs/vmoe_tiny.pbtxt)";
   if (ok) ok = LoadTrainConfig(FLAGS_config, FLAGS_override, &config, &error);
   FailTogetherIf(!ok, error, kExitConfig);
+  const std::string steps_error = StepsFlagError();
+  FailTogetherIf(!steps_error.empty(), steps_error, kExitConfig);
   if (FLAGS_steps > 0) config.set_steps(FLAGS_steps);
   const std::vector<std::string> problems = ValidateTrainConfig(config, world);
   std::string joined;
   for (const auto& p : problems) joined += (joined.empty() ? "" : "\n") + p;
   FailTogetherIf(!problems.empty(), joined, kExitConfig);
-  // Output folders are checked before training, so a typo does not cost a whole run's outputs.
-  for (const auto& [flag, dir] : {std::pair<const char*, std::string>{"trace_dir", FLAGS_trace_dir},
-                                  {"analytics_dir", FLAGS_analytics_dir}}) {
-    if (dir.empty()) continue;
-    mkdir(dir.c_str(), 0755);  // an existing folder is fine; access() below decides
-    FailTogetherIf(access(dir.c_str(), W_OK) != 0,
-                   std::string("config error: --") + flag + "=" + dir +
-                       ": cannot create or write to this folder",
-                   kExitConfig);
-  }
+  // Outputs are checked before training, so a typo does not cost a whole run's outputs.
+  MetricsWriter metrics;
+  CheckOutputsUpFront(rank, &metrics);
   uint64_t h = ConfigHash(config), hmin = 0, hmax = 0;
   MPI_Allreduce(&h, &hmin, 1, MPI_UINT64_T, MPI_MIN, MPI_COMM_WORLD);
   MPI_Allreduce(&h, &hmax, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);
@@ -188,6 +244,7 @@ int Run(int argc, char** argv) {
                  "config error: ranks hold different configs (config hashes differ across the "
                  "world); give every rank the same --config, --override and --steps",
                  kExitConfig);
+  CheckMemoryUpFront(config, world);
 
   // 1b. Device: bind this rank to its GPU before any CUDA or NCCL call (a LOG(FATAL) there, e.g.
   // no GPU, ends every rank through MPI_Abort).
@@ -268,7 +325,6 @@ int Run(int argc, char** argv) {
                           << num_params << ", expert params " << static_cast<int64_t>(expert_params)
                           << ", global batch " << gb << ", steps " << config.steps();
 
-  MetricsWriter metrics(rank == 0 ? FLAGS_metrics_out : "");
   const auto t0 = std::chrono::steady_clock::now();
   auto seconds_since = [](std::chrono::steady_clock::time_point t) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
@@ -280,6 +336,7 @@ int Run(int argc, char** argv) {
   auto window_start = std::chrono::steady_clock::now();
   double periodic_eval_seconds = 0;  // left out of the summary's images/s
   for (int64_t step = 0; step < config.steps(); ++step) {
+    SetStopSignalStep(step, config.steps());
     if (rank == FLAGS_fault_rank && step == FLAGS_fault_step)
       LOG(FATAL) << "injected failure (--fault_rank=" << rank << " --fault_step=" << step << ")";
     GatherBatch(train, sampler.Slice(step, gb, static_cast<int64_t>(rank) * b, b), &images, &labels);
@@ -327,7 +384,9 @@ int Run(int argc, char** argv) {
       metrics.WriteEval(step + 1, acc);
       LOG_IF(INFO, rank == 0) << "eval at step " << step + 1 << ": test accuracy " << acc;
     }
+    FailOnMetricsError(metrics);
   }
+  SetStopSignalPhase(StopPhase::kFinishing);
   const double train_seconds = seconds_since(t0);
   // Routing analytics read the host routing state, which the CUDA path does not keep.
   std::unique_ptr<RoutingAnalytics> analytics;
@@ -342,17 +401,23 @@ int Run(int argc, char** argv) {
   metrics.WriteEval(config.steps(), acc);
 
   const std::string table = FormatProfileAcrossRanks(profiler, config.steps(), &comm);
-  if (!FLAGS_trace_dir.empty()) {
-    mkdir(FLAGS_trace_dir.c_str(), 0755);
-    profiler.WriteChromeTrace(FLAGS_trace_dir + "/trace.rank" + std::to_string(rank) + ".json", rank);
-  }
+  // Final outputs: each rank's trace, rank 0's heatmaps and metrics; any failure ends every rank
+  // with exit code 6 after the rest has been written.
+  std::string output_error;
+  if (!FLAGS_trace_dir.empty() &&
+      !profiler.WriteChromeTrace(FLAGS_trace_dir + "/trace.rank" + std::to_string(rank) + ".json",
+                                 rank, &output_error))
+    output_error = "output error: --trace_dir=" + FLAGS_trace_dir + ": " + output_error;
   if (rank == 0) {
     LOG(INFO) << "communication profile (per training step, over " << world << " ranks):\n" << table;
     LOG(INFO) << std::fixed << std::setprecision(4) << "final: test accuracy " << acc << " on "
               << (d.eval_images() > 0 ? std::min<int64_t>(d.eval_images(), test.count) : test.count)
               << " test images after " << config.steps() << " steps; training wall time "
               << std::setprecision(1) << train_seconds << " s";
-    if (analytics) ReportRoutingAnalytics(*analytics, FLAGS_analytics_dir, &metrics);
+    std::string png_error;
+    if (analytics && !ReportRoutingAnalytics(*analytics, FLAGS_analytics_dir, &metrics, &png_error))
+      output_error += (output_error.empty() ? "" : "\n") + ("output error: --analytics_dir=" +
+                                                            FLAGS_analytics_dir + ": " + png_error);
     RunSummary sum;
     sum.family = config.model().family();
     sum.model = ModelNameFromConfigPath(FLAGS_config);
@@ -368,9 +433,13 @@ int Run(int argc, char** argv) {
     sum.test_accuracy = acc;
     LOG(INFO) << FormatSummaryLine(sum);
     metrics.WriteObject(SummaryJson(sum));
+    if (!metrics.Close())
+      output_error += (output_error.empty() ? "" : "\n") +
+                      ("output error: --metrics_out=" + FLAGS_metrics_out + ": " + metrics.error());
   }
+  FailTogetherIf(!output_error.empty(), output_error, kExitOutput);
   google::FlushLogFiles(google::GLOG_INFO);
-  return 0;
+  return kExitOk;
 }
 
 }  // namespace

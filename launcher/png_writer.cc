@@ -3,9 +3,7 @@
 #include <glog/logging.h>
 #include <zlib.h>
 
-#include <cerrno>
-#include <cstring>
-#include <fstream>
+#include "launcher/output_files.h"
 
 namespace moe {
 namespace {
@@ -66,14 +64,7 @@ std::string EncodePngRgb(int width, int height, const std::vector<uint8_t>& rgb)
 
 bool WritePngRgb(const std::string& path, int width, int height, const std::vector<uint8_t>& rgb,
                  std::string* error) {
-  const std::string bytes = EncodePngRgb(width, height, rgb);
-  std::ofstream out(path, std::ios::binary);
-  if (out) out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  if (!out) {
-    *error = path + ": cannot write (" + std::strerror(errno) + ")";
-    return false;
-  }
-  return true;
+  return WriteWholeFile(path, EncodePngRgb(width, height, rgb), error);
 }
 
 }  // namespace moe

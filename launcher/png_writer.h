@@ -14,7 +14,8 @@ namespace moe {
 // file's bytes.
 std::string EncodePngRgb(int width, int height, const std::vector<uint8_t>& rgb);
 
-// Writes EncodePngRgb's bytes to `path`; on failure returns false with the reason in *error.
+// Writes EncodePngRgb's bytes to `path`, every step checked (WriteWholeFile); on failure returns
+// false with "PATH: <step> failed: <strerror>" in *error.
 bool WritePngRgb(const std::string& path, int width, int height, const std::vector<uint8_t>& rgb,
                  std::string* error);
 

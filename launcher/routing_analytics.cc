@@ -238,8 +238,8 @@ std::vector<uint8_t> RenderRoutingHeatmap(const RoutingMatrix& m, int cell, int*
   return px;
 }
 
-void ReportRoutingAnalytics(const RoutingAnalytics& a, const std::string& analytics_dir,
-                            MetricsWriter* metrics) {
+bool ReportRoutingAnalytics(const RoutingAnalytics& a, const std::string& analytics_dir,
+                            MetricsWriter* metrics, std::string* error) {
   if (!analytics_dir.empty()) mkdir(analytics_dir.c_str(), 0755);  // an existing folder is fine
   for (size_t l = 0; l < a.num_layers(); ++l) {
     const RoutingMatrix& m = a.matrix(l);
@@ -266,17 +266,16 @@ void ReportRoutingAnalytics(const RoutingAnalytics& a, const std::string& analyt
     for (char& ch : name)
       if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '_' && ch != '-') ch = '_';
     const std::string path = analytics_dir + "/routing_" + name + ".png";
-    std::string error;
-    if (!WritePngRgb(path, w, h, px, &error)) {
-      LOG(WARNING) << "routing heatmap " << m.layer << ": " << error;
-      continue;
-    }
+    // A heatmap that cannot be written is an output error for the caller, not a warning that
+    // scrolls by: the run was asked for it.
+    if (!WritePngRgb(path, w, h, px, error)) return false;
     LOG(INFO) << "routing heatmap " << m.layer << " -> " << path << " (" << w << "x" << h
               << " px: rows = experts 0.." << m.num_experts - 1 << " top to bottom, columns = "
               << "classes 0.." << m.num_classes - 1 << " left to right, 24 px cells; colour = % of "
               << "the class's rows, viridis from 0 (purple) to " << std::fixed
               << std::setprecision(1) << max_percent << "% (yellow); bar on the right = scale)";
   }
+  return true;
 }
 
 }  // namespace moe

@@ -89,8 +89,10 @@ std::vector<uint8_t> RenderRoutingHeatmap(const RoutingMatrix& m, int cell, int*
 
 // Rank 0's report after the final evaluation: per tracked layer the table (log), one
 // routing_matrix JSON line (metrics, when writing), and, when analytics_dir is not empty, a PNG
-// heatmap analytics_dir/routing_<layer>.png (the folder is created).
-void ReportRoutingAnalytics(const RoutingAnalytics& a, const std::string& analytics_dir,
-                            MetricsWriter* metrics);
+// heatmap analytics_dir/routing_<layer>.png (the folder is created). A heatmap that cannot be
+// written stops the report: returns false with "PATH: <step> failed: <strerror>" in *error.
+// Metrics write failures stay in *metrics (MetricsWriter::ok).
+bool ReportRoutingAnalytics(const RoutingAnalytics& a, const std::string& analytics_dir,
+                            MetricsWriter* metrics, std::string* error);
 
 }  // namespace moe

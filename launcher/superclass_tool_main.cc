@@ -17,8 +17,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
-#include <fstream>
 #include <iomanip>
 #include <sstream>
 
@@ -28,7 +28,9 @@
 #include "launcher/batch_sampler.h"
 #include "launcher/config.h"
 #include "launcher/confusion_clustering.h"
+#include "launcher/exit_codes.h"
 #include "launcher/idx_dataset.h"
+#include "launcher/output_files.h"
 #include "launcher/training_session.h"
 
 DEFINE_string(config, "launcher/configs/vit_tiny.pbtxt", "the dense model's TrainConfig (text format)");
@@ -52,15 +54,16 @@ std::vector<std::string> Split(const std::string& s, char sep) {
   return out;
 }
 
-// Ends every rank with `message` (printed by rank 0) when `failed` on any rank.
-void FailTogetherIf(bool failed, const std::string& message) {
+// Ends every rank with exit `code` and `message` (printed by each failing rank) when `failed` on
+// any rank.
+void FailTogetherIf(bool failed, const std::string& message, int code) {
   int local = failed, any = 0, rank = 0;
   MPI_Allreduce(&local, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
   if (!any) return;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   if (failed) fprintf(stderr, "superclass_tool: rank %d: %s\n", rank, message.c_str());
   MPI_Finalize();
-  std::exit(2);
+  std::exit(code);
 }
 
 void Gather(const ImageDataset& d, const std::vector<int64_t>& idx, Tensor* images,
@@ -83,7 +86,7 @@ int Run() {
   proto::TrainConfig config;
   std::string error;
   bool ok = LoadTrainConfig(FLAGS_config, FLAGS_override, &config, &error);
-  FailTogetherIf(!ok, error);
+  FailTogetherIf(!ok, error, kExitConfig);
   config.set_steps(FLAGS_steps);
   std::vector<std::string> problems = ValidateTrainConfig(config, world);
   // The method clusters a DENSE model's confusions: an MoE model would need routing contexts
@@ -96,9 +99,12 @@ int Run() {
     problems.push_back("flag error: --num_superclasses=" + std::to_string(E) + ": must be in [1, " +
                        std::to_string(C) + "]");
   if (FLAGS_out.empty()) problems.push_back("flag error: --out is required");
+  // The file is written after minutes of training: prove now that it can be (without touching
+  // an existing one).
+  else if (rank == 0 && !CheckOutputFile("out", FLAGS_out, &error)) problems.push_back(error);
   std::string joined;
   for (const auto& p : problems) joined += (joined.empty() ? "" : "\n") + p;
-  FailTogetherIf(!problems.empty(), joined);
+  FailTogetherIf(!problems.empty(), joined, kExitConfig);
 
   const auto& d = config.data();
   ImageDataset train;
@@ -108,8 +114,11 @@ int Run() {
     error = "--train_count + --heldout_count exceed the " + std::to_string(train.count) +
             " training images";
   }
-  FailTogetherIf(!ok || FLAGS_train_count <= 0 || FLAGS_heldout_count <= 0,
-                 ok ? "--train_count and --heldout_count must be > 0" : "data error: " + error);
+  FailTogetherIf(!ok, "data error: " + error, kExitData);
+  FailTogetherIf(FLAGS_train_count <= 0 || FLAGS_heldout_count <= 0,
+                 "flag error: --train_count=" + std::to_string(FLAGS_train_count) +
+                     ", --heldout_count=" + std::to_string(FLAGS_heldout_count) + ": both must be > 0",
+                 kExitConfig);
 
   // 1. Train the dense model on the first train_count images (the sampler never leaves them).
   MpiCommunicator comm(MPI_COMM_WORLD, config.parallel().ep_size());
@@ -181,13 +190,13 @@ int Run() {
         "graph W_ij = C_ij/n_i + C_ji/n_j; " + std::to_string(E) +
             " groups by greedy average-linkage merging (launcher/confusion_clustering.h)."};
     const std::string text = FormatSuperclassFile(super, Split(FLAGS_class_names, ','), header);
-    std::ofstream out(FLAGS_out);
-    CHECK(out << text) << "cannot write " << FLAGS_out;
-    LOG(INFO) << "dense training " << std::fixed << std::setprecision(1) << seconds
+    ok = WriteWholeFile(FLAGS_out, text, &error);
+    LOG_IF(INFO, ok) << "dense training " << std::fixed << std::setprecision(1) << seconds
               << " s, held-out accuracy " << std::setprecision(4) << acc << "; wrote " << FLAGS_out
               << ":\n" << text;
   }
-  return 0;
+  FailTogetherIf(rank == 0 && !ok, "output error: --out=" + FLAGS_out + ": " + error, kExitOutput);
+  return kExitOk;
 }
 
 }  // namespace
@@ -204,6 +213,8 @@ int main(int argc, char** argv) {
   if (rank != 0) FLAGS_minloglevel = google::GLOG_WARNING;
   google::InitGoogleLogging(argv[0]);
   moe::InstallMpiAbortOnFatal();
+  // --out on a pipe whose reader left must be an output error (EPIPE), not a silent SIGPIPE.
+  signal(SIGPIPE, SIG_IGN);
   const int rc = moe::Run();
   MPI_Finalize();
   return rc;

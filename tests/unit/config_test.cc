@@ -25,8 +25,13 @@ std::string JoinedErrors(const proto::TrainConfig& c, int world) {
 }
 
 TEST(Config, ShippedConfigsAreValidOnFourRanks) {
-  for (const char* name : {"vmoe_tiny.pbtxt", "vit_tiny.pbtxt"}) {
-    const auto c = LoadOk(kSrc + "/launcher/configs/" + name);
+  for (const char* name :
+       {"vmoe_tiny.pbtxt", "vit_tiny.pbtxt", "mixer_tiny.pbtxt", "sparse_mlp_tiny.pbtxt",
+        "cnn_tiny.pbtxt", "pmoe_tiny.pbtxt", "pmoe_two_phase.pbtxt", "mobile_vmoe_tiny.pbtxt",
+        "conditional_dense_tiny.pbtxt", "conditional_moe_tiny.pbtxt"}) {
+    auto c = LoadOk(kSrc + "/launcher/configs/" + name);
+    auto* moe = c.mutable_model()->mutable_moe();  // the file is named relative to the repo
+    if (!moe->superclass_file().empty()) moe->set_superclass_file(kSrc + "/" + moe->superclass_file());
     EXPECT_EQ(JoinedErrors(c, 4), "") << name;
   }
   EXPECT_TRUE(LoadOk(kSrc + "/launcher/configs/vmoe_tiny.pbtxt").model().use_moe());
@@ -51,6 +56,17 @@ TEST(Config, UnknownFieldIsNamedWithItsLine) {
   EXPECT_NE(err.find("bad.pbtxt:2"), std::string::npos) << err;
 }
 
+TEST(Config, EmptyOrCommentOnlyFileIsRefused) {
+  for (const char* text : {"", "# nothing but a comment\n\n   # and another\n"}) {
+    const std::string path = ::testing::TempDir() + "/empty.pbtxt";
+    std::ofstream(path) << text;
+    proto::TrainConfig c;
+    std::string err;
+    EXPECT_FALSE(LoadTrainConfig(path, "steps: 3", &c, &err)) << "text: " << text;
+    EXPECT_NE(err.find("config error: --config=" + path + " sets no fields"), std::string::npos) << err;
+  }
+}
+
 TEST(Config, MissingFileIsNamed) {
   proto::TrainConfig c;
   std::string err;
@@ -70,7 +86,9 @@ TEST_P(ConfigBadValue, NamesFieldAndValue) {
   const BadCase b = GetParam();
   const auto c = LoadOk(kSrc + "/launcher/configs/vmoe_tiny.pbtxt", b.overrides);
   const std::string errs = JoinedErrors(c, b.world);
-  EXPECT_NE(errs.find(b.expected), std::string::npos) << "got: " << errs;
+  EXPECT_NE(errs.find(std::string("config error: ") + b.expected), std::string::npos) << "got: " << errs;
+  for (const std::string& e : ValidateTrainConfig(c, b.world))
+    EXPECT_EQ(e.rfind("config error: ", 0), 0u) << e;
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -79,8 +97,10 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"model { moe { num_experts: 6 } }", 4, "model.moe.num_experts=6"},
         BadCase{"model { moe { top_k: 9 } }", 4, "model.moe.top_k=9"},
         BadCase{"model { moe { top_k: 0 } }", 4, "model.moe.top_k=0"},
-        BadCase{"model { moe { capacity_factor_train: 0 } }", 4, "model.moe.capacity_factor_train=0"},
-        BadCase{"model { moe { capacity_factor_eval: -1 } }", 4, "model.moe.capacity_factor_eval=-1"},
+        BadCase{"model { moe { capacity_factor_train: 0 } }", 4,
+                "model.moe.capacity_factor_train=0"},
+        BadCase{"model { moe { capacity_factor_eval: -1 } }", 4,
+                "model.moe.capacity_factor_eval=-1"},
         BadCase{"parallel { ep_size: 3 }", 4, "parallel.ep_size=3"},
         BadCase{"parallel { ep_size: 0 }", 4, "parallel.ep_size=0"},
         BadCase{"model { moe { group_size_images: 5 } }", 4, "model.moe.group_size_images=5"},
@@ -89,7 +109,80 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"data { batch_per_rank: 0 }", 4, "data.batch_per_rank=0"},
         BadCase{"device: 'tpu'", 4, "device=\"tpu\""},
         BadCase{"optimizer { learning_rate: -1 }", 4, "optimizer.learning_rate=-1"},
-        BadCase{"steps: 0", 4, "steps=0"}));
+        BadCase{"steps: 0", 4, "steps=0"},
+        // Every other numeric field of proto/moe_ep.proto, one out-of-range value each.
+        BadCase{"steps: -3", 4, "steps=-3: must be >= 1"},
+        BadCase{"log_every: 0", 4, "log_every=0: must be >= 1"},
+        BadCase{"eval_every: -1", 4, "eval_every=-1: must be >= 0"},
+        BadCase{"data { eval_images: -1 }", 4, "data.eval_images=-1"},
+        BadCase{"model { image_size: 32 }", 4, "model.image_size=32"},
+        BadCase{"model { channels: 3 }", 4, "model.channels=3"},
+        BadCase{"model { num_classes: 5 }", 4, "model.num_classes=5"},
+        BadCase{"model { hidden_dim: 0 }", 4, "model.hidden_dim=0"},
+        BadCase{"model { mlp_dim: 0 }", 4, "model.mlp_dim=0"},
+        BadCase{"model { num_layers: 0 }", 4, "model.num_layers=0"},
+        BadCase{"optimizer { learning_rate: inf }", 4,
+                "optimizer.learning_rate=inf: must be finite"},
+        BadCase{"optimizer { weight_decay: -1 }", 4,
+                "optimizer.weight_decay=-1: must be finite and >= 0"},
+        BadCase{"optimizer { learning_rate: 0.5 weight_decay: 2 }", 4,
+                "optimizer.weight_decay=2: learning_rate x weight_decay must be < 1"},
+        BadCase{"optimizer { beta1: 1 }", 4, "optimizer.beta1=1: must be in [0, 1)"},
+        BadCase{"optimizer { beta2: -0.1 }", 4, "optimizer.beta2=-0.1"},
+        BadCase{"optimizer { epsilon: 0 }", 4, "optimizer.epsilon=0: must be finite and > 0"},
+        BadCase{"optimizer { epsilon: nan }", 4, "optimizer.epsilon=nan"},
+        BadCase{"optimizer { warmup_steps: -1 }", 4, "optimizer.warmup_steps=-1"},
+        BadCase{"optimizer { min_lr_ratio: -5 }", 4,
+                "optimizer.min_lr_ratio=-5: must be in [0, 1]"},
+        BadCase{"optimizer { min_lr_ratio: 1.5 }", 4, "optimizer.min_lr_ratio=1.5"},
+        BadCase{"optimizer { grad_clip_norm: -1 }", 4,
+                "optimizer.grad_clip_norm=-1: must be finite and >= 0"},
+        BadCase{"model { moe { num_experts: 0 } }", 4, "model.moe.num_experts=0"},
+        BadCase{"model { moe { capacity_factor_train: inf } }", 4,
+                "model.moe.capacity_factor_train=inf"},
+        BadCase{"model { moe { capacity_factor_eval: nan } }", 4,
+                "model.moe.capacity_factor_eval=nan"},
+        BadCase{"model { moe { router_noise_scale: -1 } }", 4, "model.moe.router_noise_scale=-1"},
+        BadCase{"model { moe { expert_hidden_dim: -1 } }", 4, "model.moe.expert_hidden_dim=-1"},
+        BadCase{"model { moe { importance_loss_weight: -1 } }", 4,
+                "model.moe.importance_loss_weight=-1"},
+        BadCase{"model { moe { load_loss_weight: -1 } }", 4, "model.moe.load_loss_weight=-1"},
+        BadCase{"model { moe { switch_loss_weight: -1 } }", 4, "model.moe.switch_loss_weight=-1"},
+        BadCase{"model { moe { z_loss_weight: inf } }", 4, "model.moe.z_loss_weight=inf"},
+        BadCase{"model { moe { superclass_loss_weight: -1 } }", 4,
+                "model.moe.superclass_loss_weight=-1"},
+        BadCase{"model { moe { group_size_images: 0 } }", 4, "model.moe.group_size_images=0"},
+        BadCase{"model { moe { patch_top_l: 0 } }", 4, "model.moe.patch_top_l=0"},
+        BadCase{"model { moe { placement: LAST_N last_n: 3 } }", 4,
+                "model.moe.last_n=3: must be in [1, 2]"},
+        BadCase{"model { moe { placement: LAST_BLOCKS last_n: 0 } }", 4, "model.moe.last_n=0"},
+        BadCase{"model { moe { load_loss_weight: 0.01 router_noise_scale: 0 } }", 4,
+                "model.moe.load_loss_weight=0.01: the load loss needs router noise"},
+        BadCase{"model { mixer { token_mlp_dim: 0 } }", 4, "model.mixer.token_mlp_dim=0"},
+        BadCase{"model { mixer { channel_mlp_dim: 0 } }", 4, "model.mixer.channel_mlp_dim=0"},
+        BadCase{"model { mixer { num_sparse_blocks: 5 } }", 4, "model.mixer.num_sparse_blocks=5"},
+        BadCase{"model { mixer { token_moe_top_k: 0 } }", 4, "model.mixer.token_moe_top_k=0"},
+        BadCase{"model { mixer { channel_moe_top_k: 0 } }", 4, "model.mixer.channel_moe_top_k=0"},
+        BadCase{"model { mixer { token_expert_hidden_dim: -1 } }", 4,
+                "model.mixer.token_expert_hidden_dim=-1"},
+        BadCase{"model { mixer { channel_expert_hidden_dim: -1 } }", 4,
+                "model.mixer.channel_expert_hidden_dim=-1"},
+        BadCase{"model { pmoe { router_phase_steps: -1 } }", 4, "model.pmoe.router_phase_steps=-1"},
+        BadCase{"model { pmoe { conv_channels: 0 } }", 4, "model.pmoe.conv_channels=0"},
+        BadCase{"model { conditional { num_superclasses: 1 } }", 4,
+                "model.conditional.num_superclasses=1"}));
+
+// A value a family's own check refuses too is reported once.
+TEST(Config, OneMessagePerField) {
+  const auto c = LoadOk(kSrc + "/launcher/configs/sparse_mlp_tiny.pbtxt",
+                        "model { mixer { num_sparse_blocks: 9 } }");
+  const std::string errs = JoinedErrors(c, 4);
+  size_t n = 0;
+  for (size_t at = errs.find("model.mixer.num_sparse_blocks="); at != std::string::npos;
+       at = errs.find("model.mixer.num_sparse_blocks=", at + 1))
+    ++n;
+  EXPECT_EQ(n, 1u) << errs;
+}
 
 TEST(Config, HashSeesEveryField) {
   const auto a = LoadOk(kSrc + "/launcher/configs/vmoe_tiny.pbtxt");
