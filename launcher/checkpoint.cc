@@ -1,5 +1,6 @@
 #include "launcher/checkpoint.h"
 
+#include <signal.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -18,6 +19,7 @@ namespace moe {
 namespace {
 
 constexpr const char* kManifest = "manifest.pb";
+int64_t g_kill_at_step = -1;
 constexpr const char* kSlots[3] = {"value", "adam_m", "adam_v"};
 
 std::string StepName(int64_t step) {
@@ -130,6 +132,8 @@ proto::CheckpointManifest ManifestHeader(int64_t step, const proto::TrainConfig&
 
 }  // namespace
 
+void SetCheckpointKillForTesting(int64_t step) { g_kill_at_step = step; }
+
 std::string CheckpointPath(const std::string& dir, int64_t step) { return dir + "/" + StepName(step); }
 
 bool SaveCheckpoint(const std::string& dir, int64_t step, const proto::TrainConfig& config,
@@ -155,6 +159,7 @@ bool SaveCheckpoint(const std::string& dir, int64_t step, const proto::TrainConf
   }
   if (AnyRankFailed(!ok, comm)) return ok;
 
+  if (rank == 0 && step == g_kill_at_step) raise(SIGKILL);
   std::vector<std::string> parts;
   comm->GatherBytes(records.SerializeAsString(), 0, &parts);
   int64_t total = 0;

@@ -52,6 +52,10 @@ bool SaveCheckpoint(const std::string& dir, int64_t step, const proto::TrainConf
                     TrainingSession* session, MpiCommunicator* comm, CheckpointSaveStats* stats,
                     std::string* error);
 
+// Testing only: rank 0 kills itself (SIGKILL) while saving the checkpoint of `step`, after the
+// shards are written and before the manifest, to prove such a crash leaves nothing resumable.
+void SetCheckpointKillForTesting(int64_t step);
+
 // Rank 0's part of --keep_checkpoints: removes all but the newest `keep` complete checkpoints in
 // dir (keep <= 0: keeps all). Not collective.
 bool PruneCheckpoints(const std::string& dir, int keep, std::string* error);

@@ -24,7 +24,11 @@ constexpr int kExitCollectiveTimeoutCode = 5;
 // started.
 constexpr int kExitOutput = 6;
 static_assert(kExitCollectiveTimeout == kExitCollectiveTimeoutCode, "README.md's table says 5");
-// Stopped by signal N (SIGINT, SIGTERM): the rank exits with 128 + N, as a shell reports it.
+// A checkpoint cannot be written or trusted (launcher/checkpoint.h): a checksum mismatch, a
+// missing shard, another model, another number of experts, --resume with nothing to resume.
+constexpr int kExitCheckpoint = 7;
+// Stopped by signal N (SIGINT, SIGTERM, SIGUSR1): the rank exits with 128 + N, as a shell reports
+// it (after saving a checkpoint when the stop was graceful, launcher/stop_signals.h).
 constexpr int kExitSignalBase = 128;
 
 }  // namespace moe

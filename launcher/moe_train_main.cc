@@ -1,10 +1,13 @@
 // moe_train: trains a vision model of any family (ViT/V-MoE, Mixer/Sparse-MLP, CNN/pMoE, Mobile
-// V-MoE, conditional MoE) on Fashion-MNIST with experts sharded over MPI
-// ranks. Run it under mpirun (launcher/run.sh sets the environment); see README.md.
+// V-MoE, conditional MoE) on Fashion-MNIST with experts sharded over MPI ranks, with checkpoints
+// and resume on any layout. Run it under mpirun (launcher/run.sh sets the environment); see
+// README.md.
 //
-// Failure policy: errors every rank can see (config, data files) are agreed on with an
-// all-reduce, printed once by the lowest failing rank, and end every rank with the same exit
-// code; anything unexpected (a CHECK, a dying rank) goes through MPI_Abort so no rank hangs.
+// Failure policy: errors every rank can see (config, data files, outputs, checkpoints) are agreed
+// on over the world (launcher/job_agreement.h), printed once by the lowest failing rank, and end
+// every rank with the same exit code (launcher/exit_codes.h); anything unexpected (a CHECK, a
+// dying rank) goes through MPI_Abort, and a rank that stops answering is caught by the
+// collective watchdog (comm/collective_watchdog.h), so no rank hangs.
 #include <gflags/gflags.h>
 #include <glog/logging.h>
 #include <mpi.h>
@@ -13,7 +16,6 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
-#include <fstream>
 #include <iomanip>
 #include <memory>
 #include <sstream>
@@ -23,17 +25,21 @@
 #include "comm/mpi_communicator.h"
 #include "core/gemm.h"
 #include "launcher/batch_sampler.h"
+#include "launcher/checkpoint.h"
 #include "launcher/config.h"
 #include "launcher/exit_codes.h"
 #include "launcher/idx_dataset.h"
+#include "launcher/job_agreement.h"
 #include "launcher/memory_estimate.h"
 #include "launcher/metrics_writer.h"
 #include "launcher/multitask.h"
 #include "launcher/output_files.h"
 #include "launcher/profile_report.h"
+#include "launcher/progress_log.h"
 #include "launcher/routing_analytics.h"
 #include "launcher/run_summary.h"
 #include "launcher/stop_signals.h"
+#include "launcher/test_set_eval.h"
 #include "launcher/training_session.h"
 
 #ifdef MOE_EP_HAS_CUDA
@@ -58,31 +64,26 @@ DEFINE_string(analytics_dir, "",
               "if set, rank 0 writes a routing heatmap PNG per MoE layer here (expert x class, "
               "final evaluation); the tables are printed either way");
 DEFINE_int32(fault_nan_step, -1, "testing: rank 0's batch is poisoned with NaN at this step");
+DEFINE_double(collective_timeout_s, moe::kDefaultCollectiveTimeoutSeconds,
+              "a collective (all-to-all, all-reduce, ...) that has not completed after this many "
+              "seconds ends the job (exit 5) naming the step, phase and the ranks that did not "
+              "answer; 0 turns the watchdog off");
+DEFINE_string(checkpoint_dir, "",
+              "if set, checkpoints go to DIR/step-NNNNNNNN (shared by all ranks): every "
+              "--checkpoint_every steps, at the end of training, at --stop_at_step, and on "
+              "SIGTERM/SIGINT/SIGUSR1 (after the current step)");
+DEFINE_int32(checkpoint_every, 0, "steps between checkpoints (0: only at the end and on a stop)");
+DEFINE_int32(keep_checkpoints, 0, "keep only the newest K checkpoints in --checkpoint_dir (0: all)");
+DEFINE_bool(resume, false, "continue from the newest complete checkpoint in --checkpoint_dir");
+DEFINE_string(resume_from, "", "continue from this checkpoint (DIR/step-NNNNNNNN), any layout");
+DEFINE_int64(stop_at_step, 0,
+             "if > 0, stop once this many steps are done (saving a checkpoint when "
+             "--checkpoint_dir is set) without the final evaluation; exit 0");
+DEFINE_int64(fault_kill_in_checkpoint, -1,
+             "testing: rank 0 SIGKILLs itself in the middle of saving this step's checkpoint");
 
 namespace moe {
 namespace {
-
-// All ranks learn whether any rank failed; the lowest failing rank prints its message; all exit
-// with `code`. Returns only when nobody failed.
-void FailTogetherIf(bool failed, const std::string& message, int code) {
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  int first_failing = failed ? rank : INT32_MAX;
-  int lowest = INT32_MAX;
-  MPI_Allreduce(&first_failing, &lowest, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  if (lowest == INT32_MAX) return;
-  if (rank == lowest) {
-    fprintf(stderr, "moe_train: rank %d: %s\n", rank, message.c_str());
-    fflush(stderr);
-    FLAGS_alsologtostderr = false;  // already printed once, plainly; the log file gets it too
-    FLAGS_stderrthreshold = google::GLOG_FATAL;
-    LOG(ERROR) << message;
-  }
-  google::FlushLogFiles(google::GLOG_INFO);
-  MPI_Barrier(MPI_COMM_WORLD);
-  MPI_Finalize();
-  std::exit(code);
-}
 
 // With log_files false (an unusable --log_dir, reported right after) no log file is opened, so
 // glog does not print "COULD NOT CREATE LOGFILE" on every rank.
@@ -97,15 +98,6 @@ void SetUpLogging(const char* argv0, int rank, bool log_files) {
   google::InitGoogleLogging(argv0);
 }
 
-std::string FormatSeconds(double s) {
-  std::ostringstream os;
-  const int64_t t = static_cast<int64_t>(s + 0.5);
-  if (t >= 3600) os << t / 3600 << "h";
-  if (t >= 60) os << std::setw(t >= 3600 ? 2 : 1) << std::setfill('0') << (t / 60) % 60 << "m";
-  os << std::setw(t >= 60 ? 2 : 1) << std::setfill('0') << t % 60 << "s";
-  return os.str();
-}
-
 // An explicit --steps must be a real step count: --steps=0 and --steps=-5 used to be ignored, and
 // the config's steps ran instead.
 std::string StepsFlagError() {
@@ -116,14 +108,38 @@ std::string StepsFlagError() {
          ": must be >= 1 (it replaces the config's steps)";
 }
 
+// The flags that are not config fields: collective watchdog and checkpointing.
+std::string JobFlagsError() {
+  const std::string bad = "config error: --";
+  if (!(FLAGS_collective_timeout_s >= 0))
+    return bad + "collective_timeout_s=" + std::to_string(FLAGS_collective_timeout_s) +
+           ": must be >= 0 seconds (0 turns the collective watchdog off)";
+  if (FLAGS_checkpoint_every < 0)
+    return bad + "checkpoint_every=" + std::to_string(FLAGS_checkpoint_every) + ": must be >= 0";
+  if (FLAGS_keep_checkpoints < 0)
+    return bad + "keep_checkpoints=" + std::to_string(FLAGS_keep_checkpoints) + ": must be >= 0";
+  if (FLAGS_stop_at_step < 0)
+    return bad + "stop_at_step=" + std::to_string(FLAGS_stop_at_step) + ": must be >= 0";
+  if (FLAGS_resume && !FLAGS_resume_from.empty())
+    return bad + "resume and --resume_from=" + FLAGS_resume_from + ": give one of them";
+  if (FLAGS_resume && FLAGS_checkpoint_dir.empty())
+    return bad + "resume needs --checkpoint_dir (the folder to resume from)";
+  if (FLAGS_checkpoint_every > 0 && FLAGS_checkpoint_dir.empty())
+    return bad + "checkpoint_every=" + std::to_string(FLAGS_checkpoint_every) +
+           " needs --checkpoint_dir";
+  return "";
+}
+
 // Every output is proven writable before the run spends any time (config error, exit 2); the
-// same outputs are checked again when written (output error, exit 6). rank 0 opens the metrics
-// file here and keeps it open.
+// same outputs are checked again when written (exit 6, or 7 for checkpoints). rank 0 opens the
+// metrics file here and keeps it open.
 void CheckOutputsUpFront(int rank, MetricsWriter* metrics) {
   std::string error;
   bool ok = FLAGS_trace_dir.empty() || CheckOutputDir("trace_dir", FLAGS_trace_dir, &error);
   if (ok && rank == 0 && !FLAGS_analytics_dir.empty())
     ok = CheckOutputDir("analytics_dir", FLAGS_analytics_dir, &error);
+  if (ok && rank == 0 && !FLAGS_checkpoint_dir.empty())
+    ok = CheckOutputDir("checkpoint_dir", FLAGS_checkpoint_dir, &error);
   if (ok && rank == 0 && !metrics->Open(FLAGS_metrics_out, &error)) {
     ok = false;
     error = "config error: --metrics_out=" + FLAGS_metrics_out + ": " + error;
@@ -151,92 +167,23 @@ void CheckMemoryUpFront(const proto::TrainConfig& config, int world) {
   FailTogetherIf(!error.empty(), error, kExitConfig);
 }
 
-// rank 0 writes the metrics; every rank learns of a failed write and ends with exit code 6.
-void FailOnMetricsError(const MetricsWriter& metrics) {
-  FailTogetherIf(!metrics.ok(),
-                 "output error: --metrics_out=" + FLAGS_metrics_out + ": " + metrics.error(),
-                 kExitOutput);
-}
-
-// Copies the rows `idx` of the data set into a [n, pixels] batch and a label vector.
-void GatherBatch(const ImageDataset& d, const std::vector<int64_t>& idx, Tensor* images,
-                 std::vector<int>* labels) {
-  const int64_t px = static_cast<int64_t>(d.rows) * d.cols;
-  *images = Tensor({static_cast<int64_t>(idx.size()), px});
-  labels->resize(idx.size());
-  for (size_t i = 0; i < idx.size(); ++i) {
-    std::copy(d.pixels.begin() + idx[i] * px, d.pixels.begin() + (idx[i] + 1) * px,
-              images->data() + i * px);
-    (*labels)[i] = d.labels[idx[i]];
-  }
-}
-
-// Evaluates on the test set split across the world; every rank runs the same number of
-// batches (padded with valid=0 rows) so the MoE all-to-alls stay matched. With `analytics`,
-// every batch's kept routing assignments are counted per expert and class (this rank's share).
-double EvaluateTestSet(TrainingSession* session, const ImageDataset& test, int64_t eval_images,
-                       int64_t batch, Communicator* comm, RoutingAnalytics* analytics = nullptr) {
-  const int world = comm->Size(GroupKind::kWorld), rank = comm->Rank(GroupKind::kWorld);
-  const int64_t n = eval_images > 0 ? std::min<int64_t>(eval_images, test.count) : test.count;
-  const int64_t per_round = batch * world;
-  const int64_t rounds = (n + per_round - 1) / per_round;
-  int64_t correct = 0;
-  double loss = 0;
-  std::vector<int64_t> idx(batch);
-  Tensor images;
-  std::vector<int> labels;
-  for (int64_t r = 0; r < rounds; ++r) {
-    const int64_t first = r * per_round + rank * batch;
-    const int64_t valid = std::max<int64_t>(0, std::min<int64_t>(batch, n - first));
-    for (int64_t i = 0; i < batch; ++i) idx[i] = i < valid ? first + i : 0;  // pad with image 0
-    GatherBatch(test, idx, &images, &labels);
-    int64_t c = 0;
-    double l = 0;
-    session->Evaluate(images, labels, valid, &c, &l);
-    if (analytics != nullptr) analytics->ObserveNet(session->net().moe_layers(), labels, valid);
-    correct += c;
-    loss += l;
-  }
-  double sums[2] = {static_cast<double>(correct), loss};
-  comm->AllReduceSum(sums, 2, GroupKind::kWorld);
-  return sums[0] / n;
-}
-
-int Run(int argc, char** argv) {
-  int rank = 0, world = 1;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &world);
-  // The log folder is checked before glog opens files in it (glog would print "COULD NOT CREATE
-  // LOGFILE" on every rank and train on).
-  if (FLAGS_log_dir.empty()) FLAGS_log_dir = "logs";
-  std::string log_dir_error;
-  const bool log_dir_ok = CheckOutputDir("log_dir", FLAGS_log_dir, &log_dir_error);
-  SetUpLogging(argv[0], rank, log_dir_ok);
-  InstallMpiAbortOnFatal();
-  InstallStopSignalHandlers("moe_train", rank);
-  // A metrics pipe whose reader went away must be an output error (EPIPE, exit 6), not a rank
-  // killed by SIGPIPE without a word.
-  signal(SIGPIPE, SIG_IGN);
-  FailTogetherIf(!log_dir_ok, log_dir_error, kExitConfig);
-  SetBlasThreads(1);
-
-  // 1. Config: parse, validate, and check every rank holds the same one.
+// Parses, validates and compares the config over the world; checks the flags and outputs.
+proto::TrainConfig LoadConfigOrFail(int rank, int world, MetricsWriter* metrics) {
   proto::TrainConfig config;
   std::string error;
   bool ok = !FLAGS_config.empty();
   if (!ok) error = "config error: --config is required (e.g. launcher/configs/vmoe_tiny.pbtxt)";
   if (ok) ok = LoadTrainConfig(FLAGS_config, FLAGS_override, &config, &error);
   FailTogetherIf(!ok, error, kExitConfig);
-  const std::string steps_error = StepsFlagError();
-  FailTogetherIf(!steps_error.empty(), steps_error, kExitConfig);
+  const std::string flags_error = StepsFlagError() + JobFlagsError();
+  FailTogetherIf(!flags_error.empty(), flags_error, kExitConfig);
   if (FLAGS_steps > 0) config.set_steps(FLAGS_steps);
   const std::vector<std::string> problems = ValidateTrainConfig(config, world);
   std::string joined;
   for (const auto& p : problems) joined += (joined.empty() ? "" : "\n") + p;
   FailTogetherIf(!problems.empty(), joined, kExitConfig);
   // Outputs are checked before training, so a typo does not cost a whole run's outputs.
-  MetricsWriter metrics;
-  CheckOutputsUpFront(rank, &metrics);
+  CheckOutputsUpFront(rank, metrics);
   uint64_t h = ConfigHash(config), hmin = 0, hmax = 0;
   MPI_Allreduce(&h, &hmin, 1, MPI_UINT64_T, MPI_MIN, MPI_COMM_WORLD);
   MPI_Allreduce(&h, &hmax, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);
@@ -245,201 +192,367 @@ int Run(int argc, char** argv) {
                  "world); give every rank the same --config, --override and --steps",
                  kExitConfig);
   CheckMemoryUpFront(config, world);
+  return config;
+}
 
-  // 1b. Device: bind this rank to its GPU before any CUDA or NCCL call (a LOG(FATAL) there, e.g.
-  // no GPU, ends every rank through MPI_Abort).
+// The communicators of the job: MPI always; NCCL (and its stream) on the CUDA path. Members are
+// destroyed in reverse order: NCCL before its stream, both before MPI's.
+struct JobComms {
+  explicit JobComms(const proto::TrainConfig& config);
+  ~JobComms();
+  std::unique_ptr<MpiCommunicator> mpi;
+  Communicator* device = nullptr;  // NCCL on the CUDA path, else nullptr
+#ifdef MOE_EP_HAS_CUDA
+  cudaStream_t nccl_stream = nullptr;
+  std::unique_ptr<NcclCommunicator> nccl;
+#endif
+};
+
+JobComms::JobComms(const proto::TrainConfig& config) {
   const bool on_gpu = config.device() == "cuda";
 #ifdef MOE_EP_HAS_CUDA
+  // Bind this rank to its GPU before any CUDA or NCCL call (a LOG(FATAL) there, e.g. no GPU,
+  // ends every rank through MPI_Abort).
   if (on_gpu) {
     const DeviceBinding bind = BindDeviceForRank(MPI_COMM_WORLD, FLAGS_allow_shared_gpu);
-    LOG(INFO) << "rank " << rank << ": device cuda:" << bind.device << " (local rank "
-              << bind.local_rank << " of " << bind.local_size << " on this host"
+    LOG(INFO) << "device cuda:" << bind.device << " (local rank " << bind.local_rank << " of "
+              << bind.local_size << " on this host"
               << (bind.shared_gpu ? ", GPU shared with other ranks: testing only" : "") << ")";
   }
 #endif
-
-  MpiCommunicator comm(MPI_COMM_WORLD, config.parallel().ep_size());
-  Communicator* device_comm = nullptr;
+  mpi = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, config.parallel().ep_size());
+  mpi->set_collective_timeout(FLAGS_collective_timeout_s);
+  SetJobWatchdog(&mpi->watchdog());
 #ifdef MOE_EP_HAS_CUDA
   // Blocking stream (cudaStreamCreate, not NonBlocking): the layers run on the legacy default
   // stream, which then orders itself against the NCCL work implicitly (training_session.h).
-  struct StreamHolder {  // declared before `nccl`, so destroyed after it
-    cudaStream_t s = nullptr;
-    ~StreamHolder() {
-      if (s != nullptr) cudaStreamDestroy(s);
-    }
-  } nccl_stream;
-  std::unique_ptr<NcclCommunicator> nccl;
   if (on_gpu) {
-    CUDA_CHECK(cudaStreamCreate(&nccl_stream.s));
-    nccl = std::make_unique<NcclCommunicator>(comm, nccl_stream.s);
-    device_comm = nccl.get();
-    LOG_IF(INFO, rank == 0) << "moe_train: NCCL communicators ready (world, expert, data)";
+    CUDA_CHECK(cudaStreamCreate(&nccl_stream));
+    nccl = std::make_unique<NcclCommunicator>(*mpi, nccl_stream);
+    device = nccl.get();
+    LOG_IF(INFO, mpi->Rank(GroupKind::kWorld) == 0)
+        << "moe_train: NCCL communicators ready (world, expert, data)";
   }
 #else
   (void)on_gpu;  // ValidateTrainConfig refuses "cuda" in a build without the CUDA path
 #endif
-  {
-    // Every rank's log file opens with where it sits in the EP x DP grid.
-    const int ep = comm.Size(GroupKind::kExpert), ep_rank = comm.Rank(GroupKind::kExpert);
-    const int per_rank = config.model().use_moe() ? config.model().moe().num_experts() / ep : 0;
-    LOG(INFO) << "rank " << rank << " of " << world << ": ep_rank " << ep_rank << " of " << ep
-              << ", dp_rank " << comm.Rank(GroupKind::kData) << " of " << comm.Size(GroupKind::kData)
-              << ", experts [" << ep_rank * per_rank << ", " << (ep_rank + 1) * per_rank << ")";
-  }
-  const auto& d = config.data();
+}
 
-  // 2. Data: every rank reads the files (they are small); failures are agreed on.
+JobComms::~JobComms() {
+#ifdef MOE_EP_HAS_CUDA
+  nccl.reset();
+  if (nccl_stream != nullptr) cudaStreamDestroy(nccl_stream);
+#endif
+  SetJobWatchdog(nullptr);
+}
+
+// Everything one run works with; built once in Run.
+struct Job {
+  int rank = 0, world = 1;
+  proto::TrainConfig config;
+  MpiCommunicator* comm = nullptr;
+  TrainingSession* session = nullptr;
+  MetricsWriter* metrics = nullptr;
   ImageDataset train, test;
-  ok = LoadIdxDataset(d.train_images(), d.train_labels(), &train, &error);
-  if (ok) ok = LoadIdxDataset(d.test_images(), d.test_labels(), &test, &error);
-  FailTogetherIf(!ok, "data error: " + error, kExitData);
-
-  Profiler profiler;
-  TrainingSession session(config, &comm, &profiler, device_comm);
-  BatchSampler sampler(train.count, config.seed());
-  const int64_t b = d.batch_per_rank(), gb = session.global_batch();
-  // Family "conditional": multi-task Fashion-MNIST (launcher/multitask.h).
-  const bool multi_task = IsMultiTask(config);
+  bool multi_task = false;
   MultiTaskSpec multitask;
-  if (multi_task) ok = BuildMultiTaskSpec(config, &multitask, &error);
-  FailTogetherIf(multi_task && !ok, "config error: " + error, kExitConfig);
-  std::vector<int> tasks, modalities;
-  // Multi-task evaluation: every (task, modality) pair on the test set; returns their mean.
-  auto evaluate_multi_task = [&](int64_t at_step, RoutingAnalytics* analytics) {
-    const MultiTaskAccuracy mt =
-        EvaluateMultiTask(&session, test, multitask, d.eval_images(), b, &comm, analytics);
-    LOG_IF(INFO, rank == 0) << "multi-task test accuracy at step " << at_step << ": " << mt.ToString();
-    return mt.Mean();
-  };
-  int64_t num_params = 0, num_expert_params_local = 0;
-  for (Parameter* p : session.Parameters())
-    (p->is_expert() ? num_expert_params_local : num_params) += p->value.numel();
-  double expert_params = static_cast<double>(num_expert_params_local);
-  comm.AllReduceSum(&expert_params, 1, GroupKind::kExpert);
-  LOG_IF(INFO, rank == 0) << "moe_train: world " << world << " = EP " << comm.Size(GroupKind::kExpert)
-                          << " x DP " << comm.Size(GroupKind::kData) << ", family "
-                          << config.model().family() << (config.model().use_moe() ? " (MoE)" : " (dense)")
-                          << ", "
-                          << session.net().moe_layers().size() << " MoE layers, dense params "
-                          << num_params << ", expert params " << static_cast<int64_t>(expert_params)
-                          << ", global batch " << gb << ", steps " << config.steps();
-
-  const auto t0 = std::chrono::steady_clock::now();
-  auto seconds_since = [](std::chrono::steady_clock::time_point t) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
-  };
+  int64_t batch = 0, global_batch = 0;
+  int64_t dense_params = 0;
+  double expert_params = 0;  // over the EP group: every expert once
+  // The current step's batch, reused from step to step.
   Tensor images;
-  std::vector<int> labels;
-  double window_loss = 0, window_acc = 0, window_drop = 0;
-  int window = 0;
-  auto window_start = std::chrono::steady_clock::now();
-  double periodic_eval_seconds = 0;  // left out of the summary's images/s
-  for (int64_t step = 0; step < config.steps(); ++step) {
-    SetStopSignalStep(step, config.steps());
-    if (rank == FLAGS_fault_rank && step == FLAGS_fault_step)
-      LOG(FATAL) << "injected failure (--fault_rank=" << rank << " --fault_step=" << step << ")";
-    GatherBatch(train, sampler.Slice(step, gb, static_cast<int64_t>(rank) * b, b), &images, &labels);
-    if (rank == 0 && step == FLAGS_fault_nan_step) images.at(0) = std::nanf("");
-    if (multi_task)
-      MakeMultiTaskBatch(multitask, train.rows, train.cols, step * gb + static_cast<int64_t>(rank) * b,
-                         &images, &labels, &tasks, &modalities);
-    const StepStats s = multi_task ? session.TrainStep(step, images, labels, &tasks, &modalities)
-                                   : session.TrainStep(step, images, labels);
-    // The loss is all-reduced, so every rank sees the same NaN and they stop together.
-    FailTogetherIf(!std::isfinite(s.loss) || !std::isfinite(s.aux_loss),
-                   "numerics error: loss is not finite at step " + std::to_string(step) +
-                       " (cross-entropy " + std::to_string(s.loss) + ", aux " +
-                       std::to_string(s.aux_loss) + "); check the input data and learning rate",
-                   kExitNumerics);
-    metrics.WriteStep(step, s);
-    window_loss += s.loss;
-    window_acc += s.accuracy;
-    window_drop += s.dropped_fraction;
-    ++window;
-    const bool last = step + 1 == config.steps();
-    if (rank == 0 && ((step + 1) % std::max(1, config.log_every()) == 0 || last)) {
-      const double dt = seconds_since(window_start);
-      const double elapsed = seconds_since(t0);
-      const double eta = elapsed / (step + 1) * (config.steps() - step - 1);
-      LOG(INFO) << "step " << step + 1 << "/" << config.steps() << std::fixed << std::setprecision(4)
-                << "  loss " << window_loss / window << "  aux " << s.aux_loss
-                << "  acc " << std::setprecision(3) << window_acc / window << "  img/s "
-                << std::setprecision(1) << window * gb / dt << "  dropped "
-                << std::setprecision(3) << window_drop / window << "  lr " << std::setprecision(5)
-                << s.learning_rate
-                << (s.superclass_accuracy >= 0  // Mobile V-MoE: router hits its super-class
-                        ? "  sc-acc " + std::to_string(s.superclass_accuracy).substr(0, 5)
-                        : std::string())
-                << "  ETA " << FormatSeconds(eta);
-      window_loss = window_acc = window_drop = 0;
-      window = 0;
-      window_start = std::chrono::steady_clock::now();
-    }
-    if (config.eval_every() > 0 && (step + 1) % config.eval_every() == 0 && !last) {
-      const auto eval_start = std::chrono::steady_clock::now();
-      const double acc = multi_task ? evaluate_multi_task(step + 1, nullptr)
-                                    : EvaluateTestSet(&session, test, d.eval_images(), b, &comm);
-      periodic_eval_seconds += seconds_since(eval_start);
-      metrics.WriteEval(step + 1, acc);
-      LOG_IF(INFO, rank == 0) << "eval at step " << step + 1 << ": test accuracy " << acc;
-    }
-    FailOnMetricsError(metrics);
+  std::vector<int> labels, tasks, modalities;
+};
+
+// Data: every rank reads the files (they are small); failures are agreed on.
+void LoadDataOrFail(Job* job) {
+  const auto& d = job->config.data();
+  std::string error;
+  bool ok = LoadIdxDataset(d.train_images(), d.train_labels(), &job->train, &error);
+  if (ok) ok = LoadIdxDataset(d.test_images(), d.test_labels(), &job->test, &error);
+  FailTogetherIf(!ok, "data error: " + error, kExitData);
+  // Family "conditional": multi-task Fashion-MNIST (launcher/multitask.h).
+  job->multi_task = IsMultiTask(job->config);
+  if (job->multi_task) ok = BuildMultiTaskSpec(job->config, &job->multitask, &error);
+  FailTogetherIf(job->multi_task && !ok, "config error: " + error, kExitConfig);
+}
+
+// Every rank's log opens with where it sits in the EP x DP grid; rank 0 adds the model's size.
+void LogLayout(Job* job) {
+  const MpiCommunicator& comm = *job->comm;
+  const int ep = comm.Size(GroupKind::kExpert), ep_rank = comm.Rank(GroupKind::kExpert);
+  const auto& model = job->config.model();
+  const int per_rank = model.use_moe() ? model.moe().num_experts() / ep : 0;
+  LOG(INFO) << "rank " << job->rank << " of " << job->world << ": ep_rank " << ep_rank << " of "
+            << ep << ", dp_rank " << comm.Rank(GroupKind::kData) << " of "
+            << comm.Size(GroupKind::kData) << ", experts [" << ep_rank * per_rank << ", "
+            << (ep_rank + 1) * per_rank << ")";
+  int64_t expert_local = 0;
+  for (Parameter* p : job->session->Parameters())
+    (p->is_expert() ? expert_local : job->dense_params) += p->value.numel();
+  job->expert_params = static_cast<double>(expert_local);
+  job->comm->AllReduceSum(&job->expert_params, 1, GroupKind::kExpert);
+  LOG_IF(INFO, job->rank == 0) << "moe_train: world " << job->world << " = EP " << ep << " x DP "
+                               << comm.Size(GroupKind::kData) << ", family " << model.family()
+                               << (model.use_moe() ? " (MoE)" : " (dense)") << ", "
+                               << job->session->net().moe_layers().size()
+                               << " MoE layers, dense params " << job->dense_params
+                               << ", expert params " << static_cast<int64_t>(job->expert_params)
+                               << ", global batch " << job->global_batch << ", steps "
+                               << job->config.steps();
+}
+
+// --resume / --resume_from: loads the checkpoint on this rank's layout; returns the first step to
+// run (0 without resume). Every refusal ends all ranks with exit 7.
+int64_t ResumeIfAsked(Job* job) {
+  if (!FLAGS_resume && FLAGS_resume_from.empty()) return 0;
+  std::string path = FLAGS_resume_from, error;
+  bool ok = !path.empty() || FindNewestCheckpoint(FLAGS_checkpoint_dir, &path, &error);
+  FailTogetherIf(!ok, error, kExitCheckpoint);
+  proto::CheckpointManifest m;
+  ok = LoadCheckpoint(path, job->config, job->session, &m, &error);
+  FailTogetherIf(!ok, error, kExitCheckpoint);
+  FailTogetherIf(m.step() > job->config.steps(),
+                 "checkpoint error: " + path + " is at step " + std::to_string(m.step()) +
+                     ", beyond this run's steps: " + std::to_string(job->config.steps()),
+                 kExitCheckpoint);
+  if (job->rank == 0) {
+    const auto& l = m.layout();
+    LOG(INFO) << "resuming from " << path << " at step " << m.step() << " (written on EP "
+              << l.ep_size() << " x DP " << l.dp_size() << ", now EP "
+              << job->comm->Size(GroupKind::kExpert) << " x DP " << job->comm->Size(GroupKind::kData)
+              << ")";
+    LOG_IF(WARNING, m.global_batch() != job->global_batch)
+        << "the checkpoint was written with a global batch of " << m.global_batch() << ", this run has "
+        << job->global_batch << ": the data order and the loss scale change from here on";
   }
+  return m.step();
+}
+
+// Saves the state after `steps_done` steps when --checkpoint_dir is set; a failure ends every
+// rank with exit 7 (nothing is lost in silence).
+void SaveCheckpointIfAsked(Job* job, int64_t steps_done) {
+  if (FLAGS_checkpoint_dir.empty()) return;
+  CheckpointSaveStats stats;
+  std::string error;
+  bool ok = SaveCheckpoint(FLAGS_checkpoint_dir, steps_done, job->config, job->session, job->comm,
+                           &stats, &error);
+  FailTogetherIf(!ok, error, kExitCheckpoint);
+  ok = job->rank != 0 || PruneCheckpoints(FLAGS_checkpoint_dir, FLAGS_keep_checkpoints, &error);
+  FailTogetherIf(!ok, error, kExitCheckpoint);
+  LOG_IF(INFO, job->rank == 0) << std::fixed << std::setprecision(2) << "checkpoint " << stats.path
+                               << " written: " << stats.bytes / 1e6 << " MB in " << stats.seconds
+                               << " s (" << stats.bytes / 1e6 / std::max(stats.seconds, 1e-9)
+                               << " MB/s)";
+}
+
+// One training step on this rank's share of the global batch, then its metrics record.
+StepStats TrainOneStep(Job* job, BatchSampler& sampler, int64_t step) {
+  Tensor& images = job->images;
+  std::vector<int>&labels = job->labels, &tasks = job->tasks, &modalities = job->modalities;
+  if (job->rank == FLAGS_fault_rank && step == FLAGS_fault_step)
+    LOG(FATAL) << "injected failure (--fault_rank=" << job->rank << " --fault_step=" << step << ")";
+  const int64_t first = step * job->global_batch + static_cast<int64_t>(job->rank) * job->batch;
+  GatherBatch(job->train,
+              sampler.Slice(step, job->global_batch, static_cast<int64_t>(job->rank) * job->batch,
+                            job->batch),
+              &images, &labels);
+  if (job->rank == 0 && step == FLAGS_fault_nan_step) images.at(0) = std::nanf("");
+  if (job->multi_task)
+    MakeMultiTaskBatch(job->multitask, job->train.rows, job->train.cols, first, &images, &labels,
+                       &tasks, &modalities);
+  const StepStats s = job->multi_task
+                          ? job->session->TrainStep(step, images, labels, &tasks, &modalities)
+                          : job->session->TrainStep(step, images, labels);
+  // The loss is all-reduced, so every rank sees the same NaN and they stop together.
+  FailTogetherIf(!std::isfinite(s.loss) || !std::isfinite(s.aux_loss),
+                 "numerics error: loss is not finite at step " + std::to_string(step) +
+                     " (cross-entropy " + std::to_string(s.loss) + ", aux " +
+                     std::to_string(s.aux_loss) + "); check the input data and learning rate",
+                 kExitNumerics);
+  job->metrics->WriteStep(step, s);
+  return s;
+}
+
+// Test accuracy (the mean over task/modality pairs for multi-task models). Collective.
+double Evaluate(Job* job, int64_t at_step, RoutingAnalytics* analytics) {
+  const int64_t n = job->config.data().eval_images();
+  if (!job->multi_task)
+    return EvaluateTestSet(job->session, job->test, n, job->batch, job->comm, analytics);
+  const MultiTaskAccuracy mt =
+      EvaluateMultiTask(job->session, job->test, job->multitask, n, job->batch, job->comm, analytics);
+  LOG_IF(INFO, job->rank == 0) << "multi-task test accuracy at step " << at_step << ": "
+                               << mt.ToString();
+  return mt.Mean();
+}
+
+// After each step the ranks agree, in one all-reduce, on a failed metrics write (rank 0, exit 6)
+// and on a pending graceful stop (a signal some rank got); returns that signal, or 0.
+int AgreeAfterStep(Job* job, int64_t step) {
+  const int mine = (job->metrics->ok() ? 0 : 1) | (PendingStopSignal() << 1);
+  const int all = MaxOverWorld(mine);
+  if (all & 1)
+    FailTogetherIf(!job->metrics->ok(),
+                   "output error: --metrics_out=" + FLAGS_metrics_out + ": " +
+                       job->metrics->error() + " (after step " + std::to_string(step) + ")",
+                   kExitOutput);
+  return all >> 1;
+}
+
+enum class LoopEnd { kAllSteps, kStopAtStep, kSignal };
+
+// Steps [first_step, steps), with periodic evaluations and checkpoints. *signal: the stop signal
+// when the loop ended on one.
+LoopEnd TrainLoop(Job* job, int64_t first_step, double* periodic_eval_seconds, int* signal) {
+  const proto::TrainConfig& config = job->config;
+  BatchSampler sampler(job->train.count, config.seed());
+  ProgressLog progress(first_step, config.steps(), job->global_batch, config.log_every());
+  for (int64_t step = first_step; step < config.steps(); ++step) {
+    SetStopSignalStep(step, config.steps());
+    const StepStats s = TrainOneStep(job, sampler, step);
+    if (job->rank == 0) progress.Add(step, s);
+    const int64_t done = step + 1;
+    if (config.eval_every() > 0 && done % config.eval_every() == 0 && done != config.steps()) {
+      const auto start = std::chrono::steady_clock::now();
+      const double acc = Evaluate(job, done, nullptr);
+      *periodic_eval_seconds +=
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      job->metrics->WriteEval(done, acc);
+      LOG_IF(INFO, job->rank == 0) << "eval at step " << done << ": test accuracy " << acc;
+    }
+    *signal = AgreeAfterStep(job, step);
+    const bool stop_here = FLAGS_stop_at_step > 0 && done == FLAGS_stop_at_step;
+    if (*signal != 0 || stop_here || done == config.steps() ||
+        (FLAGS_checkpoint_every > 0 && done % FLAGS_checkpoint_every == 0))
+      SaveCheckpointIfAsked(job, done);
+    if (*signal != 0) {
+      LOG_IF(INFO, job->rank == 0)
+          << "moe_train: stopped by " << (*signal == SIGTERM ? "SIGTERM" : *signal == SIGINT ? "SIGINT" : "SIGUSR1")
+          << " after step " << done << "; "
+          << (FLAGS_checkpoint_dir.empty() ? "no --checkpoint_dir: nothing saved"
+                                           : "checkpoint " + CheckpointPath(FLAGS_checkpoint_dir, done) +
+                                                 " written");
+      return LoopEnd::kSignal;
+    }
+    if (stop_here) {
+      LOG_IF(INFO, job->rank == 0) << "moe_train: stopping after step " << done << " (--stop_at_step)";
+      return LoopEnd::kStopAtStep;
+    }
+  }
+  return LoopEnd::kAllSteps;
+}
+
+// Final evaluation, profile, traces, heatmaps, summary; returns the exit code.
+int Finish(Job* job, const Profiler& profiler, double train_seconds, double periodic_eval_seconds) {
   SetStopSignalPhase(StopPhase::kFinishing);
-  const double train_seconds = seconds_since(t0);
+  const proto::TrainConfig& config = job->config;
   // Routing analytics read the host routing state, which the CUDA path does not keep.
   std::unique_ptr<RoutingAnalytics> analytics;
-  const auto& moe_layers = session.net().moe_layers();
-  if (!moe_layers.empty() && on_gpu)
-    LOG_IF(INFO, rank == 0) << "routing analytics: skipped (host path only; device is cuda)";
+  const auto& moe_layers = job->session->net().moe_layers();
+  if (!moe_layers.empty() && job->session->on_device())
+    LOG_IF(INFO, job->rank == 0) << "routing analytics: skipped (host path only; device is cuda)";
   else if (!moe_layers.empty())  // multi-task: fine classes over every (task, modality) pass
     analytics = std::make_unique<RoutingAnalytics>(moe_layers, config.model().num_classes());
-  const double acc = multi_task ? evaluate_multi_task(config.steps(), analytics.get())
-                                : EvaluateTestSet(&session, test, d.eval_images(), b, &comm, analytics.get());
-  if (analytics) analytics->Reduce(&comm);
-  metrics.WriteEval(config.steps(), acc);
-
-  const std::string table = FormatProfileAcrossRanks(profiler, config.steps(), &comm);
-  // Final outputs: each rank's trace, rank 0's heatmaps and metrics; any failure ends every rank
-  // with exit code 6 after the rest has been written.
+  const double acc = Evaluate(job, config.steps(), analytics.get());
+  if (analytics) analytics->Reduce(job->comm);
+  job->metrics->WriteEval(config.steps(), acc);
+  const std::string table = FormatProfileAcrossRanks(profiler, config.steps(), job->comm);
+  // Each rank's trace, rank 0's heatmaps and metrics; any failure ends every rank with exit
+  // code 6 after the rest has been written.
   std::string output_error;
   if (!FLAGS_trace_dir.empty() &&
-      !profiler.WriteChromeTrace(FLAGS_trace_dir + "/trace.rank" + std::to_string(rank) + ".json",
-                                 rank, &output_error))
+      !profiler.WriteChromeTrace(FLAGS_trace_dir + "/trace.rank" + std::to_string(job->rank) + ".json",
+                                 job->rank, &output_error))
     output_error = "output error: --trace_dir=" + FLAGS_trace_dir + ": " + output_error;
-  if (rank == 0) {
-    LOG(INFO) << "communication profile (per training step, over " << world << " ranks):\n" << table;
+  if (job->rank == 0) {
+    LOG(INFO) << "communication profile (per training step, over " << job->world << " ranks):\n" << table;
+    const int64_t n = config.data().eval_images();
     LOG(INFO) << std::fixed << std::setprecision(4) << "final: test accuracy " << acc << " on "
-              << (d.eval_images() > 0 ? std::min<int64_t>(d.eval_images(), test.count) : test.count)
+              << (n > 0 ? std::min<int64_t>(n, job->test.count) : job->test.count)
               << " test images after " << config.steps() << " steps; training wall time "
               << std::setprecision(1) << train_seconds << " s";
     std::string png_error;
-    if (analytics && !ReportRoutingAnalytics(*analytics, FLAGS_analytics_dir, &metrics, &png_error))
-      output_error += (output_error.empty() ? "" : "\n") + ("output error: --analytics_dir=" +
-                                                            FLAGS_analytics_dir + ": " + png_error);
+    if (analytics && !ReportRoutingAnalytics(*analytics, FLAGS_analytics_dir, job->metrics, &png_error))
+      output_error += (output_error.empty() ? "" : "\n") +
+                      ("output error: --analytics_dir=" + FLAGS_analytics_dir + ": " + png_error);
     RunSummary sum;
     sum.family = config.model().family();
     sum.model = ModelNameFromConfigPath(FLAGS_config);
-    sum.dense_params = num_params;
-    sum.expert_params = static_cast<int64_t>(expert_params);
-    sum.flops_per_image = session.net().FlopsPerImage();
+    sum.dense_params = job->dense_params;
+    sum.expert_params = static_cast<int64_t>(job->expert_params);
+    sum.flops_per_image = job->session->net().FlopsPerImage();
     const double pure_train_seconds = train_seconds - periodic_eval_seconds;
-    sum.images_per_s = pure_train_seconds > 0 ? config.steps() * gb / pure_train_seconds : 0;
+    sum.images_per_s = pure_train_seconds > 0 ? config.steps() * job->global_batch / pure_train_seconds : 0;
     sum.train_wall_s = train_seconds;
     sum.steps = config.steps();
-    sum.global_batch = gb;
-    sum.world = world;
+    sum.global_batch = job->global_batch;
+    sum.world = job->world;
     sum.test_accuracy = acc;
     LOG(INFO) << FormatSummaryLine(sum);
-    metrics.WriteObject(SummaryJson(sum));
-    if (!metrics.Close())
+    job->metrics->WriteObject(SummaryJson(sum));
+    if (!job->metrics->Close())
       output_error += (output_error.empty() ? "" : "\n") +
-                      ("output error: --metrics_out=" + FLAGS_metrics_out + ": " + metrics.error());
+                      ("output error: --metrics_out=" + FLAGS_metrics_out + ": " + job->metrics->error());
   }
   FailTogetherIf(!output_error.empty(), output_error, kExitOutput);
-  google::FlushLogFiles(google::GLOG_INFO);
   return kExitOk;
+}
+
+// Closes rank 0's metrics file on an early stop (a signal, --stop_at_step), checking the close.
+int EndEarly(Job* job, int exit_code) {
+  const bool ok = job->rank != 0 || job->metrics->Close();
+  FailTogetherIf(!ok, "output error: --metrics_out=" + FLAGS_metrics_out + ": " + job->metrics->error(),
+                 kExitOutput);
+  google::FlushLogFiles(google::GLOG_INFO);
+  return exit_code;
+}
+
+int Run(char** argv) {
+  Job job;
+  MPI_Comm_rank(MPI_COMM_WORLD, &job.rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &job.world);
+  SetJobProgramName("moe_train");
+  // The log folder is checked before glog opens files in it (glog would print "COULD NOT CREATE
+  // LOGFILE" on every rank and train on).
+  if (FLAGS_log_dir.empty()) FLAGS_log_dir = "logs";
+  std::string log_dir_error;
+  const bool log_dir_ok = CheckOutputDir("log_dir", FLAGS_log_dir, &log_dir_error);
+  SetUpLogging(argv[0], job.rank, log_dir_ok);
+  InstallMpiAbortOnFatal();
+  InstallStopSignalHandlers("moe_train", job.rank);
+  // A metrics pipe whose reader went away must be an output error (EPIPE, exit 6), not a rank
+  // killed by SIGPIPE without a word.
+  signal(SIGPIPE, SIG_IGN);
+  FailTogetherIf(!log_dir_ok, log_dir_error, kExitConfig);
+  SetBlasThreads(1);
+
+  MetricsWriter metrics;
+  job.metrics = &metrics;
+  job.config = LoadConfigOrFail(job.rank, job.world, &metrics);
+  SetGracefulStop(!FLAGS_checkpoint_dir.empty());
+  SetCheckpointKillForTesting(FLAGS_fault_kill_in_checkpoint);
+  JobComms comms(job.config);
+  job.comm = comms.mpi.get();
+  LoadDataOrFail(&job);
+  Profiler profiler;
+  TrainingSession session(job.config, job.comm, &profiler, comms.device);
+  job.session = &session;
+  job.batch = job.config.data().batch_per_rank();
+  job.global_batch = session.global_batch();
+  LogLayout(&job);
+  const int64_t first_step = ResumeIfAsked(&job);
+
+  const auto start = std::chrono::steady_clock::now();
+  double periodic_eval_seconds = 0;  // left out of the summary's images/s
+  int signal_number = 0;
+  const LoopEnd end = TrainLoop(&job, first_step, &periodic_eval_seconds, &signal_number);
+  if (end == LoopEnd::kSignal) return EndEarly(&job, kExitSignalBase + signal_number);
+  if (end == LoopEnd::kStopAtStep) return EndEarly(&job, kExitOk);
+  const double train_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const int rc = Finish(&job, profiler, train_seconds, periodic_eval_seconds);
+  google::FlushLogFiles(google::GLOG_INFO);
+  return rc;
 }
 
 }  // namespace
@@ -449,7 +562,7 @@ int main(int argc, char** argv) {
   gflags::SetUsageMessage("moe_train --config=FILE [--steps=N] [--override='field: value']");
   gflags::ParseCommandLineFlags(&argc, &argv, true);
   MPI_Init(&argc, &argv);
-  const int rc = moe::Run(argc, argv);
+  const int rc = moe::Run(argv);
   MPI_Finalize();
   return rc;
 }

@@ -39,14 +39,38 @@ struct Line {
   }
 };
 
+std::atomic<bool> g_graceful{false};
+std::atomic<int> g_pending{0};
+
+const char* SignalName(int sig) {
+  return sig == SIGTERM ? "SIGTERM" : sig == SIGINT ? "SIGINT" : sig == SIGUSR1 ? "SIGUSR1" : "a signal";
+}
+
+// Graceful: remember the signal for the training loop, and say so once (rank 0).
+void RecordStopRequest(int sig) {
+  g_pending = sig;
+  if (g_rank.load() != 0) return;
+  Line line;
+  line.Add(g_program);
+  line.Add(": rank 0: ");
+  line.Add(SignalName(sig));
+  line.Add(" received: stopping after the current step (a second SIGTERM or SIGINT stops at once)\n");
+  ssize_t ignored = write(STDERR_FILENO, line.text, line.size);
+  (void)ignored;
+}
+
 void OnStopSignal(int sig) {
+  if (sig == SIGUSR1 || (g_graceful.load() && g_pending.load() == 0)) {
+    if (g_pending.load() == 0) RecordStopRequest(sig);
+    return;
+  }
   Line line;
   line.Add(g_program);
   line.Add(": rank ");
   line.Add(static_cast<int64_t>(g_rank.load()));
-  line.Add(sig == SIGTERM  ? ": stopped by SIGTERM "
-           : sig == SIGINT ? ": stopped by SIGINT "
-                           : ": stopped by a signal ");
+  line.Add(": stopped by ");
+  line.Add(SignalName(sig));
+  line.Add(" ");
   switch (static_cast<StopPhase>(g_phase.load())) {
     case StopPhase::kStartUp: line.Add("during start-up (before step 1)"); break;
     case StopPhase::kTraining:
@@ -76,8 +100,12 @@ void InstallStopSignalHandlers(const char* program, int rank) {
   std::memset(&sa, 0, sizeof(sa));
   sa.sa_handler = OnStopSignal;
   sigfillset(&sa.sa_mask);  // one line per rank, even if both signals arrive
-  for (int sig : {SIGTERM, SIGINT}) sigaction(sig, &sa, nullptr);
+  for (int sig : {SIGTERM, SIGINT, SIGUSR1}) sigaction(sig, &sa, nullptr);
 }
+
+void SetGracefulStop(bool on) { g_graceful = on; }
+
+int PendingStopSignal() { return g_pending.load(); }
 
 void SetStopSignalStep(int64_t step, int64_t total_steps) {
   g_total = total_steps;

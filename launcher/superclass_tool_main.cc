@@ -30,6 +30,7 @@
 #include "launcher/confusion_clustering.h"
 #include "launcher/exit_codes.h"
 #include "launcher/idx_dataset.h"
+#include "launcher/job_agreement.h"
 #include "launcher/output_files.h"
 #include "launcher/training_session.h"
 
@@ -54,18 +55,6 @@ std::vector<std::string> Split(const std::string& s, char sep) {
   return out;
 }
 
-// Ends every rank with exit `code` and `message` (printed by each failing rank) when `failed` on
-// any rank.
-void FailTogetherIf(bool failed, const std::string& message, int code) {
-  int local = failed, any = 0, rank = 0;
-  MPI_Allreduce(&local, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  if (!any) return;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  if (failed) fprintf(stderr, "superclass_tool: rank %d: %s\n", rank, message.c_str());
-  MPI_Finalize();
-  std::exit(code);
-}
-
 void Gather(const ImageDataset& d, const std::vector<int64_t>& idx, Tensor* images,
             std::vector<int>* labels) {
   const int64_t px = d.pixels_per_image();
@@ -81,6 +70,7 @@ int Run() {
   int rank = 0, world = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world);
+  SetJobProgramName("superclass_tool");
   SetBlasThreads(1);
 
   proto::TrainConfig config;
@@ -122,6 +112,7 @@ int Run() {
 
   // 1. Train the dense model on the first train_count images (the sampler never leaves them).
   MpiCommunicator comm(MPI_COMM_WORLD, config.parallel().ep_size());
+  SetJobWatchdog(&comm.watchdog());
   TrainingSession session(config, &comm, /*profiler=*/nullptr);
   BatchSampler sampler(FLAGS_train_count, config.seed());
   const int64_t b = d.batch_per_rank(), gb = session.global_batch();

@@ -6,6 +6,7 @@
 # Checks that the job spanned both nodes (each rank's log names its machine; bytes crossed the
 # bridge), that the environment reached the ranks only through run.sh's -x, that it trained (loss
 # printed, exit 0, the same loss as on one node), and prints the all-to-all phase times of both.
+# Then checkpoints on 2 nodes x 2 ranks and resumes on 1 node x 2 ranks (another EP layout).
 # Exit 77 (CTest: skipped) where network namespaces cannot be made (not root, no CAP_NET_ADMIN).
 set -euo pipefail
 source "$(dirname "$0")/common.sh" "$1" "$2"
@@ -179,17 +180,38 @@ for p in $A2A_PHASES; do
 done
 
 # 4. Checkpoint on 2 nodes, resume on 1 node x 2 ranks.
-# TODO(lead): fill in once moe_train has --checkpoint_dir=DIR --checkpoint_every=N --resume.
-# The checkpoint directory must be one path every node sees (here $WORK: the nodes share the
-# file system); run.sh makes it absolute. A sketch:
-#   launch ckpt_two 180 --hostfile "$HOSTFILE" "${CLUSTER_MPI_ARGS[@]}" -- --steps=20 \
-#       "--override=data { eval_images: 256 }" --checkpoint_dir="$WORK/ckpt" --checkpoint_every=10
-#   finish_launch   # then: RC 0, a checkpoint of step 20 (and 10) in $WORK/ckpt
-#   launch ckpt_one 180 --host "$NODE0:2" "${CLUSTER_MPI_ARGS[@]}" -- --steps=30 \
-#       "--override=data { eval_images: 256 }" --checkpoint_dir="$WORK/ckpt" --resume
-#   finish_launch   # then: RC 0, resumed at step 20 on 2 ranks, trained to step 30, a loss
+# The checkpoint directory is one path every node sees (the nodes share this machine's file
+# system, as a cluster shares /shared). 2 nodes x 2 ranks (EP 4) save every 10 steps; 1 node x 2
+# ranks (EP 2, batch 64 per rank: the same global batch of 128) resume from step 10, and steps
+# 10-19 must follow the 2-node run within the resharding tolerance of tests/e2e/checkpoint_test.sh.
 checkpoint_two_nodes_resume_one_node() {
-  echo "(checkpoint on 2 nodes / resume on 1 node: not yet, waits for the checkpoint flags)"
+  local ck="$WORK/ckpt" two one
+  launch ckpt_two 180 --hostfile "$HOSTFILE" "${CLUSTER_MPI_ARGS[@]}" -- --steps=20 \
+    "--override=data { eval_images: 256 }" --checkpoint_dir="$ck" --checkpoint_every=10
+  finish_launch
+  two="$LOGS/metrics.jsonl"
+  if [ "$RC" -ne 0 ] || [ ! -f "$ck/step-00000010/manifest.pb" ]; then
+    fail "checkpoint on 2 nodes" "exit $RC, step-00000010 complete: $(ls "$ck" 2>/dev/null | tr '\n' ' ')"
+    return
+  fi
+  launch ckpt_one 180 --host "$NODE0:2" "${CLUSTER_MPI_ARGS[@]}" -- --steps=20 \
+    "--override=data { eval_images: 256 batch_per_rank: 64 } parallel { ep_size: 2 }" \
+    --resume_from="$ck/step-00000010"
+  finish_launch
+  one="$LOGS/metrics.jsonl"
+  local worst
+  worst=$(awk 'NR == FNR { if (match($0, /^{"step": [0-9]+, "loss": [^,]+/)) {
+                 split(substr($0, 1, RLENGTH), f, /[:,] */); want[f[2]] = f[4] } next }
+               match($0, /^{"step": [0-9]+, "loss": [^,]+/) {
+                 split(substr($0, 1, RLENGTH), f, /[:,] */); n++
+                 d = (f[4] - want[f[2]]) / want[f[2]]; if (d < 0) d = -d; if (d > w) w = d }
+               END { if (n != 10) print "missing"; else printf "%.3g", w }' "$two" "$one")
+  if [ "$RC" -eq 0 ] && grep -q "resuming from $ck/step-00000010 at step 10 (written on EP 4 x DP 1, now EP 2 x DP 1)" "$OUT" &&
+     [ "$worst" != missing ] && awk -v w="$worst" 'BEGIN { exit !(w <= 1e-4) }'; then
+    pass "checkpoint on 2 nodes x 2 ranks, resumed on 1 node x 2 ranks (steps 10-19 within $worst of the 2-node run)"
+  else
+    fail "resume on 1 node" "exit $RC, worst relative loss difference '$worst'"
+  fi
 }
 checkpoint_two_nodes_resume_one_node
 
