@@ -310,7 +310,9 @@ int64_t ResumeIfAsked(Job* job) {
   bool ok = !path.empty() || FindNewestCheckpoint(FLAGS_checkpoint_dir, &path, &error);
   FailTogetherIf(!ok, error, kExitCheckpoint);
   proto::CheckpointManifest m;
+  const auto start = std::chrono::steady_clock::now();
   ok = LoadCheckpoint(path, job->config, job->session, &m, &error);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   FailTogetherIf(!ok, error, kExitCheckpoint);
   FailTogetherIf(m.step() > job->config.steps(),
                  "checkpoint error: " + path + " is at step " + std::to_string(m.step()) +
@@ -321,7 +323,7 @@ int64_t ResumeIfAsked(Job* job) {
     LOG(INFO) << "resuming from " << path << " at step " << m.step() << " (written on EP "
               << l.ep_size() << " x DP " << l.dp_size() << ", now EP "
               << job->comm->Size(GroupKind::kExpert) << " x DP " << job->comm->Size(GroupKind::kData)
-              << ")";
+              << "); rank 0 read its share in " << std::fixed << std::setprecision(3) << seconds << " s";
     LOG_IF(WARNING, m.global_batch() != job->global_batch)
         << "the checkpoint was written with a global batch of " << m.global_batch() << ", this run has "
         << job->global_batch << ": the data order and the loss scale change from here on";

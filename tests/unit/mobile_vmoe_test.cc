@@ -318,7 +318,7 @@ TEST(MobileVmoeConfig, ValidatorReportsFieldValueAndWhy) {
             std::string::npos) << Errors(c);
   c = SmallMobile();
   c.mutable_model()->mutable_moe()->set_superclass_loss_weight(-0.1f);
-  EXPECT_NE(Errors(c).find("config error: model.moe.superclass_loss_weight=-0.100000: must be >= 0"),
+  EXPECT_NE(Errors(c).find("config error: model.moe.superclass_loss_weight=-0.1: must be finite and >= 0"),
             std::string::npos) << Errors(c);
   c = SmallMobile();
   c.mutable_model()->mutable_moe()->set_superclass_file("/nonexistent/sc.txt");
@@ -340,7 +340,7 @@ TEST(MobileVmoeConfig, ValidatorReportsFieldValueAndWhy) {
             std::string::npos) << Errors(c);
   c = SmallMobile();
   c.mutable_model()->mutable_moe()->set_last_n(4);
-  EXPECT_NE(Errors(c).find("config error: model.moe.last_n=4: more MoE blocks than model.num_layers=3"),
+  EXPECT_NE(Errors(c).find("config error: model.moe.last_n=4: must be in [1, 3] (blocks of model.num_layers=3)"),
             std::string::npos) << Errors(c);
   // Unguided (learned) image routing needs no file.
   c = SmallMobile();
