@@ -22,6 +22,9 @@ constexpr int kReplyTag = 2;
 // How often a waiting rank looks for roll calls: often enough that a roll call is answered
 // within milliseconds, rarely enough that the probe costs nothing next to the collective.
 constexpr double kProbeEverySeconds = 0.005;
+// Polling without yielding for this long keeps short collectives as fast as the blocking MPI
+// calls (yielding at every poll measured 1.2-1.4x their time for 16 KiB-1 MiB all-to-alls).
+constexpr double kSpinSeconds = 0.0002;
 // At most this many other ranks' answers are printed (a 1,000-rank job's message stays readable).
 constexpr int kAnswersShown = 16;
 
@@ -93,7 +96,9 @@ void CollectiveWatchdog::Wait(const std::function<bool()>& done, const std::stri
       last_probe = now;
     }
     if (timeout_s_ > 0 && now - start > timeout_s_) TimedOut(what, now - start, before_abort);
-    sched_yield();  // ranks may outnumber cores: let the peer we wait for run
+    // A short wait is spun out; a long one yields the core, since ranks may outnumber cores and
+    // the peer we wait for may need it.
+    if (now - start > kSpinSeconds) sched_yield();
   }
   waiting_in_.clear();
 }

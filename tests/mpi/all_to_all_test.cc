@@ -197,6 +197,21 @@ TEST(MpiCommunicator, AllToAllVPairwiseAlgorithm) {
   }
 }
 
+TEST(MpiCommunicator, AllToAllVMpiAlltoallvAlgorithm) {
+  // The default is the pairwise exchange; the MPI_Ialltoallv one must move the same bytes.
+  for (int ep : EpSizesForThisWorld()) {
+    MpiCommunicator comm(MPI_COMM_WORLD, ep);
+    comm.set_all_to_all_algorithm(AllToAllAlgorithm::kAlltoallv);
+    for (GroupKind g : kGroups) {
+      for (uint32_t seed : {2u, 5u})
+        ExchangeAndVerify(
+            comm, g, [seed](int s, int d) { return BlockCount(seed, s, d); },
+            "MPI_Ialltoallv, ep_size " + std::to_string(ep));
+      ExchangeAndVerify(comm, g, [](int, int) { return int64_t{0}; }, "MPI_Ialltoallv, all zero");
+    }
+  }
+}
+
 TEST(MpiCommunicator, AllToAllVWithCountVerification) {
   for (int ep : EpSizesForThisWorld()) {
     MpiCommunicator comm(MPI_COMM_WORLD, ep);
