@@ -333,14 +333,18 @@ StepStats TrainingSession::ComputeGradients(int64_t step, const Tensor& images,
   }
   if (on_device_) SynchroniseGradientsCuda();
   else SynchroniseGradients();
-  StepStats s;
-  s.grad_norm = on_device_ ? ClipGradientsCuda() : ClipGradients();
+  const double grad_norm = on_device_ ? ClipGradientsCuda() : ClipGradients();
+  StepStats s = ReduceStepStatistics(static_cast<double>(mean_local) * b, num_correct);
+  s.grad_norm = grad_norm;
+  return s;
+}
 
+StepStats TrainingSession::ReduceStepStatistics(double loss_sum, int num_correct) {
+  StepStats s;
   // Global statistics in ONE all-reduce: [loss sum, correct, aux] then, per MoE layer,
   // [dropped, assignments, offered slots, tokens per expert...].
   const auto& layers = net_->moe_layers();
-  std::vector<double> buf = {static_cast<double>(mean_local) * b,
-                             static_cast<double>(num_correct), 0};
+  std::vector<double> buf = {loss_sum, static_cast<double>(num_correct), 0};
   for (MoeLayer* m : layers) {
     const MoeMetrics& mm = m->metrics();
     buf[2] += mm.aux_loss;

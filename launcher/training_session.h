@@ -95,6 +95,9 @@ class TrainingSession {
 
  private:
   void SetContext(bool training, int64_t step, int64_t rows);
+  // This rank's loss sum and correct count, plus every MoE layer's metrics, summed over the
+  // world in one all-reduce.
+  StepStats ReduceStepStatistics(double loss_sum, int num_correct);
   void SynchroniseGradients();
   double ClipGradients();
   // The CUDA path's halves of the above and of the optimizer step (training_session.cc).
