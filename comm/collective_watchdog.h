@@ -1,5 +1,5 @@
-// Collective watchdog: no rank waits forever for a peer that stopped answering (DESIGN.md,
-// "No hangs").
+// Collective watchdog: no rank waits forever for a peer that stopped answering (README.md,
+// "Faults: nothing hangs").
 //
 // Every collective of MpiCommunicator (and, through it, NcclCommunicator) is started
 // non-blocking and finished in CollectiveWatchdog::Wait, which polls it. If it has not completed

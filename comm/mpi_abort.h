@@ -1,6 +1,7 @@
 // Makes any glog FATAL (a failed CHECK, LOG(FATAL), MPI_CHECK) on one rank end the whole MPI job.
 // Without it the failing process calls abort() and its peers may sit forever in the next
-// collective, waiting for a rank that is gone (the "no hangs" invariant, DESIGN.md section 3).
+// collective, waiting for a rank that is gone (the "no hangs" invariant:
+// README.md, "Faults: nothing hangs").
 #pragma once
 
 namespace moe {

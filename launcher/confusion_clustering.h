@@ -1,6 +1,6 @@
-// Super-classes from confusion (Mobile V-MoE, SEEDS.md: "train the dense model, take the
-// confusion matrix on a held-out split, make a graph whose edge weights are the symmetric
-// confusions, cluster it into E groups").
+// Super-classes from confusion, for Mobile V-MoE's router guidance on a data set that has none
+// (models/moe/README.md, "Per-image routing with super-class guidance"): the dense model's
+// confusions on held-out images make a symmetric weighted graph, clustered into E groups.
 //
 //   counts[i][j]  held-out images of class i predicted as j
 //   W[i][j]       counts[i][j] / n_i + counts[j][i] / n_j  (i != j; W[i][i] = 0), n_i = images of

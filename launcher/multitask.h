@@ -1,4 +1,5 @@
-// Multi-task Fashion-MNIST for the conditional MoE family (Uni-Perceiver-MoE, SEEDS.md).
+// Multi-task Fashion-MNIST for the conditional MoE family (Uni-Perceiver-MoE;
+// models/moe/README.md, "Conditional routing").
 //
 // Every sample carries a task and a modality:
 //   task 0 "fine":   the 10 Fashion-MNIST classes, scored on logits [0, 10)

@@ -1,5 +1,6 @@
 // superclass_tool: makes a Mobile V-MoE super-class file for a data set that has none
-// (SEEDS.md "Mobile V-MoE"; the method is in launcher/confusion_clustering.h).
+// (models/moe/README.md, "Per-image routing with super-class guidance"; the method is in
+// launcher/confusion_clustering.h).
 //
 //   1. trains the DENSE model of --config (e.g. launcher/configs/vit_tiny.pbtxt) for --steps on
 //      the first --train_count training images, one process or under mpirun (TrainingSession:

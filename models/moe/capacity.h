@@ -1,4 +1,5 @@
-// Expert capacity per routing group (V-MoE, SEEDS.md "Capacity per expert" and case 1).
+// Expert capacity per routing group (V-MoE; models/moe/README.md, "Capacity and slot filling"
+// and case 1).
 #pragma once
 
 #include <cstdint>

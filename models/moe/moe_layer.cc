@@ -168,7 +168,8 @@ void MoeLayer::SetRouterInput(const Tensor& x, Layer* proj, Layer* norm) {
       break;
     }
     case RoutingRule::kPerImage: {
-      // Router input: the mean of the image's tokens (SEEDS.md: the paper leaves it open).
+      // Router input: the mean of the image's tokens (the paper leaves the choice open;
+      // models/moe/README.md, "Per-image routing with super-class guidance").
       const int64_t T = opt_.tokens_per_image, D = opt_.dim;
       R.router_in = Tensor::Zeros({R.router_rows, D});
       for (int64_t t = 0; t < R.rows; ++t) {

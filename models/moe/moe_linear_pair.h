@@ -1,6 +1,7 @@
 // MoeLinearPair: two routed linear layers that share ONE routing decision -- Uni-Perceiver-MoE's
 // MoE attention, where the qkv projection is routed and the output projection reuses its routing
-// (SEEDS.md "Conditional MoE"). The caller runs whatever sits between the two (the attention).
+// (models/moe/README.md, "Conditional routing"). The caller runs whatever sits between the two
+// (the attention).
 //
 //   first:   y1_t = sum_r g_tr (x_t W1[e_tr] + b1[e_tr])     W1 [E, in1, out1], b1 [E, out1]
 //   second:  y2_t = sum_r g_tr (h_t W2[e_tr] + b2[e_tr])     W2 [E, in2, out2], b2 [E, out2]
@@ -21,11 +22,11 @@
 // Where the experts live: on EVERY rank, as dense (replicated) parameters whose gradients are
 // all-reduced over the world -- not sharded like the FFN experts. That is what makes the merged
 // weights possible: with one decision per image, W = sum_r g_r W[e_r] (exact for linear experts,
-// SEEDS.md case 11) is built once per distinct decision and the image's rows take ONE GEMM, with
-// no dispatch and no all-to-all. Under attribute routing at evaluation an entire batch has at
-// most (tasks x modalities) distinct decisions. Per-token decisions (kToken), or merge_weights
-// off, take the per-expert path: gather each expert's rows, one GEMM per expert, gate-weighted
-// scatter. Both paths are exact; a test checks they agree.
+// models/moe/README.md, case 11) is built once per distinct decision and the image's rows take
+// ONE GEMM, with no dispatch and no all-to-all. Under attribute routing at evaluation an entire
+// batch has at most (tasks x modalities) distinct decisions. Per-token decisions (kToken), or
+// merge_weights off, take the per-expert path: gather each expert's rows, one GEMM per expert,
+// gate-weighted scatter. Both paths are exact; a test checks they agree.
 //
 // Call order per step: ForwardFirst, ForwardSecond, BackwardSecond, BackwardFirst (the router's
 // gradients from both layers are applied in BackwardFirst).

@@ -1,5 +1,5 @@
 // Routing rules beyond V-MoE's token top-k, as pure functions on one routing group (host arrays).
-// The model families of issue 4 build on these: expert choice (Zhou et al. 2022), pMoE's
+// The model families build on these: expert choice (Zhou et al. 2022), pMoE's
 // per-expert top-l patches, Mobile V-MoE's per-image routing, and conditional MoE's renormalised
 // top-k with merged expert weights. Ties always go to the lower index, as in TopKRows.
 #pragma once
@@ -15,8 +15,9 @@ namespace moe {
 void ExpertChoiceSelect(const float* scores, int64_t n, int E, int64_t capacity, int64_t* token,
                         float* gate);
 
-// pMoE gate modes (SEEDS.md): softmax over the l kept scores (the MNIST version, default), or
-// softmax over all n patches with the top-l values kept unnormalised (the WideResNet version).
+// pMoE gate modes (models/moe/README.md, "pMoE: per-expert top-l patches"): softmax over the l
+// kept scores (the MNIST version, default), or softmax over all n patches with the top-l values
+// kept unnormalised (the WideResNet version).
 enum class PatchGateMode { kSoftmaxOverKept, kSoftmaxOverAllKeepTopL };
 
 // pMoE: scores [n, E] for one image (r_{j,s} = <w_s, x_j>); expert s keeps its own top-l patches.

@@ -26,9 +26,10 @@
 //   MODALITY  kAttribute on bits {0, 1}        TASK  kAttribute on bits {2, 3}
 //   ATTRIBUTE kAttribute on all 8 bits
 // Under the attribute levels every token of an image carries the same bits, so at evaluation all
-// its tokens take the same experts and gates (SEEDS.md case 11). In training the FFN router's
-// noise is drawn per token (MoeLayer keys it on the row), so near-ties may split an image; the
-// attention pair draws one noise vector per image (one decision per image, as the paper).
+// its tokens take the same experts and gates (models/moe/README.md, case 11). In training the FFN
+// router's noise is drawn per token (MoeLayer keys it on the row), so near-ties may split an
+// image; the attention pair draws one noise vector per image (one decision per image, as the
+// paper).
 #pragma once
 
 #include <cstdint>

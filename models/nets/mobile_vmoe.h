@@ -1,7 +1,7 @@
-// Mobile V-MoE (Daxberger et al. 2023; SEEDS.md "Mobile V-MoE"): a ViT whose last L blocks
-// (placement LAST_BLOCKS, last_n = L = 2) hold MoE MLPs that route whole images (PER_IMAGE: the
-// router sees the mean of the image's tokens, every token of the image follows that decision),
-// with the router guided towards a super-class per image:
+// Mobile V-MoE (Daxberger et al. 2023; models/moe/README.md, "Per-image routing with super-class
+// guidance"): a ViT whose last L blocks (placement LAST_BLOCKS, last_n = L = 2) hold MoE MLPs
+// that route whole images (PER_IMAGE: the router sees the mean of the image's tokens, every token
+// of the image follows that decision), with the router guided towards a super-class per image:
 //   loss = CE(classes) + superclass_loss_weight * CE(router logits, super-class(label)).
 //
 // The net is the V-MoE VisionTransformer itself (same blocks, placement and MoE layer, the rule

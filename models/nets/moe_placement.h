@@ -1,4 +1,4 @@
-// Which transformer blocks hold an MoE layer (SEEDS.md case 8).
+// Which transformer blocks hold an MoE layer (models/moe/README.md, case 8).
 #pragma once
 
 #include <set>

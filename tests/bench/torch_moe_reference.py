@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """PyTorch eager reference for moe-ep's MoeLayer: the same maths, timed forward + backward.
 
-Maths (models/moe/moe_layer.h, SEEDS.md "V-MoE"), for tokens [N, D] cut into routing groups of
+Maths (models/moe/moe_layer.h; models/moe/README.md, "Token top-k with noisy gate and Batch
+Prioritized Routing"), for tokens [N, D] cut into routing groups of
 G tokens:
   router    logits = x W_r (W_r [D, E], no bias); in training + N(0, (noise_scale/E)^2) per
             (token, expert); probs = softmax(logits); top-k experts per token
@@ -22,7 +23,7 @@ Timing: CUDA events around each iteration after warm-up; the median over --iters
 Without CUDA the script exits with a message (status 0) unless --device cpu is given, which runs
 on the CPU with wall-clock timing (for checking the script on tiny shapes).
 
-Example (the lent H100):
+Example (on a GPU machine, sizes for an H100/H200):
   python3 tests/bench/torch_moe_reference.py --tokens 16384 --dim 768 --hidden 3072 \
       --experts 8,32,64 --top_k 1,2 --cf 1.25 --iters 20
 """
@@ -61,8 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
                    help="compare eager and bmm outputs/gradients once per config")
     p.add_argument("--selftest", action="store_true",
-                   help="only check the vectorised maths against SEEDS.md case 2 and a per-token "
-                        "Python loop in float64 (tiny shapes, any device), then exit")
+                   help="only check the vectorised maths against case 2 of models/moe/README.md "
+                        "and a per-token Python loop in float64 (tiny shapes, any device), then "
+                        "exit")
     args = p.parse_args(argv)
     args.experts = parse_int_list(args.experts)
     args.top_k = parse_int_list(args.top_k)
@@ -272,7 +274,9 @@ def naive_moe(x, params, num_experts, k, group_tokens, cf, noise):
 
 def selftest(torch, device):
     ok = True
-    # SEEDS.md case 2: gates [[.4,0,.2],[.5,.1,.4],[.3,.2,.6]], k=2, C=2 (vanilla fill).
+    # Case 2 of models/moe/README.md ("Hand-made test cases"; the messages below call the cases
+    # "SEEDS case N", same numbering): gates [[.4,0,.2],[.5,.1,.4],[.3,.2,.6]], k=2, C=2 (vanilla
+    # fill).
     gates = torch.tensor([[.4, 0., .2], [.5, .1, .4], [.3, .2, .6]], device=device)
     _, top_e = torch.topk(gates, 2, dim=-1)
     e_order, pos = assign_slots(torch, top_e, 3, 3)

@@ -379,7 +379,7 @@ TEST(MoeKernels, AssignSlotsMatchesCpu) {
   }
 }
 
-// SEEDS.md cases 2 and 3 on the device: vanilla and BPR fill of the 3-token example.
+// Cases 2 and 3 of models/moe/README.md on the device: vanilla and BPR fill of the 3-token example.
 TEST(MoeKernels, SeedsCases2And3OnDevice) {
   SKIP_WITHOUT_GPU();
   const std::vector<float> probs = {.4f, 0.f, .2f, .5f, .1f, .4f, .3f, .2f, .6f};

@@ -1,5 +1,6 @@
-// EP invariance of the conditional MoE family (DESIGN.md section 3): multi-task training on the
-// MPI world (EP = ep_size, DP = world / ep_size) equals one rank on the whole global batch --
+// EP invariance of the conditional MoE family (README.md, "Invariants the tests hold the code
+// to"): multi-task training on the MPI world (EP = ep_size, DP = world / ep_size) equals one rank
+// on the whole global batch --
 // same losses, expert loads and gradients at every step (the shared harness,
 // ep_invariance_util.h, fed with the trainer's multi-task batches).
 #include <cstdio>

@@ -1,6 +1,7 @@
-// EP invariance (DESIGN.md section 3), reusable by every family's test: a training step on the
-// MPI world (EP = ep_size, DP = world / ep_size) computes what 1 rank computes on the same global
-// batch (the same routing groups): the same loss, routing, drops and gradients. Each rank runs
+// EP invariance (README.md, "Invariants the tests hold the code to"), reusable by every
+// family's test: a training step on the MPI world (EP = ep_size, DP = world / ep_size) computes
+// what 1 rank computes on the same global batch (the same routing groups): the same loss,
+// routing, drops and gradients. Each rank runs
 // the distributed job and, beside it, replays the whole global batch alone (SelfCommunicator),
 // then compares what it holds: every dense parameter and its own experts.
 //

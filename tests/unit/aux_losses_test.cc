@@ -1,6 +1,6 @@
 // Auxiliary losses (models/moe/aux_losses) and the softmax backward: a hand-computed load loss,
 // the importance loss's independence from the noise, and finite-difference checks of every
-// gradient. (The SEEDS.md values of cases 4-6 are in routing_cases_test.cc.)
+// gradient. (Cases 4-6 of models/moe/README.md are in routing_cases_test.cc.)
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -143,7 +143,7 @@ TEST(ImportanceLoss, IdenticalUnderAnyNoiseDraw) {
       noisy_importance_differs = true;
   }
   EXPECT_TRUE(noisy_importance_differs);
-  // SEEDS.md case 4's gates taken as the clean probabilities give 0.03875 whatever the noise.
+  // Case 4's gates (models/moe/README.md) as the clean probabilities: 0.03875 whatever the noise.
   const std::vector<float> g = {.5f, .4f, .1f, .3f, .3f, .4f, .1f, .2f, .7f, .8f, .2f, 0.f};
   EXPECT_NEAR(ImportanceLoss(g.data(), 4, 3, 1.f, nullptr), 0.03875, 1e-6);
 }

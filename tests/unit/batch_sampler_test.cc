@@ -42,8 +42,8 @@ TEST(BatchSampler, SeedChangesTheOrder) {
   EXPECT_NE(a.Slice(0, 10, 0, 10), b.Slice(0, 10, 0, 10));
 }
 
-// SEEDS.md case 8: 12 blocks, Every-2 -> {1,3,5,7,9,11}; Last-2 -> {9,11}; conditional even
-// placement -> {0,2,...,10}.
+// Case 8 (models/moe/README.md): 12 blocks, Every-2 -> {1,3,5,7,9,11}; Last-2 -> {9,11};
+// conditional even placement -> {0,2,...,10}.
 TEST(Placement, SeedCase8) {
   proto::ModelConfig m;
   m.set_num_layers(12);

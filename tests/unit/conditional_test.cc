@@ -1,7 +1,7 @@
-// The conditional MoE family (Uni-Perceiver-MoE): SEEDS.md case 11 through the net (equal
-// attribute vectors give equal experts and gates, top-2 gates sum to 1), the routing levels'
-// attribute masks, merged expert weights against the per-expert path, finite-difference checks
-// of the routed linear pair and of the whole net (attribute routers included), and the
+// The conditional MoE family (Uni-Perceiver-MoE): case 11 of models/moe/README.md through the
+// net (equal attribute vectors give equal experts and gates, top-2 gates sum to 1), the routing
+// levels' attribute masks, merged expert weights against the per-expert path, finite-difference
+// checks of the routed linear pair and of the whole net (attribute routers included), and the
 // multi-task data: index-based task/modality assignment, the second view, the super-class map.
 #include <gtest/gtest.h>
 

@@ -1,7 +1,7 @@
-// Mobile V-MoE (models/nets/mobile_vmoe.h) on one rank (SelfCommunicator): SEEDS.md case 10
-// through the whole net, the super-class loss value (on one MoE layer, by hand) and its gradient
-// (through the net, by finite differences), the super-class file parser's errors, the config
-// validator, and the shipped config against its dense baseline.
+// Mobile V-MoE (models/nets/mobile_vmoe.h) on one rank (SelfCommunicator): case 10 of
+// models/moe/README.md through the whole net, the super-class loss value (on one MoE layer, by
+// hand) and its gradient (through the net, by finite differences), the super-class file parser's
+// errors, the config validator, and the shipped config against its dense baseline.
 #include "models/nets/mobile_vmoe.h"
 
 #include <gtest/gtest.h>
@@ -116,8 +116,8 @@ TEST(MobileVmoe, BuildsTheLastBlocksAsPerImageMoe) {
   EXPECT_EQ(mobile->batch_superclasses(), (std::vector<int>{3, 0, 2, 1}));
 }
 
-// SEEDS.md case 10 through the net: in both MoE layers, every token of an image has the same
-// experts and the same gates (k = 1, the paper's setting, and k = 2, its tie).
+// Case 10 (models/moe/README.md) through the net: in both MoE layers, every token of an image has
+// the same experts and the same gates (k = 1, the paper's setting, and k = 2, its tie).
 TEST(MobileVmoe, Case10EveryTokenOfAnImageSharesExpertsAndGates) {
   for (int k : {1, 2}) {
     SelfCommunicator comm;

@@ -42,8 +42,8 @@ MoeStepContext EvalContext() {
   return ctx;
 }
 
-// Expert choice, SEEDS.md case 7 through the layer: with identity features and a router that
-// makes softmax(x W) equal case 2's gates' order, each expert takes its top-C tokens.
+// Expert choice, case 7 of models/moe/README.md through the layer: with identity features and a
+// router that makes softmax(x W) equal case 2's gates' order, each expert takes its top-C tokens.
 TEST(MoeRules, ExpertChoiceTakesTopCPerExpert) {
   SelfCommunicator comm;
   MoeLayerOptions o;

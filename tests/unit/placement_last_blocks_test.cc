@@ -1,5 +1,5 @@
 // LAST_BLOCKS placement (Mobile V-MoE: the last L blocks, consecutive, odd or even), next to the
-// V-MoE placements it must not disturb (SEEDS.md case 8 is in batch_sampler_test.cc).
+// V-MoE placements it must not disturb (models/moe/README.md case 8 is in batch_sampler_test.cc).
 #include <gtest/gtest.h>
 
 #include "models/nets/moe_placement.h"

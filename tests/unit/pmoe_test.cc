@@ -1,5 +1,5 @@
 // Family "pmoe" (models/nets/patch_cnn.h): the Patchify layer, pMoE's routing through the MoE
-// layer the net builds (SEEDS.md case 9, hand-made), the net's own guarantees (an unchosen patch
+// layer the net builds (models/moe/README.md, case 9), the net's own guarantees (an unchosen patch
 // contributes nothing to the logits; the two-phase recipe freezes the routers and makes gates 1),
 // finite-difference gradients of the whole net, the FLOPs count and the config validator.
 // One process (SelfCommunicator); tests/mpi/ep_invariance_pmoe_test.cc covers the ranks.
@@ -109,7 +109,8 @@ Parameter* Find(const std::vector<Parameter*>& ps, const std::string& name) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// SEEDS case 9 through the MoE layer exactly as the net configures it (PmoeMoeOptions).
+// Case 9 (models/moe/README.md) through the MoE layer exactly as the net configures it
+// (PmoeMoeOptions).
 
 TEST(PmoeRouting, HandSetRouterPicksEachExpertsTopL) {
   // n = 4 patches (4x4 image, p = 2), D = 3, E = 3 experts, l = 2, two images in one group.

@@ -1,5 +1,5 @@
 // Routing building blocks (models/moe): capacity, softmax, top-k, slot assignment, and the
-// SEEDS.md "Cases every implementation must pass" 1-6 written out exactly as the sheet states them.
+// hand-made cases 1-6 of models/moe/README.md ("Hand-made test cases"), exactly as stated there.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -17,7 +17,7 @@ namespace moe {
 namespace {
 
 // ---------------------------------------------------------------------------------------------
-// SEEDS.md case 1: capacity, c=1, E=4, k=1, N=8: 2 with round, 4 with ceil-to-multiple-of-4.
+// Case 1: capacity, c=1, E=4, k=1, N=8: 2 with round, 4 with ceil-to-multiple-of-4.
 // c=1.05: round 2, ceil 3.
 TEST(SeedsCase1, Capacity) {
   EXPECT_EQ(CapacityPerExpert(1, 8, 1.0, 4, CapacityRounding::kRound), 2);
@@ -60,7 +60,7 @@ TEST(Capacity, RoundingModesAndFloatNoise) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// SEEDS.md cases 2 and 3 share this input; the gates ARE the router probabilities.
+// Cases 2 and 3 share this input; the gates ARE the router probabilities.
 const std::vector<float> kCase2Gates = {.4f, 0.f, .2f,  //
                                         .5f, .1f, .4f,  //
                                         .3f, .2f, .6f};

@@ -1,5 +1,6 @@
-// SEEDS.md cases 7, 9, 10 and 11: expert choice, pMoE's per-expert top-l patches, Mobile V-MoE's
-// per-image routing, conditional MoE's renormalised top-2 and merged expert weights.
+// Cases 7, 9, 10 and 11 of models/moe/README.md: expert choice, pMoE's per-expert top-l patches,
+// Mobile V-MoE's per-image routing, conditional MoE's renormalised top-2 and merged expert
+// weights.
 #include <gtest/gtest.h>
 
 #include <cmath>
