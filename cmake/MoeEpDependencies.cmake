@@ -20,7 +20,7 @@ if(MOE_EP_WITH_CUDA)
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
     if(NOT CMAKE_CUDA_ARCHITECTURES)
-      set(CMAKE_CUDA_ARCHITECTURES 90)   # H100/H200, the lent machines
+      set(CMAKE_CUDA_ARCHITECTURES 90)   # H100/H200 (Hopper)
     endif()
     enable_language(CUDA)
     find_package(CUDAToolkit REQUIRED)

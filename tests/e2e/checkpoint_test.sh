@@ -90,8 +90,10 @@ timeout --kill-after=10 120 mpirun "${MPIRUN_FLAGS[@]}" -np 4 "$TRAIN" "${common
   --override="$BASE steps: 400" --checkpoint_dir="$SIG" >"$WORK/sigterm.out" 2>&1 &
 job=$!
 until grep -qE "step ([3-9]|[1-9][0-9]+)/400" "$WORK/sigterm.out" 2>/dev/null; do sleep 0.2; done
+# Signal mpirun itself, once: `timeout` would pass a SIGTERM to mpirun and to its own process
+# group, i.e. twice, and a second SIGTERM makes mpirun kill the ranks at once.
 t0=$(date +%s.%N)
-kill -TERM "$job"
+kill -TERM "$(pgrep -P "$job" -x mpirun)"
 set +e; wait "$job"; sig_rc=$?; set -e
 sig_s=$(seconds_since "$t0")
 OUT="$WORK/sigterm.out"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds moe-ep for the lent H100/H200 (sm_90, Release) into build-gpu/ and assembles a bundle
+# Builds moe-ep for H100/H200 GPUs (sm_90, Release) into build-gpu/ and assembles a bundle
 # that runs there without installing anything (that machine reaches no package registry):
 #
 #   build-gpu-bundle/            the bundle, unpacked (checked here; ~100 MiB, too big to carry)
@@ -14,7 +14,7 @@
 #     ompi/usr/                  Open MPI 4.1 (mpirun, MCA plug-ins, help files) and PMIx,
 #                                unpacked from Debian's .deb files; relocated through OPAL_PREFIX
 #     data/fashion-mnist/        the Fashion-MNIST .gz files (BUNDLE_DATA=all|t10k|none)
-#   build-gpu-carry/moe_gpu_bundle.tar.xz   the same, compressed: what a GPU session carries
+#   build-gpu-carry/moe_gpu_bundle.tar.xz   the same, compressed: what goes to the GPU machine
 #
 # CUDA runtime, cuBLAS and NCCL are NOT bundled (hundreds of MiB): tests/gpu/verify.sh finds the
 # GPU machine's own (CUDA 13 toolkit there, or the nvidia-* Python packages of its PyTorch).

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# What the lent GPU machine has, in one short run (~1 min, no build): the first call of a GPU
-# session. Writes everything to $OUT/probe.txt (and prints it), so later sessions need not spend
-# device time on it: record the answers in tests/gpu/README.md.
-#   device tool: run(command="bash tests/gpu/probe.sh", timeout_s=180)
+# What a GPU machine has, in one short run (~1 min, no build): driver, CUDA, glibc, MPI, NCCL,
+# PyTorch, libraries. Writes everything to $OUT/probe.txt (and prints it); record the answers in
+# tests/gpu/README.md so the next verification on that machine need not probe again.
+#   OUT=/tmp/probe_out bash tests/gpu/probe.sh
 # Never changes the GPU's settings: nvidia-smi is only queried.
 set -u
 OUT="${OUT:-/tmp/probe_out}"

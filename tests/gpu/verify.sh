@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs ON THE LENT GPU MACHINE, with the bundle that tests/gpu/make_bundle.sh made here carried:
-#   run(command="bash tests/gpu/verify.sh", carry=["build-gpu-carry"], timeout_s=540)
+# Runs ON THE GPU MACHINE, from a copy of the checkout with the bundle that tests/gpu/make_bundle.sh
+# made on the build machine (build-gpu-carry/) beside it:
+#   OUT=/tmp/verify_out bash tests/gpu/verify.sh
 # It unpacks build-gpu-carry/moe_gpu_bundle.tar.xz (or uses build-gpu-bundle/ when that travelled
 # instead), sets the environment from the bundle, checks glibc / driver / library compatibility,
 # then runs, each step under `timeout` and carrying on after failures:
