@@ -59,7 +59,7 @@ fi
 train resumed 4 'steps: 20' --resume_from="$CK/step-00000010" --metrics_out="$WORK/resumed.jsonl"
 if [ "$RC" -ne 0 ]; then fail resumed "exit $RC"
 elif ! grep -q "resuming from $CK/step-00000010 at step 10" "$OUT"; then fail resumed "no resume line"
-elif [ "$(losses "$WORK/resumed.jsonl" | head -1 | cut -d' ' -f1)" != 10 ]; then
+elif [ "$(losses "$WORK/resumed.jsonl" | awk 'NR == 1 { print $1 }')" != 10 ]; then
   fail resumed "first step after resume is not 10"
 elif same_losses resumed_bit_for_bit "$WORK/straight.jsonl" "$WORK/resumed.jsonl" 10 19; then
   pass "resumed at step 10 on the same layout: steps 10-19 bit for bit"

@@ -125,7 +125,7 @@ placement=""
 for r in 0 1 2 3; do
   f=$(compgen -G "$LOGS/moe_train.rank$r.*" | head -n 1 || true)
   h=""
-  if [ -n "$f" ]; then h=$(sed -n 's/^Running on machine: //p' "$f" | head -n 1); fi
+  if [ -n "$f" ]; then h=$(sed -n 's/^Running on machine: //p' "$f" | awk 'NR == 1'); fi
   grep -q "rank $r of 4:" "${f:-/dev/null}" 2>/dev/null || h="${h:-?}(no 'rank $r of 4' line)"
   placement+="$r:${h:-?} "
 done

@@ -14,7 +14,7 @@ if [ "$RC" -ne 0 ]; then fail conditional_exit "exit $RC"; finish; exit 1; fi
 pass conditional_exit
 n_steps=$(grep -c '"loss"' "$WORK/metrics.jsonl" || true)
 [ "$n_steps" -eq "$STEPS" ] && pass metrics_per_step || fail metrics_per_step "$n_steps step lines"
-first=$(grep '"loss"' "$WORK/metrics.jsonl" | head -n 8 | sed -E 's/.*"loss": ([^,]*),.*/\1/' | awk '{s+=$1} END {print s/NR}')
+first=$(grep '"loss"' "$WORK/metrics.jsonl" | awk 'NR <= 8' | sed -E 's/.*"loss": ([^,]*),.*/\1/' | awk '{s+=$1} END {print s/NR}')
 last=$(grep '"loss"' "$WORK/metrics.jsonl" | tail -n 8 | sed -E 's/.*"loss": ([^,]*),.*/\1/' | awk '{s+=$1} END {print s/NR}')
 awk -v a="$first" -v b="$last" 'BEGIN {exit !(b < 0.85 * a)}' && pass "loss_falls ($first -> $last)" \
   || fail loss_falls "first $first last $last"

@@ -19,7 +19,7 @@ grep -qE "\"layer_dropped_fraction\": \[$num, $num, $num, $num\]" "$WORK/metrics
   && pass four_moe_layers || fail four_moe_layers "no 4-element per-layer dropped list"
 # Mean loss of the first 5 steps against the last 5: training must make progress.
 loss() { sed -E 's/.*"loss": ([^,]*),.*/\1/' | awk '{s+=$1} END {print s/NR}'; }
-first=$(grep '"loss"' "$WORK/metrics.jsonl" | head -n 5 | loss)
+first=$(grep '"loss"' "$WORK/metrics.jsonl" | awk 'NR <= 5' | loss)
 last=$(grep '"loss"' "$WORK/metrics.jsonl" | tail -n 5 | loss)
 awk -v a="$first" -v b="$last" 'BEGIN {exit !(b < 0.8 * a)}' && pass "loss_falls ($first -> $last)" \
   || fail loss_falls "first $first last $last"

@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # pMoE end to end on 4 ranks (EP=4): 40 steps of pmoe_tiny must lower the loss and report
-# FLOPs and a final accuracy; the two-phase recipe must switch to frozen routers and hard gates
-# at its router_phase_steps and keep training; the dense CNN baseline must train too.
+# FLOPs and a final accuracy; the two-phase recipe must train its routers alone, switch to frozen
+# routers and hard gates at its router_phase_steps and train fresh experts; the dense CNN
+# baseline must train too.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 STEPS=40
 COMMON_OVERRIDE="steps: $STEPS log_every: 10 optimizer { warmup_steps: 5 } data { eval_images: 512 }"
 
-# mean_loss FILE FIRST|LAST: the mean loss of the first or last 10 step lines.
+# mean_loss FILE FIRST|LAST: the mean loss of the first or last 10 step lines. (awk reads all of
+# its input: `grep | head` would die of SIGPIPE under pipefail whenever head exits first.)
 mean_loss() {
-  local pick=head; [ "$2" = LAST ] && pick=tail
-  grep '"loss"' "$1" | $pick -n 10 | sed -E 's/.*"loss": ([^,]*),.*/\1/' | awk '{s+=$1} END {print s/NR}'
+  grep '"loss"' "$1" | sed -E 's/.*"loss": ([^,]*),.*/\1/' |
+    awk -v pick="$2" '{ v[NR] = $1 } END { lo = pick == "LAST" ? NR - 9 : 1
+                                          for (i = lo; i < lo + 10; i++) s += v[i]; print s / 10 }'
 }
 
 for job in pmoe_tiny pmoe_two_phase cnn_tiny; do
   override="$COMMON_OVERRIDE"
-  [ "$job" = pmoe_two_phase ] && override="$override model { pmoe { router_phase_steps: 20 } }"
+  # Two-phase: 10 router-only steps, then 30 for the fresh experts and head, which start from
+  # scratch at the switch, so the loss must fall within those 30 steps of a decaying lr.
+  [ "$job" = pmoe_two_phase ] && override="$override model { pmoe { router_phase_steps: 10 } }"
   run_job "$job" 600 -np 4 "$TRAIN" --config="$SRC_DIR/launcher/configs/$job.pbtxt" \
     --log_dir="$WORK/logs_$job" --metrics_out="$WORK/$job.jsonl" --override="$override"
   if [ "$RC" -ne 0 ]; then fail "${job}_exit" "exit $RC"; continue; fi
