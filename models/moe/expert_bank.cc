@@ -10,8 +10,8 @@
 namespace moe {
 
 ExpertBank::ExpertBank(const std::string& name, int dim, int hidden, int first_global_expert,
-                       int num_local, uint64_t seed)
-    : dim_(dim), hidden_(hidden), num_local_(num_local) {
+                       int num_local, uint64_t seed, Activation activation)
+    : dim_(dim), hidden_(hidden), num_local_(num_local), activation_(activation) {
   CHECK_GT(dim, 0);
   CHECK_GT(hidden, 0);
   CHECK_GE(num_local, 1);
@@ -26,6 +26,24 @@ ExpertBank::ExpertBank(const std::string& name, int dim, int hidden, int first_g
     ex.b2 = MakeParameter(name + ".b2", {dim}, InitKind::kZeros, 0.f, seed, e);
     experts_.push_back(std::move(ex));
   }
+}
+
+void ExpertBank::ActivationForward(const float* pre, float* act, int64_t n) const {
+  if (activation_ == Activation::kGelu) {
+    GeluForward(pre, act, n);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) act[i] = pre[i] > 0.f ? pre[i] : 0.f;
+}
+
+void ExpertBank::ActivationBackward(const float* pre, float* d_act, int64_t n) const {
+  if (activation_ == Activation::kGelu) {
+    GeluBackward(pre, d_act, d_act, n);
+    return;
+  }
+  // ReLU's derivative at exactly 0 is taken as 0 (the subgradient PyTorch and TF use).
+  for (int64_t i = 0; i < n; ++i)
+    if (!(pre[i] > 0.f)) d_act[i] = 0.f;
 }
 
 std::vector<Parameter*> ExpertBank::Parameters() {
@@ -80,7 +98,7 @@ Tensor ExpertBank::Forward(const Tensor& input, const std::vector<int64_t>& rows
       std::copy(ex.b1.value.data(), ex.b1.value.data() + hidden_, hp + i * hidden_);
     SgemmPacked(false, false, m, hidden_, dim_, 1.f, input.data() + row * dim_, ex.w1.value.data(),
                 1.f, hp);
-    GeluForward(hp, ha, m * hidden_);
+    ActivationForward(hp, ha, m * hidden_);
     for (int64_t i = 0; i < m; ++i)
       std::copy(ex.b2.value.data(), ex.b2.value.data() + dim_, y + i * dim_);
     SgemmPacked(false, false, m, dim_, hidden_, 1.f, ha, ex.w2.value.data(), 1.f, y);
@@ -113,7 +131,7 @@ Tensor ExpertBank::Backward(const Tensor& d_output) {
     for (int64_t i = 0; i < m; ++i)
       for (int j = 0; j < dim_; ++j) db2[j] += dy[i * dim_ + j];
     SgemmPacked(false, true, m, hidden_, dim_, 1.f, dy, ex.w2.value.data(), 0.f, dh);
-    GeluBackward(hp, dh, dh, m * hidden_);  // in place: dH_pre = gelu'(H_pre) * dH
+    ActivationBackward(hp, dh, m * hidden_);  // in place: dH_pre = act'(H_pre) * dH
     // First layer.
     SgemmPacked(true, false, dim_, hidden_, m, 1.f, x, dh, 1.f, ex.w1.grad.data());
     float* db1 = ex.b1.grad.data();

@@ -1,5 +1,5 @@
 // ExpertBank: the experts this rank owns (E_local = E / ep_size of them), each a two-layer MLP
-// D -> H -> D with exact GELU. Inputs arrive expert-major: expert l's rows are contiguous, so each
+// D -> H -> D with exact GELU (every family's default) or ReLU (pMoE's CNN experts). Inputs arrive expert-major: expert l's rows are contiguous, so each
 // expert weight is applied with ONE GEMM over every row it received from every rank and group.
 #pragma once
 
@@ -8,6 +8,7 @@
 
 #include "core/parameter.h"
 #include "core/tensor.h"
+#include "models/moe/moe_layer.h"
 
 namespace moe {
 
@@ -15,8 +16,9 @@ class ExpertBank {
  public:
   // Owns global experts [first_global_expert, first_global_expert + num_local).
   // Initial values depend on (seed, name, global expert id) only, never on the sharding.
+  using Activation = MoeLayerOptions::Activation;
   ExpertBank(const std::string& name, int dim, int hidden, int first_global_expert,
-             int num_local, uint64_t seed);
+             int num_local, uint64_t seed, Activation activation = Activation::kGelu);
 
   // rows_per_expert[l] rows of `input` (expert-major, [sum rows, D]) go through expert l.
   // Returns [sum rows, D]; caches what Backward needs.
@@ -33,12 +35,17 @@ class ExpertBank {
   int num_local() const { return num_local_; }
   int dim() const { return dim_; }
   int hidden() const { return hidden_; }
+  Activation activation() const { return activation_; }
 
  private:
   struct Expert {
     Parameter w1, b1, w2, b2;
   };
   int dim_, hidden_, num_local_;
+  Activation activation_;
+  // act(pre) into act, and d(pre) = act'(pre) * d(act) in place of d_act (host arrays of n).
+  void ActivationForward(const float* pre, float* act, int64_t n) const;
+  void ActivationBackward(const float* pre, float* d_act, int64_t n) const;
   std::vector<Expert> experts_;
   // Forward caches (expert-major, same row order as the input).
   Tensor input_, hidden_pre_, hidden_act_;

@@ -1,5 +1,5 @@
-// ExpertBank on device tensors: the same two-layer GELU MLP per local expert as expert_bank.cc,
-// with cuBLAS GEMMs and the CUDA GELU / bias kernels, all enqueued on the stream the MoE layer set
+// ExpertBank on device tensors: the same two-layer MLP (GELU or ReLU) per local expert as
+// expert_bank.cc, with cuBLAS GEMMs and the CUDA GELU / ReLU / bias kernels, all enqueued on the stream the MoE layer set
 // (set_cuda_stream). Compiled only with the CUDA path (MOE_EP_HAS_CUDA); plain C++ calling the
 // kernels of core/kernels/cuda, so it lives with the layer it belongs to and needs no nvcc.
 //
@@ -61,7 +61,8 @@ Tensor ExpertBank::ForwardCuda(const Tensor& input, const std::vector<int64_t>& 
     CudaSgemm(false, false, m, hidden_, dim_, 1.f, input.data() + row * dim_, dim_,
               ex.w1.value.data(), hidden_, 0.f, hp, hidden_, s);
     BiasAddRowsCuda(hp, ex.b1.value.data(), m, hidden_, s);
-    GeluForwardCuda(hp, ha, m * hidden_, s);
+    if (activation_ == Activation::kRelu) ReluForwardCuda(hp, ha, m * hidden_, s);
+    else GeluForwardCuda(hp, ha, m * hidden_, s);
     CudaSgemm(false, false, m, dim_, hidden_, 1.f, ha, hidden_, ex.w2.value.data(), dim_, 0.f, y,
               dim_, s);
     BiasAddRowsCuda(y, ex.b2.value.data(), m, dim_, s);
@@ -95,7 +96,9 @@ Tensor ExpertBank::BackwardCuda(const Tensor& d_output) {
     ColumnSumAccumulateCuda(dy, m, dim_, ex.b2.grad.data(), s);
     CudaSgemm(false, true, m, hidden_, dim_, 1.f, dy, dim_, ex.w2.value.data(), dim_, 0.f, dh,
               hidden_, s);
-    GeluBackwardCuda(hp, dh, dh, m * hidden_, s);  // in place: dH_pre = gelu'(H_pre) * dH
+    // In place: dH_pre = act'(H_pre) * dH.
+    if (activation_ == Activation::kRelu) ReluBackwardCuda(hp, dh, dh, m * hidden_, s);
+    else GeluBackwardCuda(hp, dh, dh, m * hidden_, s);
     // First layer.
     CudaSgemm(true, false, dim_, hidden_, m, 1.f, x, dim_, dh, hidden_, 1.f, ex.w1.grad.data(),
               hidden_, s);

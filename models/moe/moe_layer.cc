@@ -39,7 +39,8 @@ MoeLayer::MoeLayer(const std::string& name, const MoeLayerOptions& options, Comm
   router_ = MakeParameter(name + ".router.w", {opt_.dim, opt_.num_experts}, InitKind::kNormal,
                           0.02f, seed);
   experts_ = std::make_unique<ExpertBank>(name + ".expert", opt_.dim, opt_.hidden,
-                                          ep_rank_ * experts_per_rank_, experts_per_rank_, seed);
+                                          ep_rank_ * experts_per_rank_, experts_per_rank_, seed,
+                                          opt_.expert_activation);
   const bool per_image = opt_.rule == RoutingRule::kPatchTopL || opt_.rule == RoutingRule::kPerImage;
   if (per_image) {
     CHECK_GT(opt_.tokens_per_image, 0) << name << ": " << RoutingRuleName(opt_.rule)

@@ -84,6 +84,10 @@ struct MoeLayerOptions {
   // kPerImage: weight of CE(clean router logits, super-class label) (Mobile V-MoE: 0.3);
   // super-class ids index experts, so they must lie in [0, num_experts).
   float superclass_weight = 0.f;
+  // The experts' nonlinearity between fc1 and fc2 (ExpertBank): exact GELU, as ViT's MLP, for
+  // every family but pMoE, whose two-layer CNN experts use ReLU (PmoeMoeOptions).
+  enum class Activation { kGelu, kRelu };
+  Activation expert_activation = Activation::kGelu;
 };
 
 // What changes every step; set before Forward.

@@ -2,6 +2,8 @@
 
 #include <glog/logging.h>
 
+#include <algorithm>
+
 #include "models/layers/linear.h"
 #include "models/layers/mean_pool.h"
 #include "models/layers/mlp.h"
@@ -25,8 +27,28 @@ MoeLayerOptions PmoeMoeOptions(const proto::ModelConfig& model) {
   MoeLayerOptions o = MoeOptionsFromConfig(model, model.hidden_dim(), PmoeExpertHidden(model),
                                            PmoePatchesPerImage(model));
   o.top_k = 1;  // unused by PATCH_TOP_L (a patch goes to 0..E experts); 1 keeps the layer's check
+  o.expert_activation = model.pmoe().expert_activation() == proto::PmoeConfig::GELU
+                            ? MoeLayerOptions::Activation::kGelu
+                            : MoeLayerOptions::Activation::kRelu;
   return o;
 }
+
+namespace {
+
+// The router phase's fixed readout [E, C] (patch_cnn.h): expert s serves class c when
+// s = c (mod min(E, C)); column c averages its experts' pooled scores, so every class has at
+// least one router voting for it and every router votes for at least one class.
+void SetRouterReadout(Parameter* w, int experts, int classes) {
+  const int period = std::min(experts, classes);
+  for (int c = 0; c < classes; ++c) {
+    int serving = 0;
+    for (int s = 0; s < experts; ++s) serving += (s % period == c % period);
+    for (int s = 0; s < experts; ++s)
+      w->value.at(s * classes + c) = s % period == c % period ? 1.f / serving : 0.f;
+  }
+}
+
+}  // namespace
 
 PatchCnn::PatchCnn(const proto::ModelConfig& config, Communicator* comm, uint64_t seed)
     : config_(config) {
@@ -41,34 +63,46 @@ PatchCnn::PatchCnn(const proto::ModelConfig& config, Communicator* comm, uint64_
     moe_layers_.push_back(moe_.get());
     for (Parameter* p : moe_->Parameters())
       if (p->name.rfind("moe.router", 0) == 0) routers_.push_back(p);
-    CHECK(!routers_.empty()) << "pmoe: the MoE layer exposes no router parameter";
+    CHECK_EQ(routers_.size(), 1u) << "pmoe: expected the MoE layer's one router weight [D, E]";
   } else {
     mlp_ = std::make_unique<Mlp>("mlp", D, config.pmoe().conv_channels(), seed);
   }
   pool_ = std::make_unique<MeanPoolTokens>(tokens_);
   head_ = std::make_unique<Linear>("head", D, config.num_classes(), seed);
-  // Zero router steps: the routers stay at their initial values from the start.
-  if (moe_ && config.pmoe().recipe() == proto::PmoeConfig::ROUTER_THEN_EXPERTS &&
-      config.pmoe().router_phase_steps() <= 0)
-    SetExpertsPhase(true);
+  if (moe_ && config.pmoe().recipe() == proto::PmoeConfig::ROUTER_THEN_EXPERTS) {
+    const int E = moe_->options().num_experts;
+    router_view_ = std::make_unique<Linear>("router_view", D, E, seed, /*bias=*/false);
+    readout_ = std::make_unique<Linear>("router_readout", E, config.num_classes(), seed,
+                                        /*bias=*/false);
+    SetRouterReadout(readout_->weight(), E, config.num_classes());
+    // Zero router steps: the routers stay at their initial values from the start.
+    SetPhase(config.pmoe().router_phase_steps() > 0 ? Phase::kRouters : Phase::kExperts);
+  }
 }
 
 PatchCnn::~PatchCnn() = default;
 
-void PatchCnn::SetExpertsPhase(bool on) {
-  if (on == experts_phase_) return;
-  experts_phase_ = on;
-  for (Parameter* p : routers_) p->frozen = on;
-  moe_->set_hard_gates(on);
-  LOG(INFO) << "pmoe: " << (on ? "experts-only phase: routers frozen, hard gates"
-                               : "joint phase: routers trainable, soft gates");
+void PatchCnn::SetPhase(Phase phase) {
+  if (phase == phase_) return;
+  phase_ = phase;
+  const bool routers_phase = phase == Phase::kRouters;
+  for (Parameter* p : Parameters()) p->frozen = routers_phase;  // only the routers learn
+  for (Parameter* p : routers_) p->frozen = !routers_phase;
+  // What the routers see stays fixed in both phases (patch_cnn.h).
+  for (Parameter* p : embed_->Parameters()) p->frozen = true;
+  moe_->set_hard_gates(phase == Phase::kExperts);
+  LOG(INFO) << "pmoe: "
+            << (routers_phase ? "router phase: only the routers train, on their own loss "
+                                "(pooled scores, fixed expert-to-class readout)"
+                              : "experts-only phase: routers frozen, hard gates; fresh experts "
+                                "and head train, embed stays frozen");
 }
 
 void PatchCnn::SetMoeContext(const MoeStepContext& ctx) {
   // Only a training step moves the phase: the trainer evaluates with step 0, which must not
-  // send a model trained past the router phase back to soft gates.
-  if (moe_ && ctx.training && config_.pmoe().recipe() == proto::PmoeConfig::ROUTER_THEN_EXPERTS)
-    SetExpertsPhase(ctx.step >= config_.pmoe().router_phase_steps());
+  // send a model trained past the router phase back to the router phase.
+  if (ctx.training && phase_ != Phase::kJoint)
+    SetPhase(ctx.step < config_.pmoe().router_phase_steps() ? Phase::kRouters : Phase::kExperts);
   Net::SetMoeContext(ctx);
 }
 
@@ -79,21 +113,46 @@ void PatchCnn::MoveTo(Device d) {
   if (mlp_) mlp_->MoveTo(d);
   pool_->MoveTo(d);
   head_->MoveTo(d);
+  // The view's weight is re-bound to the router before each use, so its own buffers only need
+  // to be somewhere; the readout's values must follow the net.
+  if (router_view_) router_view_->MoveTo(d);
+  if (readout_) readout_->MoveTo(d);
+}
+
+Tensor PatchCnn::RouterPhaseForward(const Tensor& h) {
+  // Shallow copies: the view computes with, and accumulates into, the router's own tensors.
+  Parameter* w = router_view_->weight();
+  w->value = routers_[0]->value;
+  w->grad = routers_[0]->grad;
+  // The scores are linear in the patch, so the mean of the n scores r_{j,s} is the score of the
+  // mean patch: pool first, then one [B, D] x [D, E] GEMM.
+  return readout_->Forward(router_view_->Forward(pool_->Forward(h)));
+}
+
+void PatchCnn::RouterPhaseBackward(const Tensor& dlogits) {
+  router_view_->Backward(readout_->Backward(dlogits));  // d(pooled h) unused: embed is frozen
+  readout_->weight()->grad.Zero();  // the fixed readout's gradient is never used
 }
 
 Tensor PatchCnn::Forward(const Tensor& images) {
   Tensor h = embed_->Forward(patchify_->Forward(images));
+  if (phase_ == Phase::kRouters) return RouterPhaseForward(h);
   // Per-patch outputs: sum_s gate * E_s(x_j) (0 for patches no expert kept), or the dense Mlp.
   Tensor y = moe_ ? moe_->Forward(h) : mlp_->Forward(h);
   return head_->Forward(pool_->Forward(y));
 }
 
 void PatchCnn::Backward(const Tensor& dlogits) {
+  if (phase_ == Phase::kRouters) {
+    RouterPhaseBackward(dlogits);
+    return;
+  }
   Tensor dy = pool_->Backward(head_->Backward(dlogits));
   Tensor dh = moe_ ? moe_->Backward(dy) : mlp_->Backward(dy);
-  // embed's weight grads come from its Backward; d(images) is not needed, so Patchify's
-  // Backward (a permutation) is skipped.
-  embed_->Backward(dh);
+  // embed's weight grads come from its Backward (skipped while it is frozen, so that its grad
+  // stays 0 and out of the clipping norm); d(images) is not needed, so Patchify's Backward (a
+  // permutation) is skipped.
+  if (!embed_->weight()->frozen) embed_->Backward(dh);
 }
 
 double PatchCnn::FlopsPerImage() const {

@@ -21,9 +21,9 @@
 // hard gates). The router sees embed(x_j), an affine map of the pixels, so r_{j,s} = <w_s, x_j>
 // up to a bias common to the expert's patches (which does not change its top-l nor its softmax).
 //
-// Departures, all documented choices: the experts use exact GELU (the shared ExpertBank; the
-// paper has ReLU), and the dense baseline's Mlp too, so both sides share the nonlinearity; and a
-// shared embed sits before the routers and experts (it also lets D be chosen freely).
+// Experts use ReLU as in the paper (pmoe.expert_activation, default RELU; GELU is the option
+// that matches the dense baseline's Mlp, which stays GELU). A shared embed sits before the
+// routers and experts (it also lets D be chosen freely).
 //
 // Widths: m = pmoe.conv_channels is the dense CNN's number of filters; each expert gets
 // moe.expert_hidden_dim filters, or m / E when that is 0 (the paper's split of m neurons over k
@@ -31,11 +31,29 @@
 // E * l patch rows of width m / E instead of n rows of width m. model.mlp_dim, num_heads and
 // num_layers are not used.
 //
-// Recipes (pmoe.recipe): JOINT trains routers and experts together. ROUTER_THEN_EXPERTS trains
-// jointly for the first pmoe.router_phase_steps steps, then freezes the routers
-// (Parameter::frozen) and switches the MoE layer to hard gates (a kept patch weighs 1), so only
-// the experts, embed and head learn. The switch happens in SetMoeContext, from the training
-// step; evaluation contexts (whose step is not the training step) keep the current phase.
+// Recipes (pmoe.recipe). JOINT trains routers, experts, embed and head together.
+// ROUTER_THEN_EXPERTS is the paper's separate training, as its released MNIST code does it:
+//  * Router phase (training steps < pmoe.router_phase_steps): only the routers learn, with their
+//    own loss. The released code makes the routers a linear classifier: every router's scores
+//    are averaged over all n patches of the image, m_s = (1/n) sum_j r_{j,s}, a FIXED readout
+//    (+16 for class +1's router, -16 for class -1's) gives the output, and the loss is the linear
+//    loss -y f. Multi-class here: expert s serves the classes c with s = c (mod min(E, C)), the
+//    fixed readout gives z_c = mean over c's experts of m_s, and Forward returns z as the logits,
+//    so the trainer's softmax cross-entropy is the routers' loss (the multi-class counterpart of
+//    the linear loss, which is unbounded and would only grow the routers' scale). Each router
+//    learns to score its classes' patches above the others'. Experts, embed and head are frozen
+//    and untouched, so the experts of the next phase start fresh, as in the paper.
+//  * Experts phase: routers frozen, hard gates (a kept patch weighs 1, the router gets no
+//    gradient), and fresh experts and head train on the routed patches.
+//  What the routers see is frozen too: embed keeps its initial values for the whole recipe, so
+//  a router's score is a fixed linear function of the raw patch, <W_e w_s, x_j> (embed's bias
+//  starts at 0), exactly the paper's bias-free linear router on pixels; since W_e [P, D] has
+//  rank P when D >= P, that reparameterisation loses nothing, and the experts' fc1 on top of
+//  the fixed W_e still realises any first-layer conv. Were embed to train in the experts
+//  phase, the frozen routers would score drifting features and the selected patches would move.
+//  Frozen parameters get no gradient (their backward is skipped), so they do not count in the
+//  clipping norm. The phase follows the training step in SetMoeContext; evaluation contexts
+//  (whose step is not the training step) keep the current phase.
 #pragma once
 
 #include <memory>
@@ -74,12 +92,17 @@ class PatchCnn : public Net {
   void SetMoeContext(const MoeStepContext& ctx) override;
 
   int64_t tokens_per_image() const { return tokens_; }
+  enum class Phase { kJoint, kRouters, kExperts };
+  Phase phase() const { return phase_; }
   // True once ROUTER_THEN_EXPERTS has frozen the routers and turned hard gates on.
-  bool experts_phase() const { return experts_phase_; }
+  bool experts_phase() const { return phase_ == Phase::kExperts; }
   MoeLayer* moe() { return moe_.get(); }
 
  private:
-  void SetExpertsPhase(bool on);
+  void SetPhase(Phase phase);
+  // The router phase's forward: z = readout(router(mean over patches of h)), see above.
+  Tensor RouterPhaseForward(const Tensor& h);
+  void RouterPhaseBackward(const Tensor& dlogits);
 
   proto::ModelConfig config_;
   int64_t tokens_;
@@ -89,8 +112,13 @@ class PatchCnn : public Net {
   std::unique_ptr<Mlp> mlp_;       // dense baseline
   std::unique_ptr<MeanPoolTokens> pool_;
   std::unique_ptr<Linear> head_;
-  std::vector<Parameter*> routers_;  // what ROUTER_THEN_EXPERTS freezes
-  bool experts_phase_ = false;
+  std::vector<Parameter*> routers_;  // the MoE layer's router weights
+  // Router phase: a bias-free Linear whose weight is re-bound to the router's value and grad
+  // before each use (so both phases train the same tensor on either device), and the fixed
+  // expert-to-class readout [E, num_classes] (not a Parameter: it never trains).
+  std::unique_ptr<Linear> router_view_;
+  std::unique_ptr<Linear> readout_;
+  Phase phase_ = Phase::kJoint;
 };
 
 }  // namespace moe

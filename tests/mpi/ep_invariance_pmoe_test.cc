@@ -1,7 +1,10 @@
 // EP invariance of pMoE (family "pmoe", PATCH_TOP_L routing): training on 4 ranks as EP=4 or
 // EP=2 x DP=2 equals one rank replaying the global batch, for both recipes. The two-phase run
-// switches to frozen routers and hard gates at step 2 of the harness's 5, so the switch itself
-// is covered. pMoE fills every expert slot by construction: nothing is dropped.
+// trains the routers alone on their own loss (no MoE layer, no all-to-all; the router weight is
+// dense, so it is all-reduced over the world) in steps 0-1 of the harness's 5, then switches to
+// frozen routers and embedding, hard gates and fresh experts, so both phases and the switch are
+// covered, with ReLU experts (pMoE's default) and with GELU. pMoE fills every expert slot by
+// construction: nothing is dropped.
 #include "models/nets/patch_cnn.h"
 #include "tests/mpi/ep_invariance_util.h"
 
@@ -42,6 +45,11 @@ void TwoPhase(proto::TrainConfig* c) {
   c->mutable_model()->mutable_pmoe()->set_router_phase_steps(2);
 }
 
+void TwoPhaseGelu(proto::TrainConfig* c) {
+  TwoPhase(c);
+  c->mutable_model()->mutable_pmoe()->set_expert_activation(proto::PmoeConfig::GELU);
+}
+
 void GateOverAll(proto::TrainConfig* c) {
   c->mutable_model()->mutable_moe()->set_patch_gate_over_all(true);
 }
@@ -50,6 +58,7 @@ TEST(EpInvariancePmoe, Ep4Joint) { ExpectEpInvariance(4, nullptr, SmallPmoe, fal
 TEST(EpInvariancePmoe, Ep2Dp2Joint) { ExpectEpInvariance(2, nullptr, SmallPmoe, false); }
 TEST(EpInvariancePmoe, Ep4TwoPhase) { ExpectEpInvariance(4, TwoPhase, SmallPmoe, false); }
 TEST(EpInvariancePmoe, Ep2Dp2TwoPhase) { ExpectEpInvariance(2, TwoPhase, SmallPmoe, false); }
+TEST(EpInvariancePmoe, Ep4TwoPhaseGelu) { ExpectEpInvariance(4, TwoPhaseGelu, SmallPmoe, false); }
 TEST(EpInvariancePmoe, Ep4GateOverAll) { ExpectEpInvariance(4, GateOverAll, SmallPmoe, false); }
 
 }  // namespace

@@ -1,7 +1,9 @@
 // Family "pmoe" (models/nets/patch_cnn.h): the Patchify layer, pMoE's routing through the MoE
 // layer the net builds (models/moe/README.md, case 9), the net's own guarantees (an unchosen patch
-// contributes nothing to the logits; the two-phase recipe freezes the routers and makes gates 1),
-// finite-difference gradients of the whole net, the FLOPs count and the config validator.
+// contributes nothing to the logits; the two-phase recipe trains the routers alone on their own
+// loss, then freezes them and what they see and makes gates 1, so the selected patches stay put),
+// finite-difference gradients of the whole net and of the ReLU expert, the FLOPs count and the
+// config validator.
 // One process (SelfCommunicator); tests/mpi/ep_invariance_pmoe_test.cc covers the ranks.
 #include <gtest/gtest.h>
 
@@ -14,6 +16,7 @@
 #include "core/optim/adamw.h"
 #include "launcher/config.h"
 #include "models/layers/patchify.h"
+#include "models/moe/expert_bank.h"
 #include "models/nets/families.h"
 #include "models/nets/patch_cnn.h"
 #include "tests/unit/grad_check.h"
@@ -232,26 +235,31 @@ struct NetCase {
   bool use_moe = true;
   bool hard_phase = false;  // ROUTER_THEN_EXPERTS, past the router phase
   bool gate_over_all = false;
+  bool router_phase = false;  // ROUTER_THEN_EXPERTS, in the router phase
 };
 
 class PmoeNetGradTest : public ::testing::TestWithParam<NetCase> {};
 
-// Objective <logits, probe>; analytic gradients of every parameter (embed, routers, experts or
-// the dense Mlp, head) against central differences, on 4 images of 8x8 (n = 4 patches of 4x4).
+// Objective <logits, probe>; analytic gradients of every trainable parameter (embed, routers,
+// experts or the dense Mlp, head, as the recipe's phase leaves them) against central differences,
+// on 4 images of 8x8 (n = 4 patches of 4x4); frozen parameters must get no gradient at all. The
+// experts use GELU here (smooth everywhere); ReluExpert below checks ReLU away from its kink.
 TEST_P(PmoeNetGradTest, MatchesFiniteDifferences) {
   const NetCase c = GetParam();
   proto::ModelConfig model = SmallModel(8, 4, 6, 2, 2, 8, 3);
   model.set_use_moe(c.use_moe);
   model.mutable_moe()->set_patch_gate_over_all(c.gate_over_all);
-  if (c.hard_phase) {
+  model.mutable_pmoe()->set_expert_activation(proto::PmoeConfig::GELU);
+  if (c.hard_phase || c.router_phase) {
     model.mutable_pmoe()->set_recipe(proto::PmoeConfig::ROUTER_THEN_EXPERTS);
-    model.mutable_pmoe()->set_router_phase_steps(1);
+    model.mutable_pmoe()->set_router_phase_steps(c.router_phase ? 10 : 1);
   }
   SelfCommunicator comm;
   PatchCnn net(model, &comm, 5);
   if (c.use_moe) SpreadRouter(&net, 40.f);
   net.SetMoeContext(Context(true, /*step=*/3, /*groups=*/2));
   ASSERT_EQ(net.experts_phase(), c.hard_phase);
+  ASSERT_EQ(net.phase() == PatchCnn::Phase::kRouters, c.router_phase);
   Tensor x = Images(4, 64, 7);
   const Tensor probe = RandomTensor({4, 3}, 8);
   auto objective = [&]() { return testing::Dot(net.Forward(x), probe); };
@@ -264,78 +272,219 @@ TEST_P(PmoeNetGradTest, MatchesFiniteDifferences) {
   GradCheckOptions opt;
   opt.step = 2e-3f;
   opt.abs_floor = 5e-3;
-  for (size_t i = 0; i < params.size(); ++i)
-    ExpectGradientsMatch(std::string(c.name) + "." + params[i]->name + "#" +
-                             std::to_string(params[i]->global_expert_id),
-                         &params[i]->value, grads[i], objective, opt);
-  if (c.hard_phase) {
-    const Parameter* r = Find(params, "moe.router.w");
-    ASSERT_NE(r, nullptr);
-    for (int64_t i = 0; i < r->grad.numel(); ++i) EXPECT_EQ(r->grad.at(i), 0.f);
+  int checked = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const std::string label = std::string(c.name) + "." + params[i]->name + "#" +
+                              std::to_string(params[i]->global_expert_id);
+    if (params[i]->frozen) {
+      for (int64_t j = 0; j < grads[i].numel(); ++j) ASSERT_EQ(grads[i].at(j), 0.f) << label;
+      continue;
+    }
+    ExpectGradientsMatch(label, &params[i]->value, grads[i], objective, opt);
+    ++checked;
   }
+  // Router phase: the routers alone; experts phase: all but the router and embed's w and b.
+  EXPECT_EQ(checked, c.router_phase ? 1 : static_cast<int>(params.size()) - (c.hard_phase ? 3 : 0));
 }
 
 INSTANTIATE_TEST_SUITE_P(Pmoe, PmoeNetGradTest,
                          ::testing::Values(NetCase{"pmoe_joint"},
                                            NetCase{"pmoe_gate_over_all", true, false, true},
                                            NetCase{"pmoe_hard_gates", true, true},
+                                           NetCase{"pmoe_router_phase", true, false, false, true},
                                            NetCase{"dense_cnn", false}),
                          [](const ::testing::TestParamInfo<NetCase>& info) {
                            return std::string(info.param.name);
                          });
 
-// ROUTER_THEN_EXPERTS: joint for router_phase_steps training steps, then routers frozen and
-// gates 1; an evaluation context (step 0) does not undo the switch; AdamW leaves the routers be.
-TEST(PmoeNet, TwoPhaseSwitchFreezesRoutersAndMakesGatesOne) {
+// ROUTER_THEN_EXPERTS, router phase (models/nets/patch_cnn.h): the logits are the fixed
+// expert-to-class readout of each router's score averaged over the image's patches. E = 4,
+// C = 10: expert s serves the classes c = s (mod 4), one expert per class, so z_c = m_{c mod 4}.
+TEST(PmoeTwoPhase, RouterPhaseLogitsAreTheReadoutOfPooledRouterScores) {
+  proto::ModelConfig model = SmallModel(28, 7, 8, 4, 3, 16, 10);
+  model.mutable_pmoe()->set_recipe(proto::PmoeConfig::ROUTER_THEN_EXPERTS);
+  model.mutable_pmoe()->set_router_phase_steps(5);
+  SelfCommunicator comm;
+  PatchCnn net(model, &comm, 13);
+  const std::vector<Parameter*> params = net.Parameters();
+  Parameter* w = Find(params, "embed.w");
+  Parameter* b = Find(params, "embed.b");
+  Parameter* r = Find(params, "moe.router.w");
+  ASSERT_TRUE(w != nullptr && b != nullptr && r != nullptr);
+  for (int64_t i = 0; i < b->value.numel(); ++i) b->value.at(i) = 0.1f * (i % 3);  // a bias too
+  net.SetMoeContext(Context(true, 0, 1));
+  ASSERT_EQ(net.phase(), PatchCnn::Phase::kRouters);
+  const Tensor x = Images(3, 784, 51);
+  const Tensor z = net.Forward(x).Clone();
+  ASSERT_EQ(z.dim(0), 3);
+  ASSERT_EQ(z.dim(1), 10);
+  Patchify patchify(28, 1, 7);
+  const Tensor patches = patchify.Forward(x);  // [3 * 16, 49]
+  const int P = 49, D = 8, E = 4, n = 16;
+  for (int img = 0; img < 3; ++img) {
+    std::vector<double> score(E, 0.0);  // m_s = (1/n) sum_j <w_s, embed(x_j)>
+    for (int j = 0; j < n; ++j)
+      for (int d = 0; d < D; ++d) {
+        double h = b->value.at(d);
+        for (int p = 0; p < P; ++p) h += patches.at((img * n + j) * P + p) * w->value.at(p * D + d);
+        for (int s = 0; s < E; ++s) score[s] += h * r->value.at(d * E + s) / n;
+      }
+    for (int c = 0; c < 10; ++c)
+      EXPECT_NEAR(z.at(img * 10 + c), score[c % E], 1e-5) << "image " << img << " class " << c;
+  }
+}
+
+std::map<std::string, Tensor> Snapshot(const std::vector<Parameter*>& ps) {
+  std::map<std::string, Tensor> m;
+  for (Parameter* p : ps) m[p->name + "#" + std::to_string(p->global_expert_id)] = p->value.Clone();
+  return m;
+}
+
+// Which parameters a step moved, by kind: "router", "embed", "head", "expert".
+std::set<std::string> MovedKinds(const std::vector<Parameter*>& ps,
+                                 const std::map<std::string, Tensor>& before) {
+  std::set<std::string> kinds;
+  for (Parameter* p : ps) {
+    const Tensor& old = before.at(p->name + "#" + std::to_string(p->global_expert_id));
+    bool moved = false;
+    for (int64_t i = 0; i < old.numel() && !moved; ++i) moved = old.at(i) != p->value.at(i);
+    if (!moved) continue;
+    if (p->is_expert()) kinds.insert("expert");
+    else kinds.insert(p->name.substr(0, p->name.find('.')) == "moe" ? "router"
+                                                                     : p->name.substr(0, p->name.find('.')));
+  }
+  return kinds;
+}
+
+// The paper's separate training: for router_phase_steps steps AdamW moves the routers alone; then
+// routers and embed are frozen, gates are 1, experts and head learn, and the patches each expert
+// keeps of a fixed input stay the same whatever the experts and head do. An evaluation context
+// (step 0) does not undo the switch.
+TEST(PmoeTwoPhase, RoutersAloneThenFreshExpertsOnFixedPatches) {
   proto::ModelConfig model = SmallModel(28, 7, 8, 4, 3, 16, 10);
   model.mutable_pmoe()->set_recipe(proto::PmoeConfig::ROUTER_THEN_EXPERTS);
   model.mutable_pmoe()->set_router_phase_steps(3);
   SelfCommunicator comm;
   PatchCnn net(model, &comm, 9);
-  SpreadRouter(&net, 10.f);
   const std::vector<Parameter*> params = net.Parameters();
   Parameter* router = Find(params, "moe.router.w");
-  Parameter* w1 = nullptr;
-  for (Parameter* p : params)
-    if (p->is_expert() && w1 == nullptr) w1 = p;
   ASSERT_NE(router, nullptr);
-  ASSERT_NE(w1, nullptr);
   AdamWConfig ac;
-  ac.lr = 0.01f;
+  ac.lr = 0.05f;  // large, so that a drifting input of the routers would show at once
   AdamW opt(ac);
-  const Tensor x = Images(4, 784, 41);
-  const Tensor probe = RandomTensor({4, 10}, 42);
-  for (int step = 0; step < 6; ++step) {
+  const Tensor x = Images(4, 784, 41), fixed = Images(2, 784, 43);
+  const std::vector<int> labels = {3, 1, 4, 1};
+  std::set<std::pair<int64_t, int>> selected;
+  for (int step = 0; step < 9; ++step) {
     const bool phase2 = step >= 3;
     net.SetMoeContext(Context(true, step, 2));
-    EXPECT_EQ(net.experts_phase(), phase2) << "step " << step;
+    ASSERT_EQ(net.phase(), phase2 ? PatchCnn::Phase::kExperts : PatchCnn::Phase::kRouters);
     EXPECT_EQ(router->frozen, phase2) << "step " << step;
+    EXPECT_TRUE(Find(params, "embed.w")->frozen) << "step " << step;
     EXPECT_EQ(net.moe()->options().hard_gates, phase2) << "step " << step;
     for (Parameter* p : params) p->grad.Zero();
-    net.Forward(x);
-    // Gates: a softmax per (image, expert) in the joint phase, exactly 1 afterwards.
-    std::map<std::pair<int64_t, int>, double> sum;
-    for (const auto& [k, g] : Kept(*net.moe())) {
-      sum[{k.first / 16, k.second}] += g;
-      if (phase2) EXPECT_EQ(g, 1.f) << "step " << step;
-      else EXPECT_LT(g, 1.f) << "step " << step;
+    const Tensor logits = net.Forward(x);
+    // d(mean CE) / d(logits), so that every phase sees the trainer's loss.
+    Tensor dlogits({4, 10});
+    for (int i = 0; i < 4; ++i) {
+      double mx = -1e30, sum = 0;
+      for (int c = 0; c < 10; ++c) mx = std::max<double>(mx, logits.at(i * 10 + c));
+      for (int c = 0; c < 10; ++c) sum += std::exp(logits.at(i * 10 + c) - mx);
+      for (int c = 0; c < 10; ++c)
+        dlogits.at(i * 10 + c) = static_cast<float>(
+            (std::exp(logits.at(i * 10 + c) - mx) / sum - (c == labels[i])) / 4);
     }
-    EXPECT_EQ(sum.size(), 4u * 4u);  // every (image, expert) pair kept some patches
-    for (const auto& [k, s] : sum) EXPECT_NEAR(s, phase2 ? 3.0 : 1.0, 1e-5) << "step " << step;
-    net.Backward(probe);
-    const Tensor r0 = router->value.Clone(), w0 = w1->value.Clone();
+    if (phase2)
+      for (const auto& [k, g] : Kept(*net.moe())) EXPECT_EQ(g, 1.f) << "step " << step;
+    net.Backward(dlogits);
+    const auto before = Snapshot(params);
     opt.Step(params, ac.lr);
-    double dr = 0, dw = 0;
-    for (int64_t i = 0; i < r0.numel(); ++i) dr += std::abs(router->value.at(i) - r0.at(i));
-    for (int64_t i = 0; i < w0.numel(); ++i) dw += std::abs(w1->value.at(i) - w0.at(i));
-    if (phase2) EXPECT_EQ(dr, 0.0) << "step " << step << ": a frozen router moved";
-    else EXPECT_GT(dr, 0.0) << "step " << step;
-    EXPECT_GT(dw, 0.0) << "step " << step << ": the experts must keep learning";
+    const std::set<std::string> want =
+        phase2 ? std::set<std::string>{"expert", "head"} : std::set<std::string>{"router"};
+    EXPECT_EQ(MovedKinds(params, before), want) << "step " << step;
+    if (!phase2) continue;
+    net.SetMoeContext(Context(false, 0, 1));  // the trainer's evaluation context
+    EXPECT_TRUE(net.experts_phase());
+    net.Forward(fixed);
+    const auto now = Pairs(Kept(*net.moe()));
+    EXPECT_EQ(now.size(), 2u * 4u * 3u);  // 2 images x E = 4 experts x l = 3
+    if (step == 3) selected = now;
+    EXPECT_EQ(now, selected) << "step " << step << ": the selected patches moved";
   }
-  net.SetMoeContext(Context(false, 0, 2));  // the trainer's evaluation context
-  EXPECT_TRUE(net.experts_phase());
-  EXPECT_TRUE(net.moe()->options().hard_gates);
-  EXPECT_TRUE(router->frozen);
+}
+
+// pMoE's experts are ReLU by default; every other family keeps GELU.
+TEST(PmoeNet, ExpertActivationIsReluByDefaultGeluOnRequest) {
+  proto::ModelConfig model = SmallModel(28, 7, 8, 4, 3, 16, 10);
+  EXPECT_EQ(PmoeMoeOptions(model).expert_activation, MoeLayerOptions::Activation::kRelu);
+  model.mutable_pmoe()->set_expert_activation(proto::PmoeConfig::GELU);
+  EXPECT_EQ(PmoeMoeOptions(model).expert_activation, MoeLayerOptions::Activation::kGelu);
+  EXPECT_EQ(MoeLayerOptions().expert_activation, MoeLayerOptions::Activation::kGelu);
+}
+
+// The ReLU expert against central differences. ReLU has a kink at 0, where a difference quotient
+// straddling it is meaningless, so each hidden unit's bias is chosen to keep every pre-activation
+// at least kMargin away from 0, far beyond what one step of h moves it.
+TEST(ReluExpert, MatchesFiniteDifferencesAwayFromTheKink) {
+  const int D = 5, H = 7;
+  const std::vector<int64_t> rows = {3, 4};
+  ExpertBank bank("relu", D, H, 0, 2, 17, MoeLayerOptions::Activation::kRelu);
+  Tensor x = RandomTensor({7, D}, 61);
+  const std::vector<Parameter*> ps = bank.Parameters();  // w1, b1, w2, b2 per expert
+  constexpr double kMargin = 0.1;
+  int64_t row0 = 0;
+  for (int l = 0; l < 2; ++l) {
+    Parameter* w1 = ps[4 * l];
+    Parameter* b1 = ps[4 * l + 1];
+    for (int u = 0; u < H; ++u) {
+      std::vector<double> pre;
+      for (int64_t i = row0; i < row0 + rows[l]; ++i) {
+        double v = 0;
+        for (int d = 0; d < D; ++d) v += x.at(i * D + d) * w1->value.at(d * H + u);
+        pre.push_back(v);
+      }
+      double best = 0, best_gap = -1;  // the bias in [-1, 1] farthest from every kink
+      for (int k = -100; k <= 100; ++k) {
+        double gap = 1e9;
+        for (double v : pre) gap = std::min(gap, std::abs(v + 0.01 * k));
+        if (gap > best_gap) best_gap = gap, best = 0.01 * k;
+      }
+      ASSERT_GT(best_gap, kMargin) << "expert " << l << " unit " << u;
+      b1->value.at(u) = static_cast<float>(best);
+    }
+    row0 += rows[l];
+  }
+  const Tensor probe = RandomTensor({7, D}, 62);
+  auto objective = [&]() { return testing::Dot(bank.Forward(x, rows), probe); };
+  for (Parameter* p : ps) p->grad.Zero();
+  const Tensor y = bank.Forward(x, rows);
+  // Forward of row 0 by hand: W2 relu(W1 x + b1) + b2.
+  for (int o = 0; o < D; ++o) {
+    double v = ps[3]->value.at(o);
+    for (int u = 0; u < H; ++u) {
+      double pre = ps[1]->value.at(u);
+      for (int d = 0; d < D; ++d) pre += x.at(d) * ps[0]->value.at(d * H + u);
+      v += std::max(pre, 0.0) * ps[2]->value.at(u * D + o);
+    }
+    EXPECT_NEAR(y.at(o), v, 1e-5) << "output " << o;
+  }
+  const Tensor dx = bank.Backward(probe).Clone();
+  // One step of h moves a pre-activation by h |x_d| (a weight), h |w| (an input) or h (a bias):
+  // all below kMargin, so no difference quotient crosses a kink.
+  GradCheckOptions opt;
+  opt.step = 1e-2f;
+  double largest = 1;
+  for (int64_t i = 0; i < x.numel(); ++i) largest = std::max<double>(largest, std::abs(x.at(i)));
+  for (int l = 0; l < 2; ++l)
+    for (int64_t i = 0; i < ps[4 * l]->value.numel(); ++i)
+      largest = std::max<double>(largest, std::abs(ps[4 * l]->value.at(i)));
+  ASSERT_LT(opt.step * largest, kMargin);
+  ExpectGradientsMatch("relu.dx", &x, dx, objective, opt);
+  for (Parameter* p : ps) {
+    const Tensor g = p->grad.Clone();
+    ExpectGradientsMatch("relu." + p->name + "#" + std::to_string(p->global_expert_id), &p->value,
+                         g, objective, opt);
+  }
 }
 
 TEST(PmoeNet, ParametersAreListedOnceAndMoveTo) {

@@ -66,6 +66,23 @@ __global__ void __launch_bounds__(kThreads)
   if (tid < tail) dxt[tid] = GeluGradF(xt[tid], dyt[tid]);
 }
 
+__global__ void __launch_bounds__(kThreads) ReluForwardKernel(const float* x, float* y, int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += stride) {
+    y[i] = fmaxf(x[i], 0.f);
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    ReluBackwardKernel(const float* x, const float* dy, float* dx, int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += stride) {
+    dx[i] = x[i] > 0.f ? dy[i] : 0.f;
+  }
+}
+
 bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 int BlocksFor(int64_t work) {
@@ -101,6 +118,19 @@ void GeluBackwardCuda(const float* x, const float* dy, float* dx, int64_t n,
   } else {
     GeluBackwardScalar<<<BlocksFor(n), kThreads, 0, stream>>>(x, dy, dx, n);
   }
+  CUDA_CHECK_LAUNCH();
+}
+
+void ReluForwardCuda(const float* x, float* y, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  ReluForwardKernel<<<BlocksFor(n), kThreads, 0, stream>>>(x, y, n);
+  CUDA_CHECK_LAUNCH();
+}
+
+void ReluBackwardCuda(const float* x, const float* dy, float* dx, int64_t n,
+                      cudaStream_t stream) {
+  if (n <= 0) return;
+  ReluBackwardKernel<<<BlocksFor(n), kThreads, 0, stream>>>(x, dy, dx, n);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -19,4 +19,11 @@ void GeluForwardCuda(const float* x, float* y, int64_t n, cudaStream_t stream = 
 void GeluBackwardCuda(const float* x, const float* dy, float* dx, int64_t n,
                       cudaStream_t stream = nullptr);
 
+// ReLU, for pMoE's experts: y[i] = max(x[i], 0); dx[i] = dy[i] where x[i] > 0, else 0 (the
+// derivative at exactly 0 is taken as 0, as on the host). Scalar grid-stride kernels: ReLU is
+// memory-bound and runs on the experts' hidden activations only. x and y, dy and dx may alias.
+void ReluForwardCuda(const float* x, float* y, int64_t n, cudaStream_t stream = nullptr);
+void ReluBackwardCuda(const float* x, const float* dy, float* dx, int64_t n,
+                      cudaStream_t stream = nullptr);
+
 }  // namespace moe
