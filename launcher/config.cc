@@ -185,6 +185,7 @@ void ValidateMoeRanges(const proto::MoeConfig& moe, Checker* k) {
         {"load_loss_weight", moe.load_loss_weight()},
         {"switch_loss_weight", moe.switch_loss_weight()},
         {"z_loss_weight", moe.z_loss_weight()},
+        {"balance_sq_loss_weight", moe.balance_sq_loss_weight()},
         {"superclass_loss_weight", moe.superclass_loss_weight()}})
     k->Finite(std::string("model.moe.") + name, w, 0, false);
   k->AtLeast("model.moe.group_size_images", moe.group_size_images(), 1);
@@ -219,6 +220,34 @@ void ValidateMoeFit(const proto::TrainConfig& c, Checker* k) {
   if (m.num_layers() < 2)
     k->Bad("model.num_layers", std::to_string(m.num_layers()),
            "MoE blocks are the odd blocks: need >= 2");
+}
+
+// Shazeer's learned noise and seed 004's balance loss (models/moe/README.md, "Token top-k"):
+// where the layer defines them, and not on the CUDA path, whose device router has neither.
+void ValidateGenericTopK(const proto::TrainConfig& c, Checker* k) {
+  const auto& moe = c.model().moe();
+  const bool learned = moe.router_noise() == proto::MoeConfig::LEARNED_SOFTPLUS;
+  const std::string noise = "LEARNED_SOFTPLUS";
+  if (learned && (moe.routing() != proto::MoeConfig::TOKEN_TOP_K ||
+                  c.model().family() == "conditional"))
+    k->Bad("model.moe.router_noise", noise,
+           "learned softplus noise is for the token top-k rule only (model.moe.routing: "
+           "TOKEN_TOP_K, not the conditional family)");
+  if (learned && moe.load_loss_weight() > 0)
+    k->Bad("model.moe.load_loss_weight", Checker::Num(moe.load_loss_weight()),
+           "the load loss assumes the FIXED noise std; set it to 0 with router_noise: "
+           "LEARNED_SOFTPLUS");
+  const bool expert_side = moe.routing() == proto::MoeConfig::EXPERT_CHOICE ||
+                           moe.routing() == proto::MoeConfig::PATCH_TOP_L;
+  if (moe.balance_sq_loss_weight() > 0 && expert_side)
+    k->Bad("model.moe.balance_sq_loss_weight", Checker::Num(moe.balance_sq_loss_weight()),
+           "reads k gates per row: token-side rules only (TOKEN_TOP_K, ATTRIBUTE, PER_IMAGE)");
+  if (c.device() != "cuda") return;
+  if (learned)
+    k->Bad("model.moe.router_noise", noise, "not supported on the CUDA path yet (device: \"cuda\")");
+  if (moe.balance_sq_loss_weight() > 0)
+    k->Bad("model.moe.balance_sq_loss_weight", Checker::Num(moe.balance_sq_loss_weight()),
+           "not supported on the CUDA path yet (device: \"cuda\")");
 }
 
 // The family sections' ranges (the family validators add the cross-field checks of the family
@@ -264,6 +293,7 @@ std::vector<std::string> ValidateTrainConfig(const proto::TrainConfig& c, int wo
   ValidateMoeRanges(c.model().moe(), &k);
   ValidateFamilyRanges(c.model(), &k);
   if (c.model().use_moe()) ValidateMoeFit(c, &k);
+  if (c.model().use_moe()) ValidateGenericTopK(c, &k);
   ValidateNetConfig(c, &errs);  // the family name and the family's own fields
   DropRepeatedFields(&errs);
   return errs;

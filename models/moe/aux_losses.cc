@@ -142,4 +142,21 @@ double ZLoss(const float* logits, int64_t n, int E, float grad_scale, float* dlo
   return loss / n;
 }
 
+double BalanceSqLoss(const float* gates, int64_t n, int E, float grad_scale, float* dgates) {
+  CHECK_GE(n, 0);
+  CHECK_GE(E, 1);
+  if (n == 0) return 0.0;
+  std::vector<double> dev(E, 1.0 / E);  // 1/E - m_e
+  for (int64_t t = 0; t < n; ++t)
+    for (int e = 0; e < E; ++e) dev[e] -= static_cast<double>(gates[t * E + e]) / n;
+  double loss = 0;
+  for (int e = 0; e < E; ++e) loss += dev[e] * dev[e];
+  if (dgates) {
+    for (int64_t t = 0; t < n; ++t)
+      for (int e = 0; e < E; ++e)
+        dgates[t * E + e] += static_cast<float>(grad_scale * -2.0 * dev[e] / n);
+  }
+  return loss;
+}
+
 }  // namespace moe

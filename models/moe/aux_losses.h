@@ -47,4 +47,9 @@ double SwitchLoss(const float* probs, int64_t n, int E, float grad_scale, float*
 // Gradient w.r.t. logits: 2 * lse_t * softmax(logits[t])_j / n.
 double ZLoss(const float* logits, int64_t n, int E, float grad_scale, float* dlogits);
 
+// Seed 004's squared-deviation balance loss (generic top-k MoE): L = sum_e (1/E - m_e)^2,
+// m_e = mean_t gates[t, e], gates = G(x) [n, E] after KeepTopK and the gate softmax (0 for the
+// experts not kept). Gradient w.r.t. the gates: dL/dG[t, e] = -2 (1/E - m_e) / n.
+double BalanceSqLoss(const float* gates, int64_t n, int E, float grad_scale, float* dgates);
+
 }  // namespace moe

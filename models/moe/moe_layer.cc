@@ -21,6 +21,32 @@
 
 namespace moe {
 
+namespace {
+
+// softplus(u) = log(1 + e^u), without overflow for large u.
+float Softplus(float u) {
+  const double v = u;
+  return static_cast<float>(v > 0 ? v + std::log1p(std::exp(-v)) : std::log1p(std::exp(v)));
+}
+
+// Where the generic top-k options (Shazeer's noise, the balance-squared loss) are defined.
+void CheckGenericTopKOptions(const std::string& name, const MoeLayerOptions& o) {
+  if (o.noise == RouterNoise::kLearnedSoftplus) {
+    CHECK(o.rule == RoutingRule::kTokenTopK)
+        << name << ": learned softplus router noise is for token top-k routing, not "
+        << RoutingRuleName(o.rule);
+    // LoadLoss's Phi((t - h) / sigma) assumes one fixed sigma for every (row, expert).
+    CHECK_EQ(o.load_weight, 0.f) << name << ": the load loss needs the fixed noise std";
+  }
+  if (o.balance_sq_weight > 0)
+    CHECK(o.rule == RoutingRule::kTokenTopK || o.rule == RoutingRule::kAttribute ||
+          o.rule == RoutingRule::kPerImage)
+        << name << ": the balance-squared loss reads k gates per router row (token-side rules), not "
+        << RoutingRuleName(o.rule);
+}
+
+}  // namespace
+
 MoeLayer::MoeLayer(const std::string& name, const MoeLayerOptions& options, Communicator* comm,
                    uint64_t seed)
     : name_(name), opt_(options), comm_(comm), seed_(seed) {
@@ -38,6 +64,10 @@ MoeLayer::MoeLayer(const std::string& name, const MoeLayerOptions& options, Comm
   experts_per_rank_ = opt_.num_experts / ep_size_;
   router_ = MakeParameter(name + ".router.w", {opt_.dim, opt_.num_experts}, InitKind::kNormal,
                           0.02f, seed);
+  CheckGenericTopKOptions(name, opt_);
+  if (opt_.noise == RouterNoise::kLearnedSoftplus)  // zero at init, as in Shazeer et al.
+    w_noise_ = MakeParameter(name + ".router.w_noise", {opt_.dim, opt_.num_experts},
+                             InitKind::kZeros, 0.f, seed);
   experts_ = std::make_unique<ExpertBank>(name + ".expert", opt_.dim, opt_.hidden,
                                           ep_rank_ * experts_per_rank_, experts_per_rank_, seed,
                                           opt_.expert_activation);
@@ -86,6 +116,7 @@ void MoeLayer::MoveTo(Device device) {
     moved.CopyFrom(*t);
     *t = moved;
   }
+  if (!w_noise_.value.empty()) MoveParameterTo(&w_noise_, device);
   experts_->MoveTo(device);
   if (attr_proj_) {
     // The attribute embedding's parameters live with the others (the trainer's optimizer wants
@@ -100,6 +131,7 @@ void MoeLayer::MoveTo(Device device) {
 
 std::vector<Parameter*> MoeLayer::Parameters() {
   std::vector<Parameter*> ps = {&router_};
+  if (!w_noise_.value.empty()) ps.push_back(&w_noise_);
   for (Layer* l : {attr_proj_.get(), attr_norm_.get()})
     if (l != nullptr)
       for (Parameter* p : l->Parameters()) ps.push_back(p);
@@ -205,24 +237,51 @@ void MoeLayer::RouteFromLogits() {
   CHECK_EQ(static_cast<int64_t>(R.block_rows.size()), int64_t{opt_.num_experts} * R.groups);
 }
 
+bool MoeLayer::NoiseOn() const {
+  return ctx_.training && (opt_.noise == RouterNoise::kLearnedSoftplus || opt_.noise_scale > 0.f);
+}
+
+bool MoeLayer::RenormalisedGates() const {
+  return opt_.rule == RoutingRule::kAttribute || opt_.renormalise_gates ||
+         opt_.noise == RouterNoise::kLearnedSoftplus;  // Shazeer: softmax(KeepTopK(H, k))
+}
+
+// Training noise on R.noisy_logits (a copy of the clean ones). The N(0, 1) draws are keyed on
+// (layer, step, global group, router row in group, expert), so whichever rank routes a group
+// draws the same numbers. Their std: fixed (V-MoE), or softplus(router_in x W_noise) (Shazeer).
+void MoeLayer::AddRouterNoise() {
+  Routing& R = *routing_;
+  const int E = opt_.num_experts;
+  const int64_t rows = R.router_rows, G = R.groups, per_group = rows / G;
+  CounterRng rng(MixKey(MixKey(seed_, HashString(name_ + ".router_noise")), ctx_.step));
+  R.noise_draw.resize(rows * E);
+  for (int64_t g = 0; g < G; ++g) {
+    const uint64_t gid = static_cast<uint64_t>(ctx_.first_global_group + g);
+    for (int64_t i = 0; i < per_group * E; ++i)
+      R.noise_draw[g * per_group * E + i] = rng.Normal(gid, static_cast<uint64_t>(i));
+  }
+  if (opt_.noise == RouterNoise::kFixed) {
+    const float sigma = opt_.noise_scale / E;
+    for (int64_t i = 0; i < rows * E; ++i) R.noisy_logits[i] += sigma * R.noise_draw[i];
+    return;
+  }
+  // Kept for the backward: dH/du = n * sigmoid(u).
+  R.noise_pre.assign(rows * E, 0.f);
+  Sgemm(false, false, rows, E, opt_.dim, 1.f, R.router_in.data(), opt_.dim,
+        w_noise_.value.data(), E, 0.f, R.noise_pre.data(), E);
+  for (int64_t i = 0; i < rows * E; ++i)
+    R.noisy_logits[i] += Softplus(R.noise_pre[i]) * R.noise_draw[i];
+}
+
 // Noise on R.clean_logits (training), softmax, zeroed aux-loss gradient arrays.
 void MoeLayer::RouterProbs(bool noisy) {
   Routing& R = *routing_;
   const int E = opt_.num_experts;
-  const int64_t rows = R.router_rows, G = R.groups, per_group = rows / G;
-  const float sigma = opt_.noise_scale / E;
+  const int64_t rows = R.router_rows;
   CHECK_EQ(static_cast<int64_t>(R.clean_logits.size()), rows * E);
   R.noisy_logits = R.clean_logits;
-  if (noisy) {
-    // Keyed on (layer, step, global group, router row in group, expert): the same draw whichever
-    // rank routes the group.
-    CounterRng rng(MixKey(MixKey(seed_, HashString(name_ + ".router_noise")), ctx_.step));
-    for (int64_t g = 0; g < G; ++g) {
-      const uint64_t gid = static_cast<uint64_t>(ctx_.first_global_group + g);
-      for (int64_t i = 0; i < per_group * E; ++i)
-        R.noisy_logits[g * per_group * E + i] += sigma * rng.Normal(gid, static_cast<uint64_t>(i));
-    }
-  }
+  R.noise_pre.clear();
+  if (noisy) AddRouterNoise();
   R.probs.resize(rows * E);
   SoftmaxRows(R.noisy_logits.data(), rows, E, R.probs.data());
   R.probs_clean = R.probs;
@@ -231,6 +290,7 @@ void MoeLayer::RouterProbs(bool noisy) {
   R.d_probs_clean_aux.assign(rows * E, 0.f);
   R.d_logits_aux.assign(rows * E, 0.f);
   R.d_clean_logits_aux.assign(rows * E, 0.f);
+  R.d_gate_aux.clear();
 }
 
 // Auxiliary losses per routing group (over its router rows), averaged over every group of the
@@ -269,6 +329,35 @@ void MoeLayer::AddAuxLosses(int64_t n, int k, bool noisy) {
       metrics_.z_loss += l;
       metrics_.aux_loss += opt_.z_weight * per_group * l;
     }
+  }
+  AddBalanceSqLoss(n, k);
+}
+
+// Seed 004's balance loss on G, the plan's k gates of each router row scattered to [n, E] (0
+// for the experts not kept; dropped choices count, G is the gating function's output). Its
+// gradient is w.r.t. the gates, so the router backward sends it through the rule's own gate
+// backward (plain or renormalised top-k), and from there to W_r and W_noise.
+void MoeLayer::AddBalanceSqLoss(int64_t n, int k) {
+  Routing& R = *routing_;
+  if (opt_.balance_sq_weight <= 0) return;
+  const int E = opt_.num_experts;
+  // Per-image: an image's choices are repeated on its tokens; its first token stands for it
+  // (the per-image gate backward sums the tokens' gradients).
+  const int64_t stride = R.rows / R.router_rows;
+  const float scale = opt_.balance_sq_weight / static_cast<float>(ctx_.num_global_groups);
+  R.d_gate_aux.assign(R.rows * k, 0.f);
+  std::vector<float> G(n * E), dG(n * E);
+  for (int64_t g = 0; g < R.groups; ++g) {
+    std::fill(G.begin(), G.end(), 0.f);
+    std::fill(dG.begin(), dG.end(), 0.f);
+    const auto choice = [&](int64_t i, int r) { return (g * n + i) * stride * k + r; };
+    for (int64_t i = 0; i < n; ++i)
+      for (int r = 0; r < k; ++r) G[i * E + R.expert[choice(i, r)]] = R.gate[choice(i, r)];
+    const double l = BalanceSqLoss(G.data(), n, E, scale, dG.data());
+    metrics_.balance_sq_loss += l;
+    metrics_.aux_loss += scale * l;
+    for (int64_t i = 0; i < n; ++i)
+      for (int r = 0; r < k; ++r) R.d_gate_aux[choice(i, r)] = dG[i * E + R.expert[choice(i, r)]];
   }
 }
 
@@ -357,7 +446,13 @@ Tensor MoeLayer::Forward(const Tensor& x) {
       << name_ << ": input on " << DeviceName(x.device()) << ", parameters on "
       << DeviceName(router_.value.device()) << " (MoveTo)";
 #ifdef MOE_EP_HAS_CUDA
-  if (x.device() == Device::kCUDA) return ForwardCuda(x);  // same maths, moe_layer_cuda.cc
+  if (x.device() == Device::kCUDA) {
+    // Config validation refuses these with device "cuda"; the device router has neither.
+    CHECK(opt_.noise == RouterNoise::kFixed && opt_.balance_sq_weight == 0.f)
+        << name_ << ": learned softplus router noise and the balance-squared loss are not "
+        << "supported on the CUDA path yet";
+    return ForwardCuda(x);  // same maths, moe_layer_cuda.cc
+  }
 #endif
   routing_ = std::make_shared<Routing>();
   Routing& R = *routing_;

@@ -50,6 +50,14 @@ enum class RoutingRule {
 
 const char* RoutingRuleName(RoutingRule rule);
 
+// The router's training noise on the clean logits h = x W_r, per (row, expert), drawn from a
+// counter-based RNG keyed on (layer, step, global group, row, expert).
+enum class RouterNoise {
+  kFixed,            // V-MoE: h + N(0, 1) * noise_scale / E
+  kLearnedSoftplus,  // Shazeer et al. 2017: h + N(0, 1) * softplus(x W_noise), W_noise learned
+                     // (zero at init); gates are a softmax over the kept k (renormalised)
+};
+
 struct MoeLayerOptions {
   int dim = 0;
   int hidden = 0;
@@ -66,6 +74,12 @@ struct MoeLayerOptions {
   float load_weight = 0.005f;
   float switch_weight = 0.f;
   float z_weight = 0.f;
+  // kLearnedSoftplus: token top-k only, without the load loss (whose estimator assumes the
+  // fixed std); noise_scale is unused.
+  RouterNoise noise = RouterNoise::kFixed;
+  // Seed 004's balance loss sum_e (1/E - mean over a group's router rows of G_e)^2, G the gates
+  // of the kept k (0 elsewhere); token-side rules (kTokenTopK, kAttribute, kPerImage).
+  float balance_sq_weight = 0.f;
 
   RoutingRule rule = RoutingRule::kTokenTopK;
   // kPatchTopL and kPerImage: rows per image (a routing group holds whole images).
@@ -115,6 +129,7 @@ struct MoeMetrics {
   int64_t capacity_slots = 0;              // slots offered (C * E * groups); 0 when dropless
   double aux_loss = 0;                     // weighted, already divided by num_global_groups
   double importance_loss = 0, load_loss = 0, switch_loss = 0, z_loss = 0;  // unweighted sums
+  double balance_sq_loss = 0;                                             // unweighted sum
   double superclass_loss = 0;  // sum over images of CE(router logits, super-class), unweighted
   int64_t superclass_correct = 0;  // images whose router argmax is their super-class
   // Expert-side rules (expert choice, patch top-l) fill every slot, so nothing is "dropped";
@@ -169,8 +184,14 @@ class MoeLayer : public Layer {
   void RoutePatchTopL();
   void RoutePerImage();
   // Shared router steps: training noise keyed on global indices, softmax, aux losses.
+  bool NoiseOn() const;           // training, and noise configured
+  bool RenormalisedGates() const;  // the k kept gates are a softmax over the kept k logits
+  void AddRouterNoise();          // R.noisy_logits += N(0, 1) x the configured std
   void RouterProbs(bool noisy);
   void AddAuxLosses(int64_t router_rows_per_group, int k, bool noisy);
+  // Balance-squared loss of every group from the plan's gates: value into the metrics, its
+  // gradient w.r.t. the gates into R.d_gate_aux (router row i's choices are row i * stride's).
+  void AddBalanceSqLoss(int64_t router_rows_per_group, int k);
   // Token-side rules: V-MoE capacity fill of R.expert/R.gate (1st choices first, BPR optional).
   void FillCapacitySlots(int64_t capacity);
   // Backward of the router: d_gate [rows * kc] -> router grads, returns the input's share of dx.
@@ -178,10 +199,15 @@ class MoeLayer : public Layer {
   void RouterBackward(const std::vector<float>& d_gate, Tensor* dx);
   // d(clean logits) [router_rows * E]: the rule's gate backward, softmax backward, aux terms.
   std::vector<float> RouterLogitsGrad(const std::vector<float>& d_gate);
+  // Its last step: d(noisy probs), d(noisy logits) -> d(clean logits), and R.d_noise_pre.
+  std::vector<float> CleanLogitsGrad(const std::vector<float>& d_probs,
+                                     const std::vector<float>& d_logits);
   // w_grad += router_in^T d_clean (host [D, E]); dx += the router input's share (skipped when
   // dx is nullptr); kAttribute: backward through `norm` and `proj`.
   void ApplyRouterGrad(const std::vector<float>& d_clean, const float* w, float* w_grad,
                        Tensor* dx, Layer* proj, Layer* norm);
+  // kLearnedSoftplus: W_noise's gradient and its share of dx from R.d_noise_pre.
+  void ApplyNoiseGrad(Tensor* dx);
   void BuildSendLayout();
   Tensor ExchangeToExperts(const Tensor& send, const char* phase);
   Tensor ExchangeFromExperts(const Tensor& expert_rows, const char* phase);
@@ -202,6 +228,7 @@ class MoeLayer : public Layer {
   uint64_t seed_;
   int ep_size_, ep_rank_, experts_per_rank_;
   Parameter router_;  // [D, E], dense: replicated on every rank
+  Parameter w_noise_;  // [D, E], dense; kLearnedSoftplus only (empty otherwise)
   // kAttribute: attribute embedding z = LayerNorm(Linear(a)), dense.
   std::unique_ptr<Layer> attr_proj_, attr_norm_;
   std::unique_ptr<ExpertBank> experts_;

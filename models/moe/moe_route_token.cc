@@ -10,18 +10,22 @@
 #include "models/moe/moe_layer.h"
 #include "models/moe/moe_routing_state.h"
 #include "models/moe/router_math.h"
+#include "models/moe/routing_rules.h"
 #include "models/moe/slot_assignment.h"
 
 namespace moe {
 
 namespace {
 
-// Renormalises each row's k gates to sum to 1 (Uni-Perceiver-MoE's top-2).
-void RenormaliseGates(float* gate, int64_t rows, int k) {
-  for (int64_t t = 0; t < rows; ++t) {
-    double s = 0;
-    for (int r = 0; r < k; ++r) s += gate[t * k + r];
-    for (int r = 0; r < k; ++r) gate[t * k + r] = static_cast<float>(gate[t * k + r] / s);
+// The k gates of each row: the kept softmax values (V-MoE), or those renormalised to sum to 1,
+// which is the softmax over the kept k logits only (Shazeer's softmax(KeepTopK(H, k)),
+// Uni-Perceiver-MoE's top-2).
+void TopKGates(const float* probs, int64_t rows, int E, int k, bool renormalise, int* expert,
+               float* gate) {
+  if (renormalise) {
+    RenormalisedTopK(probs, rows, E, k, expert, gate);
+  } else {
+    TopKRows(probs, rows, E, k, expert, gate);
   }
 }
 
@@ -57,13 +61,12 @@ void MoeLayer::FillCapacitySlots(int64_t capacity) {
 void MoeLayer::RouteTokenTopK() {
   Routing& R = *routing_;
   const int k = R.kc;
-  const bool renormalise = opt_.rule == RoutingRule::kAttribute || opt_.renormalise_gates;
-  const bool noisy = ctx_.training && opt_.noise_scale > 0.f;
+  const bool noisy = NoiseOn();
   RouterProbs(noisy);
   R.expert.resize(R.rows * k);
   R.gate.resize(R.rows * k);
-  TopKRows(R.probs.data(), R.rows, opt_.num_experts, k, R.expert.data(), R.gate.data());
-  if (renormalise) RenormaliseGates(R.gate.data(), R.rows, k);
+  TopKGates(R.probs.data(), R.rows, opt_.num_experts, k, RenormalisedGates(), R.expert.data(),
+            R.gate.data());
   FillCapacitySlots(CurrentCapacity());
   AddAuxLosses(opt_.group_tokens, k, noisy);
 }
@@ -72,12 +75,11 @@ void MoeLayer::RoutePerImage() {
   Routing& R = *routing_;
   const int k = R.kc, E = opt_.num_experts;
   const int64_t T = opt_.tokens_per_image, B = R.router_rows;
-  const bool noisy = ctx_.training && opt_.noise_scale > 0.f;
+  const bool noisy = NoiseOn();
   RouterProbs(noisy);
   std::vector<int> img_expert(B * k);
   std::vector<float> img_gate(B * k);
-  TopKRows(R.probs.data(), B, E, k, img_expert.data(), img_gate.data());
-  if (opt_.renormalise_gates) RenormaliseGates(img_gate.data(), B, k);
+  TopKGates(R.probs.data(), B, E, k, RenormalisedGates(), img_expert.data(), img_gate.data());
   R.expert.resize(R.rows * k);
   R.gate.resize(R.rows * k);
   for (int64_t t = 0; t < R.rows; ++t)

@@ -27,21 +27,46 @@ void RenormalisedGateBackward(const float* probs_row, const int* expert, const f
   for (int r = 0; r < k; ++r) dprobs_row[expert[r]] += static_cast<float>((dg[r] - dot) / S);
 }
 
+// The gates' gradient: the combine's, plus that of the aux losses that read the gates (a
+// dropped choice gets only the latter: the loss sees the gating function, not the capacity).
+std::vector<float> WithGateAux(const std::vector<float>& d_gate, const std::vector<float>& aux) {
+  std::vector<float> d = d_gate;
+  for (size_t i = 0; i < aux.size(); ++i) d[i] += aux[i];
+  return d;
+}
+
+double Sigmoid(double u) { return 1.0 / (1.0 + std::exp(-u)); }
+
 }  // namespace
 
 void MoeLayer::RouterBackward(const std::vector<float>& d_gate, Tensor* dx) {
   ApplyRouterGrad(RouterLogitsGrad(d_gate), router_.value.data(), router_.grad.data(), dx,
                   attr_proj_.get(), attr_norm_.get());
+  if (!routing_->d_noise_pre.empty()) ApplyNoiseGrad(dx);
 }
 
-std::vector<float> MoeLayer::RouterLogitsGrad(const std::vector<float>& d_gate) {
+// H = h + n softplus(u), u = x W_noise: W_noise's gradient += x^T dH/du, dx += (dH/du) W_noise^T
+// (token top-k only: the router input is the layer input).
+void MoeLayer::ApplyNoiseGrad(Tensor* dx) {
+  Routing& R = *routing_;
+  const int E = opt_.num_experts;
+  const int64_t D = opt_.dim, rows = R.router_rows;
+  Sgemm(true, false, D, E, rows, 1.f, R.router_in.data(), D, R.d_noise_pre.data(), E, 1.f,
+        w_noise_.grad.data(), E);
+  if (dx != nullptr)
+    Sgemm(false, true, rows, D, E, 1.f, R.d_noise_pre.data(), E, w_noise_.value.data(), E, 1.f,
+          dx->data(), D);
+}
+
+std::vector<float> MoeLayer::RouterLogitsGrad(const std::vector<float>& d_gate_combine) {
   Routing& R = *routing_;
   const int E = opt_.num_experts, kc = R.kc;
   const int64_t rows = R.rows, RR = R.router_rows;
-  CHECK_EQ(static_cast<int64_t>(d_gate.size()), rows * kc) << name_ << ": d_gate size";
+  CHECK_EQ(static_cast<int64_t>(d_gate_combine.size()), rows * kc) << name_ << ": d_gate size";
+  const std::vector<float> d_gate = WithGateAux(d_gate_combine, R.d_gate_aux);
   std::vector<float> d_probs = R.d_probs_aux;          // w.r.t. softmax(noisy logits)
   std::vector<float> d_logits(RR * E, 0.f);            // w.r.t. the (noisy) logits directly
-  const bool renormalised = opt_.rule == RoutingRule::kAttribute || opt_.renormalise_gates;
+  const bool renormalised = RenormalisedGates();
 
   switch (opt_.rule) {
     case RoutingRule::kTokenTopK:
@@ -116,9 +141,26 @@ std::vector<float> MoeLayer::RouterLogitsGrad(const std::vector<float>& d_gate) 
     }
   }
 
-  // Logits: noisy = clean + eps (additive), so d/d(clean) collects every path.
+  return CleanLogitsGrad(d_probs, d_logits);
+}
+
+// d(noisy probs) and d(noisy logits) -> d(clean logits). The noise is additive (H = h + eps,
+// eps = n sigma or n softplus(u)), so every path reaches h with slope 1; the clean-probability
+// and clean-logit aux terms join there. With learned noise, u's gradient is kept for W_noise.
+std::vector<float> MoeLayer::CleanLogitsGrad(const std::vector<float>& d_probs,
+                                             const std::vector<float>& d_logits) {
+  Routing& R = *routing_;
+  const int E = opt_.num_experts;
+  const int64_t RR = R.router_rows;
   std::vector<float> d_clean(RR * E);
   SoftmaxRowsBackward(R.probs.data(), d_probs.data(), RR, E, d_clean.data());
+  R.d_noise_pre.clear();
+  if (!R.noise_pre.empty()) {  // dH/du = n sigmoid(u), on the paths through the noisy logits
+    R.d_noise_pre.resize(RR * E);
+    for (int64_t i = 0; i < RR * E; ++i)
+      R.d_noise_pre[i] = static_cast<float>((d_clean[i] + d_logits[i] + R.d_logits_aux[i]) *
+                                            R.noise_draw[i] * Sigmoid(R.noise_pre[i]));
+  }
   std::vector<float> d_from_clean_probs(RR * E);
   SoftmaxRowsBackward(R.probs_clean.data(), R.d_probs_clean_aux.data(), RR, E,
                       d_from_clean_probs.data());

@@ -39,6 +39,12 @@ struct MoeLayer::Routing {
   // Auxiliary-loss gradients, computed with the values in Forward and applied in Backward:
   // w.r.t. the noisy probs, the clean probs, the noisy logits and the clean logits.
   std::vector<float> d_probs_aux, d_probs_clean_aux, d_logits_aux, d_clean_logits_aux;
+  // Aux-loss gradient w.r.t. the plan's gates [rows * kc] (the balance-squared loss); empty
+  // when no loss reads the gates.
+  std::vector<float> d_gate_aux;
+  // kLearnedSoftplus in training: the N(0, 1) draws, u = router_in x W_noise (the std is
+  // softplus(u)) [router_rows, E], and d(objective)/du from the router backward.
+  std::vector<float> noise_draw, noise_pre, d_noise_pre;
 };
 
 }  // namespace moe

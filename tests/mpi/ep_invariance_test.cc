@@ -1,11 +1,32 @@
-// EP invariance of V-MoE (token top-k, BPR, dropless) and of expert-choice routing; the
-// machinery is tests/mpi/ep_invariance_util.h.
+// EP invariance of V-MoE (token top-k, BPR, dropless), of Shazeer's noisy top-k with seed
+// 004's balance loss, and of expert-choice routing; the machinery is
+// tests/mpi/ep_invariance_util.h.
+#include "models/nets/vision_transformer.h"
 #include "tests/mpi/ep_invariance_util.h"
 
 namespace moe {
 namespace {
 
 using ep_invariance::ExpectEpInvariance;
+
+// Shazeer et al. 2017: learned softplus noise (its N(0, 1) draws keyed on step, global group,
+// row and expert, so the layouts agree) and gates softmax over the kept k, with seed 004's
+// balance loss, whose gradient reaches W_r and W_noise. The load loss assumes a fixed std.
+void ShazeerNoisyTopK(proto::TrainConfig* c) {
+  auto* moe = c->mutable_model()->mutable_moe();
+  moe->set_router_noise(proto::MoeConfig::LEARNED_SOFTPLUS);
+  moe->set_load_loss_weight(0);
+  moe->set_balance_sq_loss_weight(0.01f);
+}
+
+// The config reaches MoeLayerOptions through MoeOptionsFromConfig (models/nets); until that maps
+// the generic top-k fields, these runs would compare plain V-MoE with itself, so they say so.
+bool GenericTopKFieldsMapped() {
+  proto::TrainConfig c = ep_invariance::SmallVmoe(1, 8);
+  ShazeerNoisyTopK(&c);
+  const MoeLayerOptions o = MoeOptionsFromConfig(c.model());
+  return o.noise == RouterNoise::kLearnedSoftplus && o.balance_sq_weight > 0;
+}
 
 TEST(EpInvariance, Ep4) { ExpectEpInvariance(4, nullptr); }
 TEST(EpInvariance, Ep2Dp2) { ExpectEpInvariance(2, nullptr); }
@@ -18,6 +39,18 @@ TEST(EpInvariance, Ep4Dropless) {
   ExpectEpInvariance(4, [](proto::TrainConfig* c) {
     c->mutable_model()->mutable_moe()->set_dropless(true);
   });
+}
+TEST(EpInvariance, Ep4ShazeerNoisyTopK) {
+  if (!GenericTopKFieldsMapped())
+    GTEST_SKIP() << "model.moe.router_noise / balance_sq_loss_weight are not mapped into "
+                    "MoeLayerOptions (models/nets/vision_transformer.cc, MoeOptionsFromConfig)";
+  ExpectEpInvariance(4, ShazeerNoisyTopK);
+}
+TEST(EpInvariance, Ep2Dp2ShazeerNoisyTopK) {
+  if (!GenericTopKFieldsMapped())
+    GTEST_SKIP() << "model.moe.router_noise / balance_sq_loss_weight are not mapped into "
+                    "MoeLayerOptions (models/nets/vision_transformer.cc, MoeOptionsFromConfig)";
+  ExpectEpInvariance(2, ShazeerNoisyTopK);
 }
 TEST(EpInvariance, Ep4ExpertChoice) {
   ExpectEpInvariance(

@@ -1,6 +1,7 @@
-// Auxiliary losses (models/moe/aux_losses) and the softmax backward: a hand-computed load loss,
-// the importance loss's independence from the noise, and finite-difference checks of every
-// gradient. (Cases 4-6 of models/moe/README.md are in routing_cases_test.cc.)
+// Auxiliary losses (models/moe/aux_losses) and the softmax backward: a hand-computed load loss
+// and balance-squared loss, the importance loss's independence from the noise through the MoE
+// layer, and finite-difference checks of every gradient. (Cases 4-6 of models/moe/README.md are
+// in routing_cases_test.cc, case 12 in noisy_topk_test.cc.)
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -9,8 +10,10 @@
 #include <string>
 #include <vector>
 
+#include "comm/self_communicator.h"
 #include "core/rng.h"
 #include "models/moe/aux_losses.h"
+#include "models/moe/moe_layer.h"
 #include "models/moe/router_math.h"
 
 namespace moe {
@@ -121,31 +124,75 @@ TEST(NormalHelpers, KnownValues) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Importance loss: computed on the clean probabilities, so any noise draw gives the same value,
-// although the noisy probabilities (and their importance) do change.
+// Importance loss through the MoE layer with router noise on. V-MoE's importance loss reads the
+// CLEAN probabilities softmax(x W_r) (MoeLayer::AddAuxLosses passes R.probs_clean), so two
+// steps, i.e. two noise draws, must give the same value, that of softmax(x W_r) computed here,
+// while the noise does move the gates and the Switch loss, which reads the noisy probabilities.
+// A layer that fed the noisy probabilities to the importance loss fails the first two checks.
 TEST(ImportanceLoss, IdenticalUnderAnyNoiseDraw) {
-  const int64_t n = 32;
-  const int E = 8;
-  const auto clean = RandomVec(n * E, 7, 1.f);
-  std::vector<float> probs_clean(n * E);
-  SoftmaxRows(clean.data(), n, E, probs_clean.data());
-  const double reference = ImportanceLoss(probs_clean.data(), n, E, 1.f, nullptr);
-  EXPECT_GT(reference, 0);
-  bool noisy_importance_differs = false;
-  for (uint64_t draw = 0; draw < 5; ++draw) {
-    const auto eps = RandomVec(n * E, 100 + draw, 1.f / E);  // V-MoE noise N(0, (1/E)^2)
-    std::vector<float> noisy(n * E), probs_noisy(n * E), recomputed(n * E);
-    for (int64_t i = 0; i < n * E; ++i) noisy[i] = clean[i] + eps[i];
-    SoftmaxRows(noisy.data(), n, E, probs_noisy.data());
-    SoftmaxRows(clean.data(), n, E, recomputed.data());  // what the layer feeds the loss
-    EXPECT_EQ(ImportanceLoss(recomputed.data(), n, E, 1.f, nullptr), reference) << draw;
-    if (std::abs(ImportanceLoss(probs_noisy.data(), n, E, 1.f, nullptr) - reference) > 1e-6)
-      noisy_importance_differs = true;
+  const int64_t n = 8, rows = 2 * n;  // two routing groups
+  const int D = 6, E = 4;
+  MoeLayerOptions o;
+  o.dim = D;
+  o.hidden = 4;
+  o.num_experts = E;
+  o.top_k = 2;
+  o.group_tokens = n;
+  o.noise_scale = 4.f;  // std 1: clearly visible next to the O(1) logits
+  o.importance_weight = 1.f;
+  o.load_weight = 0.f;
+  o.switch_weight = 1.f;
+  SelfCommunicator comm;
+  MoeLayer layer("moe", o, &comm, 3);
+  Parameter* router = layer.Parameters()[0];
+  for (int64_t i = 0; i < router->value.numel(); ++i) router->value.at(i) *= 40.f;  // O(1) logits
+  const auto xv = RandomVec(rows * D, 7, 1.f);
+  Tensor x({rows, D});
+  for (int64_t i = 0; i < rows * D; ++i) x.at(i) = xv[i];
+
+  std::vector<float> clean(rows * E, 0.f), probs(rows * E);
+  for (int64_t t = 0; t < rows; ++t)
+    for (int e = 0; e < E; ++e)
+      for (int j = 0; j < D; ++j) clean[t * E + e] += xv[t * D + j] * router->value.at(j * E + e);
+  SoftmaxRows(clean.data(), rows, E, probs.data());
+  const double expected = ImportanceLoss(probs.data(), n, E, 1.f, nullptr) +
+                          ImportanceLoss(probs.data() + n * E, n, E, 1.f, nullptr);
+  ASSERT_GT(expected, 1e-3);
+
+  std::vector<double> importance, switch_loss;
+  std::vector<std::vector<float>> gates;
+  for (int64_t step : {1, 2}) {
+    MoeStepContext ctx;
+    ctx.training = true;
+    ctx.step = step;
+    ctx.num_global_groups = 2;
+    layer.SetStepContext(ctx);
+    layer.Forward(x);
+    importance.push_back(layer.metrics().importance_loss);
+    switch_loss.push_back(layer.metrics().switch_loss);
+    gates.emplace_back();
+    layer.ForEachKeptAssignment([&](int64_t, int, float g) { gates.back().push_back(g); });
   }
-  EXPECT_TRUE(noisy_importance_differs);
-  // Case 4's gates (models/moe/README.md) as the clean probabilities: 0.03875 whatever the noise.
+  EXPECT_EQ(importance[0], importance[1]);  // same clean logits, bit for bit
+  // The layer's GEMM sums in another order than the loop above: logits a few ulp apart.
+  EXPECT_NEAR(importance[0], expected, 1e-5 * expected);
+  EXPECT_NE(gates[0], gates[1]) << "the two draws must move the gates";
+  EXPECT_GT(std::abs(switch_loss[0] - switch_loss[1]), 1e-4) << "noisy-probability loss";
+  // Case 4's gates (models/moe/README.md) as the clean probabilities: 0.03875.
   const std::vector<float> g = {.5f, .4f, .1f, .3f, .3f, .4f, .1f, .2f, .7f, .8f, .2f, 0.f};
   EXPECT_NEAR(ImportanceLoss(g.data(), 4, 3, 1.f, nullptr), 0.03875, 1e-6);
+}
+
+// Seed 004's balance loss sum_e (1/E - mean_t G[t, e])^2 on case 12's gates (noisy_topk_test.cc):
+// G = [[0, 0, 3/7, 4/7], [3/4, 1/4, 0, 0]], mean [3/8, 1/8, 3/14, 2/7],
+// L = (1/8)^2 + (1/8)^2 + (1/28)^2 + (1/28)^2 = 0.0338010204. Gates spread evenly give 0.
+TEST(BalanceSqLoss, MatchesHandComputedValue) {
+  const std::vector<float> g = {0.f, 0.f, 3.f / 7, 4.f / 7, .75f, .25f, 0.f, 0.f};
+  EXPECT_NEAR(BalanceSqLoss(g.data(), 2, 4, 1.f, nullptr), 0.0338010204, 1e-8);
+  const std::vector<float> even = {.5f, .5f, 0.f, 0.f, 0.f, 0.f, .5f, .5f};
+  std::vector<float> d(8, 0.f);
+  EXPECT_NEAR(BalanceSqLoss(even.data(), 2, 4, 1.f, d.data()), 0.0, 1e-12);
+  for (float v : d) EXPECT_NEAR(v, 0.f, 1e-7f);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -274,6 +321,20 @@ TEST(GradCheck, SwitchLossWrtProbs) {
       "switch", p, g,
       [&](const std::vector<float>& x) { return SwitchLoss(x.data(), n, E, 1.f, nullptr); },
       1e-3f);
+}
+
+// A quadratic in the gates: central differences are exact up to rounding.
+TEST(GradCheck, BalanceSqLossWrtGates) {
+  const int64_t n = 5;
+  const int E = 4;
+  const auto gates = RandomVec(n * E, 95, .5f);
+  const auto g = AccumulatedGrad(n * E, kScale, [&](float* d) {
+    BalanceSqLoss(gates.data(), n, E, kScale, d);
+  });
+  ExpectGradMatchesFiniteDifferences(
+      "balance_sq", gates, g,
+      [&](const std::vector<float>& x) { return BalanceSqLoss(x.data(), n, E, 1.f, nullptr); },
+      1e-2f);
 }
 
 TEST(GradCheck, ZLossWrtLogits) {

@@ -170,7 +170,32 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"model { pmoe { router_phase_steps: -1 } }", 4, "model.pmoe.router_phase_steps=-1"},
         BadCase{"model { pmoe { conv_channels: 0 } }", 4, "model.pmoe.conv_channels=0"},
         BadCase{"model { conditional { num_superclasses: 1 } }", 4,
-                "model.conditional.num_superclasses=1"}));
+                "model.conditional.num_superclasses=1"},
+        // Shazeer's learned noise and seed 004's balance loss (models/moe/README.md).
+        BadCase{"model { moe { balance_sq_loss_weight: -1 } }", 4,
+                "model.moe.balance_sq_loss_weight=-1: must be finite and >= 0"},
+        BadCase{"model { moe { balance_sq_loss_weight: inf } }", 4,
+                "model.moe.balance_sq_loss_weight=inf"},
+        BadCase{"model { moe { balance_sq_loss_weight: 0.1 routing: EXPERT_CHOICE } }", 4,
+                "model.moe.balance_sq_loss_weight=0.1: reads k gates per row"},
+        BadCase{"model { moe { router_noise: LEARNED_SOFTPLUS load_loss_weight: 0 "
+                "routing: EXPERT_CHOICE } }",
+                4, "model.moe.router_noise=LEARNED_SOFTPLUS: learned softplus noise is for the "
+                   "token top-k rule only"},
+        BadCase{"model { moe { router_noise: LEARNED_SOFTPLUS } }", 4,
+                "model.moe.load_loss_weight=0.005: the load loss assumes the FIXED noise std"},
+        BadCase{"device: 'cuda' model { moe { router_noise: LEARNED_SOFTPLUS load_loss_weight: 0 } }",
+                4, "model.moe.router_noise=LEARNED_SOFTPLUS: not supported on the CUDA path yet"},
+        BadCase{"device: 'cuda' model { moe { balance_sq_loss_weight: 0.01 } }", 4,
+                "model.moe.balance_sq_loss_weight=0.01: not supported on the CUDA path yet"}));
+
+// The generic top-k options are valid where the layer defines them: token top-k on the host.
+TEST(Config, ShazeerNoiseAndBalanceSqLossAreValidOnCpu) {
+  const auto c = LoadOk(kSrc + "/launcher/configs/vmoe_tiny.pbtxt",
+                        "model { moe { router_noise: LEARNED_SOFTPLUS load_loss_weight: 0 "
+                        "balance_sq_loss_weight: 0.01 } }");
+  EXPECT_EQ(JoinedErrors(c, 4), "");
+}
 
 // A value a family's own check refuses too is reported once.
 TEST(Config, OneMessagePerField) {

@@ -211,6 +211,9 @@ struct RuleCase {
   // Scales the N(0, 0.02) router so logits are O(1) and gates differ. The attribute router's
   // input is LayerNorm-ed (unit scale), so it needs less.
   float router_scale = 40.f;
+  // Learned noise: W_noise ~ N(0, scale^2) instead of its zero init, so softplus(x W_noise)
+  // varies with x and the dx path through W_noise carries gradient.
+  float noise_weight_scale = 0.f;
 };
 
 MoeLayerOptions Base() {
@@ -278,6 +281,41 @@ std::vector<RuleCase> RuleCases() {
     c.with_attributes = true;
     cs.push_back(c);
   }
+  // Shazeer's noisy top-k (gates renormalised by the rule) with seed 004's balance loss and the
+  // losses that read the noisy logits, so W_noise gets every kind of gradient; with drops, BPR,
+  // dropless. Then the balance loss alone on V-MoE's plain gates and on per-image gates.
+  for (const char* variant : {"drops", "bpr", "dropless"}) {
+    RuleCase c{"", Base()};
+    c.name = variant == std::string("drops") ? "shazeer_drops"
+             : variant == std::string("bpr") ? "shazeer_bpr" : "shazeer_dropless";
+    c.options.noise = RouterNoise::kLearnedSoftplus;
+    c.options.capacity_factor_train = 0.75;
+    c.options.batch_prioritized = variant == std::string("bpr");
+    c.options.dropless = variant == std::string("dropless");
+    c.options.balance_sq_weight = 0.5f;
+    c.options.switch_weight = 0.5f;
+    // The z-loss of the x40 logits is O(10): at weight 0.1 its float32 rounding alone put ~1e-4
+    // on the step-2e-3 differences (measured), the tolerance's edge; 0.01 keeps the path.
+    c.options.z_weight = 0.01f;
+    c.options.importance_weight = 0.5f;
+    c.noise_weight_scale = 0.5f;
+    cs.push_back(c);
+  }
+  {
+    RuleCase c{"token_top_k_balance_sq", Base()};
+    c.options.capacity_factor_train = 0.75;
+    c.options.balance_sq_weight = 0.5f;
+    c.options.load_weight = 0.5f;
+    cs.push_back(c);
+  }
+  {
+    RuleCase c{"per_image_balance_sq", Base()};
+    c.options.rule = RoutingRule::kPerImage;
+    c.options.tokens_per_image = 3;
+    c.options.capacity_factor_train = 0.75;
+    c.options.balance_sq_weight = 0.5f;
+    cs.push_back(c);
+  }
   {
     RuleCase c{"token_top_k_renormalised", Base()};
     c.options.renormalise_gates = true;
@@ -294,9 +332,12 @@ TEST_P(MoeRuleGradTest, MatchesFiniteDifferences) {
   const RuleCase c = GetParam();
   SelfCommunicator comm;
   MoeLayer layer("moe", c.options, &comm, 17);
-  for (Parameter* p : layer.Parameters())
+  for (Parameter* p : layer.Parameters()) {
     if (p->name == "moe.router.w")
       for (int64_t i = 0; i < p->value.numel(); ++i) p->value.at(i) *= c.router_scale;
+    if (p->name == "moe.router.w_noise")
+      p->value.CopyFrom(RandomTensor(p->value.shape(), 404, c.noise_weight_scale));
+  }
 
   const int64_t rows = 12;  // two routing groups
   Tensor attrs = RandomTensor({rows, 3}, 303);
@@ -324,6 +365,9 @@ TEST_P(MoeRuleGradTest, MatchesFiniteDifferences) {
   };
   objective();
   if (c.with_superclass) ASSERT_GT(layer.metrics().superclass_loss, 0);
+  if (c.options.balance_sq_weight > 0) ASSERT_GT(layer.metrics().balance_sq_loss, 0);
+  if (c.options.capacity_factor_train < 1 && !c.options.dropless)
+    ASSERT_GT(layer.metrics().dropped, 0) << "this case must exercise dropped choices";
 
   for (Parameter* p : layer.Parameters()) p->grad.Zero();
   layer.Forward(x);
