@@ -45,6 +45,9 @@ MoeLayerOptions MoeOptionsFromConfig(const proto::ModelConfig& model, int dim, i
   o.load_weight = m.load_loss_weight();
   o.switch_weight = m.switch_loss_weight();
   o.z_weight = m.z_loss_weight();
+  o.noise = m.router_noise() == proto::MoeConfig::LEARNED_SOFTPLUS ? RouterNoise::kLearnedSoftplus
+                                                                   : RouterNoise::kFixed;
+  o.balance_sq_weight = m.balance_sq_loss_weight();
   switch (m.routing()) {
     case proto::MoeConfig::TOKEN_TOP_K: o.rule = RoutingRule::kTokenTopK; break;
     case proto::MoeConfig::EXPERT_CHOICE: o.rule = RoutingRule::kExpertChoice; break;

@@ -19,8 +19,8 @@ void ShazeerNoisyTopK(proto::TrainConfig* c) {
   moe->set_balance_sq_loss_weight(0.01f);
 }
 
-// The config reaches MoeLayerOptions through MoeOptionsFromConfig (models/nets); until that maps
-// the generic top-k fields, these runs would compare plain V-MoE with itself, so they say so.
+// The config reaches MoeLayerOptions through MoeOptionsFromConfig (models/nets); without that
+// mapping these runs would compare plain V-MoE with itself, so the tests check it first.
 bool GenericTopKFieldsMapped() {
   proto::TrainConfig c = ep_invariance::SmallVmoe(1, 8);
   ShazeerNoisyTopK(&c);
@@ -41,15 +41,15 @@ TEST(EpInvariance, Ep4Dropless) {
   });
 }
 TEST(EpInvariance, Ep4ShazeerNoisyTopK) {
-  if (!GenericTopKFieldsMapped())
-    GTEST_SKIP() << "model.moe.router_noise / balance_sq_loss_weight are not mapped into "
-                    "MoeLayerOptions (models/nets/vision_transformer.cc, MoeOptionsFromConfig)";
+  ASSERT_TRUE(GenericTopKFieldsMapped())
+      << "model.moe.router_noise / balance_sq_loss_weight are not mapped into MoeLayerOptions "
+         "(models/nets/vision_transformer.cc, MoeOptionsFromConfig)";
   ExpectEpInvariance(4, ShazeerNoisyTopK);
 }
 TEST(EpInvariance, Ep2Dp2ShazeerNoisyTopK) {
-  if (!GenericTopKFieldsMapped())
-    GTEST_SKIP() << "model.moe.router_noise / balance_sq_loss_weight are not mapped into "
-                    "MoeLayerOptions (models/nets/vision_transformer.cc, MoeOptionsFromConfig)";
+  ASSERT_TRUE(GenericTopKFieldsMapped())
+      << "model.moe.router_noise / balance_sq_loss_weight are not mapped into MoeLayerOptions "
+         "(models/nets/vision_transformer.cc, MoeOptionsFromConfig)";
   ExpectEpInvariance(2, ShazeerNoisyTopK);
 }
 TEST(EpInvariance, Ep4ExpertChoice) {
