@@ -261,8 +261,10 @@ void ValidateFamilyRanges(const proto::ModelConfig& m, Checker* k) {
              " (model.num_layers=" + std::to_string(m.num_layers()) + ")");
   k->AtLeast("model.mixer.token_moe_top_k", mx.token_moe_top_k(), 1);
   k->AtLeast("model.mixer.channel_moe_top_k", mx.channel_moe_top_k(), 1);
-  k->AtLeast("model.mixer.token_expert_hidden_dim", mx.token_expert_hidden_dim(), 0);
-  k->AtLeast("model.mixer.channel_expert_hidden_dim", mx.channel_expert_hidden_dim(), 0);
+  k->AtLeast("model.mixer.token_expert_hidden_dim", mx.token_expert_hidden_dim(), 0,
+             " (0 = model.mixer.token_mlp_dim, experts as wide as the dense MLP)");
+  k->AtLeast("model.mixer.channel_expert_hidden_dim", mx.channel_expert_hidden_dim(), 0,
+             " (0 = model.mixer.channel_mlp_dim, experts as wide as the dense MLP)");
   k->AtLeast("model.pmoe.router_phase_steps", m.pmoe().router_phase_steps(), 0);
   k->AtLeast("model.pmoe.conv_channels", m.pmoe().conv_channels(), 1);
   k->InRange("model.conditional.num_superclasses", m.conditional().num_superclasses(), 2, 10,

@@ -28,6 +28,7 @@ CONFIGS="$ROOT/launcher/configs"
 PAIRS=(
   "V-MoE|vit_tiny|vmoe_tiny"
   "Sparse-MLP|mixer_tiny|sparse_mlp_tiny"
+  "Sparse-MLP-flops-matched|mixer_tiny|sparse_mlp_flops_matched_tiny"
   "pMoE|cnn_tiny|pmoe_tiny"
   "pMoE-two-phase|cnn_tiny|pmoe_two_phase"
   "Mobile-V-MoE|vit_tiny|mobile_vmoe_tiny"

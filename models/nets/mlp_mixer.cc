@@ -19,7 +19,8 @@ namespace {
 
 using Branch = std::vector<std::unique_ptr<Layer>>;
 
-// Expert hidden width: the per-layer mixer field, else moe.expert_hidden_dim, else the dense one.
+// Expert hidden width: the per-layer mixer field, else moe.expert_hidden_dim, else the dense
+// one, which makes each expert a copy of the MLP it replaces, as in Sparse-MLP (mlp_mixer.h).
 int ExpertHidden(const proto::ModelConfig& m, int per_layer, int dense) {
   if (per_layer > 0) return per_layer;
   if (m.moe().expert_hidden_dim() > 0) return m.moe().expert_hidden_dim();

@@ -24,6 +24,14 @@
 //   z = z + MoE_C(LN3(z))                                   MoE_C rows: B*S1 of width C1
 //   x = x + Lin_{C1->C}(T_C1(Lin_{S1->S}(T_S1(z))))
 //
+// Expert widths. Sparse-MLP builds its MoEs from experts shaped like the dense Mixer MLPs they
+// replace (it describes no narrowing), so by default an MoE_C expert is C -> channel_mlp_dim -> C
+// and an MoE_S expert S1 -> token_mlp_dim -> S1: the dense token MLP's hidden width, on the
+// re-represented rows. Because C1 * S1 = C * S, a top-1 MoE_S expert then costs exactly the
+// dense token MLP; a top-2 MoE_C costs two dense channel MLPs.
+// mixer.token_expert_hidden_dim / channel_expert_hidden_dim > 0 set other widths (the
+// FLOPs-matched form halves both, sparse_mlp_flops_matched_tiny.pbtxt).
+//
 // The shared PatchEmbed carries a learned position embedding, which MLP-Mixer does not have (the
 // token MLPs already see positions): the mixer zeroes it and marks it frozen, so it computes
 // exactly a Mixer's embedding. It stays in Parameters() (1 x S x C frozen zeros) so MoveTo and
