@@ -81,7 +81,7 @@ std::vector<Parameter*> MoeLinearPair::Parameters() {
 
 void MoeLinearPair::RouterInputHost(const Tensor& x) {
   using RI = MoeLinearPairOptions::RouterInput;
-  const int64_t T = opt_.tokens_per_image, D = opt_.in1;
+  const int64_t T = opt_.tokens_per_image;
   const int64_t B = rows_ / T;
   switch (opt_.router_input) {
     case RI::kToken: router_in_ = x; break;
