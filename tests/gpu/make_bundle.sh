@@ -382,4 +382,4 @@ log "carried: $TARBALL = $carried_mib MiB ($carried_bytes bytes); tracked tree $
 if [ "$carried_mib" -gt "$CARRY_LIMIT_MIB" ]; then
   die "carried tarball is $carried_mib MiB, over $CARRY_LIMIT_MIB MiB: try BUNDLE_DATA=t10k"
 fi
-log "done. On the GPU machine: run(command=\"bash tests/gpu/verify.sh\", carry=[\"build-gpu-carry\"], timeout_s=540)"
+log "done. On the GPU machine, from a copy of this checkout with build-gpu-carry/ beside it: bash tests/gpu/verify.sh (see tests/gpu/README.md)"
