@@ -125,7 +125,17 @@ void CountConditional(const proto::TrainConfig& c, MemoryEstimate* est) {
       attention += LinearParams(kTokenAttributeBits, D) + NormParams(D);
   }
   est->dense_params += (L - moe_blocks) * AttentionParams(D) + moe_blocks * attention;
-  AddMoeLayers(ConditionalMoeOptions(m), moe_blocks, c, est);
+  if (m.conditional().ffn_form() == proto::ConditionalConfig::MOE_LAYER) {
+    AddMoeLayers(ConditionalMoeOptions(m), moe_blocks, c, est);
+    return;
+  }
+  // ROUTED_PAIR: fc1 and fc2 as replicated routed linear experts (dense, no capacity buffers).
+  const double H = m.moe().expert_hidden_dim() > 0 ? m.moe().expert_hidden_dim() : m.mlp_dim();
+  double ffn = E * (LinearParams(D, H) + LinearParams(H, D)) + D * E;
+  const RoutingRule rule = RoutingRuleForLevel(m.conditional().routing_level());
+  if (rule != RoutingRule::kTokenTopK && rule != RoutingRule::kPerImage)
+    ffn += LinearParams(kTokenAttributeBits, D) + NormParams(D);
+  est->dense_params += moe_blocks * ffn;
 }
 
 // family "mixer" (MLP-Mixer / Sparse-MLP): the last num_sparse_blocks blocks hold MoE_S and

@@ -221,7 +221,9 @@ void TrainingSession::OptimizerStepCuda(float) { LOG(FATAL) << "no CUDA path in 
 #endif
 
 void TrainingSession::SetContext(bool training, int64_t step, int64_t rows) {
-  if (net_->moe_layers().empty()) return;
+  // Routed layers other than MoeLayer (the conditional family's routed pairs) read the context
+  // too (training flag, global image keys of their noise), so every MoE config sets it.
+  if (net_->moe_layers().empty() && !config_.model().use_moe()) return;
   const int64_t images_per_group = config_.model().moe().group_size_images();
   const int64_t groups_per_rank = rows / images_per_group;
   MoeStepContext ctx;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <set>
+#include <tuple>
 
 #include "core/gemm.h"
 #ifdef MOE_EP_HAS_CUDA
@@ -12,6 +13,7 @@
 #include "core/kernels/cuda/dense_kernels.h"
 #endif
 #include "models/layers/attention.h"
+#include "models/layers/gelu.h"
 #include "models/layers/layer_norm.h"
 #include "models/layers/linear.h"
 #include "models/layers/mean_pool.h"
@@ -63,13 +65,59 @@ MoeLayerOptions ConditionalMoeOptions(const proto::ModelConfig& model) {
       model.moe().expert_hidden_dim() > 0 ? model.moe().expert_hidden_dim() : model.mlp_dim();
   MoeLayerOptions o = MoeOptionsFromConfig(model, model.hidden_dim(), hidden, T);
   o.rule = RoutingRuleForLevel(model.conditional().routing_level());
+  // The released top-2 gate has no auxiliary losses: off unless the config sets them.
+  if (!model.moe().has_importance_loss_weight()) o.importance_weight = 0.f;
+  if (!model.moe().has_load_loss_weight()) o.load_weight = 0.f;
   // Uni-Perceiver-MoE renormalises the top-k gates at every level (kAttribute always does).
   o.renormalise_gates = true;
   if (o.rule == RoutingRule::kAttribute) o.attribute_dim = kTokenAttributeBits;
   return o;
 }
 
+MoeLinearPairOptions ConditionalPairOptions(const proto::ModelConfig& model, int64_t in1,
+                                            int64_t out1, int64_t in2, int64_t out2) {
+  const int64_t side = model.image_size() / model.patch_size();
+  MoeLinearPairOptions o;
+  o.in1 = in1;
+  o.out1 = out1;
+  o.in2 = in2;
+  o.out2 = out2;
+  o.num_experts = model.moe().num_experts();
+  o.top_k = model.moe().top_k();
+  o.tokens_per_image = side * side;
+  o.images_per_group = model.moe().group_size_images();
+  o.noise_scale = model.moe().router_noise_scale();
+  switch (RoutingRuleForLevel(model.conditional().routing_level())) {
+    case RoutingRule::kTokenTopK: o.router_input = MoeLinearPairOptions::RouterInput::kToken; break;
+    case RoutingRule::kPerImage: o.router_input = MoeLinearPairOptions::RouterInput::kImageMean; break;
+    default:
+      o.router_input = MoeLinearPairOptions::RouterInput::kAttributes;
+      o.attribute_dim = kTokenAttributeBits;
+  }
+  return o;
+}
+
 namespace {
+
+// The paper's routed FFN: fc1 routed, fc2 reusing fc1's decision, GELU between; the pair merges
+// the chosen experts' weights, y = (sum_g W2_e) GELU((sum_g W1_e) x + b1) + b2.
+class MoeFfnPair : public Layer {
+ public:
+  MoeFfnPair(const std::string& name, const MoeLinearPairOptions& o, uint64_t seed)
+      : pair_(name, o, seed) {}
+  Tensor Forward(const Tensor& x) override {
+    return pair_.ForwardSecond(gelu_.Forward(pair_.ForwardFirst(x)));
+  }
+  Tensor Backward(const Tensor& dy) override {
+    return pair_.BackwardFirst(gelu_.Backward(pair_.BackwardSecond(dy)));
+  }
+  std::vector<Parameter*> Parameters() override { return pair_.Parameters(); }
+  MoeLinearPair* pair() { return &pair_; }
+
+ private:
+  MoeLinearPair pair_;
+  Gelu gelu_;
+};
 
 // Multi-head attention between the two routed projections: qkv [B*T, 3D] ([q | k | v] columns,
 // head h owning columns h*dh.. of each part) -> o [B*T, D]; per image and head
@@ -186,27 +234,9 @@ ConditionalVit::ConditionalVit(const proto::ModelConfig& config, Communicator* c
     std::unique_ptr<Layer> mlp;   // Mlp or MoeLayer
     const bool moe = moe_blocks.count(i) > 0;
     if (moe && cc.moe_in_attention()) {
-      MoeLinearPairOptions o;
+      MoeLinearPairOptions o = ConditionalPairOptions(config, D, 3 * D, D, D);
       o.first_name = "qkv";
       o.second_name = "proj";
-      o.in1 = D;
-      o.out1 = 3 * D;
-      o.in2 = D;
-      o.out2 = D;
-      o.num_experts = config.moe().num_experts();
-      o.top_k = config.moe().top_k();
-      o.tokens_per_image = tokens_per_image_;
-      o.images_per_group = config.moe().group_size_images();
-      o.noise_scale = config.moe().router_noise_scale();
-      switch (RoutingRuleForLevel(cc.routing_level())) {
-        case RoutingRule::kTokenTopK: o.router_input = MoeLinearPairOptions::RouterInput::kToken; break;
-        case RoutingRule::kPerImage:
-          o.router_input = MoeLinearPairOptions::RouterInput::kImageMean;
-          break;
-        default:
-          o.router_input = MoeLinearPairOptions::RouterInput::kAttributes;
-          o.attribute_dim = kTokenAttributeBits;
-      }
       auto a = std::make_unique<MoeSelfAttention>(prefix + ".attn.moe", o, config.num_heads(), seed);
       attention_moe_.push_back(a->pair());
       attn = std::move(a);
@@ -214,7 +244,14 @@ ConditionalVit::ConditionalVit(const proto::ModelConfig& config, Communicator* c
       attn = std::make_unique<MultiHeadSelfAttention>(prefix + ".attn", D, config.num_heads(),
                                                          tokens_per_image_, seed);
     }
-    if (moe) {
+    if (moe && cc.ffn_form() == proto::ConditionalConfig::ROUTED_PAIR) {
+      const int hidden = config.moe().expert_hidden_dim() > 0 ? config.moe().expert_hidden_dim()
+                                                              : config.mlp_dim();
+      auto f = std::make_unique<MoeFfnPair>(
+          prefix + ".ffn.moe", ConditionalPairOptions(config, D, hidden, hidden, D), seed);
+      ffn_moe_.push_back(f->pair());
+      mlp = std::move(f);
+    } else if (moe) {
       auto m = std::make_unique<MoeLayer>(prefix + ".moe", ConditionalMoeOptions(config), comm, seed);
       moe_layers_.push_back(m.get());
       mlp = std::move(m);
@@ -303,7 +340,7 @@ Tensor ConditionalVit::Forward(const Tensor& images) {
   // The routers' attributes: every token of image b carries the bits of (task, modality),
   // masked to the routing level's bits.
   const uint32_t mask = RoutingLevelMask(config_.conditional().routing_level());
-  if (!moe_layers_.empty() && mask != 0) {
+  if (config_.use_moe() && mask != 0) {
     attributes_ = Tensor::Zeros({B * T, kTokenAttributeBits});
     for (int64_t t = 0; t < B * T; ++t) {
       const uint32_t bits = TokenAttributeBits(task_[t / T], modality_[t / T]) & mask;
@@ -317,6 +354,7 @@ Tensor ConditionalVit::Forward(const Tensor& images) {
   ctx.attributes = attributes_.empty() ? nullptr : &attributes_;
   for (MoeLayer* m : moe_layers_) m->SetStepContext(ctx);
   for (MoeLinearPair* a : attention_moe_) a->SetStepContext(ctx);
+  for (MoeLinearPair* f : ffn_moe_) f->SetStepContext(ctx);
 
   for (auto& b : blocks_) x = b->Forward(x);
   return head_->Forward(pool_->Forward(final_norm_->Forward(x)));
@@ -359,7 +397,7 @@ double ConditionalVit::FlopsPerImage() const {
   const double T = tokens_per_image_, D = dim_, H = config_.mlp_dim();
   const double P = config_.patch_size() * config_.patch_size() * config_.channels();
   double macs = T * P * D + 2 * T * D;  // patch embedding, task + modality embeddings (adds)
-  size_t moe_i = 0;
+  size_t moe_i = 0, pair_i = 0;
   for (size_t i = 0; i < blocks_.size(); ++i) {
     macs += T * 4 * D * D + 2 * T * T * D;
     if (moe_attention_[i]) {
@@ -367,7 +405,13 @@ double ConditionalVit::FlopsPerImage() const {
       macs += D * E + k * 4 * D * D;  // one router row and one merge per image
     }
     const bool is_moe = moe_i < moe_layers_.size() && blocks_[i]->mlp() == moe_layers_[moe_i];
-    if (is_moe) {
+    const auto* ffn_pair = dynamic_cast<MoeFfnPair*>(blocks_[i]->mlp());
+    const bool is_pair = ffn_pair != nullptr;
+    if (is_pair) {
+      // Router row and one merge of k experts' fc1 and fc2 per image, then the dense GEMMs.
+      const MoeLinearPairOptions& o = ffn_moe_.at(pair_i++)->options();
+      macs += D * o.num_experts + o.top_k * 2 * D * o.out1 + T * 2 * D * o.out1;
+    } else if (is_moe) {
       const MoeLayerOptions& o = moe_layers_[moe_i++]->options();
       macs += T * D * o.num_experts + o.top_k * T * 2 * D * o.hidden;
     } else {
@@ -412,6 +456,22 @@ void ValidateConditionalVitConfig(const proto::TrainConfig& c, std::vector<std::
     errors->push_back(ConfigError("model.moe.superclass_loss_weight",
                                   std::to_string(moe.superclass_loss_weight()),
                                   "super-class router guidance is family \"mobile_vmoe\""));
+  // The routed pair has no auxiliary losses (the released top-2 gate has none) and no capacity:
+  // refuse weights that would silently do nothing. MOE_LAYER keeps them settable.
+  if (cc.ffn_form() == proto::ConditionalConfig::ROUTED_PAIR) {
+    for (auto [field, set, w] : {std::tuple<const char*, bool, float>{
+                                     "model.moe.importance_loss_weight",
+                                     moe.has_importance_loss_weight(), moe.importance_loss_weight()},
+                                 {"model.moe.load_loss_weight", moe.has_load_loss_weight(),
+                                  moe.load_loss_weight()},
+                                 {"model.moe.switch_loss_weight", moe.has_switch_loss_weight(),
+                                  moe.switch_loss_weight()}})
+      if (set && w != 0)
+        errors->push_back(ConfigError(field, std::to_string(w),
+                                      "the routed-pair FFN (model.conditional.ffn_form: "
+                                      "ROUTED_PAIR) has no auxiliary losses; use ffn_form: "
+                                      "MOE_LAYER for them"));
+  }
   if (moe.attribute_with_token() && RoutingRuleForLevel(cc.routing_level()) != RoutingRule::kAttribute)
     errors->push_back(ConfigError("model.moe.attribute_with_token", "true",
                                   "only the MODALITY, TASK and ATTRIBUTE routing levels read "

@@ -9,8 +9,11 @@
 // The logits hold both heads: fine classes [0, 10), super-classes [10, 10 + S); the trainer scores
 // each sample on its task's slice only (SlicedCrossEntropy).
 //
-// MoE (model.use_moe): blocks {0, 2, 4, ...} (EvenBlockIndices). FFN_i is the expert-parallel
-// MoeLayer (each expert fc1 -> GELU -> fc2 under ONE routing decision). With
+// MoE (model.use_moe): blocks {0, 2, 4, ...} (EvenBlockIndices). FFN_i by
+// conditional.ffn_form: ROUTED_PAIR (default, the paper's released code) -- fc1 and fc2 are a
+// MoeLinearPair, fc2 reusing fc1's decision, experts merged by weights,
+// y = (sum_g W2_e) GELU((sum_g W1_e) x), experts replicated, no auxiliary losses; MOE_LAYER --
+// the expert-parallel MoeLayer (each expert fc1 -> GELU -> fc2 under ONE routing decision). With
 // conditional.moe_in_attention, Attn_i's qkv and output projections are routed linear experts
 // sharing one decision (MoeLinearPair, its own router; experts replicated, merged weights).
 //
@@ -26,10 +29,10 @@
 //   MODALITY  kAttribute on bits {0, 1}        TASK  kAttribute on bits {2, 3}
 //   ATTRIBUTE kAttribute on all 8 bits
 // Under the attribute levels every token of an image carries the same bits, so at evaluation all
-// its tokens take the same experts and gates (models/moe/README.md, case 11). In training the FFN
-// router's noise is drawn per token (MoeLayer keys it on the row), so near-ties may split an
-// image; the attention pair draws one noise vector per image (one decision per image, as the
-// paper).
+// its tokens take the same experts and gates (models/moe/README.md, case 11). In training the
+// routed pairs (attention, and the ROUTED_PAIR FFN) draw one noise vector per image, keyed on the
+// global image (one decision per image, as the paper); the MOE_LAYER FFN draws its noise per token
+// (MoeLayer keys it on the row), so there near-ties may split an image.
 #pragma once
 
 #include <cstdint>
@@ -57,8 +60,12 @@ uint32_t TokenAttributeBits(int task, int modality);
 uint32_t RoutingLevelMask(proto::ConditionalConfig::RoutingLevel level);
 // The MoE layer's rule for a level.
 RoutingRule RoutingRuleForLevel(proto::ConditionalConfig::RoutingLevel level);
-// The FFN MoE layer's options for this model (rule, renormalisation and attribute width by level).
+// The MOE_LAYER FFN's options for this model (rule, renormalisation and attribute width by level;
+// importance and load losses 0 unless the config sets them).
 MoeLayerOptions ConditionalMoeOptions(const proto::ModelConfig& model);
+// A routed pair's options for this model: [in1 -> out1] and [in2 -> out2], router input by level.
+MoeLinearPairOptions ConditionalPairOptions(const proto::ModelConfig& model, int64_t in1,
+                                            int64_t out1, int64_t in2, int64_t out2);
 // Logit count: 10 fine classes + num_superclasses.
 int ConditionalNumOutputs(const proto::ModelConfig& model);
 
@@ -80,6 +87,8 @@ class ConditionalVit : public Net {
   void SetBatchInfo(const BatchInfo& info) override;
 
   const std::vector<MoeLinearPair*>& attention_moe() const { return attention_moe_; }
+  // The ROUTED_PAIR FFNs (empty with ffn_form MOE_LAYER, whose layers are moe_layers()).
+  const std::vector<MoeLinearPair*>& ffn_moe() const { return ffn_moe_; }
   // The masked attribute rows [B*T, 8] of the last Forward (empty for TOKEN / CONTEXT).
   const Tensor& attributes() const { return attributes_; }
   int tokens_per_image() const { return tokens_per_image_; }
@@ -96,6 +105,7 @@ class ConditionalVit : public Net {
   std::unique_ptr<MeanPoolTokens> pool_;
   std::unique_ptr<Linear> head_;
   std::vector<MoeLinearPair*> attention_moe_;
+  std::vector<MoeLinearPair*> ffn_moe_;
   MoeStepContext ctx_;
   std::vector<int> next_task_, next_modality_;  // from SetBatchInfo, for the next Forward
   std::vector<int> task_, modality_;            // of the last Forward

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The conditional MoE family end to end on 4 ranks (EP=4): multi-task Fashion-MNIST with
-# attribute routing in the FFN and in the attention. The loss must fall over 40 steps, the
-# per-task test accuracy (fine and coarse, on both modalities) must be printed, and a config
-# that sets model.moe.routing for this family must end every rank with the validator's message.
+# attribute routing in the FFN (routed fc1/fc2 pair) and in the attention. The loss must fall
+# over 40 steps, the per-task test accuracy (fine and coarse, on both modalities) must be printed,
+# the MOE_LAYER FFN form must run and print its routing tables, and a config that sets
+# model.moe.routing for this family must end every rank with the validator's message.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 CONFIG="$SRC_DIR/launcher/configs/conditional_moe_tiny.pbtxt"
@@ -29,7 +30,12 @@ coarse=$(echo "$line" | sed -E 's/.*coarse\/image ([0-9.]+).*/\1/')
 awk -v c="${coarse:-0}" 'BEGIN {exit !(c > 0.4)}' && pass "coarse_above_chance ($coarse)" \
   || fail coarse_above_chance "coarse/image $coarse"
 grep -q 'final: test accuracy' "$OUT" && pass final_accuracy || fail final_accuracy "no final line"
-# Routing analytics: one expert x fine-class table per FFN MoE layer (blocks 0 and 2).
+# The MOE_LAYER FFN form (the default is the routed pair, which the routing analytics do not
+# read): a short run must train and print one expert x fine-class table per FFN MoE layer
+# (blocks 0 and 2).
+run_job conditional_moe_layer 600 -np 4 "$TRAIN" --config="$CONFIG" --log_dir="$WORK/logs_ml" \
+  --override="steps: 10 log_every: 10 data { eval_images: 256 } model { conditional { ffn_form: MOE_LAYER } }"
+[ "$RC" -eq 0 ] && pass moe_layer_form_exit || fail moe_layer_form_exit "exit $RC"
 n_tables=$(grep -c 'routing matrix block[0-9]*.moe (final evaluation' "$OUT" || true)
 [ "$n_tables" -ge 2 ] && pass "routing_tables ($n_tables)" || fail routing_tables "$n_tables tables"
 

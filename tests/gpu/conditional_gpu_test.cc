@@ -135,7 +135,7 @@ TEST_F(ConditionalGpuTest, LinearPairUnmergedAttributeRoutingMatchesHost) {
   ComparePair(RouterInput::kAttributes, /*merge_weights=*/false);
 }
 
-proto::TrainConfig NetConfig(Level::RoutingLevel level) {
+proto::TrainConfig NetConfig(Level::RoutingLevel level, Level::FfnForm form) {
   proto::TrainConfig c;
   c.set_seed(9);
   c.set_device("cuda");
@@ -148,6 +148,7 @@ proto::TrainConfig NetConfig(Level::RoutingLevel level) {
   m->set_use_moe(true);
   m->mutable_conditional()->set_routing_level(level);
   m->mutable_conditional()->set_moe_in_attention(true);
+  m->mutable_conditional()->set_ffn_form(form);
   auto* moe = m->mutable_moe();
   moe->set_num_experts(4);
   moe->set_top_k(2);
@@ -156,8 +157,8 @@ proto::TrainConfig NetConfig(Level::RoutingLevel level) {
   return c;
 }
 
-void CompareNets(Level::RoutingLevel level) {
-  const proto::TrainConfig c = NetConfig(level);
+void CompareNets(Level::RoutingLevel level, Level::FfnForm form = Level::ROUTED_PAIR) {
+  const proto::TrainConfig c = NetConfig(level, form);
   std::vector<std::string> errors;
   ValidateConditionalVitConfig(c, &errors);
   ASSERT_TRUE(errors.empty()) << errors.front();
@@ -181,10 +182,13 @@ void CompareNets(Level::RoutingLevel level) {
   const Tensor logits = host.Forward(images);
   ExpectNear("logits", logits, dev.Forward(Up(images)), 1e-4);
   ASSERT_EQ(host.attention_moe().size(), dev.attention_moe().size());
-  for (size_t i = 0; i < host.attention_moe().size(); ++i) {
-    EXPECT_EQ(dev.attention_moe()[i]->RowExperts(), host.attention_moe()[i]->RowExperts());
-    EXPECT_EQ(dev.attention_moe()[i]->RowGates(), host.attention_moe()[i]->RowGates());
-  }
+  ASSERT_EQ(host.ffn_moe().size(), dev.ffn_moe().size());
+  EXPECT_EQ(host.ffn_moe().size(), form == Level::ROUTED_PAIR ? 2u : 0u);
+  for (auto pairs : {&ConditionalVit::attention_moe, &ConditionalVit::ffn_moe})
+    for (size_t i = 0; i < (host.*pairs)().size(); ++i) {
+      EXPECT_EQ((dev.*pairs)()[i]->RowExperts(), (host.*pairs)()[i]->RowExperts());
+      EXPECT_EQ((dev.*pairs)()[i]->RowGates(), (host.*pairs)()[i]->RowGates());
+    }
   for (Parameter* p : host.Parameters()) p->grad.Zero();
   for (Parameter* p : dev.Parameters()) p->grad.Zero();
   const Tensor dlogits = Random(logits.shape(), 6, 0.1f);
@@ -200,6 +204,9 @@ void CompareNets(Level::RoutingLevel level) {
 
 TEST_F(ConditionalGpuTest, AttributeLevelNetMatchesHost) { CompareNets(Level::ATTRIBUTE); }
 TEST_F(ConditionalGpuTest, TaskLevelNetMatchesHost) { CompareNets(Level::TASK); }
+TEST_F(ConditionalGpuTest, AttributeLevelMoeLayerNetMatchesHost) {
+  CompareNets(Level::ATTRIBUTE, Level::MOE_LAYER);
+}
 
 }  // namespace
 }  // namespace moe

@@ -17,7 +17,7 @@ using ep_invariance::kBatchPerRank;
 using Level = proto::ConditionalConfig;
 
 proto::TrainConfig SmallConditional(int ep_size, int batch_per_rank, Level::RoutingLevel level,
-                                    bool dropless) {
+                                    bool dropless, Level::FfnForm form) {
   proto::TrainConfig c;
   auto* m = c.mutable_model();
   m->set_family("conditional");
@@ -32,7 +32,9 @@ proto::TrainConfig SmallConditional(int ep_size, int batch_per_rank, Level::Rout
   moe->set_group_size_images(4);
   moe->set_dropless(dropless);
   moe->set_capacity_factor_train(1.0);  // tight: attribute routing concentrates tokens
-  moe->set_switch_loss_weight(0.01f);
+  // The routed pair has no auxiliary losses (nor capacity: the two settings above go unread).
+  if (form == Level::MOE_LAYER) moe->set_switch_loss_weight(0.01f);
+  m->mutable_conditional()->set_ffn_form(form);
   m->mutable_conditional()->set_routing_level(level);
   m->mutable_conditional()->set_moe_in_attention(true);
   c.mutable_parallel()->set_ep_size(ep_size);
@@ -64,32 +66,53 @@ ep_invariance::BatchFn MultiTaskBatches(const MultiTaskSpec& spec, int64_t globa
   };
 }
 
-void ExpectConditionalEpInvariance(int ep_size, Level::RoutingLevel level, bool dropless) {
+void ExpectConditionalEpInvariance(int ep_size, Level::RoutingLevel level, bool dropless,
+                                   Level::FfnForm form = Level::MOE_LAYER) {
   int world = 0;
   MPI_Comm_size(MPI_COMM_WORLD, &world);
   if (world % ep_size != 0) GTEST_SKIP() << "world " << world << " vs ep_size " << ep_size;
   const int64_t gb = static_cast<int64_t>(kBatchPerRank) * world;
-  const proto::TrainConfig dist_cfg = SmallConditional(ep_size, kBatchPerRank, level, dropless);
-  const proto::TrainConfig ref_cfg = SmallConditional(1, static_cast<int>(gb), level, dropless);
+  const proto::TrainConfig dist_cfg =
+      SmallConditional(ep_size, kBatchPerRank, level, dropless, form);
+  const proto::TrainConfig ref_cfg =
+      SmallConditional(1, static_cast<int>(gb), level, dropless, form);
   MultiTaskSpec spec;
   std::string err;
   ASSERT_TRUE(BuildMultiTaskSpec(dist_cfg, &spec, &err)) << err;
   int64_t coarse_seen = 0, view2_seen = 0;
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  if (rank == 0) printf("[ %s%s ]\n", Level::RoutingLevel_Name(level).c_str(), dropless ? " dropless" : "");
+  if (rank == 0)
+    printf("[ %s%s %s ]\n", Level::RoutingLevel_Name(level).c_str(), dropless ? " dropless" : "",
+           Level::FfnForm_Name(form).c_str());
+  // The routed pair never drops (every row takes its k experts on its own rank).
   ep_invariance::RunEpInvariance(ep_size, dist_cfg, ref_cfg,
                                  MultiTaskBatches(spec, gb, &coarse_seen, &view2_seen),
-                                 /*expect_drops=*/true);
+                                 /*expect_drops=*/form == Level::MOE_LAYER,
+                                 /*expect_experts=*/form == Level::MOE_LAYER);
   EXPECT_GT(coarse_seen, 0);
   EXPECT_GT(view2_seen, 0);
   // The routed attention's experts are replicated: their names must be among the compared ones.
   SelfCommunicator self;
   TrainingSession probe(ref_cfg, &self, nullptr);
-  int routed_attention = 0;
-  for (Parameter* p : probe.Parameters())
+  int routed_attention = 0, routed_ffn = 0;
+  for (Parameter* p : probe.Parameters()) {
     routed_attention += p->name.find(".attn.moe.") != std::string::npos;
+    routed_ffn += p->name.find(".ffn.moe.") != std::string::npos;
+  }
   EXPECT_GT(routed_attention, 0);
+  EXPECT_EQ(routed_ffn > 0, form == Level::ROUTED_PAIR);
+}
+
+// The default FFN form (ROUTED_PAIR): replicated routed fc1/fc2, noise per global image.
+TEST(EpInvarianceConditional, Ep4AttributeRoutedPair) {
+  ExpectConditionalEpInvariance(4, Level::ATTRIBUTE, false, Level::ROUTED_PAIR);
+}
+TEST(EpInvarianceConditional, Ep2Dp2AttributeRoutedPair) {
+  ExpectConditionalEpInvariance(2, Level::ATTRIBUTE, false, Level::ROUTED_PAIR);
+}
+TEST(EpInvarianceConditional, Ep4TokenRoutedPair) {
+  ExpectConditionalEpInvariance(4, Level::TOKEN, false, Level::ROUTED_PAIR);
 }
 
 TEST(EpInvarianceConditional, Ep4Attribute) {

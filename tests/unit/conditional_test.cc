@@ -10,6 +10,7 @@
 #include <fstream>
 #include <map>
 #include <set>
+#include <tuple>
 
 #include "comm/self_communicator.h"
 #include "launcher/config.h"
@@ -17,6 +18,7 @@
 #include "models/moe/moe_linear_pair.h"
 #include "models/moe/routing_rules.h"
 #include "models/nets/conditional_vit.h"
+#include "models/layers/gelu.h"
 #include "models/nets/families.h"
 #include "tests/unit/grad_check.h"
 
@@ -61,7 +63,9 @@ TEST(ConditionalAttributes, BitsAndLevelMasks) {
 }
 
 // A tiny conditional net: 28x28 images, 7x7 patches (16 tokens), blocks {0, 2} MoE.
-proto::TrainConfig TinyConfig(Level::RoutingLevel level, bool attention, bool use_moe = true) {
+// The FFN is the routed pair by default; MOE_LAYER adds its importance and load losses.
+proto::TrainConfig TinyConfig(Level::RoutingLevel level, bool attention, bool use_moe = true,
+                              Level::FfnForm form = Level::ROUTED_PAIR) {
   proto::TrainConfig c;
   c.set_seed(5);
   auto* m = c.mutable_model();
@@ -76,8 +80,11 @@ proto::TrainConfig TinyConfig(Level::RoutingLevel level, bool attention, bool us
   moe->set_top_k(2);
   moe->set_group_size_images(2);
   moe->set_dropless(true);
-  moe->set_importance_loss_weight(0.05f);
-  moe->set_load_loss_weight(0.05f);
+  if (form == Level::MOE_LAYER) {
+    moe->set_importance_loss_weight(0.05f);
+    moe->set_load_loss_weight(0.05f);
+  }
+  m->mutable_conditional()->set_ffn_form(form);
   m->mutable_conditional()->set_routing_level(level);
   m->mutable_conditional()->set_moe_in_attention(attention);
   c.mutable_data()->set_batch_per_rank(4);
@@ -101,15 +108,16 @@ std::vector<std::map<int, float>> RowChoices(const MoeLayer& m, int64_t rows) {
   return out;
 }
 
-// Case 11 through the net: every (task, modality) appears twice; rows with equal attribute
-// vectors take equal experts and gates (FFN MoE and routed attention), each row's two gates sum
-// to 1, and the levels collapse exactly the attributes they mask out.
+// Case 11 through the net with the MOE_LAYER FFN, at evaluation: every (task, modality) appears
+// twice; rows with equal attribute vectors take equal experts and gates (FFN MoE and routed
+// attention), each row's two gates sum to 1, and the levels collapse exactly the attributes they
+// mask out. (In training that FFN's noise is per token; the routed pair's is per image, below.)
 class ConditionalCase11 : public ::testing::TestWithParam<Level::RoutingLevel> {};
 
 TEST_P(ConditionalCase11, EqualAttributesGiveEqualExpertsAndGates) {
   const Level::RoutingLevel level = GetParam();
   SelfCommunicator comm;
-  proto::TrainConfig c = TinyConfig(level, /*attention=*/true);
+  proto::TrainConfig c = TinyConfig(level, /*attention=*/true, true, Level::MOE_LAYER);
   c.mutable_data()->set_batch_per_rank(8);
   ConditionalVit net(c.model(), &comm, c.seed());
   const std::vector<int> task = {0, 1, 0, 1, 1, 0, 1, 0};
@@ -158,6 +166,102 @@ INSTANTIATE_TEST_SUITE_P(Levels, ConditionalCase11,
                            return Level::RoutingLevel_Name(i.param);
                          });
 
+// Per row: the k (expert, gate) pairs of a routed pair's last forward, flattened.
+std::vector<std::vector<float>> PairRows(const MoeLinearPair& p) {
+  const std::vector<int> e = p.RowExperts();
+  const std::vector<float> g = p.RowGates();
+  const int k = p.options().top_k;
+  std::vector<std::vector<float>> out(e.size() / k);
+  for (size_t t = 0; t < out.size(); ++t)
+    for (int r = 0; r < k; ++r) {
+      out[t].push_back(static_cast<float>(e[t * k + r]));
+      out[t].push_back(g[t * k + r]);
+    }
+  return out;
+}
+
+// Case 11 with the default routed-pair FFN in TRAINING, router noise on (std noise_scale / E =
+// 0.125, as large as the logits' spread at init): the noise is drawn per (image, expert), so all
+// tokens of an image -- which carry equal attributes -- take one decision in the FFN and in the
+// attention; each row's gates sum to 1. Across images the noise differs, so equality across
+// images is the evaluation check (noise off), which must collapse to one decision per
+// attribute vector.
+class ConditionalPairCase11 : public ::testing::TestWithParam<Level::RoutingLevel> {};
+
+TEST_P(ConditionalPairCase11, EqualAttributesGiveEqualExpertsAndGatesInTraining) {
+  const Level::RoutingLevel level = GetParam();
+  SelfCommunicator comm;
+  proto::TrainConfig c = TinyConfig(level, /*attention=*/true);
+  c.mutable_data()->set_batch_per_rank(8);
+  ASSERT_GT(c.model().moe().router_noise_scale(), 0.f);
+  ConditionalVit net(c.model(), &comm, c.seed());
+  const std::vector<int> task = {0, 1, 0, 1, 1, 0, 1, 0};
+  const std::vector<int> modality = {0, 0, 1, 1, 0, 0, 1, 1};
+  const Tensor images = RandomTensor({8, 784}, 21);
+  const int64_t T = net.tokens_per_image(), rows = 8 * T;
+  const uint32_t mask = RoutingLevelMask(level);
+  for (bool training : {true, false}) {
+    BatchInfo info;
+    info.task = &task;
+    info.modality = &modality;
+    net.SetBatchInfo(info);
+    net.SetMoeContext(Context(training, 4));
+    net.Forward(images);
+    ASSERT_TRUE(net.moe_layers().empty());
+    ASSERT_EQ(net.ffn_moe().size(), 2u);
+    for (size_t l = 0; l < 2; ++l)
+      for (const MoeLinearPair* p : {net.ffn_moe()[l], net.attention_moe()[l]}) {
+        const auto choice = PairRows(*p);
+        std::map<std::pair<int64_t, uint32_t>, std::vector<float>> in_image;
+        std::map<uint32_t, std::vector<float>> across;
+        for (int64_t t = 0; t < rows; ++t) {
+          EXPECT_NEAR(choice[t][1] + choice[t][3], 1.0, 1e-6) << "gates of row " << t;
+          const uint32_t key = TokenAttributeBits(task[t / T], modality[t / T]) & mask;
+          auto [it, fresh] = in_image.emplace(std::make_pair(t / T, key), choice[t]);
+          if (!fresh) EXPECT_EQ(it->second, choice[t]) << "layer " << l << " row " << t;
+          auto [at, afresh] = across.emplace(key, choice[t]);
+          if (!afresh && !training) EXPECT_EQ(at->second, choice[t]) << "eval, row " << t;
+        }
+        if (!training) EXPECT_LE(p->merged_groups(), level == Level::ATTRIBUTE ? 4 : 2);
+      }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Levels, ConditionalPairCase11,
+                         ::testing::Values(Level::MODALITY, Level::TASK, Level::ATTRIBUTE),
+                         [](const ::testing::TestParamInfo<Level::RoutingLevel>& i) {
+                           return Level::RoutingLevel_Name(i.param);
+                         });
+
+// The pair FFN is y = (sum_g W2_e) GELU((sum_g W1_e) x + b1) + b2 with the merged biases: rebuilt
+// here from the pair's own weights and decisions for one image and compared with the block's
+// FFN output through the per-expert path (merge_weights off), which computes the same thing as
+// gated sums of expert outputs.
+TEST(ConditionalNet, PairFfnMergedEqualsPerExpert) {
+  MoeLinearPairOptions o;
+  o.in1 = 6;
+  o.out1 = 10;
+  o.in2 = 10;
+  o.out2 = 6;
+  o.num_experts = 4;
+  o.top_k = 2;
+  o.tokens_per_image = 3;
+  o.router_input = RouterInput::kImageMean;
+  MoeLinearPairOptions per_expert = o;
+  per_expert.merge_weights = false;
+  MoeLinearPair merged("ffn", o, 9), split("ffn", per_expert, 9);
+  const Tensor x = RandomTensor({6, 6}, 4);
+  Tensor ym, ys;
+  for (MoeLinearPair* p : {&merged, &split}) {
+    p->SetStepContext(Context(/*training=*/true, 1));
+    Gelu gelu;
+    Tensor y = p->ForwardSecond(gelu.Forward(p->ForwardFirst(x)));
+    (p == &merged ? ym : ys) = y;
+  }
+  EXPECT_GT(merged.merged_groups(), 0);
+  for (int64_t i = 0; i < ym.numel(); ++i) EXPECT_NEAR(ym.at(i), ys.at(i), 1e-5) << i;
+}
+
 TEST(ConditionalNet, ContextLevelOneDecisionPerImage) {
   SelfCommunicator comm;
   proto::TrainConfig c = TinyConfig(Level::CONTEXT, /*attention=*/true);
@@ -165,7 +269,7 @@ TEST(ConditionalNet, ContextLevelOneDecisionPerImage) {
   net.SetMoeContext(Context(/*training=*/true, 2));
   net.Forward(RandomTensor({4, 784}, 8));
   const int64_t T = net.tokens_per_image();
-  const auto ffn = RowChoices(*net.moe_layers()[0], 4 * T);
+  const auto ffn = PairRows(*net.ffn_moe()[0]);
   const std::vector<int> ae = net.attention_moe()[0]->RowExperts();
   for (int64_t t = 0; t < 4 * T; ++t) {
     EXPECT_EQ(ffn[t], ffn[(t / T) * T]) << "row " << t;
@@ -331,17 +435,19 @@ INSTANTIATE_TEST_SUITE_P(
 // The whole net on one rank: objective = <logits, probe> + the MoE layers' aux losses, w.r.t.
 // the images and every parameter (attribute routers, routed attention, task embeddings).
 
-class ConditionalNetGradTest : public ::testing::TestWithParam<Level::RoutingLevel> {};
+class ConditionalNetGradTest
+    : public ::testing::TestWithParam<std::tuple<Level::RoutingLevel, Level::FfnForm>> {};
 
 TEST_P(ConditionalNetGradTest, MatchesFiniteDifferences) {
   SelfCommunicator comm;
-  proto::TrainConfig c = TinyConfig(GetParam(), /*attention=*/true);
-  // No router noise here: the FFN router draws it per token, and under attribute routing the 16
-  // tokens of an image then differ by noise alone, so some token sits within a finite-difference
-  // step of a top-k flip. The noise is additive (its gradient path is the clean one) and the MoE
-  // layer's noisy gradients are checked in moe_rules_test; the routed attention's here above.
-  // (TOKEN and CONTEXT keep it: their router inputs differ per token / image anyway.)
-  if (RoutingRuleForLevel(GetParam()) == RoutingRule::kAttribute) {
+  const auto [level, form] = GetParam();
+  proto::TrainConfig c = TinyConfig(level, /*attention=*/true, true, form);
+  // MOE_LAYER: no router noise here: that FFN router draws it per token, and under attribute
+  // routing the 16 tokens of an image then differ by noise alone, so some token sits within a
+  // finite-difference step of a top-k flip. The noise is additive (its gradient path is the clean
+  // one) and the MoE layer's noisy gradients are checked in moe_rules_test. The routed pairs
+  // (ROUTED_PAIR FFN, attention) keep it: one draw per image.
+  if (form == Level::MOE_LAYER && RoutingRuleForLevel(level) == RoutingRule::kAttribute) {
     c.mutable_model()->mutable_moe()->set_router_noise_scale(0.f);
     c.mutable_model()->mutable_moe()->set_load_loss_weight(0.f);  // it needs noise
   }
@@ -383,15 +489,39 @@ TEST_P(ConditionalNetGradTest, MatchesFiniteDifferences) {
     ExpectGradientsMatch(params[i]->name + "#" + std::to_string(params[i]->global_expert_id),
                          &params[i]->value, grads[i], objective, opt);
   }
-  if (RoutingRuleForLevel(GetParam()) == RoutingRule::kAttribute)
+  if (RoutingRuleForLevel(level) == RoutingRule::kAttribute)
     EXPECT_EQ(attribute_params, 16) << "attr_proj.w/.b and attr_norm gamma/beta in 4 routers";
+  EXPECT_EQ(net.ffn_moe().size(), form == Level::ROUTED_PAIR ? 2u : 0u);
 }
 
-INSTANTIATE_TEST_SUITE_P(Levels, ConditionalNetGradTest,
-                         ::testing::Values(Level::TOKEN, Level::CONTEXT, Level::ATTRIBUTE),
-                         [](const ::testing::TestParamInfo<Level::RoutingLevel>& i) {
-                           return Level::RoutingLevel_Name(i.param);
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Levels, ConditionalNetGradTest,
+    ::testing::Combine(::testing::Values(Level::TOKEN, Level::CONTEXT, Level::ATTRIBUTE),
+                       ::testing::Values(Level::ROUTED_PAIR, Level::MOE_LAYER)),
+    [](const ::testing::TestParamInfo<std::tuple<Level::RoutingLevel, Level::FfnForm>>& i) {
+      return Level::RoutingLevel_Name(std::get<0>(i.param)) + "_" +
+             Level::FfnForm_Name(std::get<1>(i.param));
+    });
+
+// The released top-2 gate has no auxiliary losses: the family's MOE_LAYER FFN leaves them off
+// unless the config sets them, and the routed pair refuses them (it would ignore them).
+TEST(ConditionalNet, AuxLossesOffByDefault) {
+  proto::TrainConfig c = TinyConfig(Level::ATTRIBUTE, true, true, Level::MOE_LAYER);
+  c.mutable_model()->mutable_moe()->clear_importance_loss_weight();
+  c.mutable_model()->mutable_moe()->clear_load_loss_weight();
+  MoeLayerOptions o = ConditionalMoeOptions(c.model());
+  EXPECT_EQ(o.importance_weight, 0.f);
+  EXPECT_EQ(o.load_weight, 0.f);
+  c.mutable_model()->mutable_moe()->set_importance_loss_weight(0.01f);
+  EXPECT_EQ(ConditionalMoeOptions(c.model()).importance_weight, 0.01f);
+  std::vector<std::string> errors;
+  ValidateConditionalVitConfig(c, &errors);
+  EXPECT_TRUE(errors.empty());
+  c.mutable_model()->mutable_conditional()->set_ffn_form(Level::ROUTED_PAIR);
+  ValidateConditionalVitConfig(c, &errors);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_NE(errors[0].find("model.moe.importance_loss_weight"), std::string::npos) << errors[0];
+}
 
 TEST(ConditionalNet, DenseBaselineSeesTheTask) {
   SelfCommunicator comm;
