@@ -106,6 +106,9 @@ void CountVit(const proto::TrainConfig& c, MemoryEstimate* est) {
   est->dense_params += L * (2 * NormParams(D) + AttentionParams(D));
   est->dense_params += (L - moe_blocks) * MlpParams(D, m.mlp_dim());
   AddMoeLayers(MoeOptionsFromConfig(m), moe_blocks, c, est);
+  // Mobile V-MoE's shared router: one [D, E] router for all its MoE layers, not one each.
+  if (m.family() == "mobile_vmoe" && m.moe().shared_router() && moe_blocks > 1)
+    est->dense_params -= (moe_blocks - 1) * D * m.moe().num_experts();
 }
 
 // family "conditional": MoE in the even blocks, the attention projections routed too.

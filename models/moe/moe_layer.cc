@@ -89,6 +89,11 @@ MoeLayer::MoeLayer(const std::string& name, const MoeLayerOptions& options, Comm
                                           seed);
     attr_norm_ = std::make_unique<LayerNorm>(name + ".router.attr_norm", opt_.dim, seed);
   }
+  if (opt_.external_decision)
+    CHECK(opt_.rule == RoutingRule::kPerImage && opt_.noise == RouterNoise::kFixed &&
+          opt_.importance_weight == 0.f && opt_.load_weight == 0.f && opt_.switch_weight == 0.f &&
+          opt_.z_weight == 0.f && opt_.balance_sq_weight == 0.f)
+        << name << ": an external decision is per image, and its router's losses are its owner's";
   CHECK(!(opt_.dropless && (opt_.rule == RoutingRule::kExpertChoice ||
                             opt_.rule == RoutingRule::kPatchTopL)))
       << name << ": dropless applies to the token-side rules only (" << RoutingRuleName(opt_.rule)
@@ -130,7 +135,8 @@ void MoeLayer::MoveTo(Device device) {
 }
 
 std::vector<Parameter*> MoeLayer::Parameters() {
-  std::vector<Parameter*> ps = {&router_};
+  std::vector<Parameter*> ps;
+  if (!opt_.external_decision) ps.push_back(&router_);  // the decision's owner holds the router
   if (!w_noise_.value.empty()) ps.push_back(&w_noise_);
   for (Layer* l : {attr_proj_.get(), attr_norm_.get()})
     if (l != nullptr)
@@ -167,8 +173,19 @@ void MoeLayer::ForEachKeptAssignment(const std::function<void(int64_t, int, floa
       if (R.slot[t * R.kc + r] >= 0) fn(t, R.expert[t * R.kc + r], R.gate[t * R.kc + r]);
 }
 
+void MoeLayer::AddExternalMetrics(double aux_loss, double superclass_loss,
+                                  int64_t superclass_correct) {
+  metrics_.aux_loss += aux_loss;
+  metrics_.superclass_loss += superclass_loss;
+  metrics_.superclass_correct += superclass_correct;
+}
+
 void MoeLayer::Route(const Tensor& x) {
   StartRouting();
+  if (opt_.external_decision) {
+    RouteExternalDecision();
+    return;
+  }
   SetRouterInput(x, attr_proj_.get(), attr_norm_.get());
   RouterLogits(router_.value.data());
   RouteFromLogits();
@@ -448,6 +465,7 @@ Tensor MoeLayer::Forward(const Tensor& x) {
 #ifdef MOE_EP_HAS_CUDA
   if (x.device() == Device::kCUDA) {
     // Config validation refuses these with device "cuda"; the device router has neither.
+    CHECK(!opt_.external_decision) << name_ << ": an external decision is host-path only";
     CHECK(opt_.noise == RouterNoise::kFixed && opt_.balance_sq_weight == 0.f)
         << name_ << ": learned softplus router noise and the balance-squared loss are not "
         << "supported on the CUDA path yet";
@@ -566,7 +584,11 @@ Tensor MoeLayer::Backward(const Tensor& dy) {
   }
   {
     ScopedPhase ph(ctx_.profiler, "router_bwd");
-    RouterBackward(d_gate, &dx);
+    if (opt_.external_decision) {
+      ExternalDecisionBackward(d_gate);  // the owner's router takes it from there
+    } else {
+      RouterBackward(d_gate, &dx);
+    }
   }
   return dx;
 }

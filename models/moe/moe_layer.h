@@ -102,6 +102,18 @@ struct MoeLayerOptions {
   // every family but pMoE, whose two-layer CNN experts use ReLU (PmoeMoeOptions).
   enum class Activation { kGelu, kRelu };
   Activation expert_activation = Activation::kGelu;
+  // kPerImage: the decision comes from outside (SetExternalDecision: Mobile V-MoE's shared
+  // router, models/nets/mobile_vmoe.h). The layer then has no router parameter, no noise and no
+  // aux losses of its own; superclass_weight only marks the layer that reports the guidance.
+  bool external_decision = false;
+};
+
+// A per-image decision made outside the layer (options().external_decision), and where the
+// layer's Backward returns the gradient of the gates it used.
+struct ExternalImageDecision {
+  std::vector<int> expert;    // [images * top_k], global expert ids, in image order
+  std::vector<float> gate;    // [images * top_k]
+  std::vector<float> d_gate;  // [images * top_k]; Backward ADDS d(objective)/d(gate) here
 };
 
 // What changes every step; set before Forward.
@@ -146,6 +158,11 @@ class MoeLayer : public Layer {
   ~MoeLayer() override;
 
   void SetStepContext(const MoeStepContext& ctx) { ctx_ = ctx; }
+  // options().external_decision: the decision the next Forward follows (kept by the caller, who
+  // sizes d_gate and zeroes it before Backward), and the guidance metrics its owner computed
+  // for this Forward (added to metrics(); call after Forward).
+  void SetExternalDecision(ExternalImageDecision* d) { external_ = d; }
+  void AddExternalMetrics(double aux_loss, double superclass_loss, int64_t superclass_correct);
   Tensor Forward(const Tensor& x) override;
   Tensor Backward(const Tensor& dy) override;
   std::vector<Parameter*> Parameters() override;
@@ -183,6 +200,8 @@ class MoeLayer : public Layer {
   void RouteExpertChoice();
   void RoutePatchTopL();
   void RoutePerImage();
+  void RouteExternalDecision();  // options().external_decision
+  void ExternalDecisionBackward(const std::vector<float>& d_gate);
   // Shared router steps: training noise keyed on global indices, softmax, aux losses.
   bool NoiseOn() const;           // training, and noise configured
   bool RenormalisedGates() const;  // the k kept gates are a softmax over the kept k logits
@@ -236,6 +255,7 @@ class MoeLayer : public Layer {
   MoeMetrics metrics_;
   std::shared_ptr<Routing> routing_;
   std::shared_ptr<CudaState> cuda_;  // CUDA path only
+  ExternalImageDecision* external_ = nullptr;
 };
 
 }  // namespace moe

@@ -113,4 +113,25 @@ void MoeLayer::RoutePerImage() {
   }
 }
 
+// Mobile V-MoE's shared router decided for this layer: spread each image's experts and gates
+// over its tokens and fill capacity as RoutePerImage does (an image is kept or dropped whole).
+void MoeLayer::RouteExternalDecision() {
+  Routing& R = *routing_;
+  CHECK(external_ != nullptr) << name_ << ": no external decision set (SetExternalDecision)";
+  const int k = R.kc;
+  const int64_t T = opt_.tokens_per_image, B = R.router_rows;
+  CHECK_EQ(static_cast<int64_t>(external_->expert.size()), B * k) << name_ << ": decision size";
+  CHECK_EQ(static_cast<int64_t>(external_->gate.size()), B * k) << name_ << ": gate size";
+  R.expert.resize(R.rows * k);
+  R.gate.resize(R.rows * k);
+  for (int64_t t = 0; t < R.rows; ++t)
+    for (int r = 0; r < k; ++r) {
+      const int e = external_->expert[(t / T) * k + r];
+      CHECK(e >= 0 && e < opt_.num_experts) << name_ << ": expert " << e << " out of range";
+      R.expert[t * k + r] = e;
+      R.gate[t * k + r] = external_->gate[(t / T) * k + r];
+    }
+  FillCapacitySlots(CurrentCapacity());
+}
+
 }  // namespace moe

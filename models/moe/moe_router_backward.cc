@@ -45,6 +45,19 @@ void MoeLayer::RouterBackward(const std::vector<float>& d_gate, Tensor* dx) {
   if (!routing_->d_noise_pre.empty()) ApplyNoiseGrad(dx);
 }
 
+// An external decision's gates are shared by the image's tokens: their gradients sum per image
+// into the owner's buffer (which also collects the other layers' share).
+void MoeLayer::ExternalDecisionBackward(const std::vector<float>& d_gate) {
+  const Routing& R = *routing_;
+  const int k = R.kc;
+  const int64_t T = opt_.tokens_per_image;
+  CHECK(external_ != nullptr) << name_ << ": no external decision";
+  CHECK_EQ(static_cast<int64_t>(external_->d_gate.size()), R.router_rows * k)
+      << name_ << ": the owner must size d_gate like the decision";
+  for (int64_t t = 0; t < R.rows; ++t)
+    for (int r = 0; r < k; ++r) external_->d_gate[(t / T) * k + r] += d_gate[t * k + r];
+}
+
 // H = h + n softplus(u), u = x W_noise: W_noise's gradient += x^T dH/du, dx += (dH/du) W_noise^T
 // (token top-k only: the router input is the layer input).
 void MoeLayer::ApplyNoiseGrad(Tensor* dx) {

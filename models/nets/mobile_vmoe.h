@@ -9,6 +9,17 @@
 // super-class map read once from moe.superclass_file, and the translation of each step's labels
 // into super-class ids handed to the MoE layers through MoeStepContext::superclass.
 //
+// The router (moe.shared_router, default true: the paper's form, its Fig. 2c: MoE layers after
+// the dense ViT layers, whose output the router reads; the ablation of Sec. 3.2 / Fig. 3c ties
+// the router's accuracy to the 12 - L dense layers in front of it): ONE router W_s [D, E] (dense
+// parameter "shared_router.w") reads m = mean over tokens of the first MoE block's input (the
+// dense part's output), p = softmax(m W_s + noise), and its top-k experts and gates are the
+// decision of EVERY MoE layer (MoeLayer::SetExternalDecision); the guidance
+// w CE(clean logits, super-class) is added once. Backward: the gates' gradients of all MoE
+// layers, summed, plus the guidance -> W_s and, spread 1/T over the tokens, the dense part.
+// With shared_router false each MoE layer routes from the mean of its own input with its own
+// router and adds its own guidance term (L terms for L layers).
+//
 // Super-class file: one "class superclass" pair of integers per line, '#' starts a comment,
 // blank lines allowed; every class 0..num_classes-1 exactly once; super-class ids index experts,
 // so they lie in [0, num_experts). launcher/superclass_tool writes such files from a dense
@@ -48,8 +59,40 @@ class MobileVmoe : public VisionTransformer {
   // This step's super-class per image (the router's targets).
   const std::vector<int>& batch_superclasses() const { return batch_superclasses_; }
 
+  std::vector<Parameter*> Parameters() override;
+  // The shared router runs on the host only (validation refuses device "cuda" with it).
+  void MoveTo(Device d) override;
+  // The shared router is counted once (the base class counts one router per MoE layer).
+  double FlopsPerImage() const override;
+  bool shared_router() const { return shared_.on; }
+  // The last Forward's shared decision (empty in per-layer mode).
+  const ExternalImageDecision& shared_decision() const { return shared_.decision; }
+
+ protected:
+  void OnBlockInput(int block, const Tensor& x) override;
+  void OnBlockInputGrad(int block, Tensor* dx) override;
+
  private:
   bool guided() const { return !class_to_superclass_.empty(); }
+  // Shared-router steps: router input and logits; noise, softmax and top-k; the guidance.
+  void SharedRouterLogits(const Tensor& x, std::vector<float>* clean);
+  void SharedRouterDecide(const std::vector<float>& clean);
+  void SharedRouterGuidance();
+
+  struct SharedRouter {
+    bool on = false;
+    int first_block = -1;  // the first MoE block: its input is the dense part's output
+    Parameter w;           // [D, E]
+    Tensor in;             // [B, D] mean token per image
+    std::vector<float> probs, probs_clean;  // [B, E] noisy (the gates) and clean
+    std::vector<float> d_clean_aux;         // [B, E] the guidance's gradient w.r.t. clean logits
+    ExternalImageDecision decision;
+    double aux_loss = 0, superclass_loss = 0;
+    int64_t superclass_correct = 0;
+  };
+  SharedRouter shared_;
+  MoeStepContext ctx_;
+  uint64_t seed_ = 0;  // keys the shared router's noise
 
   std::vector<int> class_to_superclass_;
   // Lives as long as the net: the MoE layers keep a pointer to it in their step context.

@@ -64,7 +64,7 @@ MoeLayerOptions MoeOptionsFromConfig(const proto::ModelConfig& model, int dim, i
 }
 
 VisionTransformer::VisionTransformer(const proto::ModelConfig& config, Communicator* comm,
-                                     uint64_t seed)
+                                     uint64_t seed, const MoeOptionsAdjust& adjust_moe)
     : config_(config) {
   const int D = config.hidden_dim();
   const int p = config.patch_size();
@@ -75,7 +75,9 @@ VisionTransformer::VisionTransformer(const proto::ModelConfig& config, Communica
     const std::string prefix = "block" + std::to_string(i);
     std::unique_ptr<Layer> mlp;  // Mlp or MoeLayer
     if (moe_blocks.count(i)) {
-      auto m = std::make_unique<MoeLayer>(prefix + ".moe", MoeOptionsFromConfig(config), comm, seed);
+      MoeLayerOptions o = MoeOptionsFromConfig(config);
+      if (adjust_moe) adjust_moe(moe_layers_.size(), &o);
+      auto m = std::make_unique<MoeLayer>(prefix + ".moe", o, comm, seed);
       moe_layers_.push_back(m.get());
       mlp = std::move(m);
     } else {
@@ -104,13 +106,19 @@ void VisionTransformer::MoveTo(Device d) {
 
 Tensor VisionTransformer::Forward(const Tensor& images) {
   Tensor x = embed_->Forward(images);
-  for (auto& b : blocks_) x = b->Forward(x);
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    OnBlockInput(static_cast<int>(i), x);
+    x = blocks_[i]->Forward(x);
+  }
   return head_->Forward(pool_->Forward(final_norm_->Forward(x)));
 }
 
 void VisionTransformer::Backward(const Tensor& dlogits) {
   Tensor dx = final_norm_->Backward(pool_->Backward(head_->Backward(dlogits)));
-  for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) dx = (*it)->Backward(dx);
+  for (int i = static_cast<int>(blocks_.size()) - 1; i >= 0; --i) {
+    dx = blocks_[i]->Backward(dx);
+    OnBlockInputGrad(i, &dx);
+  }
   embed_->Backward(dx);
 }
 

@@ -7,6 +7,7 @@
 // The dense ViT is the same net with use_moe off, so the two are compared like for like.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
@@ -38,7 +39,11 @@ MoeLayerOptions MoeOptionsFromConfig(const proto::ModelConfig& model);
 
 class VisionTransformer : public Net {
  public:
-  VisionTransformer(const proto::ModelConfig& config, Communicator* comm, uint64_t seed);
+  // adjust_moe (optional): changes the i-th MoE layer's options before it is built (Mobile
+  // V-MoE's shared router makes its layers follow an external decision).
+  using MoeOptionsAdjust = std::function<void(size_t moe_index, MoeLayerOptions*)>;
+  VisionTransformer(const proto::ModelConfig& config, Communicator* comm, uint64_t seed,
+                    const MoeOptionsAdjust& adjust_moe = nullptr);
   ~VisionTransformer() override;
 
   // images: [B, C*H*W]; returns logits [B, num_classes].
@@ -52,6 +57,12 @@ class VisionTransformer : public Net {
   void MoveTo(Device d) override;
   double FlopsPerImage() const override;
   int tokens_per_image() const { return tokens_per_image_; }
+
+ protected:
+  // Hooks around block i (no-ops here): x is the block's input in Forward; dx its gradient in
+  // Backward, to which a subclass that read x adds its share (Mobile V-MoE's shared router).
+  virtual void OnBlockInput(int /*block*/, const Tensor& /*x*/) {}
+  virtual void OnBlockInputGrad(int /*block*/, Tensor* /*dx*/) {}
 
  private:
   proto::ModelConfig config_;

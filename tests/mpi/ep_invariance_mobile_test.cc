@@ -2,7 +2,9 @@
 // P ranks train exactly as 1 rank on the same routing groups. The super-class labels come from
 // the class labels through Net::SetBatchInfo, which TrainingSession calls before every training
 // Forward, so each rank guides its router with its own images' super-classes; the guidance loss
-// is scaled by 1/global batch, so the ranks' sum equals the single rank's value.
+// is scaled by 1/global batch, so the ranks' sum equals the single rank's value. By default the
+// net's ONE shared router (a dense parameter, noise keyed on global groups) decides for both MoE
+// layers; Ep4PerLayerRouters keeps the per-layer form.
 #include <fstream>
 
 #include "models/nets/mobile_vmoe.h"
@@ -44,6 +46,8 @@ proto::TrainConfig SmallMobile(int ep_size, int batch_per_rank) {
   moe->set_capacity_factor_train(1.0);
   moe->set_superclass_loss_weight(1.0f);  // heavier than the paper's 0.3: make it count
   moe->set_superclass_file(SuperclassFile());
+  moe->set_importance_loss_weight(0.f);  // the paper's loss: classes + guidance only
+  moe->set_load_loss_weight(0.f);
   c.mutable_parallel()->set_ep_size(ep_size);
   c.mutable_data()->set_batch_per_rank(batch_per_rank);
   c.mutable_optimizer()->set_warmup_steps(1);
@@ -59,6 +63,18 @@ TEST(EpInvarianceMobile, Ep2Dp2) { ExpectEpInvariance(2, nullptr, SmallMobile); 
 TEST(EpInvarianceMobile, Ep4Dropless) {
   ExpectEpInvariance(
       4, [](proto::TrainConfig* c) { c->mutable_model()->mutable_moe()->set_dropless(true); },
+      SmallMobile);
+}
+// One router per MoE layer, each with its own guidance term and V-MoE's balance losses.
+TEST(EpInvarianceMobile, Ep4PerLayerRouters) {
+  ExpectEpInvariance(
+      4,
+      [](proto::TrainConfig* c) {
+        auto* moe = c->mutable_model()->mutable_moe();
+        moe->set_shared_router(false);
+        moe->set_importance_loss_weight(0.005f);
+        moe->set_load_loss_weight(0.005f);
+      },
       SmallMobile);
 }
 TEST(EpInvarianceMobile, Ep4TopTwo) {

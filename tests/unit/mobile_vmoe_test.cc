@@ -1,11 +1,14 @@
 // Mobile V-MoE (models/nets/mobile_vmoe.h) on one rank (SelfCommunicator): case 10 of
-// models/moe/README.md through the whole net, the super-class loss value (on one MoE layer, by
-// hand) and its gradient (through the net, by finite differences), the super-class file parser's
+// models/moe/README.md through the whole net, the shared router by hand (one decision for both
+// MoE layers, the guidance counted once), the super-class loss value (on one MoE layer, by
+// hand) and its gradient (through the net, by finite differences, shared and per-layer routers),
+// the super-class file parser's
 // errors, the config validator, and the shipped config against its dense baseline.
 #include "models/nets/mobile_vmoe.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <map>
@@ -63,6 +66,8 @@ proto::TrainConfig SmallMobile() {
   moe->set_capacity_factor_eval(4.0);
   moe->set_superclass_loss_weight(0.3f);
   moe->set_superclass_file(SuperclassFile());
+  moe->set_importance_loss_weight(0.f);  // the paper's loss: classes + guidance only
+  moe->set_load_loss_weight(0.f);
   c.mutable_data()->set_batch_per_rank(8);
   c.set_seed(5);
   return c;
@@ -83,13 +88,26 @@ std::vector<int> Labels(int n) {
   return l;
 }
 
-// Makes the routers' logits O(1) so images spread over experts and gates differ.
+// Makes the router logits O(1) so images spread over experts and gates differ (the shared
+// router, or every layer's own).
 void SharpenRouters(Net* net, float factor) {
-  for (MoeLayer* m : net->moe_layers()) {
-    Parameter* r = m->Parameters()[0];
+  for (Parameter* r : net->Parameters()) {
+    if (r->name.find("router.w") == std::string::npos) continue;
     for (int64_t i = 0; i < r->value.numel(); ++i) r->value.at(i) *= factor;
   }
 }
+
+// A dense ViT that records each block's input: with the Mobile V-MoE's seed and widths its
+// block 0 holds the same parameters (initialised from (seed, name)), so the input of block 1 is
+// the Mobile V-MoE's dense-part output.
+class BlockInputProbe : public VisionTransformer {
+ public:
+  using VisionTransformer::VisionTransformer;
+  std::map<int, Tensor> inputs;
+
+ protected:
+  void OnBlockInput(int block, const Tensor& x) override { inputs[block] = x.Clone(); }
+};
 
 TEST(MobileVmoe, BuildsTheLastBlocksAsPerImageMoe) {
   SelfCommunicator comm;
@@ -104,10 +122,14 @@ TEST(MobileVmoe, BuildsTheLastBlocksAsPerImageMoe) {
   for (MoeLayer* m : net->moe_layers()) {
     EXPECT_EQ(m->options().rule, RoutingRule::kPerImage);
     EXPECT_EQ(m->options().tokens_per_image, kTokens);
-    EXPECT_FLOAT_EQ(m->options().superclass_weight, 0.3f);
+    EXPECT_TRUE(m->options().external_decision);
   }
+  // Shared router (the default): only the first layer reports the one guidance term.
+  EXPECT_FLOAT_EQ(net->moe_layers()[0]->options().superclass_weight, 0.3f);
+  EXPECT_FLOAT_EQ(net->moe_layers()[1]->options().superclass_weight, 0.f);
   auto* mobile = dynamic_cast<MobileVmoe*>(net.get());
   ASSERT_NE(mobile, nullptr);
+  EXPECT_TRUE(mobile->shared_router());
   EXPECT_EQ(mobile->class_to_superclass(), (std::vector<int>{0, 1, 0, 1, 0, 2, 0, 2, 3, 3}));
   const std::vector<int> labels = {9, 0, 5, 3};
   BatchInfo info;
@@ -148,6 +170,84 @@ TEST(MobileVmoe, Case10EveryTokenOfAnImageSharesExpertsAndGates) {
       // The check means something only if images actually differ in their experts.
       EXPECT_GE(experts_used.size(), 2u) << m->name();
     }
+  }
+}
+
+// The shared router by hand (the paper's form): ONE decision per image, the top-k of
+// softmax(m W_s) with m the mean token of the dense part's output (block 0's output = block 1's
+// input, recorded by a dense probe holding the same parameters, so bit-identical); both MoE
+// layers give every token of the image exactly those experts and gates; the guidance is
+// 0.3 * (1/B) * sum of the images' CE, counted once (with per-layer routers it would be L times).
+TEST(MobileVmoe, SharedRouterDecidesForBothLayersAndGuidesOnce) {
+  constexpr int B = 8, D = 16, E = 4;
+  for (int k : {1, 2}) {
+    SelfCommunicator comm;
+    proto::TrainConfig c = SmallMobile();
+    c.mutable_model()->mutable_moe()->set_top_k(k);
+    c.mutable_model()->mutable_moe()->set_router_noise_scale(0.f);  // clean logits: exact
+    auto net = CreateNet(c, &comm);
+    SharpenRouters(net.get(), 30.f);
+    const Tensor images = RandomTensor({B, 784}, 57);
+    net->SetMoeContext(TrainingContext(B));
+    const std::vector<int> labels = Labels(B);
+    BatchInfo info;
+    info.labels = &labels;
+    net->SetBatchInfo(info);
+    net->Forward(images);
+    auto* mobile = dynamic_cast<MobileVmoe*>(net.get());
+    ASSERT_NE(mobile, nullptr);
+
+    proto::ModelConfig dense = c.model();
+    dense.set_family("vit");
+    dense.set_use_moe(false);
+    BlockInputProbe probe(dense, &comm, c.seed());
+    probe.Forward(images);
+    const Tensor& h = probe.inputs.at(1);  // [B * T, D]
+    const Parameter* w = nullptr;
+    for (Parameter* p : net->Parameters())
+      if (p->name == "shared_router.w") w = p;
+    ASSERT_NE(w, nullptr);
+
+    const ExternalImageDecision& d = mobile->shared_decision();
+    ASSERT_EQ(d.expert.size(), static_cast<size_t>(B * k));
+    double want_ce = 0;
+    std::set<int> used;
+    for (int b = 0; b < B; ++b) {
+      double logit[E] = {0, 0, 0, 0}, z = 0, p[E];
+      for (int j = 0; j < D; ++j) {
+        double m = 0;
+        for (int t = 0; t < kTokens; ++t) m += h.at((b * kTokens + t) * D + j);
+        for (int e = 0; e < E; ++e) logit[e] += m / kTokens * w->value.at(j * E + e);
+      }
+      for (int e = 0; e < E; ++e) z += std::exp(logit[e]);
+      for (int e = 0; e < E; ++e) p[e] = std::exp(logit[e]) / z;
+      want_ce += std::log(z) - logit[mobile->batch_superclasses()[b]];
+      std::vector<int> order = {0, 1, 2, 3};  // by probability, ties to the lower id
+      std::stable_sort(order.begin(), order.end(), [&p](int a, int c2) { return p[a] > p[c2]; });
+      std::map<int, float> want;
+      for (int r = 0; r < k; ++r) {
+        EXPECT_EQ(d.expert[b * k + r], order[r]) << "k " << k << " image " << b;
+        // Float32 logits of 16 products vs double: ~1e-6 relative; gates are <= 1.
+        EXPECT_NEAR(d.gate[b * k + r], p[order[r]], 1e-5) << "k " << k << " image " << b;
+        want[d.expert[b * k + r]] = d.gate[b * k + r];
+        used.insert(order[r]);
+      }
+      for (MoeLayer* m : net->moe_layers()) {
+        std::map<int64_t, std::map<int, float>> by_row;
+        m->ForEachKeptAssignment([&by_row](int64_t row, int e, float g) { by_row[row][e] = g; });
+        for (int t = 0; t < kTokens; ++t)
+          EXPECT_EQ(by_row[b * kTokens + t], want) << m->name() << " image " << b << " token " << t;
+      }
+    }
+    EXPECT_GE(used.size(), 2u) << "the check needs images on different experts";
+    double aux = 0, sc = 0;
+    for (MoeLayer* m : net->moe_layers()) {
+      aux += m->metrics().aux_loss;
+      sc += m->metrics().superclass_loss;
+    }
+    // Same float32-vs-double logits: 1e-5 relative on a sum of 8 CEs.
+    EXPECT_NEAR(sc, want_ce, 1e-5 * want_ce) << "k " << k;
+    EXPECT_NEAR(aux, 0.3 * want_ce / B, 1e-5 * 0.3 * want_ce / B) << "k " << k;
   }
 }
 
@@ -208,10 +308,14 @@ TEST(MobileVmoe, SuperclassLossValueByHand) {
 // blocks, the mean-token router input) against central differences. The objective is what the
 // trainer minimises: mean class CE + sum of the layers' aux losses (here the super-class term
 // only, weighted heavily so a wrong gradient cannot hide).
-TEST(MobileVmoe, GuidedObjectiveGradientMatchesFiniteDifferences) {
+class MobileVmoeGrad : public ::testing::TestWithParam<bool> {};
+
+TEST_P(MobileVmoeGrad, GuidedObjectiveGradientMatchesFiniteDifferences) {
+  const bool shared = GetParam();
   SelfCommunicator comm;
   proto::TrainConfig c = SmallMobile();
   auto* moe = c.mutable_model()->mutable_moe();
+  moe->set_shared_router(shared);
   moe->set_superclass_loss_weight(2.f);
   moe->set_importance_loss_weight(0.f);
   moe->set_load_loss_weight(0.f);
@@ -239,8 +343,10 @@ TEST(MobileVmoe, GuidedObjectiveGradientMatchesFiniteDifferences) {
   forward();
   double aux = 0;
   for (MoeLayer* m : net->moe_layers()) aux += m->metrics().aux_loss;
-  // Every aux term but the super-class one is off: aux = weight * (1 / B) * sum of image CEs.
+  // Every aux term but the super-class one is off: aux = weight * (1 / B) * sum of image CEs
+  // (one CE per image with the shared router, one per image and layer without).
   EXPECT_GT(superclass_loss, 0);
+  EXPECT_EQ(net->moe_layers()[1]->metrics().superclass_loss > 0, !shared);
   EXPECT_NEAR(aux, 2.0 / B * superclass_loss, 1e-6 * superclass_loss);
 
   for (Parameter* p : net->Parameters()) p->grad.Zero();
@@ -257,8 +363,13 @@ TEST(MobileVmoe, GuidedObjectiveGradientMatchesFiniteDifferences) {
                          &p->value, analytic, forward, opt);
     routers += p->name.find("router") != std::string::npos;
   }
-  EXPECT_EQ(routers, 2);
+  EXPECT_EQ(routers, shared ? 1 : 2);
 }
+
+INSTANTIATE_TEST_SUITE_P(SharedAndPerLayer, MobileVmoeGrad, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& i) {
+                           return std::string(i.param ? "SharedRouter" : "PerLayerRouters");
+                         });
 
 TEST(MobileVmoeDeathTest, GuidedTrainingForwardNeedsFreshLabels) {
   SelfCommunicator comm;
@@ -341,6 +452,23 @@ TEST(MobileVmoeConfig, ValidatorReportsFieldValueAndWhy) {
   c = SmallMobile();
   c.mutable_model()->mutable_moe()->set_last_n(4);
   EXPECT_NE(Errors(c).find("config error: model.moe.last_n=4: must be in [1, 3] (blocks of model.num_layers=3)"),
+            std::string::npos) << Errors(c);
+  // What the shared router (the default) does not do, each refused with the field and why.
+  c = SmallMobile();
+  c.mutable_model()->mutable_moe()->set_importance_loss_weight(0.005f);
+  EXPECT_NE(Errors(c).find("config error: model.moe.importance_loss_weight=0.005000: the shared "
+                           "router (model.moe.shared_router) adds only the super-class loss"),
+            std::string::npos) << Errors(c);
+  c.mutable_model()->mutable_moe()->set_shared_router(false);  // per-layer routers take them
+  EXPECT_EQ(Errors(c), "");
+  c = SmallMobile();
+  c.set_device("cuda");
+  EXPECT_NE(Errors(c).find("config error: model.moe.shared_router=true: not supported on the CUDA "
+                           "path yet"),
+            std::string::npos) << Errors(c);
+  c = SmallMobile();
+  c.mutable_model()->mutable_moe()->set_renormalise_gates(true);
+  EXPECT_NE(Errors(c).find("config error: model.moe.renormalise_gates=true: not with the shared router"),
             std::string::npos) << Errors(c);
   // Unguided (learned) image routing needs no file.
   c = SmallMobile();
