@@ -117,7 +117,8 @@ void CountConditional(const proto::TrainConfig& c, MemoryEstimate* est) {
   const double D = m.hidden_dim(), L = std::max(0, m.num_layers());
   const double moe_blocks = m.use_moe() ? std::ceil(L / 2) : 0;
   est->dense_params += PatchEmbedParams(m) + 2 * 2 * D /* task, modality embeddings */ +
-                       NormParams(D) + LinearParams(D, ConditionalNumOutputs(m));
+                       (m.conditional().task_token() ? D : 0) + NormParams(D) +
+                       LinearParams(D, ConditionalNumOutputs(m));
   est->dense_params += L * 2 * NormParams(D) + (L - moe_blocks) * MlpParams(D, m.mlp_dim());
   const double E = m.moe().num_experts();
   double attention = AttentionParams(D);

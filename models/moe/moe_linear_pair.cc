@@ -82,7 +82,6 @@ std::vector<Parameter*> MoeLinearPair::Parameters() {
 void MoeLinearPair::RouterInputHost(const Tensor& x) {
   using RI = MoeLinearPairOptions::RouterInput;
   const int64_t T = opt_.tokens_per_image;
-  const int64_t B = rows_ / T;
   switch (opt_.router_input) {
     case RI::kToken: router_in_ = x; break;
     case RI::kImageMean: {
@@ -94,31 +93,57 @@ void MoeLinearPair::RouterInputHost(const Tensor& x) {
       break;
     }
     case RI::kAttributes: {
-      const Tensor* a = ctx_.attributes;
+      // One attribute row per decision (PlanDecisions checked the attributes' shape).
       const int64_t A = opt_.attribute_dim;
-      CHECK(a != nullptr) << name_ << ": attribute routing needs the step's attributes";
-      CHECK(a->device() == Device::kCPU)
-          << name_ << ": the attributes are host data (MoeStepContext::attributes)";
-      CHECK(a->ndim() == 2 && a->dim(0) == rows_ && a->dim(1) == A)
-          << name_ << ": attributes " << a->ShapeString() << ", want [" << rows_ << ", " << A
-          << "]";
-      Tensor per_image({B, A});
-      for (int64_t i = 0; i < B; ++i) {
-        const float* first = a->data() + i * T * A;
-        for (int64_t t = 1; t < T; ++t)
-          CHECK(std::equal(first, first + A, a->data() + (i * T + t) * A))
-              << name_ << ": token " << t << " of image " << i
-              << " has other attributes than the image's first token (one decision per image)";
-        std::copy(first, first + A, per_image.data() + i * A);
-      }
-      router_in_ = AttrNorm()->Forward(AttrProj()->Forward(per_image));
+      Tensor rows({decisions_, A});
+      for (int64_t d = 0; d < decisions_; ++d)
+        std::copy_n(ctx_.attributes->data() + decision_row_[d] * A, A, rows.data() + d * A);
+      router_in_ = AttrNorm()->Forward(AttrProj()->Forward(rows));
       break;
     }
   }
 }
 
+void MoeLinearPair::PlanDecisions() {
+  using RI = MoeLinearPairOptions::RouterInput;
+  const int64_t T = opt_.tokens_per_image;
+  decision_of_row_.assign(rows_, 0);
+  decision_image_.clear();
+  decision_key_.clear();
+  decision_row_.clear();
+  const Tensor* a = ctx_.attributes;
+  const int64_t A = opt_.attribute_dim;
+  if (opt_.router_input == RI::kAttributes) {
+    CHECK(a != nullptr) << name_ << ": attribute routing needs the step's attributes";
+    CHECK(a->device() == Device::kCPU)
+        << name_ << ": the attributes are host data (MoeStepContext::attributes)";
+    CHECK(a->ndim() == 2 && a->dim(0) == rows_ && a->dim(1) == A)
+        << name_ << ": attributes " << a->ShapeString() << ", want [" << rows_ << ", " << A << "]";
+    CHECK_LE(A, 64) << name_ << ": the noise key packs the attribute bits into 64";
+  }
+  for (int64_t i = 0; i < rows_ / T; ++i) {
+    // The image's decisions by key: the token (kToken), one (kImageMean), the bits (kAttributes).
+    std::map<uint64_t, int64_t> of_key;
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t row = i * T + t;
+      uint64_t key = 0;
+      if (opt_.router_input == RI::kToken) key = static_cast<uint64_t>(t);
+      if (opt_.router_input == RI::kAttributes)
+        for (int64_t j = 0; j < A; ++j) key |= static_cast<uint64_t>(a->at(row * A + j) != 0.f) << j;
+      auto [it, fresh] = of_key.emplace(key, static_cast<int64_t>(decision_image_.size()));
+      if (fresh) {
+        decision_image_.push_back(i);
+        decision_key_.push_back(key);
+        decision_row_.push_back(row);
+      }
+      decision_of_row_[row] = it->second;
+    }
+  }
+  decisions_ = static_cast<int64_t>(decision_image_.size());
+}
+
 void MoeLinearPair::Decide() {
-  const int64_t T = opt_.tokens_per_image, D = opt_.in1;
+  const int64_t D = opt_.in1;
   const int E = opt_.num_experts, k = opt_.top_k;
   std::vector<float> logits(decisions_ * E, 0.f);
   Sgemm(false, false, decisions_, E, D, 1.f, router_in_.data(), D, RouterParam().value.data(), E,
@@ -127,11 +152,11 @@ void MoeLinearPair::Decide() {
     const float sigma = opt_.noise_scale / static_cast<float>(E);
     CounterRng rng(MixKey(MixKey(seed_, HashString(name_ + ".router_noise")), ctx_.step));
     for (int64_t d = 0; d < decisions_; ++d) {
-      const int64_t image = PerImage() ? d : d / T, token = PerImage() ? 0 : d % T;
       const uint64_t global_image =
-          static_cast<uint64_t>(ctx_.first_global_group * opt_.images_per_group + image);
+          static_cast<uint64_t>(ctx_.first_global_group * opt_.images_per_group + decision_image_[d]);
       for (int e = 0; e < E; ++e)
-        logits[d * E + e] += sigma * rng.Normal(global_image, static_cast<uint64_t>(token * E + e));
+        logits[d * E + e] +=
+            sigma * rng.Normal(global_image, decision_key_[d] * static_cast<uint64_t>(E) + e);
     }
   }
   probs_.resize(decisions_ * E);
@@ -147,7 +172,7 @@ void MoeLinearPair::GroupDecisions() {
   const int k = opt_.top_k;
   groups_.clear();
   by_expert_.assign(opt_.num_experts, {});
-  if (PerImage() && opt_.merge_weights) {
+  if (PerImage() && opt_.merge_weights && one_decision_per_image()) {
     // Images whose experts and gates are bit-identical share one merged weight and one GEMM.
     std::map<std::vector<uint32_t>, size_t> index;
     for (int64_t i = 0; i < decisions_; ++i) {
@@ -323,7 +348,7 @@ Tensor MoeLinearPair::ForwardFirst(const Tensor& x) {
   rows_ = x.dim(0);
   CHECK_EQ(rows_ % opt_.tokens_per_image, 0)
       << name_ << ": " << rows_ << " rows is not whole images of " << opt_.tokens_per_image;
-  decisions_ = PerImage() ? rows_ / opt_.tokens_per_image : rows_;
+  PlanDecisions();
   on_device_ = x.device() == Device::kCUDA;
   if (on_device_) {
 #ifdef MOE_EP_HAS_CUDA

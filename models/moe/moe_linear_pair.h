@@ -12,10 +12,13 @@
 // input z, by the pair's RouterInput:
 //   kToken       the token x_t: one decision per token
 //   kImageMean   the mean of the image's tokens: one decision per image (the "context" level)
-//   kAttributes  LayerNorm(Linear(a)) of the image's attribute row (MoeStepContext::attributes):
-//                one decision per image; every token of an image must carry the same bits
-// The noise is keyed on (layer, step, global image, token in image, expert), so a sharded run
-// draws what one rank draws. The pair has its own router (separate from the FFN's, as in the
+//   kAttributes  LayerNorm(Linear(a)) of an attribute row (MoeStepContext::attributes): one
+//                decision per (image, segment), a segment being the image's tokens with one
+//                attribute row (all of them when every token carries the same bits; the task
+//                token and the patch tokens otherwise)
+// The noise is keyed on (layer, step, global image, key, expert) with key = the token in the image
+// (kToken), 0 (kImageMean) or the segment's attribute bits (kAttributes), so a sharded run draws
+// what one rank draws and equal attributes in an image share one draw in training too. The pair has its own router (separate from the FFN's, as in the
 // paper) and no auxiliary losses: nothing is dropped, and under attribute routing the load is
 // fixed by the data's (task, modality) mix, not by the router.
 //
@@ -24,8 +27,8 @@
 // weights possible: with one decision per image, W = sum_r g_r W[e_r] (exact for linear experts,
 // models/moe/README.md, case 11) is built once per distinct decision and the image's rows take
 // ONE GEMM, with no dispatch and no all-to-all. Under attribute routing at evaluation an entire
-// batch has at most (tasks x modalities) distinct decisions. Per-token decisions (kToken), or
-// merge_weights off, take the per-expert path: gather each expert's rows, one GEMM per expert,
+// batch has at most (tasks x modalities) distinct decisions. Per-token decisions (kToken), images
+// of several attribute segments, or merge_weights off, take the per-expert path: gather each expert's rows, one GEMM per expert,
 // gate-weighted scatter. Both paths are exact; a test checks they agree.
 //
 // Call order per step: ForwardFirst, ForwardSecond, BackwardSecond, BackwardFirst (the router's
@@ -101,10 +104,15 @@ class MoeLinearPair {
   const Tensor& router_input() const { return router_in_; }
   // Distinct decisions the merged path ran (GEMMs per layer); 0 on the per-expert path.
   int64_t merged_groups() const { return static_cast<int64_t>(groups_.size()); }
+  // Whether the last ForwardFirst took exactly one decision per image.
+  bool one_decision_per_image() const { return decisions_ * opt_.tokens_per_image == rows_; }
 
  private:
   bool PerImage() const { return opt_.router_input != MoeLinearPairOptions::RouterInput::kToken; }
-  int64_t DecisionOf(int64_t row) const { return PerImage() ? row / opt_.tokens_per_image : row; }
+  int64_t DecisionOf(int64_t row) const { return decision_of_row_[row]; }
+  // The decisions of this forward: decisions_, decision_of_row_, decision_image_, decision_key_
+  // (kAttributes reads the step's attributes for the segments).
+  void PlanDecisions();
   // The router's input (router_in_, host) from the host path's x.
   void RouterInputHost(const Tensor& x);
   // From router_in_: logits, noise, softmax, top-k and the groups of identical decisions.
@@ -147,6 +155,10 @@ class MoeLinearPair {
 
   // Per-forward state.
   int64_t rows_ = 0, decisions_ = 0;
+  std::vector<int64_t> decision_of_row_;   // [rows]
+  std::vector<int64_t> decision_image_;    // [decisions] local image of each decision
+  std::vector<uint64_t> decision_key_;     // [decisions] the noise key within the image
+  std::vector<int64_t> decision_row_;      // [decisions] its first row
   Tensor router_in_;                       // [decisions, in1]
   std::vector<float> probs_;               // [decisions, E] softmax of the (noisy) logits
   std::vector<int> expert_;                // [decisions * k]

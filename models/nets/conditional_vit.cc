@@ -29,10 +29,15 @@ namespace moe {
 
 using Level = proto::ConditionalConfig;
 
-uint32_t TokenAttributeBits(int task, int modality) {
+uint32_t TokenAttributeBits(int task, int modality, bool task_token) {
   CHECK(task == 0 || task == 1) << "task " << task;
   CHECK(modality == 0 || modality == 1) << "modality " << modality;
-  return (1u << modality) | (1u << (2 + task)) | (1u << 4);
+  return (1u << modality) | (1u << (2 + task)) | (1u << (task_token ? 5 : 4));
+}
+
+int64_t ConditionalTokensPerImage(const proto::ModelConfig& model) {
+  const int64_t side = model.image_size() / model.patch_size();
+  return side * side + (model.conditional().task_token() ? 1 : 0);
 }
 
 uint32_t RoutingLevelMask(proto::ConditionalConfig::RoutingLevel level) {
@@ -59,8 +64,7 @@ int ConditionalNumOutputs(const proto::ModelConfig& model) {
 }
 
 MoeLayerOptions ConditionalMoeOptions(const proto::ModelConfig& model) {
-  const int64_t T = static_cast<int64_t>(model.image_size() / model.patch_size()) *
-                    (model.image_size() / model.patch_size());
+  const int64_t T = ConditionalTokensPerImage(model);
   const int hidden =
       model.moe().expert_hidden_dim() > 0 ? model.moe().expert_hidden_dim() : model.mlp_dim();
   MoeLayerOptions o = MoeOptionsFromConfig(model, model.hidden_dim(), hidden, T);
@@ -76,7 +80,6 @@ MoeLayerOptions ConditionalMoeOptions(const proto::ModelConfig& model) {
 
 MoeLinearPairOptions ConditionalPairOptions(const proto::ModelConfig& model, int64_t in1,
                                             int64_t out1, int64_t in2, int64_t out2) {
-  const int64_t side = model.image_size() / model.patch_size();
   MoeLinearPairOptions o;
   o.in1 = in1;
   o.out1 = out1;
@@ -84,7 +87,7 @@ MoeLinearPairOptions ConditionalPairOptions(const proto::ModelConfig& model, int
   o.out2 = out2;
   o.num_experts = model.moe().num_experts();
   o.top_k = model.moe().top_k();
-  o.tokens_per_image = side * side;
+  o.tokens_per_image = ConditionalTokensPerImage(model);
   o.images_per_group = model.moe().group_size_images();
   o.noise_scale = model.moe().router_noise_scale();
   switch (RoutingRuleForLevel(model.conditional().routing_level())) {
@@ -198,9 +201,10 @@ class MoeSelfAttention : public Layer {
     // cannot change the attention (each query's softmax is shift-invariant): its true gradient
     // is 0 and what the backward leaves there is rounding noise -- which AdamW would normalise
     // into +-lr steps that differ between a sharded and a one-rank run. So it stays at its
-    // initial 0 (its gate-gradient term <db, b_k> is then 0 too). Per-token decisions mix
-    // different expert biases across an image's tokens, and there the key bias does matter.
-    if (pair_.options().router_input == MoeLinearPairOptions::RouterInput::kToken) return dx;
+    // initial 0 (its gate-gradient term <db, b_k> is then 0 too). Several decisions in an image
+    // (per token, or a task token routed apart from the patches) mix different expert biases
+    // across its tokens, and there the key bias does matter.
+    if (!pair_.one_decision_per_image()) return dx;
     const int64_t D = pair_.options().in1;
     pair_.ZeroBiasGradColumns(0, D, D);
     return dx;
@@ -221,10 +225,13 @@ ConditionalVit::ConditionalVit(const proto::ModelConfig& config, Communicator* c
   const int D = config.hidden_dim();
   const int p = config.patch_size();
   dim_ = D;
-  tokens_per_image_ = (config.image_size() / p) * (config.image_size() / p);
+  patches_ = (config.image_size() / p) * (config.image_size() / p);
+  tokens_per_image_ = static_cast<int>(ConditionalTokensPerImage(config));
   embed_ = std::make_unique<PatchEmbed>("embed", config.image_size(), config.channels(), p, D, seed);
   task_embed_ = MakeParameter("embed.task", {2, D}, InitKind::kNormal, 0.02f, seed);
   modality_embed_ = MakeParameter("embed.modality", {2, D}, InitKind::kNormal, 0.02f, seed);
+  if (config.conditional().task_token())
+    task_token_ = MakeParameter("embed.task_token", {1, D}, InitKind::kNormal, 0.02f, seed);
   const proto::ConditionalConfig& cc = config.conditional();
   const std::set<int> moe_blocks =
       config.use_moe() ? EvenBlockIndices(config.num_layers()) : std::set<int>();
@@ -275,6 +282,8 @@ void ConditionalVit::MoveTo(Device d) {
   // router for the host-side routing itself), so the optimizer sees one device.
   MoveParameterTo(&task_embed_, d);
   MoveParameterTo(&modality_embed_, d);
+  CHECK(task_token_.value.empty() || d == Device::kCPU)
+      << "conditional.task_token: host path only (the validator refuses it with device cuda)";
   embed_->MoveTo(d);
   for (auto& b : blocks_) b->MoveTo(d);
   final_norm_->MoveTo(d);
@@ -305,6 +314,7 @@ Tensor ConditionalVit::Forward(const Tensor& images) {
         << "modality id " << modality_[i] << " of image " << i;
   }
   Tensor x = embed_->Forward(images);
+  if (!task_token_.value.empty()) x = InsertTaskTokens(x);
   if (x.device() == Device::kCUDA) {
 #ifdef MOE_EP_HAS_CUDA
     // The embeddings as GEMMs with a one-hot row per token, [task one-hot | modality one-hot]
@@ -337,13 +347,14 @@ Tensor ConditionalVit::Forward(const Tensor& images) {
     }
   }
 
-  // The routers' attributes: every token of image b carries the bits of (task, modality),
-  // masked to the routing level's bits.
+  // The routers' attributes: every token of image b carries the bits of (task, modality) and
+  // its token type, masked to the routing level's bits.
   const uint32_t mask = RoutingLevelMask(config_.conditional().routing_level());
   if (config_.use_moe() && mask != 0) {
     attributes_ = Tensor::Zeros({B * T, kTokenAttributeBits});
     for (int64_t t = 0; t < B * T; ++t) {
-      const uint32_t bits = TokenAttributeBits(task_[t / T], modality_[t / T]) & mask;
+      const bool is_task_token = !task_token_.value.empty() && t % T == 0;
+      const uint32_t bits = TokenAttributeBits(task_[t / T], modality_[t / T], is_task_token) & mask;
       for (int j = 0; j < kTokenAttributeBits; ++j)
         attributes_.at(t * kTokenAttributeBits + j) = static_cast<float>((bits >> j) & 1u);
     }
@@ -387,7 +398,28 @@ void ConditionalVit::Backward(const Tensor& dlogits) {
       dme[j] += dxt[j];
     }
   }
-  embed_->Backward(dx);
+  embed_->Backward(task_token_.value.empty() ? dx : TaskTokenBackward(dx));
+}
+
+Tensor ConditionalVit::InsertTaskTokens(const Tensor& patches) const {
+  const int64_t B = patches.dim(0) / patches_, T = tokens_per_image_, D = dim_;
+  Tensor x({B * T, D});
+  for (int64_t b = 0; b < B; ++b) {
+    std::copy_n(task_token_.value.data(), D, x.data() + b * T * D);
+    std::copy_n(patches.data() + b * patches_ * D, patches_ * D, x.data() + (b * T + 1) * D);
+  }
+  return x;
+}
+
+Tensor ConditionalVit::TaskTokenBackward(const Tensor& dx) {
+  const int64_t T = tokens_per_image_, D = dim_, B = dx.dim(0) / T;
+  Tensor dpatches({B * patches_, D});
+  for (int64_t b = 0; b < B; ++b) {
+    const float* dtok = dx.data() + b * T * D;
+    for (int64_t j = 0; j < D; ++j) task_token_.grad.data()[j] += dtok[j];
+    std::copy_n(dtok + D, patches_ * D, dpatches.data() + b * patches_ * D);
+  }
+  return dpatches;
 }
 
 double ConditionalVit::FlopsPerImage() const {
@@ -396,7 +428,7 @@ double ConditionalVit::FlopsPerImage() const {
   // dense projections' GEMMs; a routed FFN costs its router plus k expert MLPs per token.
   const double T = tokens_per_image_, D = dim_, H = config_.mlp_dim();
   const double P = config_.patch_size() * config_.patch_size() * config_.channels();
-  double macs = T * P * D + 2 * T * D;  // patch embedding, task + modality embeddings (adds)
+  double macs = patches_ * P * D + 2 * T * D;  // patch embedding, task + modality embeddings
   size_t moe_i = 0, pair_i = 0;
   for (size_t i = 0; i < blocks_.size(); ++i) {
     macs += T * 4 * D * D + 2 * T * T * D;
@@ -428,6 +460,7 @@ std::vector<Parameter*> ConditionalVit::Parameters() {
   add(embed_->Parameters());
   ps.push_back(&task_embed_);
   ps.push_back(&modality_embed_);
+  if (!task_token_.value.empty()) ps.push_back(&task_token_);
   for (auto& b : blocks_) add(b->Parameters());
   add(final_norm_->Parameters());
   add(head_->Parameters());
@@ -446,6 +479,9 @@ void ValidateConditionalVitConfig(const proto::TrainConfig& c, std::vector<std::
     errors->push_back(ConfigError("model.conditional.num_superclasses",
                                   std::to_string(cc.num_superclasses()),
                                   "the coarse task needs 2..10 super-classes"));
+  if (cc.task_token() && c.device() == "cuda")
+    errors->push_back(ConfigError("model.conditional.task_token", "true",
+                                  "not supported on the CUDA path yet"));
   if (!m.use_moe()) return;
   if (moe.has_routing())
     errors->push_back(ConfigError(

@@ -1,8 +1,10 @@
 // ConditionalVit: the conditional MoE family ("conditional"; Uni-Perceiver-MoE, Zhu et al. 2022)
 // on multi-task Fashion-MNIST (launcher/multitask.h): one ViT, two task heads, two modalities.
 //
-//   images -> PatchEmbed (+ position) + task_embed[task] + modality_embed[modality] on every
-//   token -> L pre-LN blocks -> LayerNorm -> mean over tokens -> head [D, 10 + S]
+//   images -> [task token | PatchEmbed (+ position)] + task_embed[task] + modality_embed[modality]
+//   on every token -> L pre-LN blocks -> LayerNorm -> mean over tokens -> head [D, 10 + S]
+// The task token (conditional.task_token, default on; host path only) is one learned vector put
+// in front of each image's patch tokens.
 //   block i: h = x + Attn_i(LN1(x));  y = h + FFN_i(LN2(h))
 // The task and modality embeddings are in the dense net too, so the dense baseline knows the
 // task as well as the MoE net does (the comparison isolates routing, not task information).
@@ -21,15 +23,16 @@
 // per bit open; ours):
 //   bit 0  modality 0 (the image)          bit 1  modality 1 (the second view)
 //   bit 2  task 0 (fine, 10 classes)       bit 3  task 1 (coarse, S super-classes)
-//   bit 4  token type "image patch" (every token here: the net has no class token)
-//   bits 5-7 reserved, always 0 (room for other token types, e.g. text)
+//   bit 4  token type "image patch"          bit 5  token type "task token"
+//   bits 6-7 reserved, always 0 (room for other token types, e.g. text)
 // Routing levels (conditional.routing_level) -> the MoE layer's rule:
 //   TOKEN     kTokenTopK, gates renormalised (the token's features)
 //   CONTEXT   kPerImage, gates renormalised (the mean of the image's tokens)
 //   MODALITY  kAttribute on bits {0, 1}        TASK  kAttribute on bits {2, 3}
 //   ATTRIBUTE kAttribute on all 8 bits
-// Under the attribute levels every token of an image carries the same bits, so at evaluation all
-// its tokens take the same experts and gates (models/moe/README.md, case 11). In training the
+// Under the attribute levels the tokens of an image with the same bits (its patches; its task
+// token has its own under ATTRIBUTE) take the same experts and gates at evaluation
+// (models/moe/README.md, case 11). In training the
 // routed pairs (attention, and the ROUTED_PAIR FFN) draw one noise vector per image, keyed on the
 // global image (one decision per image, as the paper); the MOE_LAYER FFN draws its noise per token
 // (MoeLayer keys it on the row), so there near-ties may split an image.
@@ -54,8 +57,11 @@ class MeanPoolTokens;
 class Linear;
 
 constexpr int kTokenAttributeBits = 8;
-// The 8 attribute bits of a token of an image with this task and modality (bit i = (v >> i) & 1).
-uint32_t TokenAttributeBits(int task, int modality);
+// The 8 attribute bits of a token of an image with this task and modality: a patch, or the task
+// token (bit i = (v >> i) & 1).
+uint32_t TokenAttributeBits(int task, int modality, bool task_token = false);
+// Tokens per image: the patches, plus the task token when conditional.task_token.
+int64_t ConditionalTokensPerImage(const proto::ModelConfig& model);
 // Bits the router sees at each level (0 for TOKEN and CONTEXT, which do not read attributes).
 uint32_t RoutingLevelMask(proto::ConditionalConfig::RoutingLevel level);
 // The MoE layer's rule for a level.
@@ -94,11 +100,18 @@ class ConditionalVit : public Net {
   int tokens_per_image() const { return tokens_per_image_; }
 
  private:
+  // The task token: [B*P, D] patch rows -> [B*T, D] with each image's task token first; and
+  // back, accumulating the task token's gradient.
+  Tensor InsertTaskTokens(const Tensor& patches) const;
+  Tensor TaskTokenBackward(const Tensor& dx);
+
   proto::ModelConfig config_;
   int tokens_per_image_;
   int dim_;
   std::unique_ptr<PatchEmbed> embed_;
   Parameter task_embed_, modality_embed_;  // [2, D] each
+  Parameter task_token_;                   // [1, D]; empty without conditional.task_token
+  int64_t patches_ = 0;                    // patch tokens per image
   std::vector<std::unique_ptr<PreNormBlock>> blocks_;
   std::vector<bool> moe_attention_;  // per block: routed attention (MoeSelfAttention)
   std::unique_ptr<LayerNorm> final_norm_;

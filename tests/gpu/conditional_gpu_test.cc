@@ -149,6 +149,7 @@ proto::TrainConfig NetConfig(Level::RoutingLevel level, Level::FfnForm form) {
   m->mutable_conditional()->set_routing_level(level);
   m->mutable_conditional()->set_moe_in_attention(true);
   m->mutable_conditional()->set_ffn_form(form);
+  m->mutable_conditional()->set_task_token(false);  // host path only
   auto* moe = m->mutable_moe();
   moe->set_num_experts(4);
   moe->set_top_k(2);

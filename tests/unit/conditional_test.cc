@@ -5,6 +5,7 @@
 // multi-task data: index-based task/modality assignment, the second view, the super-class map.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -40,6 +41,7 @@ TEST(ConditionalAttributes, BitsAndLevelMasks) {
   EXPECT_EQ(TokenAttributeBits(1, 0), 0x19u);
   EXPECT_EQ(TokenAttributeBits(0, 1), 0x16u);
   EXPECT_EQ(TokenAttributeBits(1, 1), 0x1au);
+  EXPECT_EQ(TokenAttributeBits(1, 1, /*task_token=*/true), 0x2au);  // bit 5 instead of bit 4
   EXPECT_EQ(RoutingLevelMask(Level::MODALITY), 0x03u);
   EXPECT_EQ(RoutingLevelMask(Level::TASK), 0x0cu);
   EXPECT_EQ(RoutingLevelMask(Level::ATTRIBUTE), 0xffu);
@@ -146,7 +148,7 @@ TEST_P(ConditionalCase11, EqualAttributesGiveEqualExpertsAndGates) {
       for (const auto& [e, g] : ffn[t]) s += g;
       EXPECT_NEAR(s, 1.0, 1e-6) << "FFN gates of row " << t;
       EXPECT_NEAR(ag[t * 2] + ag[t * 2 + 1], 1.0, 1e-6) << "attention gates of row " << t;
-      const uint32_t key = TokenAttributeBits(task[t / T], modality[t / T]) & mask;
+      const uint32_t key = TokenAttributeBits(task[t / T], modality[t / T], t % T == 0) & mask;
       auto [it, fresh] = ffn_of.emplace(key, ffn[t]);
       if (!fresh) EXPECT_EQ(it->second, ffn[t]) << "FFN layer " << l << " row " << t;
       const std::vector<float> a = {static_cast<float>(ae[t * 2]), static_cast<float>(ae[t * 2 + 1]),
@@ -154,9 +156,11 @@ TEST_P(ConditionalCase11, EqualAttributesGiveEqualExpertsAndGates) {
       auto [at, afresh] = attn_of.emplace(key, a);
       if (!afresh) EXPECT_EQ(at->second, a) << "attention layer " << l << " row " << t;
     }
-    EXPECT_EQ(ffn_of.size(), level == Level::ATTRIBUTE ? 4u : 2u);
-    // Eval, shared decisions: the merged path runs one GEMM per distinct attribute vector.
-    EXPECT_LE(net.attention_moe()[l]->merged_groups(), level == Level::ATTRIBUTE ? 4 : 2);
+    // ATTRIBUTE also tells the task token (token 0) from the patches: 4 x 2 vectors.
+    EXPECT_EQ(ffn_of.size(), level == Level::ATTRIBUTE ? 8u : 2u);
+    // Eval, shared decisions: the merged path runs one GEMM per distinct attribute vector (with
+    // two segments per image, ATTRIBUTE takes the per-expert path: 0 merged groups).
+    EXPECT_LE(net.attention_moe()[l]->merged_groups(), level == Level::ATTRIBUTE ? 0 : 2);
   }
 }
 
@@ -216,13 +220,14 @@ TEST_P(ConditionalPairCase11, EqualAttributesGiveEqualExpertsAndGatesInTraining)
         std::map<uint32_t, std::vector<float>> across;
         for (int64_t t = 0; t < rows; ++t) {
           EXPECT_NEAR(choice[t][1] + choice[t][3], 1.0, 1e-6) << "gates of row " << t;
-          const uint32_t key = TokenAttributeBits(task[t / T], modality[t / T]) & mask;
+          const uint32_t key =
+              TokenAttributeBits(task[t / T], modality[t / T], /*task_token=*/t % T == 0) & mask;
           auto [it, fresh] = in_image.emplace(std::make_pair(t / T, key), choice[t]);
           if (!fresh) EXPECT_EQ(it->second, choice[t]) << "layer " << l << " row " << t;
           auto [at, afresh] = across.emplace(key, choice[t]);
           if (!afresh && !training) EXPECT_EQ(at->second, choice[t]) << "eval, row " << t;
         }
-        if (!training) EXPECT_LE(p->merged_groups(), level == Level::ATTRIBUTE ? 4 : 2);
+        if (!training) EXPECT_LE(p->merged_groups(), level == Level::ATTRIBUTE ? 0 : 2);
       }
   }
 }
@@ -260,6 +265,47 @@ TEST(ConditionalNet, PairFfnMergedEqualsPerExpert) {
   }
   EXPECT_GT(merged.merged_groups(), 0);
   for (int64_t i = 0; i < ym.numel(); ++i) EXPECT_NEAR(ym.at(i), ys.at(i), 1e-5) << i;
+}
+
+// Tokens whose attributes differ can route differently: with the task token, ATTRIBUTE routing
+// gives every image two segments (task token, patches), each one decision in training and at
+// evaluation; over the batch's 8 images x 2 pairs x 2 blocks some task token takes other experts
+// than its image's patches (random routers, sharpened so that the attribute term dominates the
+// noise). Without the token type in the mask (TASK) they never differ.
+TEST(ConditionalNet, TaskTokenRoutesApartFromThePatches) {
+  for (Level::RoutingLevel level : {Level::ATTRIBUTE, Level::TASK}) {
+    SelfCommunicator comm;
+    proto::TrainConfig c = TinyConfig(level, /*attention=*/true);
+    c.mutable_data()->set_batch_per_rank(8);
+    ConditionalVit net(c.model(), &comm, c.seed());
+    for (Parameter* p : net.Parameters())
+      if (p->name.find(".router.w") != std::string::npos)
+        for (int64_t i = 0; i < p->value.numel(); ++i) p->value.at(i) *= 40.f;
+    const std::vector<int> task = {0, 1, 0, 1, 1, 0, 1, 0};
+    const std::vector<int> modality = {0, 0, 1, 1, 0, 0, 1, 1};
+    const int64_t T = net.tokens_per_image();
+    EXPECT_EQ(T, 17) << "16 patches and the task token";
+    int apart = 0;
+    for (bool training : {true, false}) {
+      BatchInfo info;
+      info.task = &task;
+      info.modality = &modality;
+      net.SetBatchInfo(info);
+      net.SetMoeContext(Context(training, 4));
+      net.Forward(RandomTensor({8, 784}, 23));
+      for (size_t l = 0; l < 2; ++l)
+        for (const MoeLinearPair* p : {net.ffn_moe()[l], net.attention_moe()[l]}) {
+          const auto choice = PairRows(*p);
+          for (int64_t i = 0; i < 8; ++i) {
+            for (int64_t t = 2; t < T; ++t) EXPECT_EQ(choice[i * T + t], choice[i * T + 1]);
+            apart += choice[i * T] != choice[i * T + 1];
+          }
+          EXPECT_EQ(p->one_decision_per_image(), level != Level::ATTRIBUTE);
+        }
+    }
+    if (level == Level::ATTRIBUTE) EXPECT_GT(apart, 0);
+    if (level == Level::TASK) EXPECT_EQ(apart, 0);
+  }
 }
 
 TEST(ConditionalNet, ContextLevelOneDecisionPerImage) {
@@ -442,6 +488,13 @@ TEST_P(ConditionalNetGradTest, MatchesFiniteDifferences) {
   SelfCommunicator comm;
   const auto [level, form] = GetParam();
   proto::TrainConfig c = TinyConfig(level, /*attention=*/true, true, form);
+  // TOKEN and CONTEXT route on features, so a top-k boundary may sit within one finite-difference
+  // step of some token or image mean (the objective then jumps: no gradient to compare). With
+  // these images and 16 patch tokens none does; the task token's 17th token brings one within
+  // reach, so these two levels run without it. Its backward does not depend on the level and is
+  // checked under ATTRIBUTE, whose router inputs the perturbations cannot move.
+  if (RoutingRuleForLevel(level) != RoutingRule::kAttribute)
+    c.mutable_model()->mutable_conditional()->set_task_token(false);
   // MOE_LAYER: no router noise here: that FFN router draws it per token, and under attribute
   // routing the 16 tokens of an image then differ by noise alone, so some token sits within a
   // finite-difference step of a top-k flip. The noise is additive (its gradient path is the clean
@@ -492,6 +545,10 @@ TEST_P(ConditionalNetGradTest, MatchesFiniteDifferences) {
   if (RoutingRuleForLevel(level) == RoutingRule::kAttribute)
     EXPECT_EQ(attribute_params, 16) << "attr_proj.w/.b and attr_norm gamma/beta in 4 routers";
   EXPECT_EQ(net.ffn_moe().size(), form == Level::ROUTED_PAIR ? 2u : 0u);
+  if (RoutingRuleForLevel(level) == RoutingRule::kAttribute)
+    EXPECT_EQ(std::count_if(params.begin(), params.end(),
+                            [](Parameter* p) { return p->name == "embed.task_token"; }),
+              1);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -549,8 +606,15 @@ TEST(ConditionalNet, ValidatorRejectsWhatTheFamilyCannotRun) {
   std::vector<std::string> errors;
   ValidateConditionalVitConfig(c, &errors);
   EXPECT_TRUE(errors.empty()) << errors.front();
-  // The device path runs every level's routed attention (TOKEN's on the per-expert path).
+  // The task token is host-only.
   c.set_device("cuda");
+  ValidateConditionalVitConfig(c, &errors);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0],
+            "config error: model.conditional.task_token=true: not supported on the CUDA path yet");
+  errors.clear();
+  // The device path runs every level's routed attention (TOKEN's on the per-expert path).
+  c.mutable_model()->mutable_conditional()->set_task_token(false);
   ValidateConditionalVitConfig(c, &errors);
   EXPECT_TRUE(errors.empty()) << errors.front();
   c.mutable_model()->mutable_conditional()->set_routing_level(Level::TOKEN);
