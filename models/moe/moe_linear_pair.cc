@@ -129,7 +129,8 @@ void MoeLinearPair::PlanDecisions() {
       uint64_t key = 0;
       if (opt_.router_input == RI::kToken) key = static_cast<uint64_t>(t);
       if (opt_.router_input == RI::kAttributes)
-        for (int64_t j = 0; j < A; ++j) key |= static_cast<uint64_t>(a->at(row * A + j) != 0.f) << j;
+        for (int64_t j = 0; j < A; ++j)
+          key |= static_cast<uint64_t>(a->at(row * A + j) != 0.f) << j;
       auto [it, fresh] = of_key.emplace(key, static_cast<int64_t>(decision_image_.size()));
       if (fresh) {
         decision_image_.push_back(i);
@@ -152,8 +153,8 @@ void MoeLinearPair::Decide() {
     const float sigma = opt_.noise_scale / static_cast<float>(E);
     CounterRng rng(MixKey(MixKey(seed_, HashString(name_ + ".router_noise")), ctx_.step));
     for (int64_t d = 0; d < decisions_; ++d) {
-      const uint64_t global_image =
-          static_cast<uint64_t>(ctx_.first_global_group * opt_.images_per_group + decision_image_[d]);
+      const uint64_t global_image = static_cast<uint64_t>(
+          ctx_.first_global_group * opt_.images_per_group + decision_image_[d]);
       for (int e = 0; e < E; ++e)
         logits[d * E + e] +=
             sigma * rng.Normal(global_image, decision_key_[d] * static_cast<uint64_t>(E) + e);

@@ -18,18 +18,21 @@
 //                token and the patch tokens otherwise)
 // The noise is keyed on (layer, step, global image, key, expert) with key = the token in the image
 // (kToken), 0 (kImageMean) or the segment's attribute bits (kAttributes), so a sharded run draws
-// what one rank draws and equal attributes in an image share one draw in training too. The pair has its own router (separate from the FFN's, as in the
-// paper) and no auxiliary losses: nothing is dropped, and under attribute routing the load is
-// fixed by the data's (task, modality) mix, not by the router.
+// what one rank draws and equal attributes in an image share one draw in training too. Each pair
+// (the conditional FFN's, the attention's) has its own router, as in the paper, and no auxiliary
+// losses: nothing is dropped, and under attribute routing the load is fixed by the data's
+// (task, modality, token type) mix, not by the router.
 //
 // Where the experts live: on EVERY rank, as dense (replicated) parameters whose gradients are
-// all-reduced over the world -- not sharded like the FFN experts. That is what makes the merged
-// weights possible: with one decision per image, W = sum_r g_r W[e_r] (exact for linear experts,
-// models/moe/README.md, case 11) is built once per distinct decision and the image's rows take
-// ONE GEMM, with no dispatch and no all-to-all. Under attribute routing at evaluation an entire
-// batch has at most (tasks x modalities) distinct decisions. Per-token decisions (kToken), images
-// of several attribute segments, or merge_weights off, take the per-expert path: gather each expert's rows, one GEMM per expert,
-// gate-weighted scatter. Both paths are exact; a test checks they agree.
+// all-reduced over the world -- not sharded like MoeLayer's experts. That is what makes the
+// merged weights possible: with one decision per image, W = sum_r g_r W[e_r] (exact for linear
+// experts, models/moe/README.md, case 11) is built once per distinct decision and the image's
+// rows take ONE GEMM, with no dispatch and no all-to-all. Under attribute routing at evaluation
+// an entire batch has at most (tasks x modalities x token types) distinct decisions. Per-token
+// decisions (kToken), images of several attribute segments, or merge_weights off, take the
+// per-expert path: gather each expert's rows, one GEMM per expert, gate-weighted scatter. Both
+// paths are exact; a test checks they agree. (Bytes this moves against a token all-to-all:
+// tests/bench/RESULTS.md, conditional part.)
 //
 // Call order per step: ForwardFirst, ForwardSecond, BackwardSecond, BackwardFirst (the router's
 // gradients from both layers are applied in BackwardFirst).

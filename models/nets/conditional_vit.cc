@@ -90,11 +90,12 @@ MoeLinearPairOptions ConditionalPairOptions(const proto::ModelConfig& model, int
   o.tokens_per_image = ConditionalTokensPerImage(model);
   o.images_per_group = model.moe().group_size_images();
   o.noise_scale = model.moe().router_noise_scale();
+  using RI = MoeLinearPairOptions::RouterInput;
   switch (RoutingRuleForLevel(model.conditional().routing_level())) {
-    case RoutingRule::kTokenTopK: o.router_input = MoeLinearPairOptions::RouterInput::kToken; break;
-    case RoutingRule::kPerImage: o.router_input = MoeLinearPairOptions::RouterInput::kImageMean; break;
+    case RoutingRule::kTokenTopK: o.router_input = RI::kToken; break;
+    case RoutingRule::kPerImage: o.router_input = RI::kImageMean; break;
     default:
-      o.router_input = MoeLinearPairOptions::RouterInput::kAttributes;
+      o.router_input = RI::kAttributes;
       o.attribute_dim = kTokenAttributeBits;
   }
   return o;
@@ -354,7 +355,8 @@ Tensor ConditionalVit::Forward(const Tensor& images) {
     attributes_ = Tensor::Zeros({B * T, kTokenAttributeBits});
     for (int64_t t = 0; t < B * T; ++t) {
       const bool is_task_token = !task_token_.value.empty() && t % T == 0;
-      const uint32_t bits = TokenAttributeBits(task_[t / T], modality_[t / T], is_task_token) & mask;
+      const uint32_t bits =
+          TokenAttributeBits(task_[t / T], modality_[t / T], is_task_token) & mask;
       for (int j = 0; j < kTokenAttributeBits; ++j)
         attributes_.at(t * kTokenAttributeBits + j) = static_cast<float>((bits >> j) & 1u);
     }
@@ -495,13 +497,13 @@ void ValidateConditionalVitConfig(const proto::TrainConfig& c, std::vector<std::
   // The routed pair has no auxiliary losses (the released top-2 gate has none) and no capacity:
   // refuse weights that would silently do nothing. MOE_LAYER keeps them settable.
   if (cc.ffn_form() == proto::ConditionalConfig::ROUTED_PAIR) {
-    for (auto [field, set, w] : {std::tuple<const char*, bool, float>{
-                                     "model.moe.importance_loss_weight",
-                                     moe.has_importance_loss_weight(), moe.importance_loss_weight()},
-                                 {"model.moe.load_loss_weight", moe.has_load_loss_weight(),
-                                  moe.load_loss_weight()},
-                                 {"model.moe.switch_loss_weight", moe.has_switch_loss_weight(),
-                                  moe.switch_loss_weight()}})
+    using Weight = std::tuple<const char*, bool, float>;
+    for (auto [field, set, w] :
+         {Weight{"model.moe.importance_loss_weight", moe.has_importance_loss_weight(),
+                 moe.importance_loss_weight()},
+          Weight{"model.moe.load_loss_weight", moe.has_load_loss_weight(), moe.load_loss_weight()},
+          Weight{"model.moe.switch_loss_weight", moe.has_switch_loss_weight(),
+                 moe.switch_loss_weight()}})
       if (set && w != 0)
         errors->push_back(ConfigError(field, std::to_string(w),
                                       "the routed-pair FFN (model.conditional.ffn_form: "
