@@ -17,13 +17,13 @@ constexpr int kExitConfig = 2;
 constexpr int kExitData = 3;
 // The loss became NaN or infinite.
 constexpr int kExitNumerics = 4;
-// 5: a collective did not complete within --collective_timeout_s. Defined next to the watchdog
-// that ends the job with it (comm/ sits below launcher/ and cannot include this file).
-constexpr int kExitCollectiveTimeoutCode = 5;
+// 5 (kExitCollectiveTimeout): a collective did not complete within --collective_timeout_s.
+// Defined next to the watchdog that ends the job with it (comm/collective_watchdog.h, included
+// above): comm/ sits below launcher/ and cannot include this file.
 // An output (metrics, trace, heatmap, super-class file) could not be written after training
 // started.
 constexpr int kExitOutput = 6;
-static_assert(kExitCollectiveTimeout == kExitCollectiveTimeoutCode, "README.md's table says 5");
+static_assert(kExitCollectiveTimeout == 5, "README.md's table says 5");
 // A checkpoint cannot be written or trusted (launcher/checkpoint.h): a checksum mismatch, a
 // missing shard, another model, another number of experts, --resume with nothing to resume.
 constexpr int kExitCheckpoint = 7;

@@ -429,7 +429,7 @@ LoopEnd TrainLoop(Job* job, int64_t first_step, double* periodic_eval_seconds, i
       SaveCheckpointIfAsked(job, done);
     if (*signal != 0) {
       LOG_IF(INFO, job->rank == 0)
-          << "moe_train: stopped by " << (*signal == SIGTERM ? "SIGTERM" : *signal == SIGINT ? "SIGINT" : "SIGUSR1")
+          << "moe_train: stopped by " << StopSignalName(*signal)
           << " after step " << done << "; "
           << (FLAGS_checkpoint_dir.empty() ? "no --checkpoint_dir: nothing saved"
                                            : "checkpoint " + CheckpointPath(FLAGS_checkpoint_dir, done) +

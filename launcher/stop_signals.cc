@@ -42,9 +42,6 @@ struct Line {
 std::atomic<bool> g_graceful{false};
 std::atomic<int> g_pending{0};
 
-const char* SignalName(int sig) {
-  return sig == SIGTERM ? "SIGTERM" : sig == SIGINT ? "SIGINT" : sig == SIGUSR1 ? "SIGUSR1" : "a signal";
-}
 
 // Graceful: remember the signal for the training loop, and say so once (rank 0).
 void RecordStopRequest(int sig) {
@@ -53,7 +50,7 @@ void RecordStopRequest(int sig) {
   Line line;
   line.Add(g_program);
   line.Add(": rank 0: ");
-  line.Add(SignalName(sig));
+  line.Add(StopSignalName(sig));
   line.Add(" received: stopping after the current step (a second SIGTERM or SIGINT stops at once)\n");
   ssize_t ignored = write(STDERR_FILENO, line.text, line.size);
   (void)ignored;
@@ -69,7 +66,7 @@ void OnStopSignal(int sig) {
   line.Add(": rank ");
   line.Add(static_cast<int64_t>(g_rank.load()));
   line.Add(": stopped by ");
-  line.Add(SignalName(sig));
+  line.Add(StopSignalName(sig));
   line.Add(" ");
   switch (static_cast<StopPhase>(g_phase.load())) {
     case StopPhase::kStartUp: line.Add("during start-up (before step 1)"); break;
@@ -101,6 +98,10 @@ void InstallStopSignalHandlers(const char* program, int rank) {
   sa.sa_handler = OnStopSignal;
   sigfillset(&sa.sa_mask);  // one line per rank, even if both signals arrive
   for (int sig : {SIGTERM, SIGINT, SIGUSR1}) sigaction(sig, &sa, nullptr);
+}
+
+const char* StopSignalName(int sig) {
+  return sig == SIGTERM ? "SIGTERM" : sig == SIGINT ? "SIGINT" : sig == SIGUSR1 ? "SIGUSR1" : "a signal";
 }
 
 void SetGracefulStop(bool on) { g_graceful = on; }

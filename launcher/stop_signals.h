@@ -34,5 +34,7 @@ void SetStopSignalPhase(StopPhase phase);
 void SetGracefulStop(bool on);
 // The signal a graceful stop was asked with (SIGTERM, SIGINT, SIGUSR1), or 0.
 int PendingStopSignal();
+// "SIGTERM", "SIGINT", "SIGUSR1" (else "a signal"); a string literal, so async-signal-safe.
+const char* StopSignalName(int sig);
 
 }  // namespace moe

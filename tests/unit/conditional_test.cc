@@ -103,6 +103,18 @@ MoeStepContext Context(bool training, int64_t groups) {
   return ctx;
 }
 
+// The 8-image task/modality pattern the net tests use, and one forward pass with it.
+const std::vector<int> kTasks8 = {0, 1, 0, 1, 1, 0, 1, 0};
+const std::vector<int> kModalities8 = {0, 0, 1, 1, 0, 0, 1, 1};
+Tensor ForwardWithTasks(ConditionalVit* net, bool training, const Tensor& images) {
+  BatchInfo info;
+  info.task = &kTasks8;
+  info.modality = &kModalities8;
+  net->SetBatchInfo(info);
+  net->SetMoeContext(Context(training, 4));
+  return net->Forward(images);
+}
+
 // Per row: expert -> gate of the kept assignments of an MoE layer's last Forward.
 std::vector<std::map<int, float>> RowChoices(const MoeLayer& m, int64_t rows) {
   std::vector<std::map<int, float>> out(rows);
@@ -122,15 +134,10 @@ TEST_P(ConditionalCase11, EqualAttributesGiveEqualExpertsAndGates) {
   proto::TrainConfig c = TinyConfig(level, /*attention=*/true, true, Level::MOE_LAYER);
   c.mutable_data()->set_batch_per_rank(8);
   ConditionalVit net(c.model(), &comm, c.seed());
-  const std::vector<int> task = {0, 1, 0, 1, 1, 0, 1, 0};
-  const std::vector<int> modality = {0, 0, 1, 1, 0, 0, 1, 1};
-  BatchInfo info;
-  info.task = &task;
-  info.modality = &modality;
-  net.SetBatchInfo(info);
-  net.SetMoeContext(Context(/*training=*/false, 4));
+  const std::vector<int>& task = kTasks8;
+  const std::vector<int>& modality = kModalities8;
   const Tensor images = RandomTensor({8, 784}, 21);
-  const Tensor logits = net.Forward(images);
+  const Tensor logits = ForwardWithTasks(&net, /*training=*/false, images);
   EXPECT_EQ(logits.dim(1), 14);
   const int64_t T = net.tokens_per_image(), rows = 8 * T;
   const uint32_t mask = RoutingLevelMask(level);
@@ -199,18 +206,13 @@ TEST_P(ConditionalPairCase11, EqualAttributesGiveEqualExpertsAndGatesInTraining)
   c.mutable_data()->set_batch_per_rank(8);
   ASSERT_GT(c.model().moe().router_noise_scale(), 0.f);
   ConditionalVit net(c.model(), &comm, c.seed());
-  const std::vector<int> task = {0, 1, 0, 1, 1, 0, 1, 0};
-  const std::vector<int> modality = {0, 0, 1, 1, 0, 0, 1, 1};
+  const std::vector<int>& task = kTasks8;
+  const std::vector<int>& modality = kModalities8;
   const Tensor images = RandomTensor({8, 784}, 21);
   const int64_t T = net.tokens_per_image(), rows = 8 * T;
   const uint32_t mask = RoutingLevelMask(level);
   for (bool training : {true, false}) {
-    BatchInfo info;
-    info.task = &task;
-    info.modality = &modality;
-    net.SetBatchInfo(info);
-    net.SetMoeContext(Context(training, 4));
-    net.Forward(images);
+    ForwardWithTasks(&net, training, images);
     ASSERT_TRUE(net.moe_layers().empty());
     ASSERT_EQ(net.ffn_moe().size(), 2u);
     for (size_t l = 0; l < 2; ++l)
@@ -281,18 +283,11 @@ TEST(ConditionalNet, TaskTokenRoutesApartFromThePatches) {
     for (Parameter* p : net.Parameters())
       if (p->name.find(".router.w") != std::string::npos)
         for (int64_t i = 0; i < p->value.numel(); ++i) p->value.at(i) *= 40.f;
-    const std::vector<int> task = {0, 1, 0, 1, 1, 0, 1, 0};
-    const std::vector<int> modality = {0, 0, 1, 1, 0, 0, 1, 1};
     const int64_t T = net.tokens_per_image();
     EXPECT_EQ(T, 17) << "16 patches and the task token";
     int apart = 0;
     for (bool training : {true, false}) {
-      BatchInfo info;
-      info.task = &task;
-      info.modality = &modality;
-      net.SetBatchInfo(info);
-      net.SetMoeContext(Context(training, 4));
-      net.Forward(RandomTensor({8, 784}, 23));
+      ForwardWithTasks(&net, training, RandomTensor({8, 784}, 23));
       for (size_t l = 0; l < 2; ++l)
         for (const MoeLinearPair* p : {net.ffn_moe()[l], net.attention_moe()[l]}) {
           const auto choice = PairRows(*p);
