@@ -14,6 +14,7 @@
 #include "models/nets/conditional_vit.h"
 #include "models/nets/patch_cnn.h"
 #include "models/nets/vision_transformer.h"
+#include "models/moe/routing_rule_registry.h"
 
 namespace moe {
 namespace {
@@ -43,20 +44,13 @@ double PatchEmbedParams(const proto::ModelConfig& m) {
 // C of one routing group, as MoeLayer::CurrentCapacity computes it; in double beyond what an
 // int64 holds (such a run cannot be allocated anyway, and the estimate must still say so).
 double CapacityPerGroup(const MoeLayerOptions& o, double factor) {
-  auto rounded = [&o, factor](int k, double rows) {
-    const double x = k * rows * factor / std::max(1, o.num_experts);
-    if (!(x < 1e15) || k < 1 || o.num_experts < 1 || !(factor > 0)) return x;
-    return static_cast<double>(
-        CapacityPerExpert(k, static_cast<int64_t>(rows), factor, o.num_experts, o.rounding));
-  };
   const double n = static_cast<double>(o.group_tokens);
-  const double per_image = static_cast<double>(std::max<int64_t>(1, o.tokens_per_image));
-  switch (o.rule) {
-    case RoutingRule::kExpertChoice: return std::min(n, rounded(1, n));
-    case RoutingRule::kPatchTopL: return o.patch_top_l * std::floor(n / per_image);
-    case RoutingRule::kPerImage: return per_image * rounded(o.top_k, std::floor(n / per_image));
-    default: return rounded(o.top_k, n);
-  }
+  const double bound = std::max(1, o.top_k) * n * factor / std::max(1, o.num_experts);
+  // An absurd config gets a number large enough to be refused, without integer overflow.
+  if (!(bound < 1e15) || o.top_k < 1 || o.num_experts < 1 || !(factor > 0) ||
+      o.group_tokens < 1 || o.tokens_per_image < 1)
+    return bound;
+  return static_cast<double>(MakeRoutingRule(o.rule)->Capacity(o, factor));
 }
 
 // Rows of one step's capacity buffers on this rank: every (expert, group) block holds C rows;
@@ -74,7 +68,8 @@ void AddMoeLayers(const MoeLayerOptions& o, double count, const proto::TrainConf
   const int ep = std::max(1, c.parallel().ep_size());
   const double experts_here = std::max(0, o.num_experts / ep);
   double router = static_cast<double>(o.dim) * o.num_experts;
-  if (o.rule == RoutingRule::kAttribute && o.attribute_dim > 0)
+  if (MakeRoutingRule(o.rule)->router_input() == RouterInputKind::kAttributes &&
+      o.attribute_dim > 0)
     router += LinearParams(o.attribute_dim, o.dim) + NormParams(o.dim);
   est->dense_params += count * router;
   est->expert_params += count * experts_here * MlpParams(o.dim, o.hidden);
@@ -125,7 +120,7 @@ void CountConditional(const proto::TrainConfig& c, MemoryEstimate* est) {
   if (m.use_moe() && m.conditional().moe_in_attention()) {
     const RoutingRule rule = RoutingRuleForLevel(m.conditional().routing_level());
     attention = E * (LinearParams(D, 3 * D) + LinearParams(D, D)) + D * E;  // MoeLinearPair
-    if (rule != RoutingRule::kTokenTopK && rule != RoutingRule::kPerImage)
+    if (MakeRoutingRule(rule)->router_input() == RouterInputKind::kAttributes)
       attention += LinearParams(kTokenAttributeBits, D) + NormParams(D);
   }
   est->dense_params += (L - moe_blocks) * AttentionParams(D) + moe_blocks * attention;
@@ -137,7 +132,7 @@ void CountConditional(const proto::TrainConfig& c, MemoryEstimate* est) {
   const double H = m.moe().expert_hidden_dim() > 0 ? m.moe().expert_hidden_dim() : m.mlp_dim();
   double ffn = E * (LinearParams(D, H) + LinearParams(H, D)) + D * E;
   const RoutingRule rule = RoutingRuleForLevel(m.conditional().routing_level());
-  if (rule != RoutingRule::kTokenTopK && rule != RoutingRule::kPerImage)
+  if (MakeRoutingRule(rule)->router_input() == RouterInputKind::kAttributes)
     ffn += LinearParams(kTokenAttributeBits, D) + NormParams(D);
   est->dense_params += moe_blocks * ffn;
 }

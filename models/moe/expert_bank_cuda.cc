@@ -28,7 +28,7 @@
 #include "core/kernels/cuda/dense_kernels.h"
 #include "core/kernels/cuda/gelu_kernels.h"
 #include "models/moe/expert_bank.h"
-#include "models/moe/moe_layer_cuda_state.h"
+#include "models/moe/cuda_moe_context.h"
 
 namespace moe {
 

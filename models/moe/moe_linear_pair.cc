@@ -12,6 +12,8 @@
 #include "models/layers/linear.h"
 #include "models/layers/mean_pool.h"
 #include "models/moe/router_math.h"
+#include "models/moe/router.h"
+#include "models/moe/routing_rule.h"
 #include "models/moe/routing_rules.h"
 
 namespace moe {
@@ -151,7 +153,7 @@ void MoeLinearPair::Decide() {
         0.f, logits.data(), E);
   if (ctx_.training && opt_.noise_scale > 0.f) {
     const float sigma = opt_.noise_scale / static_cast<float>(E);
-    CounterRng rng(MixKey(MixKey(seed_, HashString(name_ + ".router_noise")), ctx_.step));
+    CounterRng rng(RouterNoiseKey(seed_, name_, ctx_.step));
     for (int64_t d = 0; d < decisions_; ++d) {
       const uint64_t global_image = static_cast<uint64_t>(
           ctx_.first_global_group * opt_.images_per_group + decision_image_[d]);
@@ -164,7 +166,7 @@ void MoeLinearPair::Decide() {
   SoftmaxRows(logits.data(), decisions_, E, probs_.data());
   expert_.resize(decisions_ * k);
   gate_.resize(decisions_ * k);
-  RenormalisedTopK(probs_.data(), decisions_, E, k, expert_.data(), gate_.data());
+  TopKGates(probs_.data(), decisions_, E, k, /*renormalise=*/true, expert_.data(), gate_.data());
   d_gate_.assign(decisions_ * k, 0.f);
   GroupDecisions();
 }
@@ -321,17 +323,11 @@ Tensor MoeLinearPair::RouterBackward() {
   using RI = MoeLinearPairOptions::RouterInput;
   const int E = opt_.num_experts, k = opt_.top_k;
   const int64_t D = opt_.in1;
-  // Renormalised gates g_r = p_r / S (S = sum of the k kept probs): dp_j = (dg_j - <dg, g>) / S.
+  // The renormalised top-k rule's gate backward, as the MoE layer's attribute rule runs it.
   std::vector<float> dprobs(decisions_ * E, 0.f), dlogits(decisions_ * E);
-  for (int64_t d = 0; d < decisions_; ++d) {
-    double S = 0, dot = 0;
-    for (int r = 0; r < k; ++r) {
-      S += probs_[d * E + expert_[d * k + r]];
-      dot += static_cast<double>(d_gate_[d * k + r]) * gate_[d * k + r];
-    }
-    for (int r = 0; r < k; ++r)
-      dprobs[d * E + expert_[d * k + r]] += static_cast<float>((d_gate_[d * k + r] - dot) / S);
-  }
+  for (int64_t d = 0; d < decisions_; ++d)
+    TopKGatesBackward(probs_.data() + d * E, expert_.data() + d * k, gate_.data() + d * k,
+                      d_gate_.data() + d * k, k, /*renormalised=*/true, dprobs.data() + d * E);
   SoftmaxRowsBackward(probs_.data(), dprobs.data(), decisions_, E, dlogits.data());
   Parameter& router = RouterParam();
   Sgemm(true, false, D, E, decisions_, 1.f, router_in_.data(), D, dlogits.data(), E, 1.f,

@@ -24,6 +24,7 @@
 #include "models/nets/families.h"
 #include "models/nets/moe_placement.h"
 #include "models/nets/vision_transformer.h"
+#include "models/moe/routing_rule_registry.h"
 
 namespace moe {
 
@@ -74,7 +75,8 @@ MoeLayerOptions ConditionalMoeOptions(const proto::ModelConfig& model) {
   if (!model.moe().has_load_loss_weight()) o.load_weight = 0.f;
   // Uni-Perceiver-MoE renormalises the top-k gates at every level (kAttribute always does).
   o.renormalise_gates = true;
-  if (o.rule == RoutingRule::kAttribute) o.attribute_dim = kTokenAttributeBits;
+  if (MakeRoutingRule(o.rule)->router_input() == RouterInputKind::kAttributes)
+    o.attribute_dim = kTokenAttributeBits;
   return o;
 }
 

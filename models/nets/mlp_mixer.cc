@@ -12,6 +12,7 @@
 #include "models/layers/transpose_tokens.h"
 #include "models/nets/families.h"
 #include "models/nets/vision_transformer.h"
+#include "models/moe/routing_rule_registry.h"
 
 namespace moe {
 
@@ -29,8 +30,7 @@ int ExpertHidden(const proto::ModelConfig& m, int per_layer, int dense) {
 
 // Experts a routed row visits on average (what FlopsPerImage charges per row).
 double ExpertsPerRow(const MoeLayerOptions& o) {
-  // Expert choice: E experts x C = n c / E slots = c per row; capacity_factor_eval like the ViT.
-  return o.rule == RoutingRule::kExpertChoice ? o.capacity_factor_eval : o.top_k;
+  return MakeRoutingRule(o.rule)->ExpertVisitsPerRow(o);
 }
 
 // Builds the net's branches and tallies multiply-adds per image as it adds each layer.

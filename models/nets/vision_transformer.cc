@@ -10,58 +10,9 @@
 #include "models/layers/patch_embed.h"
 #include "models/layers/pre_norm_block.h"
 #include "models/nets/families.h"
+#include "models/moe/routing_rule_registry.h"
 
 namespace moe {
-
-MoeLayerOptions MoeOptionsFromConfig(const proto::ModelConfig& model) {
-  const int p = model.patch_size();
-  const int64_t tokens = static_cast<int64_t>(model.image_size() / p) * (model.image_size() / p);
-  const int hidden =
-      model.moe().expert_hidden_dim() > 0 ? model.moe().expert_hidden_dim() : model.mlp_dim();
-  return MoeOptionsFromConfig(model, model.hidden_dim(), hidden, tokens);
-}
-
-MoeLayerOptions MoeOptionsFromConfig(const proto::ModelConfig& model, int dim, int hidden,
-                                     int64_t tokens) {
-  const proto::MoeConfig& m = model.moe();
-  MoeLayerOptions o;
-  o.dim = dim;
-  o.hidden = hidden;
-  o.num_experts = m.num_experts();
-  o.top_k = m.top_k();
-  o.tokens_per_image = tokens;
-  o.group_tokens = tokens * m.group_size_images();
-  o.capacity_factor_train = m.capacity_factor_train();
-  o.capacity_factor_eval = m.capacity_factor_eval();
-  switch (m.capacity_rounding()) {
-    case proto::MoeConfig::CEIL: o.rounding = CapacityRounding::kCeil; break;
-    case proto::MoeConfig::ROUND: o.rounding = CapacityRounding::kRound; break;
-    case proto::MoeConfig::CEIL_MULTIPLE_OF_4: o.rounding = CapacityRounding::kCeilMultipleOf4; break;
-  }
-  o.batch_prioritized = m.batch_prioritized_routing();
-  o.dropless = m.dropless();
-  o.noise_scale = m.router_noise_scale();
-  o.importance_weight = m.importance_loss_weight();
-  o.load_weight = m.load_loss_weight();
-  o.switch_weight = m.switch_loss_weight();
-  o.z_weight = m.z_loss_weight();
-  o.noise = m.router_noise() == proto::MoeConfig::LEARNED_SOFTPLUS ? RouterNoise::kLearnedSoftplus
-                                                                   : RouterNoise::kFixed;
-  o.balance_sq_weight = m.balance_sq_loss_weight();
-  switch (m.routing()) {
-    case proto::MoeConfig::TOKEN_TOP_K: o.rule = RoutingRule::kTokenTopK; break;
-    case proto::MoeConfig::EXPERT_CHOICE: o.rule = RoutingRule::kExpertChoice; break;
-    case proto::MoeConfig::PATCH_TOP_L: o.rule = RoutingRule::kPatchTopL; break;
-    case proto::MoeConfig::PER_IMAGE: o.rule = RoutingRule::kPerImage; break;
-    case proto::MoeConfig::ATTRIBUTE: o.rule = RoutingRule::kAttribute; break;
-  }
-  o.patch_top_l = m.patch_top_l();
-  o.patch_gate_over_all = m.patch_gate_over_all();
-  o.renormalise_gates = m.renormalise_gates();
-  o.superclass_weight = m.superclass_loss_weight();
-  o.attribute_with_token = m.attribute_with_token();
-  return o;
-}
 
 VisionTransformer::VisionTransformer(const proto::ModelConfig& config, Communicator* comm,
                                      uint64_t seed, const MoeOptionsAdjust& adjust_moe)
@@ -134,12 +85,9 @@ double VisionTransformer::FlopsPerImage() const {
     const bool is_moe = moe_i < moe_layers_.size() && blocks_[i]->mlp() == moe_layers_[moe_i];
     if (is_moe) {
       const MoeLayerOptions& o = moe_layers_[moe_i++]->options();
-      const double k = o.rule == RoutingRule::kExpertChoice
-                           ? o.capacity_factor_eval  // C = n c / E slots per expert, E experts
-                           : o.top_k;
-      // Per-image routing scores one mean token per image (the mean itself is T * D adds).
-      const double router = o.rule == RoutingRule::kPerImage ? T * D + D * o.num_experts
-                                                             : T * D * o.num_experts;
+      const std::unique_ptr<RoutingRuleImpl> rule = MakeRoutingRule(o.rule);
+      const double k = rule->ExpertVisitsPerRow(o);
+      const double router = RouterMacsPerImage(rule->router_input(), T, D, o.num_experts);
       macs += router + k * T * 2 * D * o.hidden;
     } else {
       macs += T * 2 * D * H;

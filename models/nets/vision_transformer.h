@@ -17,6 +17,7 @@
 #include "models/layers/layer.h"
 #include "models/nets/net.h"
 #include "models/moe/moe_layer.h"
+#include "models/moe/moe_layer_config.h"
 #include "models/nets/moe_placement.h"
 #include "proto/moe_ep.pb.h"
 
@@ -29,13 +30,6 @@ class PatchEmbed;
 class MeanPoolTokens;
 class Linear;
 
-// Translates the MoE part of the config into layer options for a layer whose rows are
-// `tokens_per_image` per image, `dim` wide, with expert hidden width `hidden` (the routing
-// group is moe.group_size_images images).
-MoeLayerOptions MoeOptionsFromConfig(const proto::ModelConfig& model, int dim, int hidden,
-                                     int64_t tokens_per_image);
-// The ViT's own MoE MLP options (dim = hidden_dim, hidden = expert_hidden_dim or mlp_dim).
-MoeLayerOptions MoeOptionsFromConfig(const proto::ModelConfig& model);
 
 class VisionTransformer : public Net {
  public:

@@ -1,5 +1,5 @@
-// MoeLayer's per-forward routing state: everything one Forward decides and Backward reuses.
-// Internal to models/moe (moe_layer.cc and the moe_route_<rule>.cc files).
+// One Forward's routing state on the host: what the router and the rule decide and what the
+// router's backward reuses. Internal to models/moe (router, rules/, the host routing planner).
 //
 // Index conventions:
 //   choice (t, r)      -> t * kc + r, t a local row, r < kc. kc = choices per row: top_k for the
@@ -14,11 +14,11 @@
 #include <vector>
 
 #include "core/tensor.h"
-#include "models/moe/moe_layer.h"
+#include "models/moe/moe_options.h"
 
 namespace moe {
 
-struct MoeLayer::Routing {
+struct RoutingState {
   int64_t rows = 0, groups = 0;
   int kc = 0;
   Tensor x;
@@ -30,12 +30,7 @@ struct MoeLayer::Routing {
   std::vector<int> expert, slot;
   std::vector<float> gate;
   std::vector<int64_t> block_rows;       // [E * G] rows per send block (C, or exact if dropless)
-  std::vector<int64_t> block_offset;     // [E * G] first row of each send block
-  int64_t send_rows = 0;
-  std::vector<int64_t> recv_block_rows;  // [EP * El * G]
-  std::vector<int64_t> send_rows_per_peer, recv_rows_per_peer;
-  std::vector<int64_t> expert_rows;      // [El] rows each local expert processes
-  Tensor returned;                       // expert outputs back at the source, send layout
+  std::vector<int64_t> recv_block_rows;  // [EP * El * G], src-major, as this rank receives
   // Auxiliary-loss gradients, computed with the values in Forward and applied in Backward:
   // w.r.t. the noisy probs, the clean probs, the noisy logits and the clean logits.
   std::vector<float> d_probs_aux, d_probs_clean_aux, d_logits_aux, d_clean_logits_aux;

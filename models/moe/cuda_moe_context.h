@@ -1,7 +1,24 @@
-// MoeLayer's CUDA-path state and the small device helpers its two translation units share:
-// moe_layer_cuda.cc (Forward/Backward on device tensors, the device token top-k router) and
-// moe_layer_cuda_host_route.cc (the rules decided on the host). Internal to models/moe; compiled
-// only with MOE_EP_HAS_CUDA. Stream ordering and host synchronisation: moe_layer_cuda.cc's header.
+// The CUDA backend's shared state for one MoE layer (CudaMoeContext: stream, device communicator,
+// ordering events, pinned staging) and the small device helpers its planners and its token
+// dispatcher use (cuda_moe_backend.h). Internal to models/moe; compiled only with MOE_EP_HAS_CUDA.
+//
+// Stream: everything is enqueued on the device communicator's stream (Communicator::device_stream)
+// when the layer's communicator works on device memory (so the all-to-alls need no extra
+// ordering), else on the legacy default stream. The dense layers run on the legacy default
+// stream (models/layers/layer.h), so each Forward and Backward makes its stream wait for the
+// legacy stream on entry and the legacy stream wait for its stream on exit (two event records, no
+// host wait): correct even when the NCCL stream is non-blocking. y / dx are ready in that order,
+// not on return. A host-memory communicator (works_on_device() false) is used only with
+// ep_size == 1, where the all-to-alls are local device copies.
+//
+// Memory: buffers internal to the backend are stream-ordered (cudaMallocAsync / cudaFreeAsync on
+// the layer's stream): freeing them never waits. What crosses an interface (the expert bank's
+// input/output, y, dx) is a Tensor, whose memory is stream-ordered on the LEGACY stream
+// (core/kernels/cuda/device_memory_cuda.cu): NewDeviceTensor orders the layer's stream after its
+// allocation, and every Tensor the layer's stream uses stays referenced until
+// LeaveToLegacyStream has ordered the legacy stream (where it will be freed) after that use -- by
+// the backend's state, the expert bank, or a local of MoeLayer::Forward/Backward, which outlive
+// the dispatcher's EndStep.
 #pragma once
 
 #ifdef MOE_EP_HAS_CUDA
@@ -13,6 +30,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -23,7 +41,7 @@
 #include "core/profiler.h"
 #include "core/tensor.h"
 #include "models/layers/layer.h"
-#include "models/moe/moe_layer.h"
+#include "comm/communicator.h"
 
 namespace moe {
 namespace moe_cuda {
@@ -142,50 +160,31 @@ inline Tensor NewDeviceTensor(std::vector<int64_t> shape, cudaStream_t stream) {
 
 }  // namespace moe_cuda
 
-// Everything one device Forward decides and Backward reuses; index conventions as Routing in
-// moe_layer.cc. Device arrays unless named *_host.
-struct MoeLayer::CudaState {
+// Shared by a layer's CUDA planner and dispatcher (one per layer and device backend).
+class CudaMoeContext {
+ public:
+  // nccl: the layer's communicator when it works on device memory, else nullptr (then
+  // ep_size must be 1: the all-to-alls are local copies).
+  CudaMoeContext(const std::string& layer, Communicator* comm, int ep_size) {
+    nccl = comm->works_on_device() ? comm : nullptr;
+    CHECK(nccl != nullptr || ep_size == 1)
+        << layer << ": the CUDA path with ep_size " << ep_size
+        << " needs a device-memory communicator (NCCL); this one works on host memory";
+    stream = nccl != nullptr ? static_cast<cudaStream_t>(nccl->device_stream()) : nullptr;
+    for (cudaEvent_t* e : {&routed, &enter, &leave, &downloaded, &uploaded})
+      CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+  }
+  CudaMoeContext(const CudaMoeContext&) = delete;
+  CudaMoeContext& operator=(const CudaMoeContext&) = delete;
+
   cudaStream_t stream = nullptr;
-  Communicator* nccl = nullptr;  // device-memory communicator; nullptr: ep_size == 1, local copies
-  cudaEvent_t routed = nullptr;      // recorded after the device->host copies of the routing
+  Communicator* nccl = nullptr;
+  cudaEvent_t routed = nullptr;  // the device router's device->host copies are done
   cudaEvent_t enter = nullptr, leave = nullptr;  // ordering with the legacy default stream
-  moe_cuda::PinnedBuffer down, up;   // staging: device->host (counts, router arrays), host->device
+  moe_cuda::PinnedBuffer down, up;  // the device router's staging: counts and router arrays
+  Profiler* profiler = nullptr;     // the step's, set by the dispatcher's BeginStep
 
-  bool have_forward = false;
-  int64_t rows = 0, groups = 0, send_rows = 0, recv_rows = 0;
-  Tensor x;
-  moe_cuda::DeviceArray<float> clean, noisy, probs, probs_clean;  // noisy/probs_clean empty without noise
-  const float* probs_clean_ptr = nullptr;               // probs_clean, or probs without noise
-  moe_cuda::DeviceArray<int> expert, slot, order, choice_row, row_choice;
-  moe_cuda::DeviceArray<float> gate;
-  moe_cuda::DeviceArray<int64_t> counts, block_rows, block_offset, recv_block_rows_exchanged;
-  const int64_t* recv_block_rows = nullptr;  // exchanged (dropless) or block_rows (all C)
-  std::vector<int64_t> send_rows_per_peer, recv_rows_per_peer, expert_rows;
-  moe_cuda::DeviceArray<float> returned;  // expert outputs back at the source, send layout
-  // Auxiliary-loss gradients from Forward's host computation, applied in Backward:
-  //   d_probs_aux  (switch loss) joins d(probs) before the softmax backward;
-  //   d_logits_extra = d_logits_aux (z) + softmax_bwd(probs_clean, d_probs_clean_aux)
-  //                    (importance) + d_clean_logits_aux (load), added to d(clean logits),
-  // summed in that order, as moe_layer.cc does.
-  bool have_aux_grads = false;
-  moe_cuda::DeviceArray<float> d_probs_aux, d_logits_extra;
-
-  // The rules decided on the host (every rule but plain token top-k; moe_layer_cuda_host_route.cc)
-  // upload their plan into expert/slot/gate/block_rows/block_offset above and use these.
-  bool host_routed = false;
-  int kc = 0;  // choices per row of the plan: top_k, or E for the expert-side rules
-  // Block sizes on the host: [E*G] in send order, [EP*El*G] src-major as received.
-  std::vector<int64_t> block_rows_host, recv_block_rows_host;
-  moe_cuda::DeviceArray<float> router_in;  // kPerImage: image means [B, D]; others route on x
-  moe_cuda::DeviceArray<float> dgate;      // Backward: d(gate) per choice [rows * kc]
-  std::vector<float> w_host;               // kAttribute: this step's router weights [D, E]
-  // kAttribute: host copies of the embedding layers, refreshed from the device every Forward.
-  std::unique_ptr<Layer> attr_proj_host, attr_norm_host;
-  cudaEvent_t downloaded = nullptr;  // after the device->host copies Download waits for
-  cudaEvent_t uploaded = nullptr;    // after the host->device copies of the last Upload
-  moe_cuda::PinnedBuffer host_down, host_up;
-
-  ~CudaState() {
+  ~CudaMoeContext() {
     for (cudaEvent_t e : {routed, enter, leave, downloaded, uploaded})
       if (e != nullptr) cudaEventDestroy(e);
   }
@@ -233,6 +232,9 @@ struct MoeLayer::CudaState {
   }
 
   static size_t Padded(size_t bytes) { return (bytes + 15) / 16 * 16; }
+  cudaEvent_t downloaded = nullptr;  // after the device->host copies Download waits for
+  cudaEvent_t uploaded = nullptr;    // after the host->device copies of the last Upload
+  moe_cuda::PinnedBuffer host_down, host_up;  // Download / Upload staging
 
   // Work enqueued on `stream` from now on runs after everything already on the legacy stream.
   void EnterFromLegacyStream() {

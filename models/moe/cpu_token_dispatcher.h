@@ -1,0 +1,43 @@
+// The host-memory TokenDispatcher: pack and combine loops on the CPU, all-to-all-v over the
+// communicator's expert group (MPI). The plan's per-choice arrays are host arrays.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "models/moe/token_dispatcher.h"
+
+namespace moe {
+
+class CpuTokenDispatcher : public TokenDispatcher {
+ public:
+  // layer: the MoE layer's name (watchdog and profiler labels); E experts of width dim, sharded
+  // over comm's expert group.
+  CpuTokenDispatcher(const std::string& layer, Communicator* comm, int num_experts, int dim);
+
+  Tensor Dispatch(const Tensor& x, const DispatchPlan& plan) override;
+  const std::vector<int64_t>& expert_rows() const override { return layout_.expert_rows; }
+  Tensor Combine(const Tensor& expert_out) override;
+  Tensor CombineBackward(const Tensor& dy, const GateGradTarget& gate_grad) override;
+  Tensor DispatchBackward(const Tensor& d_expert_in) override;
+
+ private:
+  // The received block sizes: all C, or exchanged with the peers when dropless.
+  std::vector<int64_t> ReceivedBlockRows(const DispatchPlan& plan);
+  // Send layout -> all-to-all -> expert-major rows, and its inverse.
+  Tensor ExchangeToExperts(const Tensor& send, const char* phase);
+  Tensor ExchangeFromExperts(const Tensor& expert_rows, const char* phase);
+  // Row of the send buffer that choice r of row t occupies (its slot must be >= 0).
+  int64_t SendRow(int64_t t, int r) const;
+
+  std::string layer_;
+  Communicator* comm_;
+  int num_experts_, dim_, ep_size_;
+  DispatchPlan plan_;
+  std::vector<int64_t> recv_block_rows_;
+  DispatchLayout layout_;
+  Tensor returned_;  // expert outputs back at the source, send layout
+};
+
+}  // namespace moe

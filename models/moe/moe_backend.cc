@@ -1,0 +1,29 @@
+#include "models/moe/moe_backend.h"
+
+#include <glog/logging.h>
+
+#include "models/moe/cpu_token_dispatcher.h"
+#include "models/moe/host_routing_planner.h"
+#ifdef MOE_EP_HAS_CUDA
+#include "models/moe/cuda_moe_backend.h"
+#endif
+
+namespace moe {
+
+std::unique_ptr<MoeBackend> MakeMoeBackend(Device device, const MoeLayerView& layer) {
+  if (device == Device::kCUDA) {
+#ifdef MOE_EP_HAS_CUDA
+    return MakeCudaMoeBackend(layer);
+#else
+    LOG(FATAL) << layer.name << ": input on device cuda, but this build has no CUDA path";
+#endif
+  }
+  auto b = std::make_unique<MoeBackend>();
+  b->device = Device::kCPU;
+  b->dispatcher = std::make_unique<CpuTokenDispatcher>(layer.name, layer.comm,
+                                                       layer.opt.num_experts, layer.opt.dim);
+  b->planner = std::make_unique<HostRoutingPlanner>(layer);
+  return b;
+}
+
+}  // namespace moe

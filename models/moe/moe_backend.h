@@ -1,0 +1,25 @@
+// The one place an MoE layer's backend is chosen: for the device its input lives on, a routing
+// planner (routing_planner.h) and the token dispatcher (token_dispatcher.h) that reads its plans.
+//   CPU   HostRoutingPlanner + CpuTokenDispatcher (host memory, MPI)
+//   CUDA  CudaDeviceTopKPlanner (plain token top-k on the device) or CudaHostRoutingPlanner (any
+//         other rule: decided on the host, plan uploaded) + CudaTokenDispatcher (device memory,
+//         NCCL); only in builds with the CUDA path (cuda_moe_backend.h)
+#pragma once
+
+#include <memory>
+
+#include "core/tensor.h"
+#include "models/moe/routing_planner.h"
+#include "models/moe/token_dispatcher.h"
+
+namespace moe {
+
+struct MoeBackend {
+  Device device = Device::kCPU;
+  std::unique_ptr<TokenDispatcher> dispatcher;
+  std::unique_ptr<RoutingPlanner> planner;
+};
+
+std::unique_ptr<MoeBackend> MakeMoeBackend(Device device, const MoeLayerView& layer);
+
+}  // namespace moe

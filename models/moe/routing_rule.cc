@@ -1,0 +1,115 @@
+#include "models/moe/routing_rule.h"
+
+#include <glog/logging.h>
+
+#include <algorithm>
+
+#include "models/moe/capacity.h"
+#include "models/moe/router_math.h"
+#include "models/moe/routing_rules.h"
+#include "models/moe/slot_assignment.h"
+
+namespace moe {
+
+int64_t RoutingRuleImpl::Capacity(const MoeLayerOptions& o, double cf) const {
+  return CapacityPerExpert(o.top_k, o.group_tokens, cf, o.num_experts, o.rounding);
+}
+
+bool RoutingRuleImpl::RenormalisedGates(const MoeLayerOptions& o) const {
+  return o.renormalise_gates || o.noise == RouterNoise::kLearnedSoftplus;  // Shazeer: softmax(KeepTopK(H, k))
+}
+
+void ValidateRoutingOptions(const RoutingRuleImpl& rule, const std::string& layer,
+                            const MoeLayerOptions& o) {
+  CHECK(o.top_k >= 1 && o.top_k <= o.num_experts)
+      << layer << ": top_k " << o.top_k << " must be in [1, num_experts=" << o.num_experts << "]";
+  if (o.noise == RouterNoise::kLearnedSoftplus) {
+    CHECK(rule.SupportsLearnedNoise())
+        << layer << ": learned softplus router noise is for token top-k routing, not "
+        << rule.name();
+    // LoadLoss's Phi((t - h) / sigma) assumes one fixed sigma for every (row, expert).
+    CHECK_EQ(o.load_weight, 0.f) << layer << ": the load loss needs the fixed noise std";
+  }
+  if (o.balance_sq_weight > 0)
+    CHECK(rule.RowsPickExperts())
+        << layer << ": the balance-squared loss reads k gates per router row (token-side rules), "
+        << "not " << rule.name();
+  CHECK(!(o.dropless && !rule.RowsPickExperts()))
+      << layer << ": dropless applies to the token-side rules only (" << rule.name()
+      << " fills every slot by construction)";
+  CHECK(!o.external_decision || rule.router_input() == RouterInputKind::kImageMean)
+      << layer << ": an external decision is per image, not " << rule.name();
+  rule.Validate(layer, o);
+}
+
+void TopKGates(const float* probs, int64_t rows, int E, int k, bool renormalise, int* expert,
+               float* gate) {
+  if (renormalise) {
+    RenormalisedTopK(probs, rows, E, k, expert, gate);
+  } else {
+    TopKRows(probs, rows, E, k, expert, gate);
+  }
+}
+
+// Renormalised gates g_r = p_r / S (S = sum of the k kept probs): dp_j = (dg_j - <dg, g>) / S.
+void TopKGatesBackward(const float* probs_row, const int* expert, const float* gate,
+                       const float* d_gate, int k, bool renormalised, float* d_probs_row) {
+  if (!renormalised) {
+    for (int r = 0; r < k; ++r) d_probs_row[expert[r]] += d_gate[r];
+    return;
+  }
+  double S = 0, dot = 0;
+  for (int r = 0; r < k; ++r) {
+    S += probs_row[expert[r]];
+    dot += static_cast<double>(d_gate[r]) * gate[r];
+  }
+  for (int r = 0; r < k; ++r) d_probs_row[expert[r]] += static_cast<float>((d_gate[r] - dot) / S);
+}
+
+void FillCapacitySlots(const MoeLayerOptions& o, int64_t capacity, RoutingState* R,
+                       MoeMetrics* m) {
+  const int E = o.num_experts, k = R->kc;
+  const int64_t n = o.group_tokens, G = R->groups;
+  R->slot.assign(R->rows * k, -1);
+  R->block_rows.assign(E * G, 0);
+  std::vector<int64_t> counts(E);
+  const std::vector<int64_t> identity = IdentityOrder(n);
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t t0 = g * n;
+    const std::vector<int64_t> order =
+        o.batch_prioritized ? BatchPrioritizedOrder(R->gate.data() + t0 * k, n, k) : identity;
+    std::fill(counts.begin(), counts.end(), 0);
+    m->dropped += AssignSlots(R->expert.data() + t0 * k, n, k, E, capacity, order,
+                              R->slot.data() + t0 * k, counts.data());
+    for (int e = 0; e < E; ++e) {
+      R->block_rows[e * G + g] = capacity < 0 ? counts[e] : capacity;
+      m->tokens_per_expert[e] += counts[e];
+    }
+  }
+  m->assignments = R->rows * k;
+  m->capacity_slots = capacity < 0 ? 0 : capacity * E * G;
+}
+
+void StartExpertSidePlan(int E, RoutingState* R) {
+  R->expert.resize(R->rows * E);
+  R->slot.assign(R->rows * E, -1);
+  R->gate.assign(R->rows * E, 0.f);
+  for (int64_t t = 0; t < R->rows; ++t)
+    for (int e = 0; e < E; ++e) R->expert[t * E + e] = e;
+}
+
+// Nothing is dropped; what an expert-side rule leaves out is rows no expert took.
+void FinishExpertSidePlan(int E, int64_t capacity, RoutingState* R, MoeMetrics* m) {
+  const int64_t G = R->groups;
+  R->block_rows.assign(E * G, capacity);
+  for (int e = 0; e < E; ++e) m->tokens_per_expert[e] += capacity * G;
+  m->assignments = capacity * E * G;
+  m->capacity_slots = capacity * E * G;
+  for (int64_t t = 0; t < R->rows; ++t) {
+    bool taken = false;
+    for (int e = 0; e < E && !taken; ++e) taken = R->slot[t * E + e] >= 0;
+    if (!taken) ++m->unrouted_rows;
+  }
+}
+
+}  // namespace moe
