@@ -139,6 +139,7 @@ class MoeLinearPair {
   void MergeGroupsCuda();
   Tensor RoutedForwardCuda(int which, const Tensor& x);
   Tensor RoutedBackwardCuda(int which, const Tensor& dy);
+  Tensor MergedInputGradCuda(int which, const Tensor& dy);
   // Per-expert path on the device: the plan (by_expert_) up, then per expert gather / GEMM /
   // scatter-add; the backward's gate gradients come down into d_gate_.
   void UploadExpertPlanCuda();

@@ -187,6 +187,21 @@ Tensor MoeLinearPair::RoutedForwardCuda(int l, const Tensor& x) {
   return y;
 }
 
+// dx of every merged group: dY_i W_m^T for the runs of images that share a merged weight.
+Tensor MoeLinearPair::MergedInputGradCuda(int l, const Tensor& dy) {
+  const int64_t in = w_[l].value.dim(1), out = w_[l].value.dim(2), T = opt_.tokens_per_image;
+  const int64_t io = in * out;
+  Tensor dx = NewDeviceTensor({rows_, in});
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    const float* wm = merged_w_[l].data() + g * io;
+    ForEachRun(groups_[g].images, [&](int64_t i0, int64_t n) {
+      CudaSgemm(false, true, n * T, in, out, 1.f, dy.data() + i0 * T * out, out, wm, out, 0.f,
+                dx.data() + i0 * T * in, in);
+    });
+  }
+  return dx;
+}
+
 Tensor MoeLinearPair::RoutedBackwardCuda(int l, const Tensor& dy) {
   const int64_t in = w_[l].value.dim(1), out = w_[l].value.dim(2), T = opt_.tokens_per_image;
   const int64_t E = opt_.num_experts, B = decisions_, io = in * out;
@@ -196,14 +211,7 @@ Tensor MoeLinearPair::RoutedBackwardCuda(int l, const Tensor& dy) {
   CHECK(dy.ndim() == 2 && dy.dim(0) == rows_ && dy.dim(1) == out) << name_ << ": dy shape";
   if (groups_.empty()) return RoutedBackwardExpertsCuda(l, dy);
   const float* x = in_[l].data();
-  Tensor dx = NewDeviceTensor({rows_, in});
-  for (size_t g = 0; g < groups_.size(); ++g) {
-    const float* wm = merged_w_[l].data() + g * io;
-    ForEachRun(groups_[g].images, [&](int64_t i0, int64_t n) {
-      CudaSgemm(false, true, n * T, in, out, 1.f, dy.data() + i0 * T * out, out, wm, out, 0.f,
-                dx.data() + i0 * T * in, in);
-    });
-  }
+  Tensor dx = MergedInputGradCuda(l, dy);
   if (B == 0) return dx;
   // Chunk of images whose dW_m / db_m fit ~64 MiB.
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(B, (int64_t{16} << 20) / (io + out)));
