@@ -1,5 +1,3 @@
-#ifdef MOE_EP_HAS_CUDA
-
 #include "models/moe/cuda_device_topk_planner.h"
 
 #include <cuda_runtime_api.h>
@@ -297,5 +295,3 @@ void CudaDeviceTopKPlanner::Backward(Tensor* dx) {
 }
 
 }  // namespace moe
-
-#endif  // MOE_EP_HAS_CUDA

@@ -19,8 +19,6 @@
 // terms, and two cuBLAS GEMMs for W_r's gradient and dx.
 #pragma once
 
-#ifdef MOE_EP_HAS_CUDA
-
 #include <memory>
 #include <vector>
 
@@ -80,5 +78,3 @@ class CudaDeviceTopKPlanner : public RoutingPlanner {
 };
 
 }  // namespace moe
-
-#endif  // MOE_EP_HAS_CUDA

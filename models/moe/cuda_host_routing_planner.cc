@@ -1,5 +1,3 @@
-#ifdef MOE_EP_HAS_CUDA
-
 #include "models/moe/cuda_host_routing_planner.h"
 
 #include <cuda_runtime_api.h>
@@ -253,5 +251,3 @@ void CudaHostRoutingPlanner::DeviceRouterBackward(const std::vector<float>& d_cl
 }
 
 }  // namespace moe
-
-#endif  // MOE_EP_HAS_CUDA

@@ -32,8 +32,6 @@
 // to the CPU path's).
 #pragma once
 
-#ifdef MOE_EP_HAS_CUDA
-
 #include <memory>
 #include <vector>
 
@@ -74,5 +72,3 @@ class CudaHostRoutingPlanner : public RoutingPlanner {
 };
 
 }  // namespace moe
-
-#endif  // MOE_EP_HAS_CUDA

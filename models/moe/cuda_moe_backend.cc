@@ -1,5 +1,3 @@
-#ifdef MOE_EP_HAS_CUDA
-
 #include "models/moe/cuda_moe_backend.h"
 
 #include <glog/logging.h>
@@ -32,5 +30,3 @@ std::unique_ptr<MoeBackend> MakeCudaMoeBackend(const MoeLayerView& layer) {
 }
 
 }  // namespace moe
-
-#endif  // MOE_EP_HAS_CUDA

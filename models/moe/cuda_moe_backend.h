@@ -2,8 +2,6 @@
 // CudaMoeContext. Compiled only with MOE_EP_HAS_CUDA.
 #pragma once
 
-#ifdef MOE_EP_HAS_CUDA
-
 #include <memory>
 
 #include "models/moe/moe_backend.h"
@@ -13,5 +11,3 @@ namespace moe {
 std::unique_ptr<MoeBackend> MakeCudaMoeBackend(const MoeLayerView& layer);
 
 }  // namespace moe
-
-#endif  // MOE_EP_HAS_CUDA

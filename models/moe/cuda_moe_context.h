@@ -21,8 +21,6 @@
 // the dispatcher's EndStep.
 #pragma once
 
-#ifdef MOE_EP_HAS_CUDA
-
 #include <cuda_runtime_api.h>
 #include <glog/logging.h>
 
@@ -271,5 +269,3 @@ inline void DeviceAllToAllV(Communicator* nccl, cudaStream_t s, const float* sen
 
 }  // namespace moe_cuda
 }  // namespace moe
-
-#endif  // MOE_EP_HAS_CUDA

@@ -1,5 +1,3 @@
-#ifdef MOE_EP_HAS_CUDA
-
 #include "models/moe/cuda_token_dispatcher.h"
 
 #include <cuda_runtime_api.h>
@@ -120,5 +118,3 @@ void CudaTokenDispatcher::FromExperts(const Tensor& expert_rows, float* back, co
 }
 
 }  // namespace moe
-
-#endif  // MOE_EP_HAS_CUDA

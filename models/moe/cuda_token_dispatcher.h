@@ -5,8 +5,6 @@
 // also on the host, where they size the all-to-alls and the expert GEMMs.
 #pragma once
 
-#ifdef MOE_EP_HAS_CUDA
-
 #include <memory>
 #include <string>
 #include <vector>
@@ -47,5 +45,3 @@ class CudaTokenDispatcher : public TokenDispatcher {
 };
 
 }  // namespace moe
-
-#endif  // MOE_EP_HAS_CUDA

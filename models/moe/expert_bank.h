@@ -3,12 +3,14 @@
 // expert weight is applied with ONE GEMM over every row it received from every rank and group.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "core/parameter.h"
 #include "core/tensor.h"
-#include "models/moe/moe_layer.h"
+#include "models/moe/expert_compute.h"
+#include "models/moe/moe_options.h"
 
 namespace moe {
 
@@ -41,19 +43,19 @@ class ExpertBank {
   struct Expert {
     Parameter w1, b1, w2, b2;
   };
+  ExpertWeights WeightsOf(int l);
+  // The arithmetic for `device` (expert_compute.h), remade when the device or stream changes.
+  ExpertCompute& ComputeOn(Device device);
+
   int dim_, hidden_, num_local_;
   Activation activation_;
-  // act(pre) into act, and d(pre) = act'(pre) * d(act) in place of d_act (host arrays of n).
-  void ActivationForward(const float* pre, float* act, int64_t n) const;
-  void ActivationBackward(const float* pre, float* d_act, int64_t n) const;
   std::vector<Expert> experts_;
   // Forward caches (expert-major, same row order as the input).
   Tensor input_, hidden_pre_, hidden_act_;
   std::vector<int64_t> rows_;
-  // CUDA path (expert_bank_cuda.cc): chosen by the input's device.
-  Tensor ForwardCuda(const Tensor& input, const std::vector<int64_t>& rows_per_expert);
-  Tensor BackwardCuda(const Tensor& d_output);
   void* cuda_stream_ = nullptr;
+  std::unique_ptr<ExpertCompute> compute_;
+  void* compute_stream_ = nullptr;
 };
 
 }  // namespace moe

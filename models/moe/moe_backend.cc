@@ -3,6 +3,7 @@
 #include <glog/logging.h>
 
 #include "models/moe/cpu_token_dispatcher.h"
+#include "models/moe/expert_compute.h"
 #include "models/moe/host_routing_planner.h"
 #ifdef MOE_EP_HAS_CUDA
 #include "models/moe/cuda_moe_backend.h"
@@ -24,6 +25,17 @@ std::unique_ptr<MoeBackend> MakeMoeBackend(Device device, const MoeLayerView& la
                                                        layer.opt.num_experts, layer.opt.dim);
   b->planner = std::make_unique<HostRoutingPlanner>(layer);
   return b;
+}
+
+std::unique_ptr<ExpertCompute> MakeExpertCompute(Device device, void* stream) {
+  if (device == Device::kCUDA) {
+#ifdef MOE_EP_HAS_CUDA
+    return MakeCudaExpertCompute(stream);
+#else
+    LOG(FATAL) << "expert bank: input on device cuda, but this build has no CUDA path";
+#endif
+  }
+  return MakeCpuExpertCompute();
 }
 
 }  // namespace moe

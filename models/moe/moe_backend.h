@@ -1,5 +1,6 @@
 // The one place an MoE layer's backend is chosen: for the device its input lives on, a routing
-// planner (routing_planner.h) and the token dispatcher (token_dispatcher.h) that reads its plans.
+// planner (routing_planner.h) and the token dispatcher (token_dispatcher.h) that reads its plans,
+// and the expert bank's arithmetic (MakeExpertCompute, expert_compute.h).
 //   CPU   HostRoutingPlanner + CpuTokenDispatcher (host memory, MPI)
 //   CUDA  CudaDeviceTopKPlanner (plain token top-k on the device) or CudaHostRoutingPlanner (any
 //         other rule: decided on the host, plan uploaded) + CudaTokenDispatcher (device memory,

@@ -348,7 +348,6 @@ Tensor MoeLinearPair::ForwardFirst(const Tensor& x) {
   PlanDecisions();
   on_device_ = x.device() == Device::kCUDA;
   if (on_device_) {
-#ifdef MOE_EP_HAS_CUDA
     RouterInputCuda(x);
     Decide();
     if (groups_.empty()) {
@@ -357,9 +356,6 @@ Tensor MoeLinearPair::ForwardFirst(const Tensor& x) {
       MergeGroupsCuda();
     }
     return RoutedForwardCuda(0, x);
-#else
-    LOG(FATAL) << name_ << ": a CUDA tensor in a build without the CUDA path";
-#endif
   }
   RouterInputHost(x);
   Decide();
@@ -368,27 +364,21 @@ Tensor MoeLinearPair::ForwardFirst(const Tensor& x) {
 }
 
 Tensor MoeLinearPair::ForwardSecond(const Tensor& h) {
-#ifdef MOE_EP_HAS_CUDA
   if (on_device_) return RoutedForwardCuda(1, h);
-#endif
   return RoutedForward(1, h);
 }
 
 Tensor MoeLinearPair::BackwardSecond(const Tensor& dy2) {
-#ifdef MOE_EP_HAS_CUDA
   if (on_device_) return RoutedBackwardCuda(1, dy2);
-#endif
   return RoutedBackward(1, dy2);
 }
 
 Tensor MoeLinearPair::BackwardFirst(const Tensor& dy1) {
-#ifdef MOE_EP_HAS_CUDA
   if (on_device_) {
     Tensor dx = RoutedBackwardCuda(0, dy1);
     RouterBackwardCuda(&dx);
     return dx;
   }
-#endif
   Tensor dx = RoutedBackward(0, dy1);
   const Tensor dz = RouterBackward();
   const int64_t D = opt_.in1, T = opt_.tokens_per_image;
@@ -409,9 +399,7 @@ void MoeLinearPair::ZeroBiasGradColumns(int layer, int64_t begin, int64_t count)
   Tensor& g = b_[layer].grad;
   const int64_t E = g.dim(0), cols = g.dim(1);
   CHECK(begin >= 0 && count >= 0 && begin + count <= cols) << name_ << ": bias columns";
-#ifdef MOE_EP_HAS_CUDA
   if (g.device() == Device::kCUDA) return ZeroBiasGradColumnsCuda(layer, begin, count);
-#endif
   for (int64_t e = 0; e < E; ++e) std::fill_n(g.data() + e * cols + begin, count, 0.f);
 }
 

@@ -133,8 +133,8 @@ class MoeLinearPair {
   // Host router backward: router (and attribute-layer) grads accumulated; returns dL/d(router
   // input) [decisions, in1] for kToken / kImageMean (empty for kAttributes).
   Tensor RouterBackward();
-#ifdef MOE_EP_HAS_CUDA
-  // moe_linear_pair_cuda.cc.
+  // The device half: moe_linear_pair_cuda.cc (a build without the CUDA path links
+  // moe_linear_pair_cpu_only.cc instead, where they are unreachable: no tensor lives on a device).
   void RouterInputCuda(const Tensor& x);
   void MergeGroupsCuda();
   Tensor RoutedForwardCuda(int which, const Tensor& x);
@@ -147,7 +147,6 @@ class MoeLinearPair {
   Tensor RoutedBackwardExpertsCuda(int which, const Tensor& dy);
   void RouterBackwardCuda(Tensor* dx);
   void ZeroBiasGradColumnsCuda(int layer, int64_t begin, int64_t count);
-#endif
 
   std::string name_;
   MoeLinearPairOptions opt_;

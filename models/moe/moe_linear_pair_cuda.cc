@@ -45,8 +45,6 @@
 //
 // Stream: the legacy default stream throughout, like the dense layers (models/layers/layer.h),
 // so no events are needed; the cudaMemcpy calls order themselves with it.
-#ifdef MOE_EP_HAS_CUDA
-
 #include <cuda_runtime_api.h>
 #include <glog/logging.h>
 
@@ -379,5 +377,3 @@ void MoeLinearPair::ZeroBiasGradColumnsCuda(int layer, int64_t begin, int64_t co
 }
 
 }  // namespace moe
-
-#endif  // MOE_EP_HAS_CUDA

@@ -1,0 +1,78 @@
+// The expert bank's host arithmetic: OpenBLAS GEMMs (packed weights), bias written first and the
+// GEMM accumulated into it (one pass over the output instead of two), exact-erf GELU or ReLU.
+#include <algorithm>
+#include <vector>
+
+#include "core/gemm.h"
+#include "core/kernels/cpu/gelu.h"
+#include "models/moe/expert_compute.h"
+
+namespace moe {
+
+namespace {
+
+class CpuExpertCompute : public ExpertCompute {
+ public:
+  Device device() const override { return Device::kCPU; }
+  Tensor NewRows(int64_t rows, int64_t cols) override { return Tensor({rows, cols}); }
+
+  void Forward(const ExpertWeights& w, const ExpertShape& s, int64_t m, const float* x,
+               float* pre, float* act, float* y) override {
+    const int64_t D = s.dim, H = s.hidden;
+    for (int64_t i = 0; i < m; ++i) std::copy(w.b1, w.b1 + H, pre + i * H);
+    SgemmPacked(false, false, m, H, D, 1.f, x, w.w1, 1.f, pre);
+    ActivationForward(s, pre, act, m * H);
+    for (int64_t i = 0; i < m; ++i) std::copy(w.b2, w.b2 + D, y + i * D);
+    SgemmPacked(false, false, m, D, H, 1.f, act, w.w2, 1.f, y);
+  }
+
+  float* HiddenGradScratch(int64_t count) override {
+    scratch_.resize(count);
+    return scratch_.data();
+  }
+
+  void Backward(const ExpertWeights& w, const ExpertShape& s, int64_t m, const float* x,
+                const float* pre, const float* act, const float* dy, float* dh,
+                float* dx) override {
+    const int64_t D = s.dim, H = s.hidden;
+    // Second layer: dW2 += H^T dY, db2 += colsum(dY), dH = dY W2^T.
+    SgemmPacked(true, false, H, D, m, 1.f, act, dy, 1.f, w.dw2);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < D; ++j) w.db2[j] += dy[i * D + j];
+    SgemmPacked(false, true, m, H, D, 1.f, dy, w.w2, 0.f, dh);
+    ActivationBackward(s, pre, dh, m * H);  // in place: dH_pre = act'(H_pre) * dH
+    // First layer.
+    SgemmPacked(true, false, D, H, m, 1.f, x, dh, 1.f, w.dw1);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < H; ++j) w.db1[j] += dh[i * H + j];
+    SgemmPacked(false, true, m, D, H, 1.f, dh, w.w1, 0.f, dx);
+  }
+
+ private:
+  static void ActivationForward(const ExpertShape& s, const float* pre, float* act, int64_t n) {
+    if (s.activation == MoeLayerOptions::Activation::kGelu) {
+      GeluForward(pre, act, n);
+      return;
+    }
+    for (int64_t i = 0; i < n; ++i) act[i] = pre[i] > 0.f ? pre[i] : 0.f;
+  }
+  static void ActivationBackward(const ExpertShape& s, const float* pre, float* d_act,
+                                 int64_t n) {
+    if (s.activation == MoeLayerOptions::Activation::kGelu) {
+      GeluBackward(pre, d_act, d_act, n);
+      return;
+    }
+    // ReLU's derivative at exactly 0 is taken as 0 (the subgradient PyTorch and TF use).
+    for (int64_t i = 0; i < n; ++i)
+      if (!(pre[i] > 0.f)) d_act[i] = 0.f;
+  }
+  std::vector<float> scratch_;
+};
+
+}  // namespace
+
+std::unique_ptr<ExpertCompute> MakeCpuExpertCompute() {
+  return std::make_unique<CpuExpertCompute>();
+}
+
+}  // namespace moe
