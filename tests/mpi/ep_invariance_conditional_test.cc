@@ -46,8 +46,8 @@ proto::TrainConfig SmallConditional(int ep_size, int batch_per_rank, Level::Rout
   return c;
 }
 
-// The trainer's multi-task batches (launcher/multitask.h): task and modality are functions of the
-// sample's stream position, so the world and the single rank assign the same. Counts how many
+// The trainer's multi-task batches (models/nets/multitask.h): task and modality are functions of
+// the sample's stream position, so the world and the single rank assign the same. Counts how many
 // coarse-task and second-view images the reference saw, so the test knows both were exercised.
 ep_invariance::BatchFn MultiTaskBatches(const MultiTaskSpec& spec, int64_t global_batch,
                                         int64_t* coarse_seen, int64_t* view2_seen) {
