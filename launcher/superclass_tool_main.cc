@@ -104,7 +104,8 @@ ImageDataset LoadTrainImagesOrFail(const proto::DataConfig& d) {
   FailTogetherIf(!ok, "data error: " + error, kExitData);
   FailTogetherIf(FLAGS_train_count <= 0 || FLAGS_heldout_count <= 0,
                  "flag error: --train_count=" + std::to_string(FLAGS_train_count) +
-                     ", --heldout_count=" + std::to_string(FLAGS_heldout_count) + ": both must be > 0",
+                     ", --heldout_count=" + std::to_string(FLAGS_heldout_count) +
+                     ": both must be > 0",
                  kExitConfig);
   return train;
 }
@@ -118,7 +119,8 @@ class DenseTrainingLog : public StepHooks {
     window_loss_ += stats.loss;
     ++window_;
     if (rank_ == 0 && ((step + 1) % log_every_ == 0 || step + 1 == steps_)) {
-      LOG(INFO) << "dense step " << step + 1 << "/" << steps_ << "  loss " << window_loss_ / window_;
+      LOG(INFO) << "dense step " << step + 1 << "/" << steps_ << "  loss "
+                << window_loss_ / window_;
       window_loss_ = 0;
       window_ = 0;
     }
@@ -187,7 +189,8 @@ bool WriteSuperclasses(const proto::TrainConfig& config, const std::vector<int64
   for (int c = 0; c < C; ++c) correct += counts[c * C + c];
   const double acc = static_cast<double>(correct) / n;
   std::ostringstream table;
-  table << "confusion matrix (rows: true class, columns: prediction) on " << n << " held-out images:\n";
+  table << "confusion matrix (rows: true class, columns: prediction) on " << n
+        << " held-out images:\n";
   for (int i = 0; i < C; ++i) {
     for (int j = 0; j < C; ++j) table << std::setw(6) << counts[i * C + j];
     table << "\n";
@@ -199,9 +202,9 @@ bool WriteSuperclasses(const proto::TrainConfig& config, const std::vector<int64
           std::to_string(config.steps()) + " steps, global batch " + std::to_string(global_batch) +
           ", " + std::to_string(world) + " ranks, seed " + std::to_string(config.seed()) +
           ") trained on",
-      "training images [0, " + std::to_string(first) + "); confusions on held-out training images [" +
-          std::to_string(first) + ", " + std::to_string(first + n) + "), held-out accuracy " +
-          std::to_string(acc) + ";",
+      "training images [0, " + std::to_string(first) +
+          "); confusions on held-out training images [" + std::to_string(first) + ", " +
+          std::to_string(first + n) + "), held-out accuracy " + std::to_string(acc) + ";",
       "graph W_ij = C_ij/n_i + C_ji/n_j; " + std::to_string(E) +
           " groups by greedy average-linkage merging (launcher/confusion_clustering.h)."};
   const std::string text = FormatSuperclassFile(super, Split(FLAGS_class_names, ','), header);

@@ -16,11 +16,15 @@ n_lines=$(grep -c 'dense step [0-9]*/12  loss' "$OUT" || true)
 [ "$n_lines" -eq 3 ] && pass "progress_lines ($n_lines)" || fail progress_lines "$n_lines lines"
 n_classes=$(grep -cE '^[0-9] [0-3]$' "$WORK/E4.txt" 2>/dev/null || true)
 n_groups=$(grep -E '^[0-9] [0-3]$' "$WORK/E4.txt" 2>/dev/null | awk '{print $2}' | sort -u | wc -l)
-[ "$n_classes" -eq 10 ] && [ "$n_groups" -eq 4 ] && pass "superclass_file ($n_classes classes, $n_groups groups)" \
-  || fail superclass_file "$n_classes classes, $n_groups groups"
+if [ "$n_classes" -eq 10 ] && [ "$n_groups" -eq 4 ]; then
+  pass "superclass_file ($n_classes classes, $n_groups groups)"
+else
+  fail superclass_file "$n_classes classes, $n_groups groups"
+fi
 
-run_job mobile_vmoe_on_it 300 -np 4 "$TRAIN" --config="$SRC_DIR/launcher/configs/mobile_vmoe_tiny.pbtxt" \
-  --log_dir="$WORK/logs_mobile" --steps=2 \
+MOBILE="$SRC_DIR/launcher/configs/mobile_vmoe_tiny.pbtxt"
+run_job mobile_vmoe_on_it 300 -np 4 "$TRAIN" --config="$MOBILE" --log_dir="$WORK/logs_mobile" \
+  --steps=2 \
   --override="data { eval_images: 64 } model { moe { superclass_file: \"$WORK/E4.txt\" } }"
 [ "$RC" -eq 0 ] && grep -q 'final: test accuracy' "$OUT" && pass mobile_vmoe_trains_with_it \
   || fail mobile_vmoe_trains_with_it "exit $RC"
@@ -28,7 +32,8 @@ run_job mobile_vmoe_on_it 300 -np 4 "$TRAIN" --config="$SRC_DIR/launcher/configs
 run_job multi_task_refused 120 -np 2 "$TOOL" \
   --config="$SRC_DIR/launcher/configs/conditional_dense_tiny.pbtxt" --log_dir="$WORK/logs_mt" \
   --steps=2 --out="$WORK/conditional.txt"
-[ "$RC" -eq 2 ] && grep -q 'model.family="conditional": the super-class tool trains a single-task model' "$OUT" \
-  && [ ! -e "$WORK/conditional.txt" ] && pass multi_task_refused || fail multi_task_refused "exit $RC"
+REFUSAL='model.family="conditional": the super-class tool trains a single-task model'
+[ "$RC" -eq 2 ] && grep -q "$REFUSAL" "$OUT" && [ ! -e "$WORK/conditional.txt" ] \
+  && pass multi_task_refused || fail multi_task_refused "exit $RC"
 no_rank_left && pass no_rank_left || fail no_rank_left "ranks still running"
 finish

@@ -156,7 +156,7 @@ void ExpectSessionLoss(const std::string& family, const std::vector<int>& labels
     full += RowLoss(logits.data() + i * C, 0, C, labels[i]);
   }
   EXPECT_NEAR(loss, want, 1e-9) << family;
-  if (sliced) EXPECT_LT(loss, full - 1e-6) << "the conditional net must not be scored on every column";
+  if (sliced) EXPECT_LT(loss, full - 1e-6) << "the conditional net is scored on task slices";
 }
 
 TEST(TaskHead, TrainingSessionScoresSingleAndMultiTaskNets) {
@@ -173,8 +173,8 @@ TEST(TaskHead, UnreadableSuperclassFileIsAConfigError) {
   std::vector<std::string> errors;
   ValidateNetConfig(c, &errors);
   ASSERT_EQ(errors.size(), 1u);
-  EXPECT_EQ(errors[0],
-            "config error: model.conditional.superclass_file=/nonexistent/sc.txt: cannot open file");
+  EXPECT_EQ(errors[0], "config error: model.conditional.superclass_file=/nonexistent/sc.txt: "
+                       "cannot open file");
 }
 
 }  // namespace
