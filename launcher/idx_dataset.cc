@@ -104,6 +104,72 @@ bool CheckMagic(const GzReader& r, uint32_t got, uint32_t want, const char* kind
   return false;
 }
 
+// The images file's header after its magic number: count, rows, cols, checked for plausibility.
+bool ReadImagesHeader(GzReader& img, uint32_t* n_img, uint32_t* rows, uint32_t* cols,
+                      std::string* error) {
+  uint32_t magic = 0;
+  if (!img.ReadBigEndian32(&magic, "the header (magic number)", error)) return false;
+  if (!CheckMagic(img, magic, kImagesMagic, "an images", error)) return false;
+  if (!img.ReadBigEndian32(n_img, "the header (image count)", error) ||
+      !img.ReadBigEndian32(rows, "the header (rows)", error) ||
+      !img.ReadBigEndian32(cols, "the header (cols)", error))
+    return false;
+  if (*n_img > static_cast<uint32_t>(std::numeric_limits<int32_t>::max()) || *rows == 0 ||
+      *cols == 0 || *rows > kMaxSide || *cols > kMaxSide) {
+    std::ostringstream os;
+    os << img.path() << ": implausible header: count " << *n_img << ", rows " << *rows
+       << ", cols " << *cols;
+    *error = os.str();
+    return false;
+  }
+  return true;
+}
+
+// The labels file's header, whose count must be the images file's.
+bool ReadLabelsHeader(GzReader& lab, const GzReader& img, uint32_t n_img, std::string* error) {
+  uint32_t magic = 0, n_lab = 0;
+  if (!lab.ReadBigEndian32(&magic, "the header (magic number)", error)) return false;
+  if (!CheckMagic(lab, magic, kLabelsMagic, "a labels", error)) return false;
+  if (!lab.ReadBigEndian32(&n_lab, "the header (label count)", error)) return false;
+  if (n_img != n_lab) {
+    std::ostringstream os;
+    os << "image/label count mismatch: " << img.path() << " holds " << n_img << " images but "
+       << lab.path() << " holds " << n_lab << " labels";
+    *error = os.str();
+    return false;
+  }
+  return true;
+}
+
+// `count` labels, each a Fashion-MNIST class.
+bool ReadLabels(GzReader& lab, int64_t count, std::vector<int>* labels, std::string* error) {
+  std::vector<unsigned char> raw_labels(static_cast<size_t>(count));
+  if (!lab.Read(raw_labels.data(), count, "the label data", error)) return false;
+  labels->resize(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i) {
+    if (raw_labels[i] >= kFashionMnistClasses) {
+      std::ostringstream os;
+      os << lab.path() << ": label " << int{raw_labels[i]} << " at index " << i
+         << " is out of range [0, " << kFashionMnistClasses - 1 << "]";
+      *error = os.str();
+      return false;
+    }
+    (*labels)[i] = raw_labels[i];
+  }
+  return true;
+}
+
+// `n` pixels, normalised: (p / 255 - mean) / std.
+bool ReadPixels(GzReader& img, int64_t n, std::vector<float>* pixels, std::string* error) {
+  std::vector<unsigned char> raw(static_cast<size_t>(n));
+  if (!img.Read(raw.data(), n, "the pixel data", error)) return false;
+  pixels->resize(raw.size());
+  const float scale = 1.f / (255.f * kFashionMnistStd);
+  const float shift = kFashionMnistMean / kFashionMnistStd;
+  for (size_t i = 0; i < raw.size(); ++i) (*pixels)[i] = static_cast<float>(raw[i]) * scale - shift;
+  return true;
+}
+
 bool LoadImpl(const std::string& images_gz, const std::string& labels_gz, ImageDataset* out,
               std::string* error, int64_t max_count) {
   if (max_count < 0) {
@@ -112,58 +178,13 @@ bool LoadImpl(const std::string& images_gz, const std::string& labels_gz, ImageD
   }
   GzReader img(images_gz), lab(labels_gz);
   if (!img.Open(error) || !lab.Open(error)) return false;
-
-  uint32_t magic = 0, n_img = 0, rows = 0, cols = 0, n_lab = 0;
-  if (!img.ReadBigEndian32(&magic, "the header (magic number)", error)) return false;
-  if (!CheckMagic(img, magic, kImagesMagic, "an images", error)) return false;
-  if (!img.ReadBigEndian32(&n_img, "the header (image count)", error) ||
-      !img.ReadBigEndian32(&rows, "the header (rows)", error) ||
-      !img.ReadBigEndian32(&cols, "the header (cols)", error))
-    return false;
-  if (n_img > static_cast<uint32_t>(std::numeric_limits<int32_t>::max()) || rows == 0 ||
-      cols == 0 || rows > kMaxSide || cols > kMaxSide) {
-    std::ostringstream os;
-    os << images_gz << ": implausible header: count " << n_img << ", rows " << rows << ", cols "
-       << cols;
-    *error = os.str();
-    return false;
-  }
-
-  if (!lab.ReadBigEndian32(&magic, "the header (magic number)", error)) return false;
-  if (!CheckMagic(lab, magic, kLabelsMagic, "a labels", error)) return false;
-  if (!lab.ReadBigEndian32(&n_lab, "the header (label count)", error)) return false;
-  if (n_img != n_lab) {
-    std::ostringstream os;
-    os << "image/label count mismatch: " << images_gz << " holds " << n_img << " images but "
-       << labels_gz << " holds " << n_lab << " labels";
-    *error = os.str();
-    return false;
-  }
-
+  uint32_t n_img = 0, rows = 0, cols = 0;
+  if (!ReadImagesHeader(img, &n_img, &rows, &cols, error)) return false;
+  if (!ReadLabelsHeader(lab, img, n_img, error)) return false;
   const int64_t count = max_count > 0 ? std::min<int64_t>(max_count, n_img) : n_img;
   const int64_t per_image = static_cast<int64_t>(rows) * cols;
-
-  std::vector<unsigned char> raw_labels(static_cast<size_t>(count));
-  if (!lab.Read(raw_labels.data(), count, "the label data", error)) return false;
-  out->labels.resize(static_cast<size_t>(count));
-  for (int64_t i = 0; i < count; ++i) {
-    if (raw_labels[i] >= kFashionMnistClasses) {
-      std::ostringstream os;
-      os << labels_gz << ": label " << int{raw_labels[i]} << " at index " << i
-         << " is out of range [0, " << kFashionMnistClasses - 1 << "]";
-      *error = os.str();
-      return false;
-    }
-    out->labels[i] = raw_labels[i];
-  }
-
-  std::vector<unsigned char> raw(static_cast<size_t>(count * per_image));
-  if (!img.Read(raw.data(), count * per_image, "the pixel data", error)) return false;
-  out->pixels.resize(raw.size());
-  const float scale = 1.f / (255.f * kFashionMnistStd);
-  const float shift = kFashionMnistMean / kFashionMnistStd;
-  for (size_t i = 0; i < raw.size(); ++i) out->pixels[i] = static_cast<float>(raw[i]) * scale - shift;
-
+  if (!ReadLabels(lab, count, &out->labels, error)) return false;
+  if (!ReadPixels(img, count * per_image, &out->pixels, error)) return false;
   out->count = count;
   out->rows = static_cast<int>(rows);
   out->cols = static_cast<int>(cols);

@@ -8,13 +8,9 @@
 #include <string>
 #include <vector>
 
-namespace moe {
+#include "models/nets/fashion_mnist.h"  // the normalisation constants the reader applies
 
-// Pixels are scaled to [0, 1] and then normalised with the Fashion-MNIST TRAINING-set statistics
-// (mean 0.2860, std 0.3530 of the [0, 1] pixels), the same constants for train and test.
-constexpr float kFashionMnistMean = 0.2860f;
-constexpr float kFashionMnistStd = 0.3530f;
-constexpr int kFashionMnistClasses = 10;
+namespace moe {
 
 struct ImageDataset {
   int64_t count = 0;

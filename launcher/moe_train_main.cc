@@ -24,7 +24,6 @@
 #include "comm/mpi_abort.h"
 #include "comm/mpi_communicator.h"
 #include "core/gemm.h"
-#include "launcher/batch_sampler.h"
 #include "launcher/checkpoint.h"
 #include "launcher/config.h"
 #include "launcher/exit_codes.h"
@@ -32,7 +31,6 @@
 #include "launcher/job_agreement.h"
 #include "launcher/memory_estimate.h"
 #include "launcher/metrics_writer.h"
-#include "launcher/multitask.h"
 #include "launcher/output_files.h"
 #include "launcher/profile_report.h"
 #include "launcher/progress_log.h"
@@ -40,6 +38,7 @@
 #include "launcher/run_summary.h"
 #include "launcher/stop_signals.h"
 #include "launcher/test_set_eval.h"
+#include "launcher/train_loop.h"
 #include "launcher/training_session.h"
 
 #ifdef MOE_EP_HAS_CUDA
@@ -254,14 +253,9 @@ struct Job {
   TrainingSession* session = nullptr;
   MetricsWriter* metrics = nullptr;
   ImageDataset train, test;
-  bool multi_task = false;
-  MultiTaskSpec multitask;
   int64_t batch = 0, global_batch = 0;
   int64_t dense_params = 0;
   double expert_params = 0;  // over the EP group: every expert once
-  // The current step's batch, reused from step to step.
-  Tensor images;
-  std::vector<int> labels, tasks, modalities;
 };
 
 // Data: every rank reads the files (they are small); failures are agreed on.
@@ -271,10 +265,6 @@ void LoadDataOrFail(Job* job) {
   bool ok = LoadIdxDataset(d.train_images(), d.train_labels(), &job->train, &error);
   if (ok) ok = LoadIdxDataset(d.test_images(), d.test_labels(), &job->test, &error);
   FailTogetherIf(!ok, "data error: " + error, kExitData);
-  // Family "conditional": multi-task Fashion-MNIST (launcher/multitask.h).
-  job->multi_task = IsMultiTask(job->config);
-  if (job->multi_task) ok = BuildMultiTaskSpec(job->config, &job->multitask, &error);
-  FailTogetherIf(job->multi_task && !ok, "config error: " + error, kExitConfig);
 }
 
 // Every rank's log opens with where it sits in the EP x DP grid; rank 0 adds the model's size.
@@ -348,44 +338,17 @@ void SaveCheckpointIfAsked(Job* job, int64_t steps_done) {
                                << " MB/s)";
 }
 
-// One training step on this rank's share of the global batch, then its metrics record.
-StepStats TrainOneStep(Job* job, BatchSampler& sampler, int64_t step) {
-  Tensor& images = job->images;
-  std::vector<int>&labels = job->labels, &tasks = job->tasks, &modalities = job->modalities;
-  if (job->rank == FLAGS_fault_rank && step == FLAGS_fault_step)
-    LOG(FATAL) << "injected failure (--fault_rank=" << job->rank << " --fault_step=" << step << ")";
-  const int64_t first = step * job->global_batch + static_cast<int64_t>(job->rank) * job->batch;
-  GatherBatch(job->train,
-              sampler.Slice(step, job->global_batch, static_cast<int64_t>(job->rank) * job->batch,
-                            job->batch),
-              &images, &labels);
-  if (job->rank == 0 && step == FLAGS_fault_nan_step) images.at(0) = std::nanf("");
-  if (job->multi_task)
-    MakeMultiTaskBatch(job->multitask, job->train.rows, job->train.cols, first, &images, &labels,
-                       &tasks, &modalities);
-  const StepStats s = job->multi_task
-                          ? job->session->TrainStep(step, images, labels, &tasks, &modalities)
-                          : job->session->TrainStep(step, images, labels);
-  // The loss is all-reduced, so every rank sees the same NaN and they stop together.
-  FailTogetherIf(!std::isfinite(s.loss) || !std::isfinite(s.aux_loss),
-                 "numerics error: loss is not finite at step " + std::to_string(step) +
-                     " (cross-entropy " + std::to_string(s.loss) + ", aux " +
-                     std::to_string(s.aux_loss) + "); check the input data and learning rate",
-                 kExitNumerics);
-  job->metrics->WriteStep(step, s);
-  return s;
-}
-
-// Test accuracy (the mean over task/modality pairs for multi-task models). Collective.
+// Test accuracy: the mean over the task head's evaluation passes, each pass's accuracy logged
+// when there are several. Collective.
 double Evaluate(Job* job, int64_t at_step, RoutingAnalytics* analytics) {
-  const int64_t n = job->config.data().eval_images();
-  if (!job->multi_task)
-    return EvaluateTestSet(job->session, job->test, n, job->batch, job->comm, analytics);
-  const MultiTaskAccuracy mt =
-      EvaluateMultiTask(job->session, job->test, job->multitask, n, job->batch, job->comm, analytics);
-  LOG_IF(INFO, job->rank == 0) << "multi-task test accuracy at step " << at_step << ": "
-                               << mt.ToString();
-  return mt.Mean();
+  const TestSetAccuracy acc = EvaluateTestSet(job->session, job->test,
+                                              job->config.data().eval_images(), job->batch,
+                                              job->comm, analytics);
+  const TaskHead& head = job->session->task_head();
+  LOG_IF(INFO, job->rank == 0 && head.NumEvalPasses() > 1)
+      << head.EvalPassesTitle() << " at step " << at_step << ": "
+      << FormatPassAccuracies(head, acc);
+  return acc.mean;
 }
 
 // After each step the ranks agree, in one all-reduce, on a failed metrics write (rank 0, exit 6)
@@ -403,45 +366,92 @@ int AgreeAfterStep(Job* job, int64_t step) {
 
 enum class LoopEnd { kAllSteps, kStopAtStep, kSignal };
 
-// Steps [first_step, steps), with periodic evaluations and checkpoints. *signal: the stop signal
-// when the loop ended on one.
-LoopEnd TrainLoop(Job* job, int64_t first_step, double* periodic_eval_seconds, int* signal) {
-  const proto::TrainConfig& config = job->config;
-  BatchSampler sampler(job->train.count, config.seed());
-  ProgressLog progress(first_step, config.steps(), job->global_batch, config.log_every());
-  for (int64_t step = first_step; step < config.steps(); ++step) {
-    SetStopSignalStep(step, config.steps());
-    const StepStats s = TrainOneStep(job, sampler, step);
-    if (job->rank == 0) progress.Add(step, s);
-    const int64_t done = step + 1;
-    if (config.eval_every() > 0 && done % config.eval_every() == 0 && done != config.steps()) {
-      const auto start = std::chrono::steady_clock::now();
-      const double acc = Evaluate(job, done, nullptr);
-      *periodic_eval_seconds +=
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      job->metrics->WriteEval(done, acc);
-      LOG_IF(INFO, job->rank == 0) << "eval at step " << done << ": test accuracy " << acc;
-    }
-    *signal = AgreeAfterStep(job, step);
-    const bool stop_here = FLAGS_stop_at_step > 0 && done == FLAGS_stop_at_step;
-    if (*signal != 0 || stop_here || done == config.steps() ||
-        (FLAGS_checkpoint_every > 0 && done % FLAGS_checkpoint_every == 0))
-      SaveCheckpointIfAsked(job, done);
-    if (*signal != 0) {
-      LOG_IF(INFO, job->rank == 0)
-          << "moe_train: stopped by " << StopSignalName(*signal)
-          << " after step " << done << "; "
-          << (FLAGS_checkpoint_dir.empty() ? "no --checkpoint_dir: nothing saved"
-                                           : "checkpoint " + CheckpointPath(FLAGS_checkpoint_dir, done) +
-                                                 " written");
-      return LoopEnd::kSignal;
-    }
-    if (stop_here) {
-      LOG_IF(INFO, job->rank == 0) << "moe_train: stopping after step " << done << " (--stop_at_step)";
-      return LoopEnd::kStopAtStep;
-    }
+// moe_train's side of the shared step loop (launcher/train_loop.h): fault injection, the
+// finite-loss check, metrics and progress lines, periodic evaluations, the stop agreement and
+// checkpoints.
+class TrainSteps : public StepHooks {
+ public:
+  TrainSteps(Job* job, int64_t first_step)
+      : job_(job),
+        progress_(first_step, job->config.steps(), job->global_batch, job->config.log_every()) {}
+  void BeforeStep(int64_t step) override;
+  void OnGathered(int64_t step, TrainBatch* batch) override;
+  bool AfterStep(int64_t step, const StepStats& s) override;
+
+  LoopEnd end() const { return end_; }
+  int signal() const { return signal_; }  // the stop signal when the loop ended on one
+  double periodic_eval_seconds() const { return periodic_eval_seconds_; }
+
+ private:
+  void EvaluateIfDue(int64_t done);
+  // Checkpoints when due; true when the loop ends after `done` steps (a signal, --stop_at_step).
+  bool StopsAfter(int64_t done);
+
+  Job* job_;
+  ProgressLog progress_;
+  double periodic_eval_seconds_ = 0;  // left out of the summary's images/s
+  int signal_ = 0;
+  LoopEnd end_ = LoopEnd::kAllSteps;
+};
+
+void TrainSteps::BeforeStep(int64_t step) {
+  SetStopSignalStep(step, job_->config.steps());
+  if (job_->rank == FLAGS_fault_rank && step == FLAGS_fault_step)
+    LOG(FATAL) << "injected failure (--fault_rank=" << job_->rank << " --fault_step=" << step
+               << ")";
+}
+
+void TrainSteps::OnGathered(int64_t step, TrainBatch* batch) {
+  if (job_->rank == 0 && step == FLAGS_fault_nan_step) batch->images.at(0) = std::nanf("");
+}
+
+bool TrainSteps::AfterStep(int64_t step, const StepStats& s) {
+  // The loss is all-reduced, so every rank sees the same NaN and they stop together.
+  FailTogetherIf(!std::isfinite(s.loss) || !std::isfinite(s.aux_loss),
+                 "numerics error: loss is not finite at step " + std::to_string(step) +
+                     " (cross-entropy " + std::to_string(s.loss) + ", aux " +
+                     std::to_string(s.aux_loss) + "); check the input data and learning rate",
+                 kExitNumerics);
+  job_->metrics->WriteStep(step, s);
+  if (job_->rank == 0) progress_.Add(step, s);
+  const int64_t done = step + 1;
+  EvaluateIfDue(done);
+  signal_ = AgreeAfterStep(job_, step);
+  return !StopsAfter(done);
+}
+
+void TrainSteps::EvaluateIfDue(int64_t done) {
+  const proto::TrainConfig& config = job_->config;
+  if (config.eval_every() <= 0 || done % config.eval_every() != 0 || done == config.steps()) return;
+  const auto start = std::chrono::steady_clock::now();
+  const double acc = Evaluate(job_, done, nullptr);
+  periodic_eval_seconds_ +=
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  job_->metrics->WriteEval(done, acc);
+  LOG_IF(INFO, job_->rank == 0) << "eval at step " << done << ": test accuracy " << acc;
+}
+
+bool TrainSteps::StopsAfter(int64_t done) {
+  const bool stop_here = FLAGS_stop_at_step > 0 && done == FLAGS_stop_at_step;
+  if (signal_ != 0 || stop_here || done == job_->config.steps() ||
+      (FLAGS_checkpoint_every > 0 && done % FLAGS_checkpoint_every == 0))
+    SaveCheckpointIfAsked(job_, done);
+  if (signal_ != 0) {
+    LOG_IF(INFO, job_->rank == 0)
+        << "moe_train: stopped by " << StopSignalName(signal_) << " after step " << done << "; "
+        << (FLAGS_checkpoint_dir.empty()
+                ? "no --checkpoint_dir: nothing saved"
+                : "checkpoint " + CheckpointPath(FLAGS_checkpoint_dir, done) + " written");
+    end_ = LoopEnd::kSignal;
+    return true;
   }
-  return LoopEnd::kAllSteps;
+  if (stop_here) {
+    LOG_IF(INFO, job_->rank == 0) << "moe_train: stopping after step " << done
+                                  << " (--stop_at_step)";
+    end_ = LoopEnd::kStopAtStep;
+    return true;
+  }
+  return false;
 }
 
 // Final evaluation, profile, traces, heatmaps, summary; returns the exit code.
@@ -453,7 +463,7 @@ int Finish(Job* job, const Profiler& profiler, double train_seconds, double peri
   const auto& moe_layers = job->session->net().moe_layers();
   if (!moe_layers.empty() && job->session->on_device())
     LOG_IF(INFO, job->rank == 0) << "routing analytics: skipped (host path only; device is cuda)";
-  else if (!moe_layers.empty())  // multi-task: fine classes over every (task, modality) pass
+  else if (!moe_layers.empty())  // data-set classes, over every evaluation pass
     analytics = std::make_unique<RoutingAnalytics>(moe_layers, config.model().num_classes());
   const double acc = Evaluate(job, config.steps(), analytics.get());
   if (analytics) analytics->Reduce(job->comm);
@@ -545,14 +555,19 @@ int Run(char** argv) {
   const int64_t first_step = ResumeIfAsked(&job);
 
   const auto start = std::chrono::steady_clock::now();
-  double periodic_eval_seconds = 0;  // left out of the summary's images/s
-  int signal_number = 0;
-  const LoopEnd end = TrainLoop(&job, first_step, &periodic_eval_seconds, &signal_number);
-  if (end == LoopEnd::kSignal) return EndEarly(&job, kExitSignalBase + signal_number);
-  if (end == LoopEnd::kStopAtStep) return EndEarly(&job, kExitOk);
+  TrainStream stream;
+  stream.data = &job.train;
+  stream.stream_images = job.train.count;
+  stream.seed = job.config.seed();
+  stream.rank = job.rank;
+  stream.batch_per_rank = job.batch;
+  TrainSteps steps(&job, first_step);
+  RunTrainLoop(&session, stream, first_step, job.config.steps(), &steps);
+  if (steps.end() == LoopEnd::kSignal) return EndEarly(&job, kExitSignalBase + steps.signal());
+  if (steps.end() == LoopEnd::kStopAtStep) return EndEarly(&job, kExitOk);
   const double train_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const int rc = Finish(&job, profiler, train_seconds, periodic_eval_seconds);
+  const int rc = Finish(&job, profiler, train_seconds, steps.periodic_eval_seconds());
   google::FlushLogFiles(google::GLOG_INFO);
   return rc;
 }

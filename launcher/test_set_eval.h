@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "comm/communicator.h"
@@ -16,11 +17,23 @@ namespace moe {
 void GatherBatch(const ImageDataset& d, const std::vector<int64_t>& idx, Tensor* images,
                  std::vector<int>* labels);
 
+// Test accuracy per evaluation pass of the net's task head (one for a single-task net; one per
+// (task, modality) pair for the conditional family) and their mean, the run's test accuracy.
+struct TestSetAccuracy {
+  std::vector<double> per_pass;
+  double mean = 0;
+};
+
 // Test accuracy on the first eval_images (0: all) images, split across the world; every rank runs
 // the same number of batches (padded with valid=0 rows) so the MoE all-to-alls stay matched.
-// With `analytics`, every batch's kept routing assignments are counted per expert and class
-// (this rank's share). Collective.
-double EvaluateTestSet(TrainingSession* session, const ImageDataset& test, int64_t eval_images,
-                       int64_t batch, Communicator* comm, RoutingAnalytics* analytics = nullptr);
+// Each pass runs the whole share, its batches made by TaskHead::MakeEvalBatch. With `analytics`,
+// every batch's kept routing assignments are counted per expert and data-set class (this rank's
+// share; over every pass). Collective.
+TestSetAccuracy EvaluateTestSet(TrainingSession* session, const ImageDataset& test,
+                                int64_t eval_images, int64_t batch, Communicator* comm,
+                                RoutingAnalytics* analytics = nullptr);
+
+// "fine/image 0.8123  fine/view2 0.7990  ..." (the head's pass names, 4 decimals).
+std::string FormatPassAccuracies(const TaskHead& head, const TestSetAccuracy& accuracy);
 
 }  // namespace moe

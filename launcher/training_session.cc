@@ -7,7 +7,6 @@
 
 #include "comm/collective_watchdog.h"
 #include "core/optim/lr_schedule.h"
-#include "launcher/multitask.h"
 #include "models/nets/net_factory.h"
 
 #ifdef MOE_EP_HAS_CUDA
@@ -56,7 +55,7 @@ TrainingSession::TrainingSession(const proto::TrainConfig& config, Communicator*
   ac.weight_decay = o.weight_decay();
   optimizer_ = std::make_unique<AdamW>(ac);
   global_batch_ = static_cast<int64_t>(config.data().batch_per_rank()) * comm->Size(GroupKind::kWorld);
-  if (IsMultiTask(config)) task_ranges_ = TaskLogitRanges(config.model());
+  task_head_ = CreateTaskHead(config);
   int64_t n = 0;
   for (Parameter* p : dense_) n += p->grad.numel();
   if (!on_device_) {
@@ -274,9 +273,8 @@ double TrainingSession::ClipGradients() {
 }
 
 StepStats TrainingSession::TrainStep(int64_t step, const Tensor& images,
-                                     const std::vector<int>& labels, const std::vector<int>* task,
-                                     const std::vector<int>* modality) {
-  StepStats s = ComputeGradients(step, images, labels, task, modality);
+                                     const std::vector<int>& labels, const ImageSideInfo& side) {
+  StepStats s = ComputeGradients(step, images, labels, side);
   ApplyUpdate(step, &s);
   return s;
 }
@@ -292,46 +290,23 @@ void TrainingSession::ApplyUpdate(int64_t step, StepStats* s) {
 
 StepStats TrainingSession::ComputeGradients(int64_t step, const Tensor& images,
                                             const std::vector<int>& labels,
-                                            const std::vector<int>* task,
-                                            const std::vector<int>* modality) {
+                                            const ImageSideInfo& side) {
   const int64_t b = images.dim(0);
   SetActivityStep(step);
   for (Parameter* p : params_) p->grad.Zero();
   SetContext(/*training=*/true, step, b);
-  BatchInfo info;
-  info.labels = &labels;
-  info.task = task;
-  info.modality = modality;
-  net_->SetBatchInfo(info);
+  net_->SetBatchInfo(MakeBatchInfo(&labels, side));
   Tensor logits;
   {
     ScopedPhase ph(profiler_, "forward_total");
     logits = net_->Forward(on_device_ ? ToNetDevice(images) : images);
   }
   const float loss_scale = 1.f / static_cast<float>(global_batch_);
-  float mean_local = 0;
-  int num_correct = 0;
-  if (task != nullptr) {
-    CHECK(!task_ranges_.empty()) << "per-image tasks given, but model.family=\""
-                                 << config_.model().family() << "\" is single-task";
-    std::vector<std::pair<int, int>> ranges(b);
-    for (int64_t i = 0; i < b; ++i) ranges[i] = task_ranges_.at((*task)[i]);
-    // SlicedCrossEntropy is host code; the [B, C] logits are small, so on the device path they
-    // are scored on the host and dlogits go back up (ToNetDevice below).
-    Tensor host_logits = logits;
-    if (logits.device() != Device::kCPU) {
-      host_logits = Tensor(logits.shape());
-      host_logits.CopyFrom(logits);
-    }
-    mean_local = sliced_loss_.Forward(host_logits, labels, ranges, loss_scale);
-    num_correct = sliced_loss_.NumCorrect();
-  } else {
-    mean_local = loss_.Forward(logits, labels, loss_scale);
-    num_correct = loss_.NumCorrect();
-  }
+  const float mean_local = task_head_->Forward(logits, labels, side, loss_scale);
+  const int num_correct = task_head_->NumCorrect();
   {
     ScopedPhase ph(profiler_, "backward_total");
-    net_->Backward(task != nullptr ? ToNetDevice(sliced_loss_.Backward()) : loss_.Backward());
+    net_->Backward(task_head_->Backward());
   }
   if (on_device_) SynchroniseGradientsCuda();
   else SynchroniseGradients();
@@ -392,41 +367,18 @@ StepStats TrainingSession::ReduceStepStatistics(double loss_sum, int num_correct
 
 void TrainingSession::Evaluate(const Tensor& images, const std::vector<int>& labels,
                                int64_t valid, int64_t* correct, double* loss_sum,
-                               const std::vector<int>* task, const std::vector<int>* modality) {
+                               const ImageSideInfo& side) {
   SetContext(/*training=*/false, /*step=*/0, images.dim(0));
   SetActivityStage("evaluation");
-  if (task != nullptr) {
-    CHECK(!task_ranges_.empty()) << "per-image tasks given to a single-task model";
-    BatchInfo info;
-    info.task = task;
-    info.modality = modality;
-    net_->SetBatchInfo(info);
-  }
+  // No labels: evaluation must not lean on them (super-class guidance trains only).
+  net_->SetBatchInfo(MakeBatchInfo(/*labels=*/nullptr, side));
   Tensor logits = net_->Forward(on_device_ ? ToNetDevice(images) : images);
   if (logits.device() != Device::kCPU) {  // [B, C] is small: score it on the host
     Tensor host(logits.shape());
     host.CopyFrom(logits);
     logits = host;
   }
-  const int64_t C = logits.dim(1);
-  int64_t ok = 0;
-  double ls = 0;
-  for (int64_t i = 0; i < valid; ++i) {
-    const float* row = logits.data() + i * C;
-    // Multi-task: the row's own task slice; otherwise every class.
-    const int lo = task != nullptr ? task_ranges_.at((*task)[i]).first : 0;
-    const int hi = task != nullptr ? task_ranges_.at((*task)[i]).second : static_cast<int>(C);
-    int best = lo;
-    float mx = row[lo];
-    for (int c = lo + 1; c < hi; ++c)
-      if (row[c] > mx) mx = row[best = c];
-    ok += best == labels[i];
-    double z = 0;
-    for (int c = lo; c < hi; ++c) z += std::exp(double(row[c]) - mx);
-    ls += std::log(z) + mx - row[labels[i]];
-  }
-  *correct = ok;
-  *loss_sum = ls;
+  task_head_->Score(logits, labels, side, valid, correct, loss_sum);
 }
 
 }  // namespace moe

@@ -1,5 +1,11 @@
-// TrainingSession: one rank's share of training: the net, the optimizer, and the step that ties
-// forward, backward, gradient synchronisation and the AdamW update together.
+// TrainingSession: one rank's share of training: the net, its task head, the optimizer, and the
+// step that ties forward, loss, backward, gradient synchronisation and the AdamW update together.
+//
+// Family-blind: CreateNet and CreateTaskHead (models/nets/net_factory.h) give the net and what
+// its logits are scored against (models/nets/task_head.h). A batch's per-image side information
+// (ImageSideInfo, models/nets/net.h) is made by the head, carried here unread to the net
+// (SetBatchInfo) and back to the head's loss; single- and multi-task families take the same
+// path. The step loop around TrainStep is launcher/train_loop.h.
 //
 // Loss scaling: each rank seeds its backward with 1/global_batch (not 1/local_batch) and the
 // gradients are SUMMED over ranks, so every rank ends with the gradient of the global mean loss,
@@ -11,7 +17,8 @@
 // moves the net to this rank's GPU and gives it the DEVICE communicator (an NcclCommunicator),
 // which also carries the gradient all-reduces; the host communicator keeps the host scalars
 // (metrics, eval sums, contexts). Per step the images are uploaded, the loss runs on the device
-// (SoftmaxCrossEntropy's CUDA path), dense grads are flattened into one device bucket and
+// (the task head's: SoftmaxCrossEntropy's CUDA path, or the small [B, C] logits scored on the
+// host and their gradient uploaded), dense grads are flattened into one device bucket and
 // all-reduced over the world, expert grads over DP; grad norms are per-parameter cublasSnrm2
 // (float, device pointer mode) squared and summed in double on the host (one small D2H copy per
 // step; the CPU path sums squares in double, so the norm can differ in the last float bits);
@@ -21,15 +28,13 @@
 #pragma once
 
 #include <memory>
-#include <utility>
 #include <vector>
 
 #include "comm/communicator.h"
 #include "core/optim/adamw.h"
 #include "core/profiler.h"
-#include "models/layers/sliced_cross_entropy.h"
-#include "models/layers/softmax_cross_entropy.h"
 #include "models/nets/net.h"
+#include "models/nets/task_head.h"
 #include "proto/moe_ep.pb.h"
 
 namespace moe {
@@ -58,26 +63,22 @@ class TrainingSession {
                   Communicator* device_comm = nullptr);
   ~TrainingSession();
 
-  // images (host): this rank's [batch_per_rank, 784] slice of the global batch at `step`.
-  // Multi-task (family "conditional", launcher/multitask.h): `task` and `modality` give each
-  // image's ids (they reach the net through BatchInfo), labels are global logit columns and each
-  // row is scored on its task's slice only (SlicedCrossEntropy). Without them: single-task CE.
+  // images (host): this rank's [batch_per_rank, 784] slice of the global batch at `step`, as the
+  // task head made it (TaskHead::MakeTrainingBatch): labels are logit columns, `side` the
+  // per-image side information (empty for single-task families).
   StepStats TrainStep(int64_t step, const Tensor& images, const std::vector<int>& labels,
-                      const std::vector<int>* task = nullptr,
-                      const std::vector<int>* modality = nullptr);
+                      const ImageSideInfo& side = ImageSideInfo());
   // TrainStep's two halves, for callers that inspect the gradients before the update (the
   // EP-invariance tests): forward, backward, gradient synchronisation, clipping and the global
   // statistics; then the learning rate and the optimizer step (fills s->learning_rate).
   StepStats ComputeGradients(int64_t step, const Tensor& images, const std::vector<int>& labels,
-                             const std::vector<int>* task = nullptr,
-                             const std::vector<int>* modality = nullptr);
+                             const ImageSideInfo& side = ImageSideInfo());
   void ApplyUpdate(int64_t step, StepStats* s);
   // Forward only (eval capacity, no noise). The first `valid` rows count; the rest pad the batch
-  // so every rank runs the same number of MoE all-to-alls. Returns this rank's sums. With
-  // `task`, the argmax and the loss are taken over each row's task slice.
+  // so every rank runs the same number of MoE all-to-alls. Returns this rank's sums, scored by
+  // the task head (TaskHead::Score) on a batch made by TaskHead::MakeEvalBatch.
   void Evaluate(const Tensor& images, const std::vector<int>& labels, int64_t valid,
-                int64_t* correct, double* loss_sum, const std::vector<int>* task = nullptr,
-                const std::vector<int>* modality = nullptr);
+                int64_t* correct, double* loss_sum, const ImageSideInfo& side = ImageSideInfo());
 
   std::vector<Parameter*> Parameters() { return params_; }
 
@@ -90,6 +91,7 @@ class TrainingSession {
   int64_t optimizer_step_count() const;
   void set_optimizer_step_count(int64_t steps);
   Net& net() { return *net_; }
+  const TaskHead& task_head() const { return *task_head_; }
   bool on_device() const { return on_device_; }
   int64_t global_batch() const { return global_batch_; }
 
@@ -113,10 +115,7 @@ class TrainingSession {
   std::unique_ptr<Net> net_;
   std::vector<Parameter*> params_, dense_, expert_;
   std::unique_ptr<AdamW> optimizer_;
-  SoftmaxCrossEntropy loss_;
-  // Multi-task: the per-task loss and each task's logit range (launcher/multitask.h).
-  SlicedCrossEntropy sliced_loss_;
-  std::vector<std::pair<int, int>> task_ranges_;
+  std::unique_ptr<TaskHead> task_head_;  // the loss, and how batches are made
   int64_t global_batch_;
   std::vector<float> bucket_;  // flattened dense grads for one all-reduce
   // CUDA path only.

@@ -1,5 +1,5 @@
 // ConditionalVit: the conditional MoE family ("conditional"; Uni-Perceiver-MoE, Zhu et al. 2022)
-// on multi-task Fashion-MNIST (launcher/multitask.h): one ViT, two task heads, two modalities.
+// on multi-task Fashion-MNIST (models/nets/multitask.h): one ViT, two task heads, two modalities.
 //
 //   images -> [task token | PatchEmbed (+ position)] + task_embed[task] + modality_embed[modality]
 //   on every token -> L pre-LN blocks -> LayerNorm -> mean over tokens -> head [D, 10 + S]
@@ -8,8 +8,8 @@
 //   block i: h = x + Attn_i(LN1(x));  y = h + FFN_i(LN2(h))
 // The task and modality embeddings are in the dense net too, so the dense baseline knows the
 // task as well as the MoE net does (the comparison isolates routing, not task information).
-// The logits hold both heads: fine classes [0, 10), super-classes [10, 10 + S); the trainer scores
-// each sample on its task's slice only (SlicedCrossEntropy).
+// The logits hold both heads: fine classes [0, 10), super-classes [10, 10 + S); the family's task
+// head (MultiTaskHead, multitask_head.h) scores each sample on its task's slice only.
 //
 // MoE (model.use_moe): blocks {0, 2, 4, ...} (EvenBlockIndices). FFN_i by
 // conditional.ffn_form: ROUTED_PAIR (default, the paper's released code) -- fc1 and fc2 are a

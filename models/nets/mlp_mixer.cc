@@ -90,6 +90,65 @@ Branch MakeBranch(L&&... layers) {
 
 }  // namespace
 
+namespace {
+
+// A dense Mixer block on S patches of C channels: token mixing, then channel mixing.
+void AddDenseBlock(Builder& b, const std::string& pre, int S, int C, const proto::MixerConfig& mx,
+                   Branch* body) {
+  // Token mixing: [B*S, C] -> [B*C, S] -> MLP along patches -> back. The MLP's output
+  // layer has no bias: a bias along patches adds the same value to every channel of a patch,
+  // which every later LayerNorm (over channels) removes, so its gradient is exactly zero and
+  // AdamW would only turn rounding noise into updates (the EP-invariance test sees that).
+  const int Dt = mx.token_mlp_dim();
+  body->push_back(b.Res(MakeBranch(
+      b.Norm(pre + ".ln1", C), b.Transpose(S), b.Lin(pre + ".token_mlp.fc1", C, S, Dt),
+      std::make_unique<Gelu>(), b.Lin(pre + ".token_mlp.fc2", C, Dt, S, /*bias=*/false),
+      b.Transpose(C))));
+  body->push_back(b.Res(MakeBranch(
+      b.Norm(pre + ".ln2", C), b.DenseMlp(pre + ".channel_mlp", S, C, mx.channel_mlp_dim()))));
+}
+
+// The widths of a sparse block: S patches, C channels; with re-representation the MoE layers
+// see S1 = 2 S patches of C1 = C / 2 channels.
+struct SparseWidths {
+  int S, C, S1, C1, token_hidden, channel_hidden;
+  bool rerep, both;
+};
+
+// A sparse block (mlp_mixer.h). Down maps: C -> C1 on the patch rows, then S -> S1 on the
+// channel rows; the MoE layers; up maps back.
+void AddSparseBlock(Builder& b, const std::string& pre, const SparseWidths& w,
+                    const proto::MixerConfig& mx, Branch* body) {
+  const int S = w.S, C = w.C, S1 = w.S1, C1 = w.C1;
+  Branch token = MakeBranch(b.Norm(pre + ".ln1", C));
+  if (w.rerep) token.push_back(b.Lin(pre + ".rerep.channel_down", S, C, C1));
+  token.push_back(b.Transpose(S));
+  if (w.rerep) token.push_back(b.Lin(pre + ".rerep.patch_up", C1, S, S1));
+  std::unique_ptr<Layer> moe_s =
+      b.Moe(pre + ".token_moe", C1, S1, w.token_hidden, mx.token_moe_top_k());
+  if (w.both) {
+    token.push_back(b.Res(MakeBranch(std::move(moe_s))));
+    token.push_back(b.Transpose(C1));  // [B*C1, S1] -> [B*S1, C1]
+    token.push_back(b.Res(MakeBranch(
+        b.Norm(pre + ".ln3", C1),
+        b.Moe(pre + ".channel_moe", S1, C1, w.channel_hidden, mx.channel_moe_top_k()))));
+    token.push_back(b.Transpose(S1));  // back to channel rows [B*C1, S1] for the up maps
+  } else {
+    token.push_back(std::move(moe_s));
+  }
+  // Up maps: S1 -> S on the channel rows, then C1 -> C on the patch rows.
+  if (w.rerep) token.push_back(b.Lin(pre + ".rerep.patch_down", C1, S1, S));
+  token.push_back(b.Transpose(C1));
+  if (w.rerep) token.push_back(b.Lin(pre + ".rerep.channel_up", S, C1, C));
+  body->push_back(b.Res(std::move(token)));
+  if (!w.both)
+    body->push_back(b.Res(MakeBranch(
+        b.Norm(pre + ".ln2", C),
+        b.Moe(pre + ".channel_moe", S, C, w.channel_hidden, mx.channel_moe_top_k()))));
+}
+
+}  // namespace
+
 MlpMixer::MlpMixer(const proto::ModelConfig& config, Communicator* comm, uint64_t seed)
     : config_(config) {
   const proto::MixerConfig& mx = config.mixer();
@@ -106,55 +165,19 @@ MlpMixer::MlpMixer(const proto::ModelConfig& config, Communicator* comm, uint64_
   Builder b(config, comm, seed, &moe_layers_, &macs_per_image_);
   const int L = config.num_layers();
   const int num_sparse = config.use_moe() ? mx.num_sparse_blocks() : 0;
-  const bool rerep = mx.re_represent();
-  const bool both = rerep && mx.re_represent_both();
-  const int S1 = rerep ? 2 * S : S;
-  const int C1 = rerep ? C / 2 : C;
-  const int token_hidden = ExpertHidden(config, mx.token_expert_hidden_dim(), mx.token_mlp_dim());
-  const int channel_hidden =
-      ExpertHidden(config, mx.channel_expert_hidden_dim(), mx.channel_mlp_dim());
+  SparseWidths w;
+  w.S = S;
+  w.C = C;
+  w.rerep = mx.re_represent();
+  w.both = w.rerep && mx.re_represent_both();
+  w.S1 = w.rerep ? 2 * S : S;
+  w.C1 = w.rerep ? C / 2 : C;
+  w.token_hidden = ExpertHidden(config, mx.token_expert_hidden_dim(), mx.token_mlp_dim());
+  w.channel_hidden = ExpertHidden(config, mx.channel_expert_hidden_dim(), mx.channel_mlp_dim());
   for (int i = 0; i < L; ++i) {
     const std::string pre = "block" + std::to_string(i);
-    if (i < L - num_sparse) {
-      // Token mixing: [B*S, C] -> [B*C, S] -> MLP along patches -> back. The MLP's output
-      // layer has no bias: a bias along patches adds the same value to every channel of a patch,
-      // which every later LayerNorm (over channels) removes, so its gradient is exactly zero and
-      // AdamW would only turn rounding noise into updates (the EP-invariance test sees that).
-      const int Dt = mx.token_mlp_dim();
-      body_.push_back(b.Res(MakeBranch(
-          b.Norm(pre + ".ln1", C), b.Transpose(S), b.Lin(pre + ".token_mlp.fc1", C, S, Dt),
-          std::make_unique<Gelu>(), b.Lin(pre + ".token_mlp.fc2", C, Dt, S, /*bias=*/false),
-          b.Transpose(C))));
-      body_.push_back(b.Res(MakeBranch(
-          b.Norm(pre + ".ln2", C), b.DenseMlp(pre + ".channel_mlp", S, C, mx.channel_mlp_dim()))));
-      continue;
-    }
-    // Sparse block. Down maps: C -> C1 on the patch rows, then S -> S1 on the channel rows.
-    Branch token = MakeBranch(b.Norm(pre + ".ln1", C));
-    if (rerep) token.push_back(b.Lin(pre + ".rerep.channel_down", S, C, C1));
-    token.push_back(b.Transpose(S));
-    if (rerep) token.push_back(b.Lin(pre + ".rerep.patch_up", C1, S, S1));
-    std::unique_ptr<Layer> moe_s =
-        b.Moe(pre + ".token_moe", C1, S1, token_hidden, mx.token_moe_top_k());
-    if (both) {
-      token.push_back(b.Res(MakeBranch(std::move(moe_s))));
-      token.push_back(b.Transpose(C1));  // [B*C1, S1] -> [B*S1, C1]
-      token.push_back(b.Res(MakeBranch(
-          b.Norm(pre + ".ln3", C1),
-          b.Moe(pre + ".channel_moe", S1, C1, channel_hidden, mx.channel_moe_top_k()))));
-      token.push_back(b.Transpose(S1));  // back to channel rows [B*C1, S1] for the up maps
-    } else {
-      token.push_back(std::move(moe_s));
-    }
-    // Up maps: S1 -> S on the channel rows, then C1 -> C on the patch rows.
-    if (rerep) token.push_back(b.Lin(pre + ".rerep.patch_down", C1, S1, S));
-    token.push_back(b.Transpose(C1));
-    if (rerep) token.push_back(b.Lin(pre + ".rerep.channel_up", S, C1, C));
-    body_.push_back(b.Res(std::move(token)));
-    if (!both)
-      body_.push_back(b.Res(MakeBranch(
-          b.Norm(pre + ".ln2", C),
-          b.Moe(pre + ".channel_moe", S, C, channel_hidden, mx.channel_moe_top_k()))));
+    if (i < L - num_sparse) AddDenseBlock(b, pre, S, C, mx, &body_);
+    else AddSparseBlock(b, pre, w, mx, &body_);
   }
   final_norm_ = std::make_unique<LayerNorm>("final_ln", C, seed);
   pool_ = std::make_unique<MeanPoolTokens>(S);

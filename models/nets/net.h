@@ -1,6 +1,11 @@
 // Net: what the trainer needs from a model family. Every family (ViT/V-MoE, Sparse-MLP, pMoE,
-// Mobile V-MoE, conditional MoE) is one Net built by CreateNet (net_factory.h) from the config;
-// the trainer never knows which one it drives.
+// Mobile V-MoE, conditional MoE) is one Net built by CreateNet (net_factory.h) from the config,
+// together with its TaskHead (CreateTaskHead, task_head.h): what the logits are trained and
+// scored against. The trainer drives the pair and never knows which family, nor whether the net
+// is single- or multi-task: the head makes each batch's per-image side information
+// (ImageSideInfo, e.g. the conditional family's task and modality ids), scores the logits (plain
+// softmax cross-entropy, or each row on its task's slice), and says how many evaluation passes
+// the test set takes; the trainer only hands the side information on.
 //
 // Contract: Forward(images [B, C*H*W]) -> logits [B, num_outputs]; Backward(dlogits) accumulates
 // every parameter's grad (the caller zeroes them); MoE layers read their step context (set with
@@ -26,6 +31,23 @@ struct BatchInfo {
   const std::vector<int>* task = nullptr;      // conditional multi-task: task id per image
   const std::vector<int>* modality = nullptr;  // conditional multi-task: modality id per image
 };
+
+// A batch's per-image side information beside its images and labels, made by the family's
+// TaskHead and carried through the trainer unread. Empty vectors: the family has none.
+struct ImageSideInfo {
+  std::vector<int> task;      // conditional multi-task: task id per image
+  std::vector<int> modality;  // conditional multi-task: modality id per image
+};
+
+// What SetBatchInfo gets for a batch: `labels` (may be null) and the side information's ids
+// (null where the family has none).
+inline BatchInfo MakeBatchInfo(const std::vector<int>* labels, const ImageSideInfo& side) {
+  BatchInfo info;
+  info.labels = labels;
+  info.task = side.task.empty() ? nullptr : &side.task;
+  info.modality = side.modality.empty() ? nullptr : &side.modality;
+  return info;
+}
 
 class Net {
  public:

@@ -3,6 +3,7 @@
 #include <glog/logging.h>
 
 #include "models/nets/families.h"
+#include "models/nets/multitask_head.h"
 
 namespace moe {
 
@@ -11,15 +12,17 @@ struct Family {
   std::string name;
   std::unique_ptr<Net> (*create)(const proto::TrainConfig&, Communicator*);
   void (*validate)(const proto::TrainConfig&, std::vector<std::string>*);
+  // The family's own task head (false with a one-line error); null: a SingleTaskHead.
+  bool (*create_head)(const proto::TrainConfig&, std::unique_ptr<TaskHead>*, std::string*);
 };
 
 const std::vector<Family>& Families() {
   static const std::vector<Family> f = {
-      {"vit", CreateVit, ValidateVitConfig},
-      {"mixer", CreateMixer, ValidateMixerConfig},
-      {"pmoe", CreatePatchCnn, ValidatePatchCnnConfig},
-      {"mobile_vmoe", CreateMobileVmoe, ValidateMobileVmoeConfig},
-      {"conditional", CreateConditionalVit, ValidateConditionalVitConfig},
+      {"vit", CreateVit, ValidateVitConfig, nullptr},
+      {"mixer", CreateMixer, ValidateMixerConfig, nullptr},
+      {"pmoe", CreatePatchCnn, ValidatePatchCnnConfig, nullptr},
+      {"mobile_vmoe", CreateMobileVmoe, ValidateMobileVmoeConfig, nullptr},
+      {"conditional", CreateConditionalVit, ValidateConditionalVitConfig, CreateMultiTaskHead},
   };
   return f;
 }
@@ -49,13 +52,30 @@ void ValidateNetConfig(const proto::TrainConfig& config, std::vector<std::string
         ConfigError("model.family", "\"" + config.model().family() + "\"", "supported: " + names));
     return;
   }
+  const size_t before = errors->size();
   f->validate(config, errors);
+  // The head reads files the fields name (super-class maps): only worth it on valid fields.
+  std::unique_ptr<TaskHead> head;
+  std::string error;
+  if (errors->size() == before && f->create_head != nullptr &&
+      !f->create_head(config, &head, &error))
+    errors->push_back("config error: " + error);
 }
 
 std::unique_ptr<Net> CreateNet(const proto::TrainConfig& config, Communicator* comm) {
   const Family* f = Find(config.model().family());
   CHECK(f != nullptr) << "model.family=\"" << config.model().family() << "\" (validate first)";
   return f->create(config, comm);
+}
+
+std::unique_ptr<TaskHead> CreateTaskHead(const proto::TrainConfig& config) {
+  const Family* f = Find(config.model().family());
+  CHECK(f != nullptr) << "model.family=\"" << config.model().family() << "\" (validate first)";
+  if (f->create_head == nullptr) return std::make_unique<SingleTaskHead>();
+  std::unique_ptr<TaskHead> head;
+  std::string error;
+  CHECK(f->create_head(config, &head, &error)) << error << " (validate the config first)";
+  return head;
 }
 
 }  // namespace moe

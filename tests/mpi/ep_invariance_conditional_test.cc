@@ -5,7 +5,7 @@
 // ep_invariance_util.h, fed with the trainer's multi-task batches).
 #include <cstdio>
 
-#include "launcher/multitask.h"
+#include "models/nets/multitask.h"
 #include "tests/mpi/ep_invariance_util.h"
 
 namespace moe {
@@ -46,8 +46,8 @@ proto::TrainConfig SmallConditional(int ep_size, int batch_per_rank, Level::Rout
   return c;
 }
 
-// The trainer's multi-task batches (launcher/multitask.h): task and modality are functions of the
-// sample's stream position, so the world and the single rank assign the same. Counts how many
+// The trainer's multi-task batches (models/nets/multitask.h): task and modality are functions of
+// the sample's stream position, so the world and the single rank assign the same. Counts how many
 // coarse-task and second-view images the reference saw, so the test knows both were exercised.
 ep_invariance::BatchFn MultiTaskBatches(const MultiTaskSpec& spec, int64_t global_batch,
                                         int64_t* coarse_seen, int64_t* view2_seen) {
@@ -56,12 +56,11 @@ ep_invariance::BatchFn MultiTaskBatches(const MultiTaskSpec& spec, int64_t globa
                                                     ep_invariance::Batch* out) mutable {
     Gather(sampler.Slice(step, global_batch, first, count), &out->images, &out->labels);
     MakeMultiTaskBatch(spec, Data().rows, Data().cols, step * global_batch + first, &out->images,
-                       &out->labels, &out->task, &out->modality);
-    out->multi_task = true;
+                       &out->labels, &out->side.task, &out->side.modality);
     if (count != global_batch) return;
-    for (size_t i = 0; i < out->task.size(); ++i) {
-      *coarse_seen += out->task[i];
-      *view2_seen += out->modality[i];
+    for (size_t i = 0; i < out->side.task.size(); ++i) {
+      *coarse_seen += out->side.task[i];
+      *view2_seen += out->side.modality[i];
     }
   };
 }

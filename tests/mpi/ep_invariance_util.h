@@ -131,11 +131,11 @@ inline double TensorRelDiff(const Tensor& a, const Tensor& b) {
 }
 
 // One step's batch for one rank (or for the reference): images and labels, and for multi-task
-// families each image's task and modality.
+// families each image's task and modality (the side information the task head makes).
 struct Batch {
   Tensor images;
-  std::vector<int> labels, task, modality;
-  bool multi_task = false;
+  std::vector<int> labels;
+  ImageSideInfo side;
 };
 // Fills `out` with the global batch's images [first, first + count) at `step`.
 using BatchFn = std::function<void(int64_t step, int64_t first, int64_t count, Batch* out)>;
@@ -151,8 +151,7 @@ inline BatchFn SingleTaskBatches() {
 }
 
 inline StepStats StepOf(TrainingSession* s, int64_t step, Batch* b) {
-  return b->multi_task ? s->ComputeGradients(step, b->images, b->labels, &b->task, &b->modality)
-                       : s->ComputeGradients(step, b->images, b->labels);
+  return s->ComputeGradients(step, b->images, b->labels, b->side);
 }
 
 using ParamKey = std::pair<std::string, int>;

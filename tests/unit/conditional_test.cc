@@ -15,7 +15,7 @@
 
 #include "comm/self_communicator.h"
 #include "launcher/config.h"
-#include "launcher/multitask.h"
+#include "models/nets/multitask.h"
 #include "models/moe/moe_linear_pair.h"
 #include "models/moe/routing_rules.h"
 #include "models/nets/conditional_vit.h"

@@ -1,5 +1,6 @@
 // Multi-task Fashion-MNIST for the conditional MoE family (Uni-Perceiver-MoE;
-// models/moe/README.md, "Conditional routing").
+// models/moe/README.md, "Conditional routing"): the data side of the family's task head
+// (multitask_head.h), which the trainer drives without knowing it is multi-task.
 //
 // Every sample carries a task and a modality:
 //   task 0 "fine":   the 10 Fashion-MNIST classes, scored on logits [0, 10)
@@ -12,7 +13,7 @@
 // index being the sample's position in the training stream (step * global_batch + row of the
 // global batch, launcher/batch_sampler.h), so P ranks and one rank assign the same (EP
 // invariance), and an image meets every (task, modality) pair over the epochs. Evaluation runs
-// the whole test set once per (task, modality) pair.
+// the whole test set once per (task, modality) pair (the head's evaluation passes).
 //
 // Super-classes: ConditionalConfig.superclass_file ("class superclass" per line, '#' comments;
 // ids in [0, num_superclasses), every super-class used) or, when empty, the built-in 4-group map
@@ -27,11 +28,8 @@
 #include <utility>
 #include <vector>
 
-#include "comm/communicator.h"
 #include "core/tensor.h"
-#include "launcher/idx_dataset.h"
-#include "launcher/routing_analytics.h"
-#include "launcher/training_session.h"
+#include "models/nets/fashion_mnist.h"
 #include "proto/moe_ep.pb.h"
 
 namespace moe {
@@ -43,9 +41,6 @@ constexpr int kTaskCoarse = 1;
 
 // The built-in class -> super-class map above (10 entries, 4 super-classes).
 std::vector<int> DefaultSuperclassMap();
-
-// True when the config trains the multi-task setting (family "conditional").
-bool IsMultiTask(const proto::TrainConfig& config);
 
 // Logit column range [lo, hi) of each task for a model config: {{0, 10}, {10, 10 + S}}.
 std::vector<std::pair<int, int>> TaskLogitRanges(const proto::ModelConfig& model);
@@ -83,20 +78,5 @@ void MakeMultiTaskBatch(const MultiTaskSpec& spec, int rows, int cols, int64_t f
 void SetTaskAndModality(const MultiTaskSpec& spec, int rows, int cols, int task, int modality,
                         Tensor* images, std::vector<int>* labels, std::vector<int>* tasks,
                         std::vector<int>* modalities);
-
-// Test accuracy per (task, modality) on the first eval_images test images (0 = all), split
-// across the world like the single-task evaluation (every rank runs the same batches).
-struct MultiTaskAccuracy {
-  double accuracy[kNumTasks][kNumModalities] = {{0, 0}, {0, 0}};
-  double loss[kNumTasks][kNumModalities] = {{0, 0}, {0, 0}};
-  double Mean() const;
-  std::string ToString() const;  // "fine/image 0.8123 fine/view2 ... coarse/view2 ..."
-};
-// With `analytics`, the FFN MoE layers' routing is counted against each image's FINE class over
-// all four (task, modality) passes (so every test image counts four times).
-MultiTaskAccuracy EvaluateMultiTask(TrainingSession* session, const ImageDataset& test,
-                                    const MultiTaskSpec& spec, int64_t eval_images,
-                                    int64_t batch, Communicator* comm,
-                                    RoutingAnalytics* analytics = nullptr);
 
 }  // namespace moe
