@@ -72,7 +72,8 @@ void CudaHostRoutingPlanner::DeviceLogits(const Tensor& x) {
 void CudaHostRoutingPlanner::AttributeLogitsOnHost(const Tensor& x) {
   const MoeLayerOptions& o = L_.opt;
   const int64_t D = o.dim, E = o.num_experts, rows = R_->rows;
-  CHECK(L_.ctx.attributes != nullptr) << L_.name << ": attribute routing needs the step's attributes";
+  CHECK(L_.ctx.attributes != nullptr)
+      << L_.name << ": attribute routing needs the step's attributes";
   CHECK(L_.ctx.attributes->device() == Device::kCPU)
       << L_.name << ": the attributes are host data (MoeStepContext::attributes)";
   if (!attr_proj_host_) {

@@ -1,6 +1,8 @@
 // ExpertBank: the experts this rank owns (E_local = E / ep_size of them), each a two-layer MLP
-// D -> H -> D with exact GELU (every family's default) or ReLU (pMoE's CNN experts). Inputs arrive expert-major: expert l's rows are contiguous, so each
-// expert weight is applied with ONE GEMM over every row it received from every rank and group.
+// D -> H -> D with exact GELU (every family's default) or ReLU (pMoE's CNN experts). Inputs
+// arrive expert-major: expert l's rows are contiguous, so each expert weight is applied with ONE
+// GEMM over every row it received from every rank and group. The arithmetic is the backend's
+// (ExpertCompute, expert_compute.h); the bank keeps parameters, row counts and caches.
 #pragma once
 
 #include <memory>

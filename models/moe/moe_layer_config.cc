@@ -27,7 +27,9 @@ MoeLayerOptions MoeOptionsFromConfig(const proto::ModelConfig& model, int dim, i
   switch (m.capacity_rounding()) {
     case proto::MoeConfig::CEIL: o.rounding = CapacityRounding::kCeil; break;
     case proto::MoeConfig::ROUND: o.rounding = CapacityRounding::kRound; break;
-    case proto::MoeConfig::CEIL_MULTIPLE_OF_4: o.rounding = CapacityRounding::kCeilMultipleOf4; break;
+    case proto::MoeConfig::CEIL_MULTIPLE_OF_4:
+      o.rounding = CapacityRounding::kCeilMultipleOf4;
+      break;
   }
   o.batch_prioritized = m.batch_prioritized_routing();
   o.dropless = m.dropless();

@@ -14,7 +14,7 @@
 #include "models/moe/router_math.h"
 #include "models/moe/router.h"
 #include "models/moe/routing_rule.h"
-#include "models/moe/routing_rules.h"
+#include "models/moe/rule_selections.h"
 
 namespace moe {
 

@@ -8,7 +8,7 @@
 //
 // Routing follows the conditional rules of the FFN MoE (MoeLayer, kAttribute / renormalised
 // top-k): logits = z W_g (no bias; + N(0, (noise_scale / E)^2) in training), probs = softmax,
-// top-k, the k gates renormalised to sum to 1 (RenormalisedTopK, routing_rules.h). The router's
+// top-k, the k gates renormalised to sum to 1 (RenormalisedTopK, rule_selections.h). The router's
 // input z, by the pair's RouterInput:
 //   kToken       the token x_t: one decision per token
 //   kImageMean   the mean of the image's tokens: one decision per image (the "context" level)

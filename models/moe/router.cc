@@ -84,7 +84,8 @@ void Router::SetInput(const Tensor& x, const MoeStepContext& ctx, Layer* proj, L
                       RoutingState* R) const {
   switch (input_) {
     case RouterInputKind::kAttributes: {
-      CHECK(ctx.attributes != nullptr) << name_ << ": attribute routing needs the step's attributes";
+      CHECK(ctx.attributes != nullptr)
+          << name_ << ": attribute routing needs the step's attributes";
       CHECK_EQ(ctx.attributes->dim(0), R->rows) << name_ << ": one attribute row per input row";
       CHECK_EQ(ctx.attributes->dim(1), opt_.attribute_dim) << name_ << ": attribute width";
       Tensor z = norm->Forward(proj->Forward(*ctx.attributes));

@@ -6,7 +6,7 @@
 
 #include "models/moe/capacity.h"
 #include "models/moe/router_math.h"
-#include "models/moe/routing_rules.h"
+#include "models/moe/rule_selections.h"
 #include "models/moe/slot_assignment.h"
 
 namespace moe {
@@ -16,7 +16,8 @@ int64_t RoutingRuleImpl::Capacity(const MoeLayerOptions& o, double cf) const {
 }
 
 bool RoutingRuleImpl::RenormalisedGates(const MoeLayerOptions& o) const {
-  return o.renormalise_gates || o.noise == RouterNoise::kLearnedSoftplus;  // Shazeer: softmax(KeepTopK(H, k))
+  // Learned noise: Shazeer's softmax(KeepTopK(H, k)), the gates renormalised over the kept k.
+  return o.renormalise_gates || o.noise == RouterNoise::kLearnedSoftplus;
 }
 
 void ValidateRoutingOptions(const RoutingRuleImpl& rule, const std::string& layer,

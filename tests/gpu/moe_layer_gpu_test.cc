@@ -1,9 +1,10 @@
-// The MoE layer's CUDA path (models/moe/moe_layer_cuda.cc, expert_bank_cuda.cc) against its CPU
-// path: two layers built with the same seed (so the same initial parameters), the GPU one moved
-// to the device with MoveTo, the same inputs, two training steps each (Forward + Backward, with
-// parameter gradients pre-seeded with the same random values so the beta = 1 accumulation is
-// checked too). Compared: y, dx, every parameter gradient (fp32, max |gpu - cpu| relative to the
-// tensor's max |cpu| < 1e-5), and the metrics (counts exactly, losses relative 1e-5). Cases:
+// The MoE layer's CUDA backend (models/moe/cuda_moe_backend.cc: planners, token dispatcher,
+// expert_compute_cuda.cc) against its CPU path: two layers built with the same seed (so the same
+// initial parameters), the GPU one moved to the device with MoveTo, the same inputs, two training
+// steps each (Forward + Backward, with parameter gradients pre-seeded with the same random values
+// so the beta = 1 accumulation is checked too). Compared: y, dx, every parameter gradient (fp32,
+// max |gpu - cpu| relative to the tensor's max |cpu| < 1e-5), and the metrics (counts exactly,
+// losses relative 1e-5). Cases:
 // capacity mode with drops, BPR with drops, dropless, eval mode (no noise, no aux losses) and a
 // width that is not a multiple of 4 (the kernels' scalar paths). Every device output the layer
 // allocates is NaN-poisoned first (MOE_EP_CUDA_POISON=1), so an unwritten row fails.

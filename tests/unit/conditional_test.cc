@@ -17,7 +17,7 @@
 #include "launcher/config.h"
 #include "models/nets/multitask.h"
 #include "models/moe/moe_linear_pair.h"
-#include "models/moe/routing_rules.h"
+#include "models/moe/rule_selections.h"
 #include "models/nets/conditional_vit.h"
 #include "models/layers/gelu.h"
 #include "models/nets/families.h"

@@ -9,7 +9,7 @@
 #include "core/gemm.h"
 #include "core/rng.h"
 #include "models/moe/router_math.h"
-#include "models/moe/routing_rules.h"
+#include "models/moe/rule_selections.h"
 
 namespace moe {
 namespace {

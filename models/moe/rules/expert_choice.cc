@@ -6,7 +6,7 @@
 
 #include "models/moe/capacity.h"
 #include "models/moe/routing_rule_registry.h"
-#include "models/moe/routing_rules.h"
+#include "models/moe/rule_selections.h"
 
 namespace moe {
 

@@ -9,7 +9,7 @@
 #include <cmath>
 
 #include "models/moe/routing_rule_registry.h"
-#include "models/moe/routing_rules.h"
+#include "models/moe/rule_selections.h"
 
 namespace moe {
 

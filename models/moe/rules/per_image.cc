@@ -113,8 +113,10 @@ class PerImageRule : public RoutingRuleImpl {
     RoutingState& R = c.R;
     const int E = c.opt.num_experts;
     const int64_t B = R.router_rows;
-    CHECK(c.ctx.superclass != nullptr) << c.layer << ": super-class guidance needs super-class labels";
-    CHECK_EQ(static_cast<int64_t>(c.ctx.superclass->size()), B) << c.layer << ": one label per image";
+    CHECK(c.ctx.superclass != nullptr)
+        << c.layer << ": super-class guidance needs super-class labels";
+    CHECK_EQ(static_cast<int64_t>(c.ctx.superclass->size()), B)
+        << c.layer << ": one label per image";
     CHECK_GT(c.ctx.image_loss_scale, 0.f) << c.layer << ": image_loss_scale not set";
     const float w = c.opt.superclass_weight * c.ctx.image_loss_scale;
     for (int64_t i = 0; i < B; ++i) {

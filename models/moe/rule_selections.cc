@@ -1,4 +1,4 @@
-#include "models/moe/routing_rules.h"
+#include "models/moe/rule_selections.h"
 
 #include <glog/logging.h>
 
