@@ -28,7 +28,11 @@ void DecideOnHost(const MoeLayerView& L, const Tensor& x, const float* router_w,
 }
 
 void DecideFromLogits(const MoeLayerView& L, RoutingState* R) {
-  RuleContext c{L.name, L.opt, L.ctx, L.router, *R, L.metrics, L.Capacity(), L.external};
+  // Every rule reads the probabilities, and the router backward needs them even where a rule's
+  // gates do not depend on them; an external decision has no router here.
+  const bool noisy = !L.opt.external_decision && L.router.NoiseOn(L.ctx);
+  if (!L.opt.external_decision) L.router.Probs(L.ctx, noisy, R);
+  RuleContext c{L.name, L.opt, L.ctx, L.router, *R, L.metrics, L.Capacity(), L.external, noisy};
   L.rule.Decide(c);
   CHECK_EQ(static_cast<int64_t>(R->expert.size()), R->rows * R->kc) << L.name << ": plan size";
   CHECK_EQ(static_cast<int64_t>(R->block_rows.size()), int64_t{L.opt.num_experts} * R->groups)
@@ -45,7 +49,9 @@ std::vector<float> CleanLogitsGradOnHost(const MoeLayerView& L, const std::vecto
   for (size_t i = 0; i < R->d_gate_aux.size(); ++i) d_gate_all[i] += R->d_gate_aux[i];
   std::vector<float> d_probs = R->d_probs_aux;              // w.r.t. softmax(noisy logits)
   std::vector<float> d_logits(R->router_rows * E, 0.f);     // w.r.t. the noisy logits directly
-  RuleContext c{L.name, L.opt, L.ctx, L.router, *R, L.metrics, L.Capacity(), L.external};
+  RuleContext c{L.name,     L.opt,         L.ctx,      L.router,
+                *R,         L.metrics,     L.Capacity(), L.external,
+                !R->noise_draw.empty()};
   L.rule.GateBackward(c, d_gate_all, &d_probs, &d_logits);
   return L.router.CleanLogitsGrad(d_probs, d_logits, R);
 }

@@ -4,8 +4,9 @@
 // (routing_rule_registry.h) creates them from RoutingRule. A rule never touches the tokens:
 // dispatch, all-to-all, experts and combine are the same for every rule (token_dispatcher.h).
 //
-// Forward, on host arrays: the router (router.h) has set R.clean_logits [router rows, E]; Decide
-// runs the router's Probs (noise + softmax) as it needs, fills R.expert / R.slot / R.gate
+// Forward, on host arrays: the router (router.h) has set R.clean_logits [router rows, E] and, from
+// them, R.noisy_logits and R.probs (noise + softmax; clean ones in R.probs_clean); Decide fills
+// R.expert / R.slot / R.gate
 // [rows * kc] (slot -1: dropped or not taken), R.block_rows [E * G] (rows per send block: the
 // capacity, or the exact count when dropless), the metrics, and the auxiliary losses
 // (Router::AuxLosses). Backward: GateBackward adds d(objective)/d(probs) and /d(noisy logits)
@@ -36,6 +37,7 @@ struct RuleContext {
   MoeMetrics& metrics;
   int64_t capacity;                          // the layer's CurrentCapacity(); -1 when dropless
   const ExternalImageDecision* external;    // options.external_decision only
+  bool noisy;  // the router's training noise is on (R.probs are of the noisy logits)
 };
 
 class RoutingRuleImpl {

@@ -31,8 +31,7 @@ class ExpertChoiceRule : public RoutingRuleImpl {
     RoutingState& R = c.R;
     const int E = c.opt.num_experts;
     const int64_t n = c.opt.group_tokens, C = c.capacity;
-    const bool noisy = c.router.NoiseOn(c.ctx);
-    c.router.Probs(c.ctx, noisy, &R);
+    const bool noisy = c.noisy;
     StartExpertSidePlan(E, &R);
     std::vector<int64_t> token(E * C);
     std::vector<float> gate(E * C);

@@ -39,8 +39,7 @@ class PatchTopLRule : public RoutingRuleImpl {
     const MoeLayerOptions& o = c.opt;
     const int E = o.num_experts, l = o.patch_top_l;
     const int64_t T = o.tokens_per_image, images_per_group = o.group_tokens / T;
-    const bool noisy = c.router.NoiseOn(c.ctx);
-    c.router.Probs(c.ctx, noisy, &R);
+    const bool noisy = c.noisy;
     StartExpertSidePlan(E, &R);
     const PatchGateMode mode = o.patch_gate_over_all ? PatchGateMode::kSoftmaxOverAllKeepTopL
                                                      : PatchGateMode::kSoftmaxOverKept;

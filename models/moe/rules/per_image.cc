@@ -45,8 +45,7 @@ class PerImageRule : public RoutingRuleImpl {
     RoutingState& R = c.R;
     const int k = R.kc, E = c.opt.num_experts;
     const int64_t B = R.router_rows;
-    const bool noisy = c.router.NoiseOn(c.ctx);
-    c.router.Probs(c.ctx, noisy, &R);
+    const bool noisy = c.noisy;
     std::vector<int> img_expert(B * k);
     std::vector<float> img_gate(B * k);
     TopKGates(R.probs.data(), B, E, k, RenormalisedGates(c.opt), img_expert.data(),

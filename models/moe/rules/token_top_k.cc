@@ -11,8 +11,7 @@ namespace moe {
 void TokenTopKRule::Decide(RuleContext& c) const {
   RoutingState& R = c.R;
   const int k = R.kc;
-  const bool noisy = c.router.NoiseOn(c.ctx);
-  c.router.Probs(c.ctx, noisy, &R);
+  const bool noisy = c.noisy;
   R.expert.resize(R.rows * k);
   R.gate.resize(R.rows * k);
   TopKGates(R.probs.data(), R.rows, c.opt.num_experts, k, RenormalisedGates(c.opt),
