@@ -112,16 +112,17 @@ void Tensor::CopyFrom(const Tensor& src) {
   CHECK_EQ(src.numel(), numel_) << "CopyFrom " << src.ShapeString() << " into " << ShapeString();
   CHECK(src.dtype() == dtype_) << "CopyFrom " << DTypeName(src.dtype()) << " into "
                                << DTypeName(dtype_);
+  const size_t bytes = static_cast<size_t>(numel_) * DTypeSize(dtype_);
   if (numel_ > 0)
-    CopyBackend(device_, src.device_)
-        .Copy(data_, device_, src.data_, src.device_, static_cast<size_t>(numel_) * DTypeSize(dtype_));
+    CopyBackend(device_, src.device_).Copy(data_, device_, src.data_, src.device_, bytes);
 }
 
 std::vector<float> Tensor::ToVector() const {
   std::vector<float> v(static_cast<size_t>(numel_));
   const float* p = data();
   if (numel_ > 0)
-    CopyBackend(Device::kCPU, device_).Copy(v.data(), Device::kCPU, p, device_, v.size() * sizeof(float));
+    CopyBackend(Device::kCPU, device_)
+        .Copy(v.data(), Device::kCPU, p, device_, v.size() * sizeof(float));
   return v;
 }
 
