@@ -12,7 +12,7 @@
 #include <sstream>
 #include <utility>
 
-#include "core/device_memory.h"
+#include "core/backend.h"
 #include "core/rng.h"
 #include "models/nets/net_factory.h"
 
@@ -118,7 +118,7 @@ class Checker {
 void ValidateTopLevel(const proto::TrainConfig& c, int world_size, Checker* k) {
   if (c.device() != "cpu" && c.device() != "cuda")
     k->Bad("device", "\"" + c.device() + "\"", "must be \"cpu\" or \"cuda\"");
-  if (c.device() == "cuda" && !CudaPathCompiled())
+  if (c.device() == "cuda" && !BackendAvailable(Device::kCUDA))
     k->Bad("device", "\"cuda\"",
            "this build has no CUDA path (configured with MOE_EP_WITH_CUDA=OFF or without nvcc); "
            "use \"cpu\" or rebuild with CUDA");

@@ -26,6 +26,7 @@
 #include "core/gemm.h"
 #include "launcher/checkpoint.h"
 #include "launcher/config.h"
+#include "launcher/device_comm.h"
 #include "launcher/exit_codes.h"
 #include "launcher/idx_dataset.h"
 #include "launcher/job_agreement.h"
@@ -41,12 +42,6 @@
 #include "launcher/train_loop.h"
 #include "launcher/training_session.h"
 
-#ifdef MOE_EP_HAS_CUDA
-#include <cuda_runtime_api.h>
-
-#include "comm/nccl/nccl_communicator.h"
-#include "core/kernels/cuda/cuda_check.h"
-#endif
 
 DEFINE_string(config, "", "TrainConfig in protobuf text format (launcher/configs/*.pbtxt)");
 DEFINE_string(override, "", "text-format fields merged over the config, e.g. 'steps: 20'");
@@ -194,54 +189,30 @@ proto::TrainConfig LoadConfigOrFail(int rank, int world, MetricsWriter* metrics)
   return config;
 }
 
-// The communicators of the job: MPI always; NCCL (and its stream) on the CUDA path. Members are
-// destroyed in reverse order: NCCL before its stream, both before MPI's.
+// The communicators of the job: MPI always; the device one (NCCL) on the CUDA path, destroyed
+// before MPI's.
 struct JobComms {
   explicit JobComms(const proto::TrainConfig& config);
   ~JobComms();
   std::unique_ptr<MpiCommunicator> mpi;
-  Communicator* device = nullptr;  // NCCL on the CUDA path, else nullptr
-#ifdef MOE_EP_HAS_CUDA
-  cudaStream_t nccl_stream = nullptr;
-  std::unique_ptr<NcclCommunicator> nccl;
-#endif
+  std::unique_ptr<DeviceComm> device_comm;
+  Communicator* device = nullptr;  // device_comm's, else nullptr
 };
 
 JobComms::JobComms(const proto::TrainConfig& config) {
   const bool on_gpu = config.device() == "cuda";
-#ifdef MOE_EP_HAS_CUDA
-  // Bind this rank to its GPU before any CUDA or NCCL call (a LOG(FATAL) there, e.g. no GPU,
-  // ends every rank through MPI_Abort).
-  if (on_gpu) {
-    const DeviceBinding bind = BindDeviceForRank(MPI_COMM_WORLD, FLAGS_allow_shared_gpu);
-    LOG(INFO) << "device cuda:" << bind.device << " (local rank " << bind.local_rank << " of "
-              << bind.local_size << " on this host"
-              << (bind.shared_gpu ? ", GPU shared with other ranks: testing only" : "") << ")";
-  }
-#endif
+  if (on_gpu) BindRankToGpu(FLAGS_allow_shared_gpu);  // before any CUDA or NCCL call
   mpi = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, config.parallel().ep_size());
   mpi->set_collective_timeout(FLAGS_collective_timeout_s);
   SetJobWatchdog(&mpi->watchdog());
-#ifdef MOE_EP_HAS_CUDA
-  // Blocking stream (cudaStreamCreate, not NonBlocking): the layers run on the legacy default
-  // stream, which then orders itself against the NCCL work implicitly (training_session.h).
   if (on_gpu) {
-    CUDA_CHECK(cudaStreamCreate(&nccl_stream));
-    nccl = std::make_unique<NcclCommunicator>(*mpi, nccl_stream);
-    device = nccl.get();
-    LOG_IF(INFO, mpi->Rank(GroupKind::kWorld) == 0)
-        << "moe_train: NCCL communicators ready (world, expert, data)";
+    device_comm = MakeDeviceComm(*mpi);
+    device = device_comm->get();
   }
-#else
-  (void)on_gpu;  // ValidateTrainConfig refuses "cuda" in a build without the CUDA path
-#endif
 }
 
 JobComms::~JobComms() {
-#ifdef MOE_EP_HAS_CUDA
-  nccl.reset();
-  if (nccl_stream != nullptr) cudaStreamDestroy(nccl_stream);
-#endif
+  device_comm.reset();
   SetJobWatchdog(nullptr);
 }
 

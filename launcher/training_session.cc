@@ -6,69 +6,41 @@
 #include <cmath>
 
 #include "comm/collective_watchdog.h"
+#include "core/backend.h"
 #include "core/optim/lr_schedule.h"
 #include "models/nets/net_factory.h"
 
-#ifdef MOE_EP_HAS_CUDA
-#include <cublas_v2.h>
-#include <cuda_runtime_api.h>
-
-#include "core/kernels/cuda/adamw_kernels.h"
-#include "core/kernels/cuda/cublas_gemm.h"
-#include "core/kernels/cuda/cuda_check.h"
-#endif
-
 namespace moe {
-
-#ifdef MOE_EP_HAS_CUDA
-namespace {
-void CublasCheck(cublasStatus_t st, const char* what) {
-  CHECK(st == CUBLAS_STATUS_SUCCESS) << what << " failed: cuBLAS status " << static_cast<int>(st);
-}
-}  // namespace
-#endif
 
 TrainingSession::TrainingSession(const proto::TrainConfig& config, Communicator* comm,
                                  Profiler* profiler, Communicator* device_comm)
     : config_(config), comm_(comm), profiler_(profiler) {
   on_device_ = config.device() == "cuda";
+  device_ = on_device_ ? Device::kCUDA : Device::kCPU;
+  BackendFor(device_);  // a device this build cannot run is a fatal error here, before any work
+  grad_comm_ = comm;
   if (on_device_) {
-#ifndef MOE_EP_HAS_CUDA
-    LOG(FATAL) << "device=\"cuda\" but this build has no CUDA path";
-#endif
     CHECK(device_comm != nullptr && device_comm->works_on_device())
         << "device=\"cuda\" needs a device communicator (NcclCommunicator)";
     CHECK_EQ(device_comm->Size(GroupKind::kWorld), comm->Size(GroupKind::kWorld));
     CHECK_EQ(device_comm->Size(GroupKind::kExpert), comm->Size(GroupKind::kExpert));
     device_comm_ = device_comm;
+    grad_comm_ = device_comm;  // the gradient all-reduces run on the device's own communicator
   }
   net_ = CreateNet(config, on_device_ ? device_comm : comm);
   if (on_device_) net_->MoveTo(Device::kCUDA);
   params_ = net_->Parameters();
   for (Parameter* p : params_) (p->is_expert() ? expert_ : dense_).push_back(p);
-  const auto& o = config.optimizer();
-  AdamWConfig ac;
-  ac.lr = o.learning_rate();
-  ac.beta1 = o.beta1();
-  ac.beta2 = o.beta2();
-  ac.eps = o.epsilon();
-  ac.weight_decay = o.weight_decay();
-  optimizer_ = std::make_unique<AdamW>(ac);
   global_batch_ = static_cast<int64_t>(config.data().batch_per_rank()) * comm->Size(GroupKind::kWorld);
   task_head_ = CreateTaskHead(config);
   int64_t n = 0;
   for (Parameter* p : dense_) n += p->grad.numel();
-  if (!on_device_) {
-    bucket_.resize(n);
-    return;
-  }
-  device_bucket_ = Tensor({std::max<int64_t>(n, 1)}, Device::kCUDA);
-  device_norms_ = Tensor({std::max<int64_t>(static_cast<int64_t>(params_.size()), 1)}, Device::kCUDA);
+  grad_bucket_ = Tensor({n}, device_);
   for (Parameter* p : params_) {
-    CHECK(p->value.device() == Device::kCUDA && p->grad.device() == Device::kCUDA)
-        << "parameter " << p->name << " not on the GPU after MoveTo";
-    adam_m_.push_back(Tensor::Zeros(p->value.shape(), Device::kCUDA));
-    adam_v_.push_back(Tensor::Zeros(p->value.shape(), Device::kCUDA));
+    CHECK(p->value.device() == device_ && p->grad.device() == device_)
+        << "parameter " << p->name << " not on " << DeviceName(device_) << " after MoveTo";
+    adam_m_.push_back(Tensor::Zeros(p->value.shape(), device_));
+    adam_v_.push_back(Tensor::Zeros(p->value.shape(), device_));
   }
 }
 
@@ -101,42 +73,24 @@ void UploadTo(Tensor* t, const float* data) {
 void TrainingSession::GetTrainingState(const Parameter* p, std::vector<float>* value,
                                        std::vector<float>* adam_m,
                                        std::vector<float>* adam_v) const {
+  // Moments start at zero, so a parameter never stepped reads as zeros.
+  const size_t i = IndexOf(p);
   *value = HostCopy(p->value);
-  if (on_device_) {
-    const size_t i = IndexOf(p);
-    *adam_m = HostCopy(adam_m_[i]);
-    *adam_v = HostCopy(adam_v_[i]);
-    return;
-  }
-  const AdamWMoments* mv = optimizer_->FindMoments(p);
-  const size_t n = static_cast<size_t>(p->value.numel());
-  *adam_m = mv != nullptr ? mv->m : std::vector<float>(n, 0.f);
-  *adam_v = mv != nullptr ? mv->v : std::vector<float>(n, 0.f);
+  *adam_m = HostCopy(adam_m_[i]);
+  *adam_v = HostCopy(adam_v_[i]);
 }
 
 void TrainingSession::SetTrainingState(Parameter* p, const float* value, const float* adam_m,
                                        const float* adam_v) {
+  const size_t i = IndexOf(p);
   UploadTo(&p->value, value);
-  const int64_t n = p->value.numel();
-  if (on_device_) {
-    const size_t i = IndexOf(p);
-    UploadTo(&adam_m_[i], adam_m);
-    UploadTo(&adam_v_[i], adam_v);
-    return;
-  }
-  AdamWMoments& mv = optimizer_->MomentsFor(p);
-  std::copy(adam_m, adam_m + n, mv.m.begin());
-  std::copy(adam_v, adam_v + n, mv.v.begin());
+  UploadTo(&adam_m_[i], adam_m);
+  UploadTo(&adam_v_[i], adam_v);
 }
 
-int64_t TrainingSession::optimizer_step_count() const {
-  return on_device_ ? adam_step_ : optimizer_->step_count();
-}
+int64_t TrainingSession::optimizer_step_count() const { return adam_step_; }
 
-void TrainingSession::set_optimizer_step_count(int64_t steps) {
-  if (on_device_) adam_step_ = steps;
-  else optimizer_->set_step_count(steps);
-}
+void TrainingSession::set_optimizer_step_count(int64_t steps) { adam_step_ = steps; }
 
 Tensor TrainingSession::ToNetDevice(const Tensor& host) const {
   if (!on_device_ || host.device() == Device::kCUDA) return host;
@@ -144,80 +98,6 @@ Tensor TrainingSession::ToNetDevice(const Tensor& host) const {
   d.CopyFrom(host);
   return d;
 }
-
-#ifdef MOE_EP_HAS_CUDA
-void TrainingSession::SynchroniseGradientsCuda() {
-  const int64_t n_bucket = device_bucket_.numel();
-  ScopedPhase ph(profiler_, "grad_allreduce", n_bucket * sizeof(float));
-  ScopedActivity act("gradient all-reduce");
-  // Copies and NCCL are ordered through the legacy default stream (see the header).
-  int64_t off = 0;
-  for (Parameter* p : dense_) {
-    CUDA_CHECK(cudaMemcpyAsync(device_bucket_.data() + off, p->grad.data(),
-                               p->grad.numel() * sizeof(float), cudaMemcpyDeviceToDevice, nullptr));
-    off += p->grad.numel();
-  }
-  if (off > 0) device_comm_->AllReduceSum(device_bucket_.data(), off, GroupKind::kWorld);
-  off = 0;
-  for (Parameter* p : dense_) {
-    CUDA_CHECK(cudaMemcpyAsync(p->grad.data(), device_bucket_.data() + off,
-                               p->grad.numel() * sizeof(float), cudaMemcpyDeviceToDevice, nullptr));
-    off += p->grad.numel();
-  }
-  if (device_comm_->Size(GroupKind::kData) > 1)
-    for (Parameter* p : expert_)
-      device_comm_->AllReduceSum(p->grad.data(), p->grad.numel(), GroupKind::kData);
-}
-
-double TrainingSession::ClipGradientsCuda() {
-  cublasHandle_t h = ThreadCublasHandle();
-  CublasCheck(cublasSetStream(h, nullptr), "cublasSetStream");
-  CublasCheck(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_DEVICE), "cublasSetPointerMode");
-  for (size_t i = 0; i < params_.size(); ++i) {
-    const Tensor& g = params_[i]->grad;
-    CHECK_LT(g.numel(), int64_t{1} << 31) << params_[i]->name;
-    CublasCheck(cublasSnrm2(h, static_cast<int>(g.numel()), g.data(), 1, device_norms_.data() + i),
-                "cublasSnrm2");
-  }
-  CublasCheck(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode");
-  std::vector<float> norms(params_.size());
-  if (!norms.empty())
-    CUDA_CHECK(cudaMemcpy(norms.data(), device_norms_.data(), norms.size() * sizeof(float),
-                          cudaMemcpyDeviceToHost));
-  double dense_sq = 0, expert_sq = 0;
-  for (size_t i = 0; i < params_.size(); ++i)
-    (params_[i]->is_expert() ? expert_sq : dense_sq) += double(norms[i]) * norms[i];
-  comm_->AllReduceSum(&expert_sq, 1, GroupKind::kExpert);  // host scalar: the MPI communicator
-  const double norm = std::sqrt(dense_sq + expert_sq);
-  const double max_norm = config_.optimizer().grad_clip_norm();
-  if (max_norm > 0 && norm > max_norm) {
-    const float s = static_cast<float>(max_norm / (norm + 1e-6));
-    for (Parameter* p : params_)
-      CublasCheck(cublasSscal(h, static_cast<int>(p->grad.numel()), &s, p->grad.data(), 1),
-                  "cublasSscal");
-  }
-  return norm;
-}
-
-void TrainingSession::OptimizerStepCuda(float lr) {
-  ++adam_step_;
-  const auto& o = config_.optimizer();
-  for (size_t i = 0; i < params_.size(); ++i) {
-    Parameter* p = params_[i];
-    if (p->frozen) continue;
-    const float wd = DecayApplies(p->name) ? o.weight_decay() : 0.f;
-    AdamWStepCuda(p->value.data(), p->grad.data(), adam_m_[i].data(), adam_v_[i].data(),
-                  p->value.numel(), lr, o.beta1(), o.beta2(), o.epsilon(), wd, adam_step_, nullptr);
-  }
-}
-#else
-void TrainingSession::SynchroniseGradientsCuda() { LOG(FATAL) << "no CUDA path in this build"; }
-double TrainingSession::ClipGradientsCuda() {
-  LOG(FATAL) << "no CUDA path in this build";
-  return 0;
-}
-void TrainingSession::OptimizerStepCuda(float) { LOG(FATAL) << "no CUDA path in this build"; }
-#endif
 
 void TrainingSession::SetContext(bool training, int64_t step, int64_t rows) {
   // Routed layers other than MoeLayer (the conditional family's routed pairs) read the context
@@ -236,40 +116,63 @@ void TrainingSession::SetContext(bool training, int64_t step, int64_t rows) {
 }
 
 void TrainingSession::SynchroniseGradients() {
-  ScopedPhase ph(profiler_, "grad_allreduce", bucket_.size() * sizeof(float));
+  const Backend& be = BackendFor(device_);
+  ScopedPhase ph(profiler_, "grad_allreduce", grad_bucket_.numel() * sizeof(float));
   ScopedActivity act("gradient all-reduce");
-  int64_t off = 0;
+  // Dense grads as one bucket, one all-reduce over the world. On CUDA the copies and NCCL are
+  // ordered through the legacy default stream (see the header).
+  std::vector<const Tensor*> grads;
+  std::vector<Tensor*> grads_out;
   for (Parameter* p : dense_) {
-    std::copy(p->grad.data(), p->grad.data() + p->grad.numel(), bucket_.data() + off);
-    off += p->grad.numel();
+    grads.push_back(&p->grad);
+    grads_out.push_back(&p->grad);
   }
-  comm_->AllReduceSum(bucket_.data(), static_cast<int64_t>(bucket_.size()), GroupKind::kWorld);
-  off = 0;
-  for (Parameter* p : dense_) {
-    std::copy(bucket_.data() + off, bucket_.data() + off + p->grad.numel(), p->grad.data());
-    off += p->grad.numel();
-  }
-  if (comm_->Size(GroupKind::kData) > 1)
-    for (Parameter* p : expert_) comm_->AllReduceSum(p->grad.data(), p->grad.numel(), GroupKind::kData);
+  be.FlattenInto(grads, &grad_bucket_);
+  grad_comm_->AllReduceSum(grad_bucket_.data(), grad_bucket_.numel(), GroupKind::kWorld);
+  be.UnflattenFrom(grad_bucket_, grads_out);
+  if (grad_comm_->Size(GroupKind::kData) > 1)
+    for (Parameter* p : expert_)
+      grad_comm_->AllReduceSum(p->grad.data(), p->grad.numel(), GroupKind::kData);
 }
 
 double TrainingSession::ClipGradients() {
+  const Backend& be = BackendFor(device_);
   // Dense grads are identical on every rank; each expert lives once per EP group.
-  double dense_sq = 0, expert_sq = 0;
-  for (Parameter* p : dense_)
-    for (int64_t i = 0; i < p->grad.numel(); ++i) dense_sq += double(p->grad.at(i)) * p->grad.at(i);
-  for (Parameter* p : expert_)
-    for (int64_t i = 0; i < p->grad.numel(); ++i) expert_sq += double(p->grad.at(i)) * p->grad.at(i);
+  std::vector<const Tensor*> grads;
+  std::vector<int> group;  // 0 dense, 1 expert
+  for (Parameter* p : params_) {
+    grads.push_back(&p->grad);
+    group.push_back(p->is_expert() ? 1 : 0);
+  }
+  const std::vector<double> sq = be.SquaredNormsByGroup(grads, group, 2);
+  double expert_sq = sq[1];
   ScopedActivity act("gradient norm all-reduce");
-  comm_->AllReduceSum(&expert_sq, 1, GroupKind::kExpert);
-  const double norm = std::sqrt(dense_sq + expert_sq);
+  comm_->AllReduceSum(&expert_sq, 1, GroupKind::kExpert);  // host scalar: the host communicator
+  const double norm = std::sqrt(sq[0] + expert_sq);
   const double max_norm = config_.optimizer().grad_clip_norm();
   if (max_norm > 0 && norm > max_norm) {
     const float s = static_cast<float>(max_norm / (norm + 1e-6));
-    for (Parameter* p : params_)
-      for (int64_t i = 0; i < p->grad.numel(); ++i) p->grad.at(i) *= s;
+    for (Parameter* p : params_) be.Scale(&p->grad, s);
   }
   return norm;
+}
+
+void TrainingSession::OptimizerStep(float lr) {
+  const Backend& be = BackendFor(device_);
+  ++adam_step_;
+  const auto& o = config_.optimizer();
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Parameter* p = params_[i];
+    if (p->frozen) continue;
+    AdamWStepScalars s;
+    s.lr = lr;
+    s.beta1 = o.beta1();
+    s.beta2 = o.beta2();
+    s.eps = o.epsilon();
+    s.weight_decay = DecayApplies(p->name) ? o.weight_decay() : 0.f;
+    s.step = adam_step_;
+    be.AdamWStep(&p->value, p->grad, &adam_m_[i], &adam_v_[i], s);
+  }
 }
 
 StepStats TrainingSession::TrainStep(int64_t step, const Tensor& images,
@@ -284,8 +187,7 @@ void TrainingSession::ApplyUpdate(int64_t step, StepStats* s) {
   s->learning_rate = WarmupCosineLr(static_cast<int>(step), config_.steps(), o.warmup_steps(),
                                     o.learning_rate(), o.min_lr_ratio());
   ScopedPhase ph(profiler_, "optimizer");
-  if (on_device_) OptimizerStepCuda(static_cast<float>(s->learning_rate));
-  else optimizer_->Step(params_, static_cast<float>(s->learning_rate));
+  OptimizerStep(static_cast<float>(s->learning_rate));
 }
 
 StepStats TrainingSession::ComputeGradients(int64_t step, const Tensor& images,
@@ -308,9 +210,8 @@ StepStats TrainingSession::ComputeGradients(int64_t step, const Tensor& images,
     ScopedPhase ph(profiler_, "backward_total");
     net_->Backward(task_head_->Backward());
   }
-  if (on_device_) SynchroniseGradientsCuda();
-  else SynchroniseGradients();
-  const double grad_norm = on_device_ ? ClipGradientsCuda() : ClipGradients();
+  SynchroniseGradients();
+  const double grad_norm = ClipGradients();
   StepStats s = ReduceStepStatistics(static_cast<double>(mean_local) * b, num_correct);
   s.grad_norm = grad_norm;
   return s;

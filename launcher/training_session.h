@@ -13,18 +13,19 @@
 // Dense grads are summed over the world; expert grads over the DP replicas of those experts (the
 // contributions of the other EP ranks' tokens already arrived through the all-to-all).
 //
-// Devices (config.device): "cpu" is the host path throughout. "cuda" (builds with the CUDA path)
-// moves the net to this rank's GPU and gives it the DEVICE communicator (an NcclCommunicator),
-// which also carries the gradient all-reduces; the host communicator keeps the host scalars
-// (metrics, eval sums, contexts). Per step the images are uploaded, the loss runs on the device
-// (the task head's: SoftmaxCrossEntropy's CUDA path, or the small [B, C] logits scored on the
-// host and their gradient uploaded), dense grads are flattened into one device bucket and
-// all-reduced over the world, expert grads over DP; grad norms are per-parameter cublasSnrm2
-// (float, device pointer mode) squared and summed in double on the host (one small D2H copy per
-// step; the CPU path sums squares in double, so the norm can differ in the last float bits);
-// clipping is cublasSscal; AdamW is AdamWStepCuda with per-parameter device m/v. Device work is
-// on the legacy default stream; the NCCL stream must be a blocking stream (cudaStreamCreate),
-// so the two are ordered implicitly.
+// Devices (config.device): the net, its gradients and the AdamW moments live on one device, and
+// every device operation of a step (gradient bucket, norms, clipping, AdamW) goes through
+// BackendFor(device) (core/backend.h). "cpu" is the host path throughout. "cuda" (builds with
+// the CUDA path) moves the net to this rank's GPU and gives it the DEVICE communicator (an
+// NcclCommunicator), which also carries the gradient all-reduces; the host communicator keeps the
+// host scalars (metrics, eval sums, contexts). Per step the images are uploaded, the loss runs on
+// the device (the task head's: softmax cross-entropy through the backend, or the small [B, C]
+// logits scored on the host and their gradient uploaded), dense grads are flattened into one device
+// bucket and all-reduced over the world, expert grads over DP; grad norms are per-parameter
+// cublasSnrm2 (float) squared and summed in double on the host (one small D2H copy per step; the
+// CPU path sums squares in double, so the norm can differ in the last float bits); clipping is
+// cublasSscal; AdamW is AdamWStepCuda. Device work is on the legacy default stream; the NCCL
+// stream must be a blocking stream (cudaStreamCreate), so the two are ordered implicitly.
 #pragma once
 
 #include <memory>
@@ -100,12 +101,10 @@ class TrainingSession {
   // This rank's loss sum and correct count, plus every MoE layer's metrics, summed over the
   // world in one all-reduce.
   StepStats ReduceStepStatistics(double loss_sum, int num_correct);
+  // The device work of a step, through BackendFor(device_) (core/backend.h).
   void SynchroniseGradients();
   double ClipGradients();
-  // The CUDA path's halves of the above and of the optimizer step (training_session.cc).
-  void SynchroniseGradientsCuda();
-  double ClipGradientsCuda();
-  void OptimizerStepCuda(float lr);
+  void OptimizerStep(float lr);
   Tensor ToNetDevice(const Tensor& host) const;
   size_t IndexOf(const Parameter* p) const;
 
@@ -114,16 +113,14 @@ class TrainingSession {
   Profiler* profiler_;
   std::unique_ptr<Net> net_;
   std::vector<Parameter*> params_, dense_, expert_;
-  std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<TaskHead> task_head_;  // the loss, and how batches are made
   int64_t global_batch_;
-  std::vector<float> bucket_;  // flattened dense grads for one all-reduce
-  // CUDA path only.
   bool on_device_ = false;
-  Communicator* device_comm_ = nullptr;
-  Tensor device_bucket_;                 // [sum of dense grad sizes] on the GPU
-  Tensor device_norms_;                  // [params_.size()] per-parameter grad norms
-  std::vector<Tensor> adam_m_, adam_v_;  // per params_ entry, on the GPU
+  Device device_ = Device::kCPU;         // where the net, its gradients and the moments live
+  Communicator* device_comm_ = nullptr;  // CUDA only
+  Communicator* grad_comm_ = nullptr;    // the gradient all-reduces: device_comm_ or comm_
+  Tensor grad_bucket_;                   // [sum of dense grad sizes]: one all-reduce
+  std::vector<Tensor> adam_m_, adam_v_;  // AdamW moments per params_ entry
   int64_t adam_step_ = 0;
 };
 

@@ -45,13 +45,26 @@ const AdamWMoments* AdamW::FindMoments(const Parameter* p) const {
   return it == state_.end() ? nullptr : &it->second;
 }
 
-void AdamW::Step(const std::vector<Parameter*>& params, float lr) {
-  ++step_;
-  const double t = static_cast<double>(step_);
-  const float b1 = config_.beta1, b2 = config_.beta2, eps = config_.eps;
+void AdamWUpdateHost(float* w, const float* g, float* m, float* v, int64_t n,
+                     const AdamWStepScalars& s) {
+  const double t = static_cast<double>(s.step);
+  const float b1 = s.beta1, b2 = s.beta2, eps = s.eps, lr = s.lr;
   // Bias corrections folded into the step size and the denominator, computed in double.
   const float bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(b1), t));
   const float bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(static_cast<double>(b2), t)));
+  const float decay = lr * s.weight_decay;
+  for (int64_t i = 0; i < n; ++i) {
+    const float gi = g[i];
+    m[i] = b1 * m[i] + (1.f - b1) * gi;
+    v[i] = b2 * v[i] + (1.f - b2) * gi * gi;
+    const float m_hat = m[i] / bc1;
+    const float denom = std::sqrt(v[i]) / bc2_sqrt + eps;
+    w[i] = w[i] - decay * w[i] - lr * m_hat / denom;
+  }
+}
+
+void AdamW::Step(const std::vector<Parameter*>& params, float lr) {
+  ++step_;
   for (Parameter* p : params) {
     CHECK(p != nullptr);
     if (p->frozen) continue;
@@ -60,20 +73,15 @@ void AdamW::Step(const std::vector<Parameter*>& params, float lr) {
         << DeviceName(p->value.device());
     CHECK_EQ(p->value.numel(), p->grad.numel()) << "parameter " << p->name << " value/grad size";
     AdamWMoments& s = MomentsFor(p);
-    const int64_t n = p->value.numel();
-    float* w = p->value.data();
-    const float* g = p->grad.data();
-    float* m = s.m.data();
-    float* v = s.v.data();
-    const float decay = DecayApplies(p->name) ? lr * config_.weight_decay : 0.f;
-    for (int64_t i = 0; i < n; ++i) {
-      const float gi = g[i];
-      m[i] = b1 * m[i] + (1.f - b1) * gi;
-      v[i] = b2 * v[i] + (1.f - b2) * gi * gi;
-      const float m_hat = m[i] / bc1;
-      const float denom = std::sqrt(v[i]) / bc2_sqrt + eps;
-      w[i] = w[i] - decay * w[i] - lr * m_hat / denom;
-    }
+    AdamWStepScalars scalars;
+    scalars.lr = lr;
+    scalars.beta1 = config_.beta1;
+    scalars.beta2 = config_.beta2;
+    scalars.eps = config_.eps;
+    scalars.weight_decay = DecayApplies(p->name) ? config_.weight_decay : 0.f;
+    scalars.step = step_;
+    AdamWUpdateHost(p->value.data(), p->grad.data(), s.m.data(), s.v.data(), p->value.numel(),
+                    scalars);
   }
 }
 

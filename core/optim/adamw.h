@@ -34,6 +34,19 @@ struct AdamWConfig {
 // Matching is on the raw name string, case-sensitive.
 bool DecayApplies(const std::string& name);
 
+// One update's scalars for one parameter tensor: the scheduled rate, the betas and eps, the weight
+// decay to apply (the config's value where DecayApplies(name), 0 otherwise) and the 1-based step
+// count after the increment (it drives the bias corrections).
+struct AdamWStepScalars {
+  float lr = 0.f, beta1 = 0.f, beta2 = 0.f, eps = 0.f, weight_decay = 0.f;
+  int64_t step = 1;
+};
+
+// The update above on one host tensor of n elements: w, m, v in place, g read. AdamW::Step runs
+// it per parameter; the CPU backend's AdamWStep (core/backend.h) runs it for the trainer.
+void AdamWUpdateHost(float* w, const float* g, float* m, float* v, int64_t n,
+                     const AdamWStepScalars& s);
+
 struct AdamWMoments {
   std::vector<float> m, v;  // same element count as the parameter
 };

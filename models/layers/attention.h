@@ -7,7 +7,9 @@
 //
 // Parameters: name + ".qkv.w", ".qkv.b", ".proj.w", ".proj.b" (two Linear layers, so their init
 // and gradient code is shared; the fused qkv weight gets xavier over [D, 3D]).
-// B is inferred as rows / tokens_per_image.
+// B is inferred as rows / tokens_per_image. The core between the projections is the backend's
+// SelfAttentionForward / SelfAttentionBackward (core/backend.h), which the conditional family's
+// routed attention shares.
 #pragma once
 
 #include <string>
@@ -31,9 +33,8 @@ class MultiHeadSelfAttention : public Layer {
   Linear* proj() { return &proj_; }
 
  private:
-  // CUDA path (attention_cuda.cc, compiled with MOE_EP_HAS_CUDA), chosen by the input's device.
-  Tensor ForwardCuda(const Tensor& x);
-  Tensor BackwardCuda(const Tensor& dy);
+  AttentionShape CoreShape() const;  // this batch's shape, scale 1/sqrt(dh) computed in double
+
   std::string name_;
   int64_t dim_, heads_, head_dim_, tokens_;
   Linear qkv_, proj_;
@@ -41,17 +42,5 @@ class MultiHeadSelfAttention : public Layer {
   Tensor qkv_out_, probs_;
   int64_t batch_ = 0;
 };
-
-#ifdef MOE_EP_HAS_CUDA
-// The attention core on device tensors, shared by MultiHeadSelfAttention's CUDA path and the
-// conditional family's routed attention (whose projections are not Linear layers):
-// qkv [B*T, 3D] ([q | k | v] columns, layout above) -> context [B*T, D]; *probs gets the
-// [B, H, T, T] softmax for the backward. Legacy default stream.
-Tensor SelfAttentionCoreForwardCuda(const Tensor& qkv, int64_t batch, int64_t heads,
-                                    int64_t tokens, int64_t dim, Tensor* probs);
-// dcontext [B*T, D] -> dqkv [B*T, 3D] from Forward's qkv and probs.
-Tensor SelfAttentionCoreBackwardCuda(const Tensor& qkv, const Tensor& probs, const Tensor& dctx,
-                                     int64_t batch, int64_t heads, int64_t tokens, int64_t dim);
-#endif
 
 }  // namespace moe

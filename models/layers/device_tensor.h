@@ -1,19 +1,20 @@
-// Device activations allocated by the dense layers' CUDA paths (models/layers/*_cuda.cc).
-//
-// NewDeviceTensor allocates an uninitialised CUDA tensor. With poisoning on (the GPU tests turn
-// it on), every new one is first filled with NaN, so an element a kernel fails to write shows
-// up as NaN in the result instead of passing on stale memory. Off by default (it costs a fill).
+// NewDeviceTensor: an uninitialised CUDA tensor, i.e. BackendFor(Device::kCUDA).NewTensor(shape)
+// (core/backend.h), NaN-filled first while SetPoisonNewDeviceTensors(true) is on (the GPU tests
+// turn it on, so an element a kernel fails to write shows up as NaN). The dense layers allocate
+// through their backend; this name stays for the MoE layers' device code.
 #pragma once
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
+#include "core/backend.h"
 #include "core/tensor.h"
 
 namespace moe {
 
-Tensor NewDeviceTensor(std::vector<int64_t> shape);
-void SetPoisonNewDeviceTensors(bool on);
-bool PoisonNewDeviceTensors();
+inline Tensor NewDeviceTensor(std::vector<int64_t> shape) {
+  return BackendFor(Device::kCUDA).NewTensor(std::move(shape));
+}
 
 }  // namespace moe

@@ -14,9 +14,6 @@ class Gelu : public Layer {
   Tensor Backward(const Tensor& dy) override;
 
  private:
-  // CUDA path (gelu_cuda.cc, compiled with MOE_EP_HAS_CUDA), chosen by the input's device.
-  Tensor ForwardCuda(const Tensor& x);
-  Tensor BackwardCuda(const Tensor& dy);
   Tensor x_;
 };
 

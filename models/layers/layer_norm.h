@@ -23,16 +23,12 @@ class LayerNorm : public Layer {
   Parameter* beta() { return &beta_; }
 
  private:
-  // CUDA path (layer_norm_cuda.cc, compiled with MOE_EP_HAS_CUDA), chosen by the input's device.
-  Tensor ForwardCuda(const Tensor& x);
-  Tensor BackwardCuda(const Tensor& dy);
   std::string name_;
   int64_t dim_;
   float eps_;
   Parameter gamma_, beta_;
   Tensor x_;
-  std::vector<float> mean_, rstd_;  // per row, from the last Forward
-  Tensor mean_dev_, rstd_dev_;       // the same on the device path ([rows] CUDA tensors)
+  Tensor mean_, rstd_;  // [rows] statistics of the last Forward, on its device
 };
 
 }  // namespace moe

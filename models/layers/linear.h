@@ -29,9 +29,6 @@ class Linear : public Layer {
   int64_t out_features() const { return out_; }
 
  private:
-  // CUDA path (linear_cuda.cc, compiled with MOE_EP_HAS_CUDA), chosen by the input's device.
-  Tensor ForwardCuda(const Tensor& x);
-  Tensor BackwardCuda(const Tensor& dy);
   std::string name_;
   int64_t in_, out_;
   bool has_bias_;

@@ -15,9 +15,6 @@ class MeanPoolTokens : public Layer {
   Tensor Backward(const Tensor& dy) override;  // dx [B*T, D] = dy[b] / T for each token of b
 
  private:
-  // CUDA path (mean_pool_cuda.cc, compiled with MOE_EP_HAS_CUDA), chosen by the input's device.
-  Tensor ForwardCuda(const Tensor& x);
-  Tensor BackwardCuda(const Tensor& dy);
   int64_t tokens_;
   int64_t batch_ = 0, dim_ = 0;
   Device last_device_ = Device::kCPU;  // the last Forward's input device

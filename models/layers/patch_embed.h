@@ -30,12 +30,7 @@ class PatchEmbed : public Layer {
   Linear* proj() { return &proj_; }
 
  private:
-  // CUDA path (patch_embed_cuda.cc, compiled with MOE_EP_HAS_CUDA), chosen by the input's device.
-  Tensor ForwardCuda(const Tensor& x);
-  Tensor BackwardCuda(const Tensor& dy);
-  // patches [B*T, C*p*p] <-> images [B, C*H*W]; non-overlapping, so the inverse is a scatter.
-  void Im2Patch(const float* images, int64_t batch, float* patches) const;
-  void Patch2Im(const float* patches, int64_t batch, float* images) const;
+  PatchGeometry Geometry() const { return {channels_, image_size_, patch_}; }
 
   std::string name_;
   int64_t image_size_, channels_, patch_, dim_, grid_, tokens_, patch_dim_;

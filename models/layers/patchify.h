@@ -23,13 +23,7 @@ class Patchify : public Layer {
   int64_t patch_dim() const { return patch_dim_; }
 
  private:
-  // CUDA path (patchify_cuda.cc, compiled with MOE_EP_HAS_CUDA), chosen by the input's device.
-  Tensor ForwardCuda(const Tensor& images);
-  Tensor BackwardCuda(const Tensor& dpatches);
-  // Calls fn(image offset, patch offset, p floats) for every contiguous run of p pixels: one
-  // walk serves both directions.
-  template <typename Fn>
-  void ForEachRun(int64_t batch, Fn fn) const;
+  PatchGeometry Geometry() const { return {channels_, image_size_, patch_}; }
 
   int64_t image_size_, channels_, patch_, grid_, tokens_, patch_dim_;
   int64_t batch_ = 0;

@@ -15,13 +15,7 @@ void Residual::AddInPlace(Tensor* a, const Tensor& b) {
                                  << a->ShapeString() << "; a residual needs the same shape";
   CHECK(a->device() == b.device()) << "Residual: add across devices";
   CHECK(a->data() != b.data()) << "Residual: the branch returned its input's buffer";
-  if (a->device() == Device::kCUDA) {
-    AddInPlaceCudaPath(a, b);
-    return;
-  }
-  float* y = a->data();
-  const float* x = b.data();
-  for (int64_t i = 0; i < a->numel(); ++i) y[i] += x[i];
+  BackendFor(a->device()).AddInPlace(a, b);
 }
 
 Tensor Residual::Forward(const Tensor& x) {
@@ -51,11 +45,5 @@ std::vector<Parameter*> Residual::Parameters() {
 void Residual::MoveTo(Device d) {
   for (auto& l : branch_) l->MoveTo(d);
 }
-
-#ifndef MOE_EP_HAS_CUDA
-void Residual::AddInPlaceCudaPath(Tensor*, const Tensor&) {
-  LOG(FATAL) << "Residual: a CUDA tensor in a build without the CUDA path";
-}
-#endif
 
 }  // namespace moe

@@ -7,8 +7,8 @@
 // on the layer contract as every layer here keeps it -- a layer may keep its INPUT for Backward,
 // never the tensor it returns -- so both are the residual's own to overwrite.
 //
-// Devices: runs where x is; the add on CUDA is AddInPlaceCuda (residual_cuda.cc); the branch
-// layers take their own device paths. MoveTo moves every branch layer with its own MoveTo (MoE
+// Devices: runs where x is; the add is the backend's AddInPlace (core/backend.h), the branch
+// layers take their own. MoveTo moves every branch layer with its own MoveTo (MoE
 // layers carry device state beyond their parameters).
 #pragma once
 
@@ -33,7 +33,6 @@ class Residual : public Layer {
  private:
   // a += b elementwise on a's device (both on the same one).
   static void AddInPlace(Tensor* a, const Tensor& b);
-  static void AddInPlaceCudaPath(Tensor* a, const Tensor& b);  // residual_cuda.cc
   std::vector<std::unique_ptr<Layer>> branch_;
   std::vector<int64_t> x_shape_;  // the last Forward's input shape (dx must match it)
 };

@@ -2,7 +2,7 @@
 
 #include <glog/logging.h>
 
-#include <cmath>
+#include "core/backend.h"
 
 namespace moe {
 
@@ -18,47 +18,17 @@ float SoftmaxCrossEntropy::Forward(const Tensor& logits, const std::vector<int>&
     CHECK(labels[r] >= 0 && labels[r] < C)
         << "SoftmaxCrossEntropy: label " << labels[r] << " at row " << r
         << " is out of range [0, " << C << ")";
-#ifdef MOE_EP_HAS_CUDA
-  if (logits.device() == Device::kCUDA) return ForwardCuda(logits, labels, loss_scale);
-#endif
-  CHECK(logits.device() == Device::kCPU) << "SoftmaxCrossEntropy: unsupported device";
   labels_ = labels;
-  loss_scale_ = loss_scale;
-  dlogits_ = Tensor();
-  probs_ = Tensor({B, C});
-  pred_.assign(B, 0);
-  row_loss_.assign(B, 0.0);
+  dlogits_ = BackendFor(logits.device())
+                 .SoftmaxCrossEntropy(logits, labels, loss_scale, &row_loss_, &pred_);
   double total = 0;
-  for (int64_t r = 0; r < B; ++r) {
-    const float* l = logits.data() + r * C;
-    int arg = 0;
-    for (int64_t j = 1; j < C; ++j)
-      if (l[j] > l[arg]) arg = static_cast<int>(j);
-    const double mx = l[arg];
-    double sum = 0;
-    for (int64_t j = 0; j < C; ++j) sum += std::exp(l[j] - mx);
-    const double lse = mx + std::log(sum);
-    float* p = probs_.data() + r * C;
-    for (int64_t j = 0; j < C; ++j) p[j] = static_cast<float>(std::exp(l[j] - lse));
-    pred_[r] = arg;
-    row_loss_[r] = lse - l[labels[r]];
-    total += row_loss_[r];
-  }
+  for (int64_t r = 0; r < B; ++r) total += row_loss_[r];
   return B == 0 ? 0.f : static_cast<float>(total / B);
 }
 
 Tensor SoftmaxCrossEntropy::Backward() const {
-  if (dlogits_.ndim() == 2) return dlogits_.Clone();  // the last Forward took the device path
-  CHECK(probs_.ndim() == 2) << "SoftmaxCrossEntropy::Backward before Forward";
-  const int64_t B = probs_.dim(0), C = probs_.dim(1);
-  Tensor d({B, C});
-  for (int64_t r = 0; r < B; ++r) {
-    const float* p = probs_.data() + r * C;
-    float* dr = d.data() + r * C;
-    for (int64_t j = 0; j < C; ++j) dr[j] = loss_scale_ * p[j];
-    dr[labels_[r]] -= loss_scale_;
-  }
-  return d;
+  CHECK(dlogits_.ndim() == 2) << "SoftmaxCrossEntropy::Backward before Forward";
+  return dlogits_.Clone();
 }
 
 int SoftmaxCrossEntropy::NumCorrect() const {

@@ -14,11 +14,10 @@ namespace moe {
 
 class SoftmaxCrossEntropy {
  public:
-  // logits [B, C] (host or CUDA), labels (host) in [0, C), one per row. Caches what Backward
-  // and the accessors need. B == 0 returns 0. CUDA logits take the device path
-  // (softmax_cross_entropy_cuda.cc): one kernel computes the per-row losses, argmaxes and the
-  // scaled gradient; losses and predictions are copied to the host (B floats + B ints,
-  // synchronous) for the mean and the accessors; Backward then returns a device tensor.
+  // logits [B, C] (on any device), labels (host) in [0, C), one per row. The backend's
+  // SoftmaxCrossEntropy (core/backend.h) computes the per-row losses, argmaxes and the scaled
+  // gradient at once (on CUDA one kernel; the losses and predictions come back to the host, B
+  // floats + B ints, synchronous); the mean is summed here in double. B == 0 returns 0.
   float Forward(const Tensor& logits, const std::vector<int>& labels, float loss_scale);
   // dlogits [B, C] for the last Forward, on the logits' device (a fresh tensor each call).
   Tensor Backward() const;
@@ -30,12 +29,9 @@ class SoftmaxCrossEntropy {
   const std::vector<int>& predictions() const { return pred_; }
 
  private:
-  float ForwardCuda(const Tensor& logits, const std::vector<int>& labels, float loss_scale);
-  Tensor probs_;  // [B, C] softmax of the last logits (host path only)
   std::vector<int> labels_, pred_;
   std::vector<double> row_loss_;
-  float loss_scale_ = 1.f;
-  Tensor dlogits_;  // device path: loss_scale * (softmax - onehot) of the last CUDA Forward
+  Tensor dlogits_;  // loss_scale * (softmax - onehot) of the last Forward, on the logits' device
 };
 
 }  // namespace moe

@@ -22,9 +22,6 @@ class TransposeTokens : public Layer {
   int64_t tokens_per_image() const { return tokens_; }
 
  private:
-  // CUDA path (transpose_tokens_cuda.cc, compiled with MOE_EP_HAS_CUDA), chosen by the device.
-  Tensor ForwardCuda(const Tensor& x);
-  Tensor BackwardCuda(const Tensor& dy);
   int64_t tokens_;
   int64_t batch_ = 0, dim_ = 0;
   Device last_device_ = Device::kCPU;  // the last Forward's input device

@@ -1,4 +1,6 @@
-#include "models/moe/cuda_moe_backend.h"
+// The CUDA half of moe_backend.h: a layer's CUDA planner and dispatcher over one shared
+// CudaMoeContext.
+#include "models/moe/moe_backend.h"
 
 #include <glog/logging.h>
 

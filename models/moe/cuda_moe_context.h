@@ -1,6 +1,6 @@
 // The CUDA backend's shared state for one MoE layer (CudaMoeContext: stream, device communicator,
 // ordering events, pinned staging) and the small device helpers its planners and its token
-// dispatcher use (cuda_moe_backend.h). Internal to models/moe; compiled only with MOE_EP_HAS_CUDA.
+// dispatcher use (cuda_moe_backend.cc). Internal to models/moe; compiled only with the CUDA path.
 //
 // Stream: everything is enqueued on the device communicator's stream (Communicator::device_stream)
 // when the layer's communicator works on device memory (so the all-to-alls need no extra

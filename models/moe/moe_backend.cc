@@ -5,20 +5,11 @@
 #include "models/moe/cpu_token_dispatcher.h"
 #include "models/moe/expert_compute.h"
 #include "models/moe/host_routing_planner.h"
-#ifdef MOE_EP_HAS_CUDA
-#include "models/moe/cuda_moe_backend.h"
-#endif
 
 namespace moe {
 
 std::unique_ptr<MoeBackend> MakeMoeBackend(Device device, const MoeLayerView& layer) {
-  if (device == Device::kCUDA) {
-#ifdef MOE_EP_HAS_CUDA
-    return MakeCudaMoeBackend(layer);
-#else
-    LOG(FATAL) << layer.name << ": input on device cuda, but this build has no CUDA path";
-#endif
-  }
+  if (device == Device::kCUDA) return MakeCudaMoeBackend(layer);
   auto b = std::make_unique<MoeBackend>();
   b->device = Device::kCPU;
   b->dispatcher = std::make_unique<CpuTokenDispatcher>(layer.name, layer.comm,
@@ -28,13 +19,7 @@ std::unique_ptr<MoeBackend> MakeMoeBackend(Device device, const MoeLayerView& la
 }
 
 std::unique_ptr<ExpertCompute> MakeExpertCompute(Device device, void* stream) {
-  if (device == Device::kCUDA) {
-#ifdef MOE_EP_HAS_CUDA
-    return MakeCudaExpertCompute(stream);
-#else
-    LOG(FATAL) << "expert bank: input on device cuda, but this build has no CUDA path";
-#endif
-  }
+  if (device == Device::kCUDA) return MakeCudaExpertCompute(stream);
   return MakeCpuExpertCompute();
 }
 

@@ -4,7 +4,7 @@
 //   CPU   HostRoutingPlanner + CpuTokenDispatcher (host memory, MPI)
 //   CUDA  CudaDeviceTopKPlanner (plain token top-k on the device) or CudaHostRoutingPlanner (any
 //         other rule: decided on the host, plan uploaded) + CudaTokenDispatcher (device memory,
-//         NCCL); only in builds with the CUDA path (cuda_moe_backend.h)
+//         NCCL); only in builds with the CUDA path (cuda_moe_backend.cc)
 #pragma once
 
 #include <memory>
@@ -22,5 +22,9 @@ struct MoeBackend {
 };
 
 std::unique_ptr<MoeBackend> MakeMoeBackend(Device device, const MoeLayerView& layer);
+// The CUDA half (cuda_moe_backend.cc). A build without the CUDA path links
+// moe_backend_cpu_only.cc instead, where it is unreachable: core's BackendFor(kCUDA), the one
+// place a device is admitted, refuses, so no tensor ever lives on a device there.
+std::unique_ptr<MoeBackend> MakeCudaMoeBackend(const MoeLayerView& layer);
 
 }  // namespace moe

@@ -186,8 +186,8 @@ class MoeLinearPair {
   std::unique_ptr<Layer> host_attr_proj_, host_attr_norm_;
   Tensor merged_w_[2], merged_b_[2];
   // Device per-expert path: by_expert_ flattened in expert order (expert e owns entries
-  // [plan_offset_[e], plan_offset_[e + 1])): the rows as int32 (bits stored in a float tensor)
-  // and each entry's gate; choice_out_[l] then holds the expert outputs in that order.
+  // [plan_offset_[e], plan_offset_[e + 1])): the rows (an int32 tensor) and each entry's gate;
+  // choice_out_[l] then holds the expert outputs in that order.
   std::vector<int64_t> plan_offset_;
   Tensor plan_rows_, plan_gates_;
 };

@@ -263,18 +263,17 @@ void MoeLinearPair::UploadExpertPlanCuda() {
   const int64_t n = plan_offset_[E];
   CHECK_EQ(n, rows_ * k);
   CHECK_LT(rows_, int64_t{1} << 31) << name_ << ": rows must fit int32 on the device";
-  std::vector<int> rows(n);
+  std::vector<int32_t> rows(n);
   std::vector<float> gates(n);
   for (int e = 0; e < E; ++e)
     for (size_t j = 0; j < by_expert_[e].size(); ++j) {
       const auto [t, r] = by_expert_[e][j];
-      rows[plan_offset_[e] + j] = static_cast<int>(t);
+      rows[plan_offset_[e] + j] = static_cast<int32_t>(t);
       gates[plan_offset_[e] + j] = gate_[DecisionOf(t) * k + r];
     }
-  static_assert(sizeof(int) == sizeof(float), "int32 rows stored in a float tensor");
-  plan_rows_ = Tensor({n}, Device::kCUDA);
+  plan_rows_ = Tensor({n}, Device::kCUDA, DType::kInt32);
   if (n > 0)
-    CUDA_CHECK(cudaMemcpy(plan_rows_.data(), rows.data(), n * sizeof(int),
+    CUDA_CHECK(cudaMemcpy(plan_rows_.int32_data(), rows.data(), n * sizeof(int32_t),
                           cudaMemcpyHostToDevice));
   plan_gates_ = Upload(gates, {n});
 }
@@ -290,7 +289,7 @@ Tensor MoeLinearPair::RoutedForwardExpertsCuda(int l, const Tensor& x) {
   int64_t max_n = 0;
   for (int e = 0; e < E; ++e) max_n = std::max(max_n, plan_offset_[e + 1] - plan_offset_[e]);
   Tensor xs = NewDeviceTensor({max_n, in});
-  const int* rows = reinterpret_cast<const int*>(plan_rows_.data());
+  const int32_t* rows = plan_rows_.int32_data();
   for (int e = 0; e < E; ++e) {
     const int64_t off = plan_offset_[e], n = plan_offset_[e + 1] - off;
     if (n == 0) continue;
@@ -315,7 +314,7 @@ Tensor MoeLinearPair::RoutedBackwardExpertsCuda(int l, const Tensor& dy) {
   for (int e = 0; e < E; ++e) max_n = std::max(max_n, plan_offset_[e + 1] - plan_offset_[e]);
   Tensor xs = NewDeviceTensor({max_n, in}), gs = NewDeviceTensor({max_n, out});
   Tensor dxs = NewDeviceTensor({max_n, in}), dgate = NewDeviceTensor({total});
-  const int* rows = reinterpret_cast<const int*>(plan_rows_.data());
+  const int32_t* rows = plan_rows_.int32_data();
   for (int e = 0; e < E; ++e) {
     const int64_t off = plan_offset_[e], n = plan_offset_[e + 1] - off;
     if (n == 0) continue;

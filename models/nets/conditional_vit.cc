@@ -7,11 +7,7 @@
 #include <set>
 #include <tuple>
 
-#include "core/gemm.h"
-#ifdef MOE_EP_HAS_CUDA
-#include "core/kernels/cuda/cublas_gemm.h"
-#include "core/kernels/cuda/dense_kernels.h"
-#endif
+#include "core/backend.h"
 #include "models/layers/attention.h"
 #include "models/layers/gelu.h"
 #include "models/layers/layer_norm.h"
@@ -127,8 +123,9 @@ class MoeFfnPair : public Layer {
 
 // Multi-head attention between the two routed projections: qkv [B*T, 3D] ([q | k | v] columns,
 // head h owning columns h*dh.. of each part) -> o [B*T, D]; per image and head
-// P = softmax(Q K^T / sqrt(dh)), O = P V. Same layout as MultiHeadSelfAttention, whose core is
-// private to it, so the pair's attention carries its own.
+// P = softmax(Q K^T / sqrt(dh)), O = P V: the backend's attention core, as in
+// MultiHeadSelfAttention, except that the scale is rounded from a float square root (as this
+// family has always computed it; the same value as the double one for power-of-two head dims).
 class AttentionCore {
  public:
   AttentionCore(int64_t dim, int heads, int64_t tokens)
@@ -137,52 +134,26 @@ class AttentionCore {
   }
 
   Tensor Forward(const Tensor& qkv) {
-    const int64_t B = qkv.dim(0) / T_, D3 = 3 * D_;
     qkv_ = qkv;
-#ifdef MOE_EP_HAS_CUDA
-    if (qkv.device() == Device::kCUDA)
-      return SelfAttentionCoreForwardCuda(qkv, B, H_, T_, D_, &probs_);
-#endif
-    probs_ = Tensor({B, H_, T_, T_});
-    Tensor o({B * T_, D_});
-    const float scale = 1.f / std::sqrt(static_cast<float>(dh_));
-    for (int64_t b = 0; b < B; ++b)
-      for (int h = 0; h < H_; ++h) {
-        const float* q = qkv.data() + b * T_ * D3 + h * dh_;
-        float* p = probs_.data() + (b * H_ + h) * T_ * T_;
-        Sgemm(false, true, T_, T_, dh_, scale, q, D3, q + D_, D3, 0.f, p, T_);
-        SoftmaxRows(p, T_, static_cast<int>(T_), p);
-        Sgemm(false, false, T_, dh_, T_, 1.f, p, T_, q + 2 * D_, D3, 0.f,
-              o.data() + b * T_ * D_ + h * dh_, D_);
-      }
-    return o;
+    return BackendFor(qkv.device()).SelfAttentionForward(qkv, Shape(qkv.dim(0) / T_), &probs_);
   }
 
   Tensor Backward(const Tensor& dout) {
-    const int64_t B = qkv_.dim(0) / T_, D3 = 3 * D_;
-#ifdef MOE_EP_HAS_CUDA
-    if (dout.device() == Device::kCUDA)
-      return SelfAttentionCoreBackwardCuda(qkv_, probs_, dout, B, H_, T_, D_);
-#endif
-    const float scale = 1.f / std::sqrt(static_cast<float>(dh_));
-    Tensor dqkv({B * T_, D3});
-    std::vector<float> dp(T_ * T_), ds(T_ * T_);
-    for (int64_t b = 0; b < B; ++b)
-      for (int h = 0; h < H_; ++h) {
-        const float* q = qkv_.data() + b * T_ * D3 + h * dh_;
-        const float* p = probs_.data() + (b * H_ + h) * T_ * T_;
-        const float* d_o = dout.data() + b * T_ * D_ + h * dh_;
-        float* dq = dqkv.data() + b * T_ * D3 + h * dh_;
-        Sgemm(false, true, T_, T_, dh_, 1.f, d_o, D_, q + 2 * D_, D3, 0.f, dp.data(), T_);  // dP
-        Sgemm(true, false, T_, dh_, T_, 1.f, p, T_, d_o, D_, 0.f, dq + 2 * D_, D3);        // dV
-        SoftmaxRowsBackward(p, dp.data(), T_, static_cast<int>(T_), ds.data());            // dS
-        Sgemm(false, false, T_, dh_, T_, scale, ds.data(), T_, q + D_, D3, 0.f, dq, D3);   // dQ
-        Sgemm(true, false, T_, dh_, T_, scale, ds.data(), T_, q, D3, 0.f, dq + D_, D3);    // dK
-      }
-    return dqkv;
+    return BackendFor(dout.device())
+        .SelfAttentionBackward(qkv_, probs_, dout, Shape(qkv_.dim(0) / T_));
   }
 
  private:
+  AttentionShape Shape(int64_t batch) const {
+    AttentionShape s;
+    s.batch = batch;
+    s.heads = H_;
+    s.tokens = T_;
+    s.dim = D_;
+    s.scale = 1.f / std::sqrt(static_cast<float>(dh_));
+    return s;
+  }
+
   int64_t D_;
   int H_;
   int64_t dh_, T_;
@@ -301,8 +272,7 @@ void ConditionalVit::SetBatchInfo(const BatchInfo& info) {
   next_modality_ = info.modality != nullptr ? *info.modality : std::vector<int>();
 }
 
-Tensor ConditionalVit::Forward(const Tensor& images) {
-  const int64_t B = images.dim(0), T = tokens_per_image_, D = dim_;
+void ConditionalVit::TakeBatchIds(int64_t B) {
   // The ids are consumed: a later Forward without SetBatchInfo means task 0 on the image.
   task_ = next_task_.empty() ? std::vector<int>(B, 0) : next_task_;
   modality_ = next_modality_.empty() ? std::vector<int>(B, 0) : next_modality_;
@@ -310,48 +280,27 @@ Tensor ConditionalVit::Forward(const Tensor& images) {
   next_modality_.clear();
   CHECK_EQ(static_cast<int64_t>(task_.size()), B) << "one task id per image";
   CHECK_EQ(static_cast<int64_t>(modality_.size()), B) << "one modality id per image";
-
   for (int64_t i = 0; i < B; ++i) {
     CHECK(task_[i] == 0 || task_[i] == 1) << "task id " << task_[i] << " of image " << i;
     CHECK(modality_[i] == 0 || modality_[i] == 1)
         << "modality id " << modality_[i] << " of image " << i;
   }
+}
+
+Tensor ConditionalVit::EmbedTokens(const Tensor& images) {
   Tensor x = embed_->Forward(images);
   if (!task_token_.value.empty()) x = InsertTaskTokens(x);
-  if (x.device() == Device::kCUDA) {
-#ifdef MOE_EP_HAS_CUDA
-    // The embeddings as GEMMs with a one-hot row per token, [task one-hot | modality one-hot]
-    // (rows x 4, built here, uploaded: 16 bytes a token): x += OH_task E_task + OH_mod E_mod.
-    // The backward reuses it: dE = OH^T dx.
-    Tensor oh = Tensor::Zeros({B * T, 4});
-    for (int64_t t = 0; t < B * T; ++t) {
-      oh.at(t * 4 + task_[t / T]) = 1.f;
-      oh.at(t * 4 + 2 + modality_[t / T]) = 1.f;
-    }
-    Tensor up({B * T, 4}, Device::kCUDA);
-    up.CopyFrom(oh);
-    embed_onehot_ = up;
-    if (B > 0) {
-      CudaSgemm(false, false, B * T, D, 2, 1.f, up.data(), 4, task_embed_.value.data(), D, 1.f,
-                x.data(), D);
-      CudaSgemm(false, false, B * T, D, 2, 1.f, up.data() + 2, 4, modality_embed_.value.data(),
-                D, 1.f, x.data(), D);
-    }
-#else
-    LOG(FATAL) << "a CUDA tensor in a build without the CUDA path";
-#endif
-  } else {
-    for (int64_t t = 0; t < B * T; ++t) {
-      const int task = task_[t / T], mod = modality_[t / T];
-      float* xt = x.data() + t * D;
-      const float* te = task_embed_.value.data() + task * D;
-      const float* me = modality_embed_.value.data() + mod * D;
-      for (int64_t j = 0; j < D; ++j) xt[j] += te[j] + me[j];
-    }
-  }
+  // x[t] += E_task[task of t's image] + E_modality[modality of t's image].
+  BackendFor(x.device())
+      .AddImageEmbeddings(&x, tokens_per_image_, task_embed_.value, task_, modality_embed_.value,
+                          modality_);
+  return x;
+}
 
+void ConditionalVit::SetRoutingContexts(int64_t B) {
   // The routers' attributes: every token of image b carries the bits of (task, modality) and
   // its token type, masked to the routing level's bits.
+  const int64_t T = tokens_per_image_;
   const uint32_t mask = RoutingLevelMask(config_.conditional().routing_level());
   if (config_.use_moe() && mask != 0) {
     attributes_ = Tensor::Zeros({B * T, kTokenAttributeBits});
@@ -370,7 +319,13 @@ Tensor ConditionalVit::Forward(const Tensor& images) {
   for (MoeLayer* m : moe_layers_) m->SetStepContext(ctx);
   for (MoeLinearPair* a : attention_moe_) a->SetStepContext(ctx);
   for (MoeLinearPair* f : ffn_moe_) f->SetStepContext(ctx);
+}
 
+Tensor ConditionalVit::Forward(const Tensor& images) {
+  const int64_t B = images.dim(0);
+  TakeBatchIds(B);
+  Tensor x = EmbedTokens(images);
+  SetRoutingContexts(B);
   for (auto& b : blocks_) x = b->Forward(x);
   return head_->Forward(pool_->Forward(final_norm_->Forward(x)));
 }
@@ -378,30 +333,9 @@ Tensor ConditionalVit::Forward(const Tensor& images) {
 void ConditionalVit::Backward(const Tensor& dlogits) {
   Tensor dx = final_norm_->Backward(pool_->Backward(head_->Backward(dlogits)));
   for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) dx = (*it)->Backward(dx);
-  const int64_t T = tokens_per_image_, D = dim_, rows = dx.dim(0);
-  if (dx.device() == Device::kCUDA) {
-#ifdef MOE_EP_HAS_CUDA
-    if (rows > 0) {
-      CudaSgemm(true, false, 2, D, rows, 1.f, embed_onehot_.data(), 4, dx.data(), D, 1.f,
-                task_embed_.grad.data(), D);
-      CudaSgemm(true, false, 2, D, rows, 1.f, embed_onehot_.data() + 2, 4, dx.data(), D, 1.f,
-                modality_embed_.grad.data(), D);
-    }
-    embed_->Backward(dx);
-    return;
-#else
-    LOG(FATAL) << "a CUDA tensor in a build without the CUDA path";
-#endif
-  }
-  for (int64_t t = 0; t < rows; ++t) {
-    const float* dxt = dx.data() + t * D;
-    float* dte = task_embed_.grad.data() + task_[t / T] * D;
-    float* dme = modality_embed_.grad.data() + modality_[t / T] * D;
-    for (int64_t j = 0; j < D; ++j) {
-      dte[j] += dxt[j];
-      dme[j] += dxt[j];
-    }
-  }
+  BackendFor(dx.device())
+      .ImageEmbeddingsBackward(dx, tokens_per_image_, task_, &task_embed_.grad, modality_,
+                               &modality_embed_.grad);
   embed_->Backward(task_token_.value.empty() ? dx : TaskTokenBackward(dx));
 }
 

@@ -104,6 +104,12 @@ class ConditionalVit : public Net {
   // back, accumulating the task token's gradient.
   Tensor InsertTaskTokens(const Tensor& patches) const;
   Tensor TaskTokenBackward(const Tensor& dx);
+  // Forward's steps: take this batch's task and modality ids (from SetBatchInfo, else 0);
+  // images -> tokens with the task token and the task and modality embeddings; the routers'
+  // attribute rows and every routed layer's step context.
+  void TakeBatchIds(int64_t batch);
+  Tensor EmbedTokens(const Tensor& images);
+  void SetRoutingContexts(int64_t batch);
 
   proto::ModelConfig config_;
   int tokens_per_image_;
@@ -123,7 +129,6 @@ class ConditionalVit : public Net {
   std::vector<int> next_task_, next_modality_;  // from SetBatchInfo, for the next Forward
   std::vector<int> task_, modality_;            // of the last Forward
   Tensor attributes_;
-  Tensor embed_onehot_;  // device path: [B*T, 4] task | modality one-hot rows of the last Forward
 };
 
 }  // namespace moe

@@ -18,7 +18,7 @@
 
 #include "comm/self_communicator.h"
 #include "core/rng.h"
-#include "models/layers/device_tensor.h"
+#include "core/backend.h"
 #include "models/moe/moe_linear_pair.h"
 #include "models/nets/conditional_vit.h"
 #include "models/nets/families.h"

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "comm/nccl/nccl_smoke.h"
-#include "core/device_memory.h"
+#include "core/backend.h"
 #include "core/kernels/cuda/cublas_gemm.h"
 #include "core/kernels/cuda/cuda_check.h"
 #include "core/kernels/cuda/gelu_kernels.h"
@@ -201,22 +201,23 @@ TEST(CudaSmoke, CublasSgemmStridedBatchedMatchesCpu) {
 
 TEST(CudaSmoke, DeviceMemoryRoundTrip) {
   SKIP_WITHOUT_GPU();
-  ASSERT_TRUE(CudaPathCompiled());
+  ASSERT_TRUE(BackendAvailable(Device::kCUDA));
+  const Backend& be = BackendFor(Device::kCUDA);
   const size_t n = 1000;
-  float* d = DeviceAlloc(Device::kCUDA, n * sizeof(float));
-  float* d2 = DeviceAlloc(Device::kCUDA, n * sizeof(float));
-  DeviceFill(Device::kCUDA, d, n, 3.5f);
+  float* d = static_cast<float*>(be.Allocate(n * sizeof(float)));
+  float* d2 = static_cast<float*>(be.Allocate(n * sizeof(float)));
+  be.Fill(d, n, 3.5f);
   std::vector<float> host(n, 0.f);
-  DeviceCopy(host.data(), Device::kCPU, d, Device::kCUDA, n * sizeof(float));
+  be.Copy(host.data(), Device::kCPU, d, Device::kCUDA, n * sizeof(float));
   for (size_t i = 0; i < n; ++i) ASSERT_EQ(host[i], 3.5f) << i;
   for (size_t i = 0; i < n; ++i) host[i] = static_cast<float>(i);
-  DeviceCopy(d, Device::kCUDA, host.data(), Device::kCPU, n * sizeof(float));
-  DeviceCopy(d2, Device::kCUDA, d, Device::kCUDA, n * sizeof(float));
+  be.Copy(d, Device::kCUDA, host.data(), Device::kCPU, n * sizeof(float));
+  be.Copy(d2, Device::kCUDA, d, Device::kCUDA, n * sizeof(float));
   std::vector<float> back(n, -1.f);
-  DeviceCopy(back.data(), Device::kCPU, d2, Device::kCUDA, n * sizeof(float));
+  be.Copy(back.data(), Device::kCPU, d2, Device::kCUDA, n * sizeof(float));
   EXPECT_EQ(back, host);
-  DeviceFree(Device::kCUDA, d);
-  DeviceFree(Device::kCUDA, d2);
+  be.Free(d);
+  be.Free(d2);
 }
 
 TEST(CudaSmoke, NcclVersion) {

@@ -1,5 +1,5 @@
 // GPU tests of the dense-layer kernels (core/kernels/cuda/dense_kernels.h), the AdamW kernel
-// (adamw_kernels.h), the caching allocator and the stream helpers, each against the CPU code it
+// (adamw_kernels.h) and the stream ordering helper, each against the CPU code it
 // mirrors: LayerNormForward/Backward and SoftmaxForwardRows/BackwardRows (core/kernels/cpu), the
 // SoftmaxCrossEntropy and MeanPoolTokens layers, Linear's bias loops, PatchEmbed's patch loops
 // (copied below: they are private) and AdamW::Step.
@@ -26,11 +26,9 @@
 #include <thread>
 #include <vector>
 
-#include "core/block_cache.h"
 #include "core/kernels/cpu/layer_norm.h"
 #include "core/kernels/cpu/softmax.h"
 #include "core/kernels/cuda/adamw_kernels.h"
-#include "core/kernels/cuda/caching_allocator.h"
 #include "core/kernels/cuda/cuda_check.h"
 #include "core/kernels/cuda/dense_kernels.h"
 #include "core/kernels/cuda/stream.h"
@@ -589,19 +587,13 @@ TEST(DenseKernels, AdamWStepMatchesCpuOptimizer) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Streams and the caching allocator
+// Streams
 
-TEST(DenseKernels, StreamPairPrioritiesAndOrderAfter) {
+TEST(DenseKernels, OrderAfterOrdersTwoStreams) {
   SKIP_WITHOUT_GPU();
-  StreamPair sp = CreateStreamPair();
-  int least = 0, greatest = 0, pc = 0, pm = 0;
-  CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
-  CUDA_CHECK(cudaStreamGetPriority(sp.compute, &pc));
-  CUDA_CHECK(cudaStreamGetPriority(sp.comm, &pm));
-  EXPECT_EQ(pc, least);
-  EXPECT_EQ(pm, greatest);
-  EXPECT_LE(pm, pc) << "comm must not have a lower priority than compute";
-
+  cudaStream_t producer = nullptr, waiter = nullptr;
+  CUDA_CHECK(cudaStreamCreate(&producer));
+  CUDA_CHECK(cudaStreamCreate(&waiter));
   const int64_t n = 1 << 20;
   DeviceBuffer y(n), ones(n), z(n);
   y.Upload(std::vector<float>(n, 0.f));
@@ -611,22 +603,21 @@ TEST(DenseKernels, StreamPairPrioritiesAndOrderAfter) {
     // The producer is held back on the host for 50 ms: without the ordering, the waiter's read
     // of y would run first and see the old value.
     CUDA_CHECK(cudaLaunchHostFunc(
-        sp.comm, [](void*) { std::this_thread::sleep_for(std::chrono::milliseconds(50)); },
+        producer, [](void*) { std::this_thread::sleep_for(std::chrono::milliseconds(50)); },
         nullptr));
-    AddInPlaceCuda(y.p, ones.p, n, sp.comm);  // y = round + 1
-    OrderAfter(sp.compute, sp.comm);
-    AddInPlaceCuda(z.p, y.p, n, sp.compute);  // z += y
+    AddInPlaceCuda(y.p, ones.p, n, producer);  // y = round + 1
+    OrderAfter(waiter, producer);
+    AddInPlaceCuda(z.p, y.p, n, waiter);  // z += y
   }
-  CUDA_CHECK(cudaStreamSynchronize(sp.compute));
+  CUDA_CHECK(cudaStreamSynchronize(waiter));
   const auto got = z.Download();
   for (int64_t i = 0; i < n; i += 4099) ASSERT_EQ(got[i], 1.f + 2.f + 3.f) << i;
   // Many calls reuse pooled events (none leak; a leak would show as growth in a profiler).
-  for (int i = 0; i < 10000; ++i) OrderAfter(i % 2 ? sp.compute : sp.comm, i % 2 ? sp.comm : sp.compute);
-  OrderAfter(sp.compute, sp.compute);  // no-op
+  for (int i = 0; i < 10000; ++i) OrderAfter(i % 2 ? waiter : producer, i % 2 ? producer : waiter);
+  OrderAfter(waiter, waiter);  // no-op
   CUDA_CHECK(cudaDeviceSynchronize());
-  DestroyStreamPair(&sp);
-  EXPECT_EQ(sp.compute, nullptr);
-  EXPECT_EQ(sp.comm, nullptr);
+  CUDA_CHECK(cudaStreamDestroy(producer));
+  CUDA_CHECK(cudaStreamDestroy(waiter));
   ReleaseOrderEvents();
 }
 
@@ -667,34 +658,6 @@ TEST(DenseKernels, TensorReleaseIsStreamOrderedAndDoesNotWait) {
   EXPECT_EQ(wrong, 0) << "a released block was reused before the work using it completed";
   CUDA_CHECK(cudaStreamSynchronize(s));
   CUDA_CHECK(cudaStreamDestroy(s));
-}
-
-TEST(DenseKernels, CachingAllocatorReusesDeviceBlocks) {
-  SKIP_WITHOUT_GPU();
-  int dev = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  const BlockCacheStats s0 = CachingAllocatorStats(dev);
-  EXPECT_EQ(CachingAlloc(0), nullptr);
-  float* a = CachingAlloc(1000 * sizeof(float));
-  ASSERT_NE(a, nullptr);
-  EXPECT_EQ(reinterpret_cast<uintptr_t>(a) % 256, 0u);
-  CUDA_CHECK(cudaMemset(a, 0, 1000 * sizeof(float)));  // usable device memory
-  CachingFree(a);
-  float* b = CachingAlloc(999 * sizeof(float));  // same size class: the same block
-  EXPECT_EQ(b, a);
-  float* c = CachingAlloc(1 << 20);
-  const BlockCacheStats s1 = CachingAllocatorStats(dev);
-  EXPECT_EQ(s1.backend_allocs - s0.backend_allocs, 2u);
-  EXPECT_EQ(s1.cache_hits - s0.cache_hits, 1u);
-  EXPECT_EQ(s1.bytes_in_use - s0.bytes_in_use, BlockCache::RoundSize(999 * sizeof(float)) +
-                                                   BlockCache::RoundSize(1 << 20));
-  CachingFree(b);
-  CachingFree(c);
-  CachingFree(nullptr);
-  CachingReleaseAll();
-  const BlockCacheStats s2 = CachingAllocatorStats(dev);
-  EXPECT_EQ(s2.bytes_cached, 0u);
-  EXPECT_EQ(s2.bytes_in_use, s0.bytes_in_use);
 }
 
 }  // namespace

@@ -1,9 +1,10 @@
-// The dense layers' CUDA paths (models/layers/*_cuda.cc) against their host paths: for each
-// layer two instances with the same name and seed (hence the same init), randomised parameters
-// and pre-filled random gradients (so Backward must ACCUMULATE, not overwrite), one moved to the
-// device with MoveTo(Device::kCUDA); Forward and Backward on the same random inputs; outputs, dx
-// and every parameter gradient compared. Every device tensor the layers allocate is poisoned
-// with NaN first (SetPoisonNewDeviceTensors), so an element a kernel fails to write fails here.
+// The dense layers on the CUDA backend (core/kernels/cuda/cuda_backend*.cc) against the CPU
+// backend: for each layer two instances with the same name and seed (hence the same init),
+// randomised parameters and pre-filled random gradients (so Backward must ACCUMULATE, not
+// overwrite), one moved to the device with MoveTo(Device::kCUDA); Forward and Backward on the
+// same random inputs; outputs, dx and every parameter gradient compared. Every device tensor the
+// layers allocate is poisoned with NaN first (SetPoisonNewDeviceTensors), so an element a kernel
+// fails to write fails here.
 //
 // Tolerance: fp32 relative error below 1e-5 of the tensor's max magnitude (kTol), except
 // attention at 1e-4 (kAttentionTol): each direction chains six GEMMs and a softmax, cuBLAS
@@ -21,7 +22,7 @@
 #include "core/rng.h"
 #include "core/tensor.h"
 #include "models/layers/attention.h"
-#include "models/layers/device_tensor.h"
+#include "core/backend.h"
 #include "models/layers/gelu.h"
 #include "models/layers/layer_norm.h"
 #include "models/layers/linear.h"

@@ -18,7 +18,7 @@
 #include "comm/self_communicator.h"
 #include "core/kernels/cuda/transpose_kernels.h"
 #include "core/rng.h"
-#include "models/layers/device_tensor.h"
+#include "core/backend.h"
 #include "models/layers/gelu.h"
 #include "models/layers/linear.h"
 #include "models/layers/residual.h"
@@ -78,7 +78,7 @@ TEST_F(MixerGpuTest, BatchedTransposeIsExact) {
       for (int64_t j = 0; j < r; ++j)
         for (int64_t k = 0; k < c; ++k) y.at((i * c + k) * r + j) = x.at((i * r + j) * c + k);
     const Tensor xd = ToDevice(x);
-    Tensor yd = NewDeviceTensor({b * c, r});
+    Tensor yd = BackendFor(Device::kCUDA).NewTensor({b * c, r});
     BatchedTransposeCuda(xd.data(), b, r, c, yd.data());
     EXPECT_EQ(yd.ToVector(), y.ToVector()) << b << "x" << r << "x" << c;
   }

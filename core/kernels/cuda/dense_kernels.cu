@@ -76,6 +76,71 @@ __device__ __forceinline__ float WarpMax(float v) {
 // LayerNorm forward: one warp per row. kVec: dim % 4 == 0 and x, y, gamma, beta 16-byte aligned.
 // Each lane touches only its own columns in all three passes, so y may alias x.
 
+// This lane's share of the row sum (double), over its own columns.
+template <bool kVec>
+__device__ __forceinline__ double LaneRowSum(const float* xr, int64_t dim, int lane) {
+  double s = 0;
+  if (kVec) {
+    const float4* x4 = reinterpret_cast<const float4*>(xr);
+    for (int64_t j = lane; j < dim / 4; j += 32) {
+      const float4 v = x4[j];
+      s += static_cast<double>(v.x) + v.y + v.z + v.w;
+    }
+  } else {
+    for (int64_t j = lane; j < dim; j += 32) s += xr[j];
+  }
+  return s;
+}
+
+// This lane's share of the row's sum of squared deviations from mu (double).
+template <bool kVec>
+__device__ __forceinline__ double LaneRowSquaredDeviation(const float* xr, int64_t dim, int lane,
+                                                          double mu) {
+  double ss = 0;
+  if (kVec) {
+    const float4* x4 = reinterpret_cast<const float4*>(xr);
+    for (int64_t j = lane; j < dim / 4; j += 32) {
+      const float4 v = x4[j];
+      const double a = v.x - mu, b = v.y - mu, c = v.z - mu, d = v.w - mu;
+      ss += a * a + b * b + c * c + d * d;
+    }
+  } else {
+    for (int64_t j = lane; j < dim; j += 32) {
+      const double d = xr[j] - mu;
+      ss += d * d;
+    }
+  }
+  return ss;
+}
+
+// y = float(xhat) * gamma + beta on this lane's columns, rounded like the CPU (no FMA
+// contraction).
+template <bool kVec>
+__device__ __forceinline__ void LayerNormWriteRow(const float* xr, const float* gamma,
+                                                  const float* beta, int64_t dim, int lane,
+                                                  double mu, double inv, float* yr) {
+  if (kVec) {
+    const float4* x4 = reinterpret_cast<const float4*>(xr);
+    const float4* g4 = reinterpret_cast<const float4*>(gamma);
+    const float4* b4 = reinterpret_cast<const float4*>(beta);
+    float4* y4 = reinterpret_cast<float4*>(yr);
+    for (int64_t j = lane; j < dim / 4; j += 32) {
+      const float4 v = x4[j], g = g4[j], b = b4[j];
+      float4 o;
+      o.x = __fadd_rn(__fmul_rn(static_cast<float>((v.x - mu) * inv), g.x), b.x);
+      o.y = __fadd_rn(__fmul_rn(static_cast<float>((v.y - mu) * inv), g.y), b.y);
+      o.z = __fadd_rn(__fmul_rn(static_cast<float>((v.z - mu) * inv), g.z), b.z);
+      o.w = __fadd_rn(__fmul_rn(static_cast<float>((v.w - mu) * inv), g.w), b.w);
+      y4[j] = o;
+    }
+  } else {
+    for (int64_t j = lane; j < dim; j += 32) {
+      const float h = static_cast<float>((xr[j] - mu) * inv);
+      yr[j] = __fadd_rn(__fmul_rn(h, gamma[j]), beta[j]);
+    }
+  }
+}
+
 template <bool kVec>
 __global__ void __launch_bounds__(kThreads)
     LayerNormForwardKernel(const float* x, const float* gamma, const float* beta, int64_t rows,
@@ -83,58 +148,14 @@ __global__ void __launch_bounds__(kThreads)
   const int lane = threadIdx.x & 31;
   for (int64_t r = FirstWarpRow(); r < rows; r += WarpRowStride()) {
     const float* xr = x + r * dim;
-    float* yr = y + r * dim;
-    double s = 0;
-    if (kVec) {
-      const float4* x4 = reinterpret_cast<const float4*>(xr);
-      for (int64_t j = lane; j < dim / 4; j += 32) {
-        const float4 v = x4[j];
-        s += static_cast<double>(v.x) + v.y + v.z + v.w;
-      }
-    } else {
-      for (int64_t j = lane; j < dim; j += 32) s += xr[j];
-    }
-    const double mu = WarpSum(s) / dim;
-    double ss = 0;
-    if (kVec) {
-      const float4* x4 = reinterpret_cast<const float4*>(xr);
-      for (int64_t j = lane; j < dim / 4; j += 32) {
-        const float4 v = x4[j];
-        const double a = v.x - mu, b = v.y - mu, c = v.z - mu, d = v.w - mu;
-        ss += a * a + b * b + c * c + d * d;
-      }
-    } else {
-      for (int64_t j = lane; j < dim; j += 32) {
-        const double d = xr[j] - mu;
-        ss += d * d;
-      }
-    }
-    const double inv = 1.0 / sqrt(WarpSum(ss) / dim + eps);
+    const double mu = WarpSum(LaneRowSum<kVec>(xr, dim, lane)) / dim;
+    const double inv =
+        1.0 / sqrt(WarpSum(LaneRowSquaredDeviation<kVec>(xr, dim, lane, mu)) / dim + eps);
     if (lane == 0) {
       mean[r] = static_cast<float>(mu);
       rstd[r] = static_cast<float>(inv);
     }
-    // y = float(xhat) * gamma + beta, rounded like the CPU (no FMA contraction).
-    if (kVec) {
-      const float4* x4 = reinterpret_cast<const float4*>(xr);
-      const float4* g4 = reinterpret_cast<const float4*>(gamma);
-      const float4* b4 = reinterpret_cast<const float4*>(beta);
-      float4* y4 = reinterpret_cast<float4*>(yr);
-      for (int64_t j = lane; j < dim / 4; j += 32) {
-        const float4 v = x4[j], g = g4[j], b = b4[j];
-        float4 o;
-        o.x = __fadd_rn(__fmul_rn(static_cast<float>((v.x - mu) * inv), g.x), b.x);
-        o.y = __fadd_rn(__fmul_rn(static_cast<float>((v.y - mu) * inv), g.y), b.y);
-        o.z = __fadd_rn(__fmul_rn(static_cast<float>((v.z - mu) * inv), g.z), b.z);
-        o.w = __fadd_rn(__fmul_rn(static_cast<float>((v.w - mu) * inv), g.w), b.w);
-        y4[j] = o;
-      }
-    } else {
-      for (int64_t j = lane; j < dim; j += 32) {
-        const float h = static_cast<float>((xr[j] - mu) * inv);
-        yr[j] = __fadd_rn(__fmul_rn(h, gamma[j]), beta[j]);
-      }
-    }
+    LayerNormWriteRow<kVec>(xr, gamma, beta, dim, lane, mu, inv, y + r * dim);
   }
 }
 

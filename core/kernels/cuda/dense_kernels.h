@@ -1,13 +1,14 @@
-// Dense-layer kernels on device pointers, each mirroring a CPU kernel or layer loop and checked
-// against it by tests/gpu/dense_kernels_test.cc (fp32, relative error < 1e-5):
+// Dense-layer kernels on device pointers (the CUDA backend's dense ops), each mirroring a host
+// kernel or the CPU backend's loop and checked against it by tests/gpu/dense_kernels_test.cc
+// (fp32, relative error < 1e-5):
 //   LayerNorm{Forward,Backward}Cuda     core/kernels/cpu/layer_norm.h
 //   Softmax{Forward,Backward}RowsCuda   core/kernels/cpu/softmax.h (attention probabilities)
-//   BiasAddRowsCuda, ColumnSumAccumulateCuda   models/layers/linear.cc (bias, bias gradient),
-//                                        patch_embed.cc (pos_embed and its gradient)
+//   BiasAddRowsCuda, ColumnSumAccumulateCuda   Backend::AddRowVector / AccumulateColumnSums
+//                                        (Linear's bias and its gradient, pos_embed and its)
 //   AddInPlaceCuda                       residual adds
-//   SoftmaxCrossEntropyForwardCuda       models/layers/softmax_cross_entropy.cc
-//   MeanPoolTokens{Forward,Backward}Cuda models/layers/mean_pool.cc
-//   PatchifyCuda / UnpatchifyCuda        PatchEmbed::Im2Patch / Patch2Im
+//   SoftmaxCrossEntropyForwardCuda       Backend::SoftmaxCrossEntropy (core/cpu_backend_layers.cc)
+//   MeanPoolTokens{Forward,Backward}Cuda Backend::MeanPoolTokens{Forward,Backward}
+//   PatchifyCuda / UnpatchifyCuda        Backend::Patchify / Unpatchify
 //
 // Conventions: row-major float arrays; every launch is asynchronous on `stream` (nullptr = the
 // legacy default stream); launch errors are fatal (CUDA_CHECK_LAUNCH), bad sizes are glog CHECKs.

@@ -1,6 +1,6 @@
-// The CUDA branches of core/device_memory.h (declared in core/device_memory_cpu.cc under
-// MOE_EP_HAS_CUDA). Copies and fills are ordered on the legacy default stream and complete before
-// a host read of the result (cudaMemcpy synchronises with the host for device-to-host copies).
+// Device memory for the CUDA backend (core/kernels/cuda/device_memory_cuda.h). Copies and fills
+// are ordered on the legacy default stream and complete before a host read of the result
+// (cudaMemcpy synchronises with the host for device-to-host copies).
 //
 // Memory is STREAM-ORDERED on the legacy default stream (cudaMallocAsync / cudaFreeAsync on
 // cudaStreamLegacy, the device's default pool, kept cached: release threshold UINT64_MAX):
@@ -21,7 +21,7 @@
 #include <cstdint>
 
 #include "core/kernels/cuda/cuda_check.h"
-#include "core/tensor.h"
+#include "core/kernels/cuda/device_memory_cuda.h"
 
 namespace moe {
 
@@ -70,7 +70,7 @@ cudaMemcpyKind CopyKind(Device dst, Device src) {
 
 }  // namespace
 
-float* CudaAlloc(size_t bytes) {
+void* CudaAlloc(size_t bytes) {
   if (bytes == 0) return nullptr;
   void* p = nullptr;
   const cudaError_t st = UseStreamOrderedPool() ? cudaMallocAsync(&p, bytes, cudaStreamLegacy)
@@ -82,10 +82,10 @@ float* CudaAlloc(size_t bytes) {
                << cudaGetErrorName(st) << " (" << cudaGetErrorString(st) << "); device has "
                << free_b << " of " << total_b << " bytes free";
   }
-  return static_cast<float*>(p);
+  return p;
 }
 
-void CudaFree(float* p) {
+void CudaFree(void* p) {
   if (p == nullptr) return;
   const cudaError_t st = UseStreamOrderedPool() ? cudaFreeAsync(p, cudaStreamLegacy) : cudaFree(p);
   // Tensors freed by static destructors can outlive the CUDA runtime; that is not an error.
@@ -93,7 +93,7 @@ void CudaFree(float* p) {
   CUDA_CHECK(st);
 }
 
-void CudaCopy(float* dst, Device dst_dev, const float* src, Device src_dev, size_t bytes) {
+void CudaCopy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes) {
   if (bytes == 0) return;
   CUDA_CHECK(cudaMemcpy(dst, src, bytes, CopyKind(dst_dev, src_dev)));
 }

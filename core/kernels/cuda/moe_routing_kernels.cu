@@ -169,6 +169,46 @@ __global__ void __launch_bounds__(kRowThreads)
   }
 }
 
+// The lowest index of the warp's row whose element is not yet taken (every lane gets it).
+template <int PL>
+__device__ __forceinline__ int FirstUnusedIndex(unsigned used, int lane) {
+  int first = INT_MAX;
+#pragma unroll
+  for (int c = PL - 1; c >= 0; --c)
+    if (!((used >> c) & 1u)) first = c * 32 + lane;
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) first = min(first, __shfl_xor_sync(kFull, first, off));
+  return first;
+}
+
+// The largest non-NaN untaken value of the warp's row, lowest index among equals (-0 == +0):
+// returns its index (every lane gets it) and writes the value to *best_value.
+template <int PL>
+__device__ __forceinline__ int LargestUnusedIndex(const float (&v)[PL], unsigned used, int lane,
+                                                  float* best_value) {
+  float bv = 0.f;
+  int bi = -1;
+#pragma unroll
+  for (int c = 0; c < PL; ++c) {
+    if (((used >> c) & 1u) || isnan(v[c])) continue;
+    if (bi < 0 || v[c] > bv) {
+      bv = v[c];
+      bi = c * 32 + lane;
+    }
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const float ov = __shfl_xor_sync(kFull, bv, off);
+    const int oi = __shfl_xor_sync(kFull, bi, off);
+    if (oi >= 0 && (bi < 0 || ov > bv || (ov == bv && oi < bi))) {
+      bv = ov;
+      bi = oi;
+    }
+  }
+  *best_value = bv;
+  return bi;
+}
+
 // The CPU scan per choice: best = first unused j; then best = j whenever p[j] > p[best], j
 // ascending. If the first unused value is NaN nothing beats it and it is taken; otherwise NaNs
 // never win and the result is the largest non-NaN unused value, lowest index among equals (-0 ==
@@ -188,13 +228,8 @@ __global__ void __launch_bounds__(kRowThreads)
       if (j >= E) used |= 1u << c;
     }
     for (int r = 0; r < k; ++r) {
-      int first = INT_MAX;
-#pragma unroll
-      for (int c = PL - 1; c >= 0; --c)
-        if (!((used >> c) & 1u)) first = c * 32 + lane;
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) first = min(first, __shfl_xor_sync(kFull, first, off));
       // k <= E guarantees an unused element: first < E.
+      const int first = FirstUnusedIndex<PL>(used, lane);
       float mine = 0.f;
 #pragma unroll
       for (int c = 0; c < PL; ++c)
@@ -206,26 +241,7 @@ __global__ void __launch_bounds__(kRowThreads)
         best = first;
         bv = pf;
       } else {
-        bv = 0.f;
-        int bi = -1;
-#pragma unroll
-        for (int c = 0; c < PL; ++c) {
-          if (((used >> c) & 1u) || isnan(v[c])) continue;
-          if (bi < 0 || v[c] > bv) {
-            bv = v[c];
-            bi = c * 32 + lane;
-          }
-        }
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1) {
-          const float ov = __shfl_xor_sync(kFull, bv, off);
-          const int oi = __shfl_xor_sync(kFull, bi, off);
-          if (oi >= 0 && (bi < 0 || ov > bv || (ov == bv && oi < bi))) {
-            bv = ov;
-            bi = oi;
-          }
-        }
-        best = bi;
+        best = LargestUnusedIndex<PL>(v, used, lane, &bv);
       }
       if ((best & 31) == lane) used |= 1u << (best >> 5);
       if (lane == 0) {

@@ -61,23 +61,6 @@ class EventPool {
 
 }  // namespace
 
-StreamPair CreateStreamPair() {
-  int least = 0, greatest = 0;  // numerically: greatest <= least; lower number = higher priority
-  CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
-  StreamPair pair;
-  CUDA_CHECK(cudaStreamCreateWithPriority(&pair.compute, cudaStreamDefault, least));
-  CUDA_CHECK(cudaStreamCreateWithPriority(&pair.comm, cudaStreamDefault, greatest));
-  return pair;
-}
-
-void DestroyStreamPair(StreamPair* pair) {
-  CHECK(pair != nullptr);
-  if (pair->compute) CUDA_CHECK(cudaStreamDestroy(pair->compute));
-  if (pair->comm) CUDA_CHECK(cudaStreamDestroy(pair->comm));
-  pair->compute = nullptr;
-  pair->comm = nullptr;
-}
-
 void OrderAfter(cudaStream_t waiter, cudaStream_t producer) {
   if (waiter == producer) return;
   int device = 0;

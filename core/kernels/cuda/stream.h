@@ -1,28 +1,11 @@
-// The two streams of a rank's GPU work and the one ordering primitive between them.
-//
-// compute runs the layers; comm runs the NCCL all-to-alls and all-reduces at a HIGHER priority,
-// so that a collective whose peers are waiting is scheduled ahead of queued compute kernels when
-// both are ready (the overlap of expert compute with the next all-to-all depends on it).
-// Both are blocking streams (created without cudaStreamNonBlocking): they still synchronise with
-// the legacy default stream, on which core/device_memory.h's copies and fills run, so mixing the
-// two styles stays correct.
+// Ordering between CUDA streams without a host wait. The MoE layer's device path runs on the
+// device communicator's stream and meets the legacy default stream (where the dense layers run
+// and Tensor memory is stream-ordered, core/kernels/cuda/device_memory_cuda.cu) through it.
 #pragma once
 
 #include <cuda_runtime_api.h>
 
 namespace moe {
-
-struct StreamPair {
-  cudaStream_t compute = nullptr;
-  cudaStream_t comm = nullptr;
-};
-
-// Creates both streams on the current device: compute at the lowest priority, comm at the
-// highest (cudaDeviceGetStreamPriorityRange; equal when the device has no priorities).
-StreamPair CreateStreamPair();
-// Destroys both (after the work queued on them completes, as cudaStreamDestroy does) and resets
-// the handles to nullptr. A pair of nullptrs is ignored.
-void DestroyStreamPair(StreamPair* pair);
 
 // Work queued on `waiter` after this call starts only after all work queued on `producer` before
 // this call has completed; the host does not wait. Uses an event from a per-device pool (created
