@@ -115,6 +115,18 @@ class Checker {
   std::vector<std::string>* errs_;
 };
 
+void ValidateDispatcher(const proto::TrainConfig& c, int world_size, Checker* k) {
+  const proto::ParallelConfig& p = c.parallel();
+  k->AtLeast("parallel.ranks_per_node", p.ranks_per_node(), 0, " (0 = the machine's nodes)");
+  if (p.ranks_per_node() > 0 && world_size % p.ranks_per_node() != 0)
+    k->Bad("parallel.ranks_per_node", std::to_string(p.ranks_per_node()),
+           "the world size " + std::to_string(world_size) + " is not a multiple of it");
+  k->AtLeast("parallel.pipeline_chunks", p.pipeline_chunks(), 1);
+  if (p.dispatcher() != proto::ParallelConfig::FLAT && c.device() == "cuda")
+    k->Bad("parallel.dispatcher", proto::ParallelConfig::Dispatcher_Name(p.dispatcher()),
+           "is host-path only for now; the CUDA path uses FLAT");
+}
+
 void ValidateTopLevel(const proto::TrainConfig& c, int world_size, Checker* k) {
   if (c.device() != "cpu" && c.device() != "cuda")
     k->Bad("device", "\"" + c.device() + "\"", "must be \"cpu\" or \"cuda\"");
@@ -127,6 +139,7 @@ void ValidateTopLevel(const proto::TrainConfig& c, int world_size, Checker* k) {
   if (ep >= 1 && world_size % ep != 0)
     k->Bad("parallel.ep_size", std::to_string(ep),
            "the world size " + std::to_string(world_size) + " is not a multiple of it");
+  ValidateDispatcher(c, world_size, k);
   k->AtLeast("steps", c.steps(), 1);
   k->AtLeast("log_every", c.log_every(), 1, " (a progress line every N steps)");
   k->AtLeast("eval_every", c.eval_every(), 0, " (0 = evaluate at the end only)");

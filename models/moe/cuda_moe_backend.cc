@@ -17,6 +17,9 @@ std::unique_ptr<MoeBackend> MakeCudaMoeBackend(const MoeLayerView& layer) {
   CHECK(o.noise == RouterNoise::kFixed && o.balance_sq_weight == 0.f)
       << layer.name << ": learned softplus router noise and the balance-squared loss are not "
       << "supported on the CUDA path yet";
+  CHECK(layer.dispatch.kind == DispatcherKind::kFlat)
+      << layer.name << ": dispatcher " << DispatcherKindName(layer.dispatch.kind)
+      << " is host-path only; the CUDA path exchanges with the flat all-to-all";
   const int ep_size = layer.comm->Size(GroupKind::kExpert);
   auto cuda = std::make_shared<CudaMoeContext>(layer.name, layer.comm, ep_size);
   auto b = std::make_unique<MoeBackend>();

@@ -8,12 +8,29 @@
 
 namespace moe {
 
+namespace {
+
+std::unique_ptr<TokenDispatcher> MakeCpuTokenDispatcher(const MoeLayerView& layer) {
+  switch (layer.dispatch.kind) {
+    case DispatcherKind::kFlat:
+      return std::make_unique<CpuTokenDispatcher>(layer.name, layer.comm, layer.opt.num_experts,
+                                                  layer.opt.dim);
+    case DispatcherKind::kHierarchical:
+    case DispatcherKind::kPipelined:
+      break;
+  }
+  LOG(FATAL) << layer.name << ": dispatcher " << DispatcherKindName(layer.dispatch.kind)
+             << " is not available on the host path";
+  return nullptr;
+}
+
+}  // namespace
+
 std::unique_ptr<MoeBackend> MakeMoeBackend(Device device, const MoeLayerView& layer) {
   if (device == Device::kCUDA) return MakeCudaMoeBackend(layer);
   auto b = std::make_unique<MoeBackend>();
   b->device = Device::kCPU;
-  b->dispatcher = std::make_unique<CpuTokenDispatcher>(layer.name, layer.comm,
-                                                       layer.opt.num_experts, layer.opt.dim);
+  b->dispatcher = MakeCpuTokenDispatcher(layer);
   b->planner = std::make_unique<HostRoutingPlanner>(layer);
   return b;
 }

@@ -27,8 +27,8 @@ MoeLayer::MoeLayer(const std::string& name, const MoeLayerOptions& options, Comm
   experts_ = std::make_unique<ExpertBank>(name + ".expert", opt_.dim, opt_.hidden,
                                           ep_rank_ * experts_per_rank_, experts_per_rank_, seed,
                                           opt_.expert_activation);
-  view_.reset(new MoeLayerView{name_, opt_, ctx_, *router_, *rule_, comm_, seed_, metrics_,
-                               external_});
+  view_.reset(new MoeLayerView{name_,   opt_,     ctx_,      *router_, *rule_,
+                               comm_,   seed_,    metrics_,  external_, dispatch_});
 }
 
 MoeLayer::~MoeLayer() = default;
@@ -45,6 +45,12 @@ std::vector<Parameter*> MoeLayer::Parameters() {
   std::vector<Parameter*> ps = router_->Parameters(/*with_weight=*/!opt_.external_decision);
   for (Parameter* p : experts_->Parameters()) ps.push_back(p);
   return ps;
+}
+
+void MoeLayer::SetDispatcherOptions(const DispatcherOptions& options) {
+  dispatch_ = options;
+  backend_.reset();
+  forward_rows_ = -1;
 }
 
 int64_t MoeLayer::CurrentCapacity() const { return view_->Capacity(); }

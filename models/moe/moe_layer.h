@@ -27,6 +27,7 @@
 #include "core/tensor.h"
 #include "models/layers/layer.h"
 #include "models/moe/moe_options.h"
+#include "models/moe/token_dispatcher.h"
 
 namespace moe {
 
@@ -60,6 +61,9 @@ class MoeLayer : public Layer {
   // pMoE's experts-only phase switches kPatchTopL to hard gates mid-run. Call between steps
   // (never between a Forward and its Backward: the router backward reads the flag).
   void set_hard_gates(bool on) { opt_.hard_gates = on; }
+  // How tokens travel (FLAT by default); drops the state of the last Forward. Call between steps.
+  void SetDispatcherOptions(const DispatcherOptions& options);
+  const DispatcherOptions& dispatcher_options() const { return dispatch_; }
   // Capacity per (group, expert) for the current mode; -1 when dropless.
   int64_t CurrentCapacity() const;
   const std::string& name() const { return name_; }
@@ -85,6 +89,7 @@ class MoeLayer : public Layer {
   MoeStepContext ctx_;
   MoeMetrics metrics_;
   ExternalImageDecision* external_ = nullptr;
+  DispatcherOptions dispatch_;
   std::unique_ptr<MoeLayerView> view_;
   std::unique_ptr<MoeBackend> backend_;
   int64_t forward_rows_ = -1;  // rows of the last Forward; -1 before one

@@ -29,6 +29,7 @@ struct MoeLayerView {
   uint64_t seed;
   MoeMetrics& metrics;
   ExternalImageDecision* const& external;
+  const DispatcherOptions& dispatch;
   int64_t Capacity() const;  // the rule's capacity for the step's mode; -1 when dropless
 };
 

@@ -4,6 +4,15 @@
 
 namespace moe {
 
+const char* DispatcherKindName(DispatcherKind kind) {
+  switch (kind) {
+    case DispatcherKind::kFlat: return "flat";
+    case DispatcherKind::kHierarchical: return "hierarchical";
+    case DispatcherKind::kPipelined: return "pipelined";
+  }
+  return "?";
+}
+
 DispatchLayout ComputeDispatchLayout(const std::vector<int64_t>& block_rows,
                                      const std::vector<int64_t>& recv_block_rows, int E, int EP,
                                      int64_t G) {

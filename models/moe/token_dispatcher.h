@@ -26,6 +26,16 @@
 
 namespace moe {
 
+// Which TokenDispatcher a layer uses (config: parallel.dispatcher, ranks_per_node,
+// pipeline_chunks); moe_backend.cc makes it.
+enum class DispatcherKind { kFlat, kHierarchical, kPipelined };
+const char* DispatcherKindName(DispatcherKind kind);
+struct DispatcherOptions {
+  DispatcherKind kind = DispatcherKind::kFlat;
+  int ranks_per_node = 0;   // kHierarchical: 0 = the machine's nodes; > 0 simulated nodes
+  int pipeline_chunks = 2;  // kPipelined
+};
+
 // One Forward's routing plan as the dispatcher reads it.
 struct DispatchPlan {
   int64_t rows = 0, groups = 0, group_tokens = 0;

@@ -62,10 +62,26 @@ void ValidateNetConfig(const proto::TrainConfig& config, std::vector<std::string
     errors->push_back("config error: " + error);
 }
 
+DispatcherOptions DispatcherOptionsFromConfig(const proto::ParallelConfig& p) {
+  DispatcherOptions o;
+  switch (p.dispatcher()) {
+    case proto::ParallelConfig::FLAT: o.kind = DispatcherKind::kFlat; break;
+    case proto::ParallelConfig::HIERARCHICAL: o.kind = DispatcherKind::kHierarchical; break;
+    case proto::ParallelConfig::PIPELINED: o.kind = DispatcherKind::kPipelined; break;
+  }
+  o.ranks_per_node = p.ranks_per_node();
+  o.pipeline_chunks = p.pipeline_chunks();
+  return o;
+}
+
 std::unique_ptr<Net> CreateNet(const proto::TrainConfig& config, Communicator* comm) {
   const Family* f = Find(config.model().family());
   CHECK(f != nullptr) << "model.family=\"" << config.model().family() << "\" (validate first)";
-  return f->create(config, comm);
+  std::unique_ptr<Net> net = f->create(config, comm);
+  // How tokens travel is the job's layout, not the family's: every MoE layer gets it here.
+  const DispatcherOptions dispatch = DispatcherOptionsFromConfig(config.parallel());
+  for (MoeLayer* m : net->moe_layers()) m->SetDispatcherOptions(dispatch);
+  return net;
 }
 
 std::unique_ptr<TaskHead> CreateTaskHead(const proto::TrainConfig& config) {

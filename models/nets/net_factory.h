@@ -22,6 +22,8 @@ const std::vector<std::string>& NetFamilies();
 void ValidateNetConfig(const proto::TrainConfig& config, std::vector<std::string>* errors);
 
 std::unique_ptr<Net> CreateNet(const proto::TrainConfig& config, Communicator* comm);
+// config.parallel's dispatcher fields -> every MoE layer's DispatcherOptions (CreateNet sets them).
+DispatcherOptions DispatcherOptionsFromConfig(const proto::ParallelConfig& parallel);
 
 // What the family's logits are trained and scored against: a SingleTaskHead, or the family's
 // own (the conditional family's MultiTaskHead). The config must have passed ValidateNetConfig.
