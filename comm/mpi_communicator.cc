@@ -10,6 +10,7 @@
 #include <string>
 
 #include "comm/mpi_check.h"
+#include "comm/mpi_pairwise.h"
 
 namespace moe {
 namespace {
@@ -85,6 +86,7 @@ MpiCommunicator::~MpiCommunicator() {
   int finalized = 0;
   MPI_CHECK(MPI_Finalized(&finalized));
   if (finalized) return;  // MPI freed everything already; freeing now would be an error.
+  node_splits_.clear();
   watchdog_.reset();
   for (MPI_Comm* c : {&data_, &expert_, &world_})
     if (*c != MPI_COMM_NULL) MPI_CHECK(MPI_Comm_free(c));
@@ -172,34 +174,72 @@ void MpiCommunicator::PairwiseAllToAllV(const float* send, const std::vector<int
                                         const std::vector<int64_t>& send_displs, float* recv,
                                         const std::vector<int64_t>& recv_counts,
                                         const std::vector<int64_t>& recv_displs, GroupKind g) {
-  // Messages between one pair of ranks on one tag and communicator are matched in the order they
-  // were posted (MPI's non-overtaking rule), so the slices of a block need no tags of their own.
-  constexpr int kTag = 0;
-  const int p = Size(g);
-  const int me = Rank(g);
-  const int64_t slice = max_message_floats_;
   std::vector<MPI_Request> requests;
-  for (int k = 1; k < p; ++k) {  // receives first, from the nearest peers first
-    const int peer = (me - k + p) % p;
-    for (int64_t off = 0; off < recv_counts[peer]; off += slice) {
-      const int n = static_cast<int>(std::min(slice, recv_counts[peer] - off));
-      requests.emplace_back();
-      MPI_CHECK(MPI_Irecv(recv + recv_displs[peer] + off, n, MPI_FLOAT, peer, kTag, comm(g),
-                          &requests.back()));
-    }
-  }
-  for (int k = 1; k < p; ++k) {
-    const int peer = (me + k) % p;
-    for (int64_t off = 0; off < send_counts[peer]; off += slice) {
-      const int n = static_cast<int>(std::min(slice, send_counts[peer] - off));
-      requests.emplace_back();
-      MPI_CHECK(MPI_Isend(send + send_displs[peer] + off, n, MPI_FLOAT, peer, kTag, comm(g),
-                          &requests.back()));
-    }
-  }
-  std::copy(send + send_displs[me], send + send_displs[me] + send_counts[me],
-            recv + recv_displs[me]);
+  PostPairwiseAllToAllV(comm(g), Rank(g), Size(g), max_message_floats_, send, send_counts,
+                        send_displs, recv, recv_counts, recv_displs, &requests);
   Finish(requests.data(), static_cast<int>(requests.size()), "all-to-all-v (pairwise)", g);
+}
+
+std::unique_ptr<PendingExchange> MpiCommunicator::StartAllToAllV(
+    const float* send, const std::vector<int64_t>& send_counts, float* recv,
+    const std::vector<int64_t>& recv_counts, GroupKind g) {
+  const int p = Size(g);
+  CHECK_EQ(static_cast<int>(send_counts.size()), p)
+      << GroupName(g) << " all-to-all-v: send_counts needs one entry per rank of the group";
+  CHECK_EQ(static_cast<int>(recv_counts.size()), p)
+      << GroupName(g) << " all-to-all-v: recv_counts needs one entry per rank of the group";
+  const std::vector<int64_t> send_displs = Displacements(send_counts, "send_counts", g);
+  const std::vector<int64_t> recv_displs = Displacements(recv_counts, "recv_counts", g);
+  if (verify_counts_) VerifyCounts(send_counts, recv_counts, g);
+  std::vector<MPI_Request> requests;
+  PostPairwiseAllToAllV(comm(g), Rank(g), p, max_message_floats_, send, send_counts, send_displs,
+                        recv, recv_counts, recv_displs, &requests);
+  return std::make_unique<MpiPendingExchange>(
+      watchdog_.get(), std::move(requests),
+      std::string("all-to-all-v (started) on the ") + GroupName(g) + " group (" +
+          std::to_string(p) + " ranks)");
+}
+
+ExpertNodeGroups MpiCommunicator::SplitExpertGroupByNode(int ranks_per_node) {
+  CHECK_GE(ranks_per_node, 0) << "parallel.ranks_per_node=" << ranks_per_node
+                              << ": must be >= 0 (0 = the machine's nodes)";
+  auto it = node_splits_.find(ranks_per_node);
+  if (it == node_splits_.end())
+    it = node_splits_.emplace(ranks_per_node, MakeNodeSplit(ranks_per_node)).first;
+  return ExpertNodeGroups{it->second.node.get(), it->second.cross.get()};
+}
+
+MpiCommunicator::NodeSplit MpiCommunicator::MakeNodeSplit(int ranks_per_node) {
+  const int ep_rank = layout_.ep_rank, ep_size = layout_.ep_size;
+  MPI_Comm node = MPI_COMM_NULL, cross = MPI_COMM_NULL;
+  if (ranks_per_node > 0)
+    MPI_CHECK(MPI_Comm_split(expert_, ep_rank / ranks_per_node, ep_rank, &node));
+  else
+    MPI_CHECK(MPI_Comm_split_type(expert_, MPI_COMM_TYPE_SHARED, ep_rank, MPI_INFO_NULL, &node));
+  int node_rank = 0, node_size = 1;
+  MPI_CHECK(MPI_Comm_rank(node, &node_rank));
+  MPI_CHECK(MPI_Comm_size(node, &node_size));
+  MPI_CHECK(MPI_Comm_split(expert_, node_rank, ep_rank, &cross));
+  int cross_rank = 0;
+  MPI_CHECK(MPI_Comm_rank(cross, &cross_rank));
+  // The two-level exchange needs EP rank = node * L + position with the same L on every node.
+  const bool consecutive = ep_size % node_size == 0 && node_rank == ep_rank % node_size &&
+                           cross_rank == ep_rank / node_size;
+  double checks[2] = {consecutive ? 1.0 : 0.0, -static_cast<double>(node_size)};
+  double sizes[1] = {static_cast<double>(node_size)};
+  AllReduceMin(checks, 2, GroupKind::kExpert);  // checks[1]: -(largest node)
+  AllReduceMin(sizes, 1, GroupKind::kExpert);
+  NodeSplit split;
+  split.node = std::make_unique<MpiSubGroup>(node, "expert-node", watchdog_.get(),
+                                             max_message_floats_);
+  split.cross = std::make_unique<MpiSubGroup>(cross, "expert-cross-node", watchdog_.get(),
+                                              max_message_floats_);
+  CHECK(checks[0] == 1.0 && -checks[1] == sizes[0])
+      << "parallel.ranks_per_node=" << ranks_per_node << ": the expert group of " << ep_size
+      << " ranks does not split into equal nodes of consecutive EP ranks (this EP rank " << ep_rank
+      << " is at position " << node_rank << " of a node of " << node_size
+      << " ranks; node sizes range from " << sizes[0] << " to " << -checks[1] << ")";
+  return split;
 }
 
 void MpiCommunicator::AllToAllInt64(const int64_t* send, int64_t* recv, int64_t count_per_peer,

@@ -32,12 +32,14 @@
 #include <mpi.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "comm/collective_watchdog.h"
 #include "comm/communicator.h"
+#include "comm/mpi_sub_group.h"
 #include "comm/process_groups.h"
 
 namespace moe {
@@ -69,6 +71,16 @@ class MpiCommunicator : public Communicator {
                  const std::vector<int64_t>& recv_counts, GroupKind g) override;
   void AllToAllInt64(const int64_t* send, int64_t* recv, int64_t count_per_peer,
                      GroupKind g) override;
+  // Always the pairwise algorithm (a non-blocking MPI_Ialltoallv would serve too, but one
+  // algorithm keeps overlapped and blocking exchanges alike); finished through the watchdog.
+  std::unique_ptr<PendingExchange> StartAllToAllV(const float* send,
+                                                  const std::vector<int64_t>& send_counts,
+                                                  float* recv,
+                                                  const std::vector<int64_t>& recv_counts,
+                                                  GroupKind g) override;
+  // Node: MPI_Comm_split of the expert group by ep_rank / ranks_per_node (> 0), or
+  // MPI_Comm_split_type(MPI_COMM_TYPE_SHARED) (0); cross: split by position in the node.
+  ExpertNodeGroups SplitExpertGroupByNode(int ranks_per_node) override;
   void AllReduceSum(float* data, int64_t count, GroupKind g) override;
   void AllReduceSum(double* data, int64_t count, GroupKind g) override;
   void AllReduceMax(double* data, int64_t count, GroupKind g) override;
@@ -107,7 +119,13 @@ class MpiCommunicator : public Communicator {
                          const std::vector<int64_t>& recv_counts,
                          const std::vector<int64_t>& recv_displs, GroupKind g);
 
+  struct NodeSplit {
+    std::unique_ptr<MpiSubGroup> node, cross;
+  };
+  NodeSplit MakeNodeSplit(int ranks_per_node);
+
   ProcessGroupLayout layout_;
+  std::map<int, NodeSplit> node_splits_;  // by ranks_per_node; freed before the groups
   MPI_Comm world_ = MPI_COMM_NULL;
   MPI_Comm expert_ = MPI_COMM_NULL;
   MPI_Comm data_ = MPI_COMM_NULL;

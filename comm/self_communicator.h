@@ -3,6 +3,8 @@
 // tests, gradient checks and benchmarks drive the MoE layer without mpirun.
 #pragma once
 
+#include <memory>
+
 #include "comm/communicator.h"
 
 namespace moe {
@@ -21,7 +23,12 @@ class SelfCommunicator : public Communicator {
   void AllReduceMin(double*, int64_t, GroupKind) override {}
   void Broadcast(float*, int64_t, int, GroupKind) override {}
   void Barrier(GroupKind) override {}
+  // One node of one rank: both levels are groups of one.
+  ExpertNodeGroups SplitExpertGroupByNode(int ranks_per_node) override;
   [[noreturn]] void Abort(const std::string& reason, int exit_code) override;
+
+ private:
+  std::unique_ptr<SubGroup> node_, cross_;
 };
 
 }  // namespace moe

@@ -46,8 +46,7 @@ void ExpertBank::MoveTo(Device device) {
       *t = moved;
     }
   }
-  input_ = hidden_pre_ = hidden_act_ = Tensor();
-  rows_.clear();
+  caches_.clear();
   compute_.reset();
 }
 
@@ -66,7 +65,10 @@ ExpertCompute& ExpertBank::ComputeOn(Device device) {
   return *compute_;
 }
 
-Tensor ExpertBank::Forward(const Tensor& input, const std::vector<int64_t>& rows_per_expert) {
+Tensor ExpertBank::Forward(const Tensor& input, const std::vector<int64_t>& rows_per_expert,
+                           int chunk) {
+  CHECK(chunk == 0 || chunk == static_cast<int>(caches_.size()))
+      << "ExpertBank: chunk " << chunk << " after " << caches_.size() << " chunks (run in order)";
   CHECK_EQ(static_cast<int>(rows_per_expert.size()), num_local_);
   CHECK_EQ(input.ndim(), 2);
   CHECK_EQ(input.dim(1), dim_);
@@ -78,39 +80,45 @@ Tensor ExpertBank::Forward(const Tensor& input, const std::vector<int64_t>& rows
   CHECK_EQ(total, input.dim(0)) << "expert rows do not add up to the dispatched rows";
   ExpertCompute& c = ComputeOn(input.device());
   const ExpertShape shape{dim_, hidden_, activation_};
-  input_ = input;
-  rows_ = rows_per_expert;
-  hidden_pre_ = c.NewRows(total, hidden_);
-  hidden_act_ = c.NewRows(total, hidden_);
+  if (chunk == 0) caches_.clear();
+  caches_.resize(chunk + 1);
+  Cache& k = caches_[chunk];
+  k.input = input;
+  k.rows = rows_per_expert;
+  k.hidden_pre = c.NewRows(total, hidden_);
+  k.hidden_act = c.NewRows(total, hidden_);
   Tensor out = c.NewRows(total, dim_);
   int64_t row = 0;
   for (int l = 0; l < num_local_; ++l) {
-    const int64_t m = rows_[l];
+    const int64_t m = k.rows[l];
     if (m == 0) continue;
     c.Forward(WeightsOf(l), shape, m, input.data() + row * dim_,
-              hidden_pre_.data() + row * hidden_, hidden_act_.data() + row * hidden_,
+              k.hidden_pre.data() + row * hidden_, k.hidden_act.data() + row * hidden_,
               out.data() + row * dim_);
     row += m;
   }
   return out;
 }
 
-Tensor ExpertBank::Backward(const Tensor& d_output) {
-  CHECK_EQ(d_output.numel(), input_.numel()) << "ExpertBank::Backward without matching Forward";
-  CHECK(d_output.device() == input_.device())
+Tensor ExpertBank::Backward(const Tensor& d_output, int chunk) {
+  CHECK(chunk >= 0 && chunk < static_cast<int>(caches_.size()))
+      << "ExpertBank::Backward of chunk " << chunk << " without its Forward";
+  const Cache& k = caches_[chunk];
+  CHECK_EQ(d_output.numel(), k.input.numel()) << "ExpertBank::Backward without matching Forward";
+  CHECK(d_output.device() == k.input.device())
       << "ExpertBank: gradient on " << DeviceName(d_output.device()) << ", the Forward on "
-      << DeviceName(input_.device());
-  ExpertCompute& c = ComputeOn(input_.device());
+      << DeviceName(k.input.device());
+  ExpertCompute& c = ComputeOn(k.input.device());
   const ExpertShape shape{dim_, hidden_, activation_};
-  const int64_t total = input_.dim(0);
+  const int64_t total = k.input.dim(0);
   Tensor d_input = c.NewRows(total, dim_);
   float* d_hidden = c.HiddenGradScratch(total * hidden_);
   int64_t row = 0;
   for (int l = 0; l < num_local_; ++l) {
-    const int64_t m = rows_[l];
+    const int64_t m = k.rows[l];
     if (m == 0) continue;
-    c.Backward(WeightsOf(l), shape, m, input_.data() + row * dim_,
-               hidden_pre_.data() + row * hidden_, hidden_act_.data() + row * hidden_,
+    c.Backward(WeightsOf(l), shape, m, k.input.data() + row * dim_,
+               k.hidden_pre.data() + row * hidden_, k.hidden_act.data() + row * hidden_,
                d_output.data() + row * dim_, d_hidden + row * hidden_,
                d_input.data() + row * dim_);
     row += m;

@@ -25,10 +25,13 @@ class ExpertBank {
              int num_local, uint64_t seed, Activation activation = Activation::kGelu);
 
   // rows_per_expert[l] rows of `input` (expert-major, [sum rows, D]) go through expert l.
-  // Returns [sum rows, D]; caches what Backward needs.
-  Tensor Forward(const Tensor& input, const std::vector<int64_t>& rows_per_expert);
-  // d_output has Forward's output layout; returns d_input and accumulates weight grads.
-  Tensor Backward(const Tensor& d_output);
+  // Returns [sum rows, D]; caches what Backward needs under `chunk` (a pipelined dispatcher
+  // runs the bank once per chunk of rows; chunk 0 starts a new step and drops the others).
+  Tensor Forward(const Tensor& input, const std::vector<int64_t>& rows_per_expert,
+                 int chunk = 0);
+  // d_output has that chunk's Forward output layout; returns d_input and accumulates weight
+  // grads.
+  Tensor Backward(const Tensor& d_output, int chunk = 0);
 
   std::vector<Parameter*> Parameters();
   // Moves every parameter's value and grad to `device`; drops the Forward caches.
@@ -52,9 +55,12 @@ class ExpertBank {
   int dim_, hidden_, num_local_;
   Activation activation_;
   std::vector<Expert> experts_;
-  // Forward caches (expert-major, same row order as the input).
-  Tensor input_, hidden_pre_, hidden_act_;
-  std::vector<int64_t> rows_;
+  // Forward caches per chunk (expert-major, same row order as the input).
+  struct Cache {
+    Tensor input, hidden_pre, hidden_act;
+    std::vector<int64_t> rows;
+  };
+  std::vector<Cache> caches_;
   void* cuda_stream_ = nullptr;
   std::unique_ptr<ExpertCompute> compute_;
   void* compute_stream_ = nullptr;

@@ -4,7 +4,9 @@
 
 #include "models/moe/cpu_token_dispatcher.h"
 #include "models/moe/expert_compute.h"
+#include "models/moe/hierarchical_token_dispatcher.h"
 #include "models/moe/host_routing_planner.h"
+#include "models/moe/pipelined_token_dispatcher.h"
 
 namespace moe {
 
@@ -16,8 +18,13 @@ std::unique_ptr<TokenDispatcher> MakeCpuTokenDispatcher(const MoeLayerView& laye
       return std::make_unique<CpuTokenDispatcher>(layer.name, layer.comm, layer.opt.num_experts,
                                                   layer.opt.dim);
     case DispatcherKind::kHierarchical:
+      return std::make_unique<HierarchicalTokenDispatcher>(
+          layer.name, layer.comm, layer.opt.num_experts, layer.opt.dim,
+          layer.dispatch.ranks_per_node);
     case DispatcherKind::kPipelined:
-      break;
+      return std::make_unique<PipelinedTokenDispatcher>(layer.name, layer.comm,
+                                                        layer.opt.num_experts, layer.opt.dim,
+                                                        layer.dispatch.pipeline_chunks);
   }
   LOG(FATAL) << layer.name << ": dispatcher " << DispatcherKindName(layer.dispatch.kind)
              << " is not available on the host path";

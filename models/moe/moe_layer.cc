@@ -92,6 +92,17 @@ Tensor MoeLayer::Forward(const Tensor& x) {
   TokenDispatcher& d = *b.dispatcher;
   d.BeginStep(ctx_.profiler);
   const DispatchPlan& plan = b.planner->Plan(x);
+  if (d.drives_experts()) {  // pipelined: the dispatcher runs the bank chunk by chunk
+    Tensor y = d.ForwardThroughExperts(
+        x, plan, [this](int chunk, const Tensor& in, const std::vector<int64_t>& rows) {
+          ScopedPhase ph(ctx_.profiler, "experts");
+          return experts_->Forward(in, rows, chunk);
+        });
+    b.planner->FinishForward();
+    forward_rows_ = x.dim(0);
+    d.EndStep();
+    return y;
+  }
   Tensor expert_in = d.Dispatch(x, plan);
   Tensor expert_out;
   {
@@ -117,6 +128,15 @@ Tensor MoeLayer::Backward(const Tensor& dy) {
   RoutingPlanner& planner = *backend_->planner;
   d.BeginStep(ctx_.profiler);
   const GateGradTarget gate_grad = planner.StartBackward();
+  if (d.drives_experts()) {
+    Tensor dx = d.BackwardThroughExperts(dy, gate_grad, [this](int chunk, const Tensor& d_out) {
+      ScopedPhase ph(ctx_.profiler, "experts_bwd");
+      return experts_->Backward(d_out, chunk);
+    });
+    planner.Backward(&dx);
+    d.EndStep();
+    return dx;
+  }
   Tensor d_expert_out = d.CombineBackward(dy, gate_grad);
   Tensor d_expert_in;
   {

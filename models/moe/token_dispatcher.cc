@@ -13,6 +13,18 @@ const char* DispatcherKindName(DispatcherKind kind) {
   return "?";
 }
 
+Tensor TokenDispatcher::ForwardThroughExperts(const Tensor&, const DispatchPlan&,
+                                              const ExpertsForwardFn&) {
+  LOG(FATAL) << "this token dispatcher does not drive the experts (drives_experts() is false)";
+  return Tensor();
+}
+
+Tensor TokenDispatcher::BackwardThroughExperts(const Tensor&, const GateGradTarget&,
+                                               const ExpertsBackwardFn&) {
+  LOG(FATAL) << "this token dispatcher does not drive the experts (drives_experts() is false)";
+  return Tensor();
+}
+
 DispatchLayout ComputeDispatchLayout(const std::vector<int64_t>& block_rows,
                                      const std::vector<int64_t>& recv_block_rows, int E, int EP,
                                      int64_t G) {

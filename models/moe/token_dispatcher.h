@@ -15,6 +15,9 @@
 //   expert-major    [El][EP][G][rows]: each local expert's rows contiguous, for one GEMM each
 // Call order per step: BeginStep, Dispatch, (experts), Combine, EndStep; backward: BeginStep,
 // CombineBackward, (experts), DispatchBackward, EndStep. The plan must outlive the backward.
+// A dispatcher that drives the experts itself (drives_experts(): the pipelined one) is called
+// instead as BeginStep, ForwardThroughExperts, EndStep and BeginStep, BackwardThroughExperts,
+// EndStep, and calls the experts once per chunk of its own.
 #pragma once
 
 #include <cstdint>
@@ -87,6 +90,22 @@ class TokenDispatcher {
   virtual Tensor CombineBackward(const Tensor& dy, const GateGradTarget& gate_grad) = 0;
   // d(expert input) -> dx [rows, D] (the tokens' share; the router adds its own).
   virtual Tensor DispatchBackward(const Tensor& d_expert_in) = 0;
+
+  // Optional seam for a dispatcher that overlaps its exchanges with the experts: it runs them
+  // itself, chunk by chunk (chunks numbered 0.. in order, each a set of whole routing groups, in
+  // Dispatch's expert-major layout restricted to the chunk's rows).
+  virtual bool drives_experts() const { return false; }
+  // experts(chunk, input, rows per local expert) -> the experts' output for that chunk.
+  using ExpertsForwardFn =
+      std::function<Tensor(int chunk, const Tensor& input, const std::vector<int64_t>& rows)>;
+  // experts(chunk, d(output)) -> d(input) for the chunk (the bank accumulates its grads).
+  using ExpertsBackwardFn = std::function<Tensor(int chunk, const Tensor& d_output)>;
+  // Dispatch, the experts and Combine in one: x -> y. Default: not supported (CHECK-fails).
+  virtual Tensor ForwardThroughExperts(const Tensor& x, const DispatchPlan& plan,
+                                       const ExpertsForwardFn& experts);
+  // CombineBackward, the experts' backward and DispatchBackward in one: dy -> dx.
+  virtual Tensor BackwardThroughExperts(const Tensor& dy, const GateGradTarget& gate_grad,
+                                        const ExpertsBackwardFn& experts);
 
  protected:
   Profiler* profiler_ = nullptr;

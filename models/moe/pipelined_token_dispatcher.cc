@@ -1,0 +1,255 @@
+#include "models/moe/pipelined_token_dispatcher.h"
+
+#include <glog/logging.h>
+
+#include <algorithm>
+
+#include "comm/collective_watchdog.h"
+#include "models/moe/block_permute.h"
+
+namespace moe {
+
+namespace {
+
+std::vector<int64_t> Floats(const std::vector<int64_t>& rows_per_peer, int64_t dim) {
+  std::vector<int64_t> floats(rows_per_peer.size());
+  for (size_t p = 0; p < rows_per_peer.size(); ++p) floats[p] = rows_per_peer[p] * dim;
+  return floats;
+}
+
+}  // namespace
+
+PipelinedTokenDispatcher::PipelinedTokenDispatcher(const std::string& layer, Communicator* comm,
+                                                   int num_experts, int dim, int chunks)
+    : layer_(layer), comm_(comm), num_experts_(num_experts), dim_(dim),
+      ep_size_(comm->Size(GroupKind::kExpert)), max_chunks_(chunks) {
+  CHECK_GE(chunks, 1) << layer << ": parallel.pipeline_chunks=" << chunks << " must be >= 1";
+}
+
+std::vector<int64_t> PipelinedTokenDispatcher::ReceivedBlockRows(const DispatchPlan& plan) {
+  if (!plan.recv_block_rows.empty()) return plan.recv_block_rows;
+  const int El = num_experts_ / ep_size_;
+  std::vector<int64_t> recv(static_cast<int64_t>(ep_size_) * El * plan.groups, plan.capacity);
+  if (plan.capacity < 0) {
+    // Send layout per peer p: [l][g] = block (p * El + l, g), which is already contiguous.
+    ScopedActivity act(layer_ + " dropless block sizes");
+    comm_->AllToAllInt64(plan.block_rows.data(), recv.data(), El * plan.groups,
+                         GroupKind::kExpert);
+  }
+  return recv;
+}
+
+void PipelinedTokenDispatcher::SplitIntoChunks(const DispatchPlan& plan) {
+  const int64_t G = plan.groups;
+  CHECK_EQ(plan.rows, G * plan.group_tokens) << layer_ << ": rows are not whole routing groups";
+  const std::vector<int64_t> recv = ReceivedBlockRows(plan);
+  const int El = num_experts_ / ep_size_;
+  const int64_t K = std::max<int64_t>(1, std::min<int64_t>(max_chunks_, G));
+  rows_ = plan.rows;
+  chunks_.assign(K, Chunk());
+  for (int64_t c = 0; c < K; ++c) {
+    Chunk& ch = chunks_[c];
+    const int64_t g0 = c * G / K, g1 = (c + 1) * G / K;
+    ch.first_group = g0;
+    ch.first_row = g0 * plan.group_tokens;
+    ch.plan = plan;
+    ch.plan.rows = (g1 - g0) * plan.group_tokens;
+    ch.plan.groups = g1 - g0;
+    ch.plan.expert = plan.expert + ch.first_row * plan.kc;
+    ch.plan.slot = plan.slot + ch.first_row * plan.kc;
+    ch.plan.gate = plan.gate + ch.first_row * plan.kc;
+    ch.plan.block_rows.clear();
+    for (int e = 0; e < num_experts_; ++e)
+      for (int64_t g = g0; g < g1; ++g) ch.plan.block_rows.push_back(plan.block_rows[e * G + g]);
+    for (int64_t b = 0; b < int64_t{ep_size_} * El; ++b)
+      for (int64_t g = g0; g < g1; ++g) ch.recv_block_rows.push_back(recv[b * G + g]);
+    ch.plan.recv_block_rows = ch.recv_block_rows;
+    ch.layout = ComputeDispatchLayout(ch.plan.block_rows, ch.recv_block_rows, num_experts_,
+                                      ep_size_, ch.plan.groups);
+  }
+}
+
+int64_t PipelinedTokenDispatcher::SendRow(const Chunk& c, int64_t t, int r) const {
+  const int64_t i = t * c.plan.kc + r;
+  const int64_t g = t / c.plan.group_tokens;
+  return c.layout.block_offset[c.plan.expert[i] * c.plan.groups + g] + c.plan.slot[i];
+}
+
+Tensor PipelinedTokenDispatcher::Pack(const Chunk& c, const Tensor& x) const {
+  const int64_t D = dim_;
+  Tensor send = Tensor::Zeros({c.layout.send_rows, D});  // padding slots stay zero
+  for (int64_t t = 0; t < c.plan.rows; ++t) {
+    const float* xt = x.data() + (c.first_row + t) * D;
+    for (int r = 0; r < c.plan.kc; ++r) {
+      if (c.plan.slot[t * c.plan.kc + r] < 0) continue;
+      std::copy(xt, xt + D, send.data() + SendRow(c, t, r) * D);
+    }
+  }
+  return send;
+}
+
+void PipelinedTokenDispatcher::CombineInto(const Chunk& c, Tensor* y) const {
+  const int64_t D = dim_;
+  for (int64_t t = 0; t < c.plan.rows; ++t) {
+    float* yt = y->data() + (c.first_row + t) * D;
+    for (int r = 0; r < c.plan.kc; ++r) {
+      const int64_t i = t * c.plan.kc + r;
+      if (c.plan.slot[i] < 0) continue;
+      const float w = c.plan.gate[i];
+      const float* o = c.returned.data() + SendRow(c, t, r) * D;
+      for (int64_t j = 0; j < D; ++j) yt[j] += w * o[j];
+    }
+  }
+}
+
+// As FLAT: d(expert output) = gate * dy; d(gate) = <dy, expert output> (kept choices only).
+Tensor PipelinedTokenDispatcher::CombineBackwardOf(const Chunk& c, const Tensor& dy,
+                                                   float* d_gate) const {
+  const int64_t D = dim_;
+  Tensor d_returned = Tensor::Zeros({c.layout.send_rows, D});
+  for (int64_t t = 0; t < c.plan.rows; ++t) {
+    const float* dyt = dy.data() + (c.first_row + t) * D;
+    for (int r = 0; r < c.plan.kc; ++r) {
+      const int64_t i = t * c.plan.kc + r;
+      if (c.plan.slot[i] < 0) continue;
+      const int64_t row = SendRow(c, t, r);
+      const float w = c.plan.gate[i];
+      const float* o = c.returned.data() + row * D;
+      float* dout = d_returned.data() + row * D;
+      double dg = 0;
+      for (int64_t j = 0; j < D; ++j) {
+        dout[j] = w * dyt[j];
+        dg += static_cast<double>(dyt[j]) * o[j];
+      }
+      d_gate[c.first_row * c.plan.kc + i] = static_cast<float>(dg);
+    }
+  }
+  return d_returned;
+}
+
+void PipelinedTokenDispatcher::DispatchBackwardInto(const Chunk& c, const Tensor& d_send,
+                                                    Tensor* dx) const {
+  const int64_t D = dim_;
+  for (int64_t t = 0; t < c.plan.rows; ++t) {
+    float* dxt = dx->data() + (c.first_row + t) * D;
+    for (int r = 0; r < c.plan.kc; ++r) {
+      if (c.plan.slot[t * c.plan.kc + r] < 0) continue;
+      const float* ds = d_send.data() + SendRow(c, t, r) * D;
+      for (int64_t j = 0; j < D; ++j) dxt[j] += ds[j];
+    }
+  }
+}
+
+std::vector<Tensor> PipelinedTokenDispatcher::Pipeline(const std::vector<Tensor>& outgoing,
+                                                       const ChunkExpertsFn& experts,
+                                                       const char* to_phase,
+                                                       const char* back_phase) {
+  const int K = static_cast<int>(chunks_.size());
+  const int64_t D = dim_;
+  const int El = num_experts_ / ep_size_;
+  std::vector<Tensor> received(K), src_major(K), back(K);
+  std::vector<std::unique_ptr<PendingExchange>> to(K), from(K);
+  auto start_to = [&](int c) {
+    const DispatchLayout& L = chunks_[c].layout;
+    received[c] = Tensor({L.recv_rows, D});
+    to[c] = comm_->StartAllToAllV(outgoing[c].data(), Floats(L.send_rows_per_peer, D),
+                                  received[c].data(), Floats(L.recv_rows_per_peer, D),
+                                  GroupKind::kExpert);
+  };
+  start_to(0);
+  for (int c = 0; c < K; ++c) {
+    const Chunk& ch = chunks_[c];
+    {
+      ScopedPhase ph(profiler_, to_phase, ch.layout.send_rows * D * sizeof(float));
+      ScopedActivity act(layer_ + " " + to_phase);  // names the phase if the watchdog fires
+      to[c]->Wait();
+    }
+    if (c + 1 < K) start_to(c + 1);  // travels while chunk c's experts run
+    Tensor expert_major({ch.layout.recv_rows, D});
+    PermuteBlocks(received[c].data(), expert_major.data(), D, ch.recv_block_rows, ep_size_, El,
+                  ch.plan.groups, /*to_expert_major=*/true);
+    const Tensor answer = experts(c, expert_major);
+    src_major[c] = Tensor(answer.shape());
+    PermuteBlocks(answer.data(), src_major[c].data(), D, ch.recv_block_rows, ep_size_, El,
+                  ch.plan.groups, /*to_expert_major=*/false);
+    back[c] = Tensor({ch.layout.send_rows, D});
+    from[c] = comm_->StartAllToAllV(src_major[c].data(), Floats(ch.layout.recv_rows_per_peer, D),
+                                    back[c].data(), Floats(ch.layout.send_rows_per_peer, D),
+                                    GroupKind::kExpert);
+  }
+  for (int c = 0; c < K; ++c) {
+    ScopedPhase ph(profiler_, back_phase, chunks_[c].layout.recv_rows * D * sizeof(float));
+    ScopedActivity act(layer_ + " " + back_phase);
+    from[c]->Wait();
+  }
+  return back;
+}
+
+Tensor PipelinedTokenDispatcher::ForwardThroughExperts(const Tensor& x, const DispatchPlan& plan,
+                                                       const ExpertsForwardFn& experts) {
+  std::vector<Tensor> send;
+  {
+    ScopedPhase ph(profiler_, "dispatch_pack");
+    SplitIntoChunks(plan);
+    for (const Chunk& c : chunks_) send.push_back(Pack(c, x));
+  }
+  std::vector<Tensor> back = Pipeline(
+      send,
+      [&](int c, const Tensor& in) { return experts(c, in, chunks_[c].layout.expert_rows); },
+      "a2a_dispatch", "a2a_combine");
+  Tensor y = Tensor::Zeros({rows_, int64_t{dim_}});
+  ScopedPhase ph(profiler_, "combine");
+  for (size_t c = 0; c < chunks_.size(); ++c) {
+    chunks_[c].returned = back[c];
+    CombineInto(chunks_[c], &y);
+  }
+  return y;
+}
+
+Tensor PipelinedTokenDispatcher::BackwardThroughExperts(const Tensor& dy,
+                                                        const GateGradTarget& gate_grad,
+                                                        const ExpertsBackwardFn& experts) {
+  CHECK(gate_grad.d_gate != nullptr) << layer_ << ": the host dispatcher writes d(gate) per choice";
+  CHECK(!chunks_.empty()) << layer_ << ": BackwardThroughExperts before ForwardThroughExperts";
+  std::vector<Tensor> d_returned;
+  {
+    ScopedPhase ph(profiler_, "combine_bwd");
+    for (const Chunk& c : chunks_) d_returned.push_back(CombineBackwardOf(c, dy, gate_grad.d_gate));
+  }
+  if (gate_grad.on_written) gate_grad.on_written();
+  std::vector<Tensor> d_send =
+      Pipeline(d_returned, experts, "a2a_combine_bwd", "a2a_dispatch_bwd");
+  Tensor dx = Tensor::Zeros({rows_, int64_t{dim_}});
+  ScopedPhase ph(profiler_, "dispatch_bwd");
+  for (size_t c = 0; c < chunks_.size(); ++c) DispatchBackwardInto(chunks_[c], d_send[c], &dx);
+  return dx;
+}
+
+Tensor PipelinedTokenDispatcher::Dispatch(const Tensor&, const DispatchPlan&) {
+  LOG(FATAL) << layer_ << ": the pipelined dispatcher runs the experts itself; call "
+             << "ForwardThroughExperts";
+  return Tensor();
+}
+
+const std::vector<int64_t>& PipelinedTokenDispatcher::expert_rows() const {
+  LOG(FATAL) << layer_ << ": the pipelined dispatcher has expert rows per chunk only";
+  static const std::vector<int64_t> none;
+  return none;
+}
+
+Tensor PipelinedTokenDispatcher::Combine(const Tensor&) {
+  LOG(FATAL) << layer_ << ": the pipelined dispatcher combines in ForwardThroughExperts";
+  return Tensor();
+}
+
+Tensor PipelinedTokenDispatcher::CombineBackward(const Tensor&, const GateGradTarget&) {
+  LOG(FATAL) << layer_ << ": the pipelined dispatcher runs BackwardThroughExperts";
+  return Tensor();
+}
+
+Tensor PipelinedTokenDispatcher::DispatchBackward(const Tensor&) {
+  LOG(FATAL) << layer_ << ": the pipelined dispatcher runs BackwardThroughExperts";
+  return Tensor();
+}
+
+}  // namespace moe
