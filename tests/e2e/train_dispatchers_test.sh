@@ -2,7 +2,7 @@
 # The dispatchers through the launcher: launcher/run.sh trains vmoe_tiny 8 steps on 4 ranks with
 # the FLAT dispatcher, with HIERARCHICAL on simulated nodes of 2 ranks, and with PIPELINED in 2
 # chunks. HIERARCHICAL moves the same bytes by another route, so its losses must equal FLAT's
-# exactly (as printed in the metrics, 6 significant digits and more). PIPELINED adds each
+# exactly (the metrics print 17 significant digits). PIPELINED adds each
 # expert's weight gradient chunk by chunk (another float order), which AdamW can amplify over
 # free steps; its step-0 loss must equal FLAT's exactly (the forward is bit-identical) and the
 # later ones stay within 1e-3 relative (tests/mpi/ep_invariance_util.h: free steps part by

@@ -20,6 +20,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <ostream>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -113,6 +114,8 @@ struct LayerCase {
   bool dropless;
   bool expect_drops;
 };
+
+void PrintTo(const LayerCase& c, std::ostream* os) { *os << c.name; }
 
 MoeLayerOptions OptionsFor(const LayerCase& c) {
   MoeLayerOptions o;
