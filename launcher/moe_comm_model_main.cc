@@ -1,0 +1,180 @@
+// moe_comm_model: fits the alpha-beta model of the MoE exchange (launcher/comm_model.h) to
+// moe_comm_bench CSVs, validates it on held-out rows, and projects it to 8-GPU H100 nodes.
+//
+//   moe_comm_model --csv=one_node.csv,two_nodes.csv [--holdout_every=3]
+//   moe_comm_model --project
+//
+// --csv: fits on every row and prints alpha and beta per level (intra-node; inter-node when a row
+// has peers on other nodes), then refits without every Nth row (--holdout_every) and prints the
+// relative error of each held-out row's predicted exchange time, and their median and max.
+// --project: the projection tables (launcher/comm_projection.h) for vmoe_tiny (read from its
+// config) and a V-MoE-B-sized layer, EP 8 to 256.
+#include <gflags/gflags.h>
+#include <glog/logging.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "launcher/comm_projection.h"
+#include "launcher/config.h"
+#include "launcher/exit_codes.h"
+
+DEFINE_string(csv, "", "moe_comm_bench CSV files to fit, comma-separated");
+DEFINE_int32(holdout_every, 3, "hold out every Nth row (N >= 2) for validation");
+DEFINE_bool(project, false, "print the projection for 8-GPU H100 nodes");
+DEFINE_string(vmoe_tiny_config, "launcher/configs/vmoe_tiny.pbtxt", "vmoe_tiny's TrainConfig");
+DEFINE_double(nvlink_gbs, 450, "projection: NVLink GB/s per GPU per direction");
+DEFINE_double(ib_gbs, 50, "projection: InfiniBand GB/s per GPU per direction");
+DEFINE_double(alpha_intra_us, 5, "projection: latency of an exchange inside a node, us");
+DEFINE_double(alpha_inter_us, 15, "projection: latency of an exchange across nodes, us");
+DEFINE_double(tflops, 400, "projection: sustained expert GEMM TFLOP/s per GPU");
+
+namespace moe {
+namespace {
+
+std::vector<SweepRow> ReadAll(const std::string& list) {
+  std::vector<SweepRow> rows;
+  std::stringstream ss(list);
+  std::string path, err;
+  while (std::getline(ss, path, ',')) {
+    if (!ReadSweepCsv(path, &rows, &err)) {
+      fprintf(stderr, "data error: %s\n", err.c_str());
+      exit(kExitData);
+    }
+  }
+  return rows;
+}
+
+LinkModel FitOrDie(const std::vector<SweepRow>& rows, const char* what) {
+  LinkModel m;
+  std::string err;
+  if (!FitLinkModel(rows, &m, &err)) {
+    fprintf(stderr, "data error: fitting %s: %s\n", what, err.c_str());
+    exit(kExitData);
+  }
+  return m;
+}
+
+void PrintModel(const LinkModel& m, size_t rows) {
+  printf("# fit on %zu rows (weighted least squares on relative error)\n", rows);
+  printf("%-12s %12s %14s %14s\n", "level", "alpha_us", "beta_ns_per_KB", "1/beta_GB/s");
+  auto level = [](const char* name, double a, double b) {
+    printf("%-12s %12.2f %14.3f %14.4f\n", name, 1e6 * a, 1e12 * b, b > 0 ? 1e-9 / b : 0.0);
+  };
+  level("intra-node", m.alpha_intra, m.beta_intra);
+  if (m.has_inter) level("inter-node", m.alpha_inter, m.beta_inter);
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+void Validate(const std::vector<SweepRow>& rows) {
+  std::vector<SweepRow> fit, held;
+  for (size_t i = 0; i < rows.size(); ++i)
+    (i % FLAGS_holdout_every == static_cast<size_t>(FLAGS_holdout_every - 1) ? held : fit)
+        .push_back(rows[i]);
+  const LinkModel m = FitOrDie(fit, "the rows kept for fitting");
+  printf("\n# held-out validation: fit on %zu rows, predict every %dth row (%zu rows)\n",
+         fit.size(), FLAGS_holdout_every, held.size());
+  PrintModel(m, fit.size());
+  printf("%-12s %6s %5s %3s %4s %5s %11s | %11s %11s %8s\n", "dispatcher", "tokens", "D", "ep",
+         "rpn", "nodes", "bytes", "measured_us", "model_us", "rel_err");
+  std::vector<double> errs;
+  for (const SweepRow& r : held) {
+    if (r.ep < 2) continue;
+    const double model_us = 1e6 * ExchangeSeconds(m, r.bytes, r.ep, r.ranks_per_node);
+    const double rel = std::fabs(model_us - r.exchange_us) / r.exchange_us;
+    errs.push_back(rel);
+    printf("%-12s %6lld %5d %3d %4d %5d %11lld | %11.1f %11.1f %7.1f%%\n", r.dispatcher.c_str(),
+           static_cast<long long>(r.tokens), r.dim, r.ep, r.ranks_per_node, r.nodes,
+           static_cast<long long>(r.bytes), r.exchange_us, model_us, 100 * rel);
+  }
+  if (errs.empty()) return;
+  printf("held-out relative error: median %.1f%%, max %.1f%% over %zu rows\n",
+         100 * Median(errs), 100 * *std::max_element(errs.begin(), errs.end()), errs.size());
+}
+
+LayerShape VmoeTinyShape() {
+  proto::TrainConfig c;
+  std::string err;
+  if (!LoadTrainConfig(FLAGS_vmoe_tiny_config, "", &c, &err)) {
+    fprintf(stderr, "config error: --vmoe_tiny_config=%s: %s\n", FLAGS_vmoe_tiny_config.c_str(),
+            err.c_str());
+    exit(kExitConfig);
+  }
+  const auto& m = c.model();
+  const int64_t per_image = (m.image_size() / m.patch_size()) * (m.image_size() / m.patch_size());
+  LayerShape s;
+  s.name = "vmoe_tiny (" + FLAGS_vmoe_tiny_config + ")";
+  s.tokens = per_image * c.data().batch_per_rank();
+  s.group_tokens = per_image * m.moe().group_size_images();
+  s.dim = m.hidden_dim();
+  s.hidden = m.moe().expert_hidden_dim() > 0 ? m.moe().expert_hidden_dim() : m.mlp_dim();
+  s.experts = m.moe().num_experts();
+  s.top_k = m.moe().top_k();
+  s.capacity = m.moe().capacity_factor_train();
+  return s;
+}
+
+// V-MoE-B/16-sized layer: 196 tokens per 224x224 image, batch 32 per GPU, routing groups of 8
+// images as in this code (the capacity factor 1.05 is V-MoE's training value).
+LayerShape VmoeBShape() {
+  LayerShape s;
+  s.name = "V-MoE-B-sized layer";
+  s.tokens = 196 * 32;
+  s.group_tokens = 196 * 8;
+  s.dim = 768;
+  s.hidden = 3072;
+  s.experts = 32;
+  s.top_k = 2;
+  s.capacity = 1.05;
+  return s;
+}
+
+void Project() {
+  ClusterFigures c;
+  c.nvlink_gbs = FLAGS_nvlink_gbs;
+  c.ib_gbs = FLAGS_ib_gbs;
+  c.alpha_intra_us = FLAGS_alpha_intra_us;
+  c.alpha_inter_us = FLAGS_alpha_inter_us;
+  c.flops_per_s = FLAGS_tflops * 1e12;
+  const std::vector<int> eps = {8, 16, 32, 64, 128, 256};
+  printf("%s\n%s\n%s", ProjectionAssumptions(c).c_str(),
+         ProjectionTable(VmoeTinyShape(), c, eps).c_str(),
+         ProjectionTable(VmoeBShape(), c, eps).c_str());
+}
+
+}  // namespace
+}  // namespace moe
+
+int main(int argc, char** argv) {
+  gflags::SetUsageMessage("moe_comm_model --csv=FILES | --project");
+  gflags::ParseCommandLineFlags(&argc, &argv, true);
+  google::InitGoogleLogging(argv[0]);
+  FLAGS_logtostderr = true;
+  if (FLAGS_csv.empty() && !FLAGS_project) {
+    fprintf(stderr, "config error: give --csv=FILES to fit, or --project\n");
+    return moe::kExitConfig;
+  }
+  if (FLAGS_holdout_every < 2) {
+    fprintf(stderr, "config error: --holdout_every=%d: must be >= 2\n", FLAGS_holdout_every);
+    return moe::kExitConfig;
+  }
+  if (!FLAGS_csv.empty()) {
+    const std::vector<moe::SweepRow> rows = moe::ReadAll(FLAGS_csv);
+    moe::PrintModel(moe::FitOrDie(rows, "all rows"), rows.size());
+    moe::Validate(rows);
+  }
+  if (FLAGS_project) {
+    if (!FLAGS_csv.empty()) printf("\n");
+    moe::Project();
+  }
+  return moe::kExitOk;
+}
