@@ -1,7 +1,8 @@
-// The rows moe_comm_bench measures and moe_comm_model fits, and their CSV form: one header line
-// naming the columns (SweepCsvColumnNames, in that order), then one line per sweep point. The reader
-// maps columns by the header's names, so a file from an older tool with the same names reads
-// back; every field is parsed in full, and a bad line is an error naming file, line and field.
+// The rows moe_comm_bench measures and moe_comm_model fits, and their CSV form: one header
+// line naming the columns (SweepCsvColumnNames, in that order), then one line per sweep point.
+// The reader maps columns by the header's names, so a file with the same names in another order
+// reads back; every field is parsed in full, and a bad line is an error naming file, line and
+// field.
 #pragma once
 
 #include <cstdint>

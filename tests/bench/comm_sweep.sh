@@ -14,9 +14,13 @@ shift
 BUILD_DIR="$(cd "${BUILD_DIR:-$ROOT/build}" && pwd)"
 BENCH="$BUILD_DIR/launcher/moe_comm_bench"
 MODEL="$BUILD_DIR/launcher/moe_comm_model"
-[ -x "$BENCH" ] && [ -x "$MODEL" ] || { echo "build moe_comm_bench and moe_comm_model first"; exit 1; }
+if [ ! -x "$BENCH" ] || [ ! -x "$MODEL" ]; then
+  echo "build moe_comm_bench and moe_comm_model first (in $BUILD_DIR)"
+  exit 1
+fi
 source "$ROOT/cmake/mpi_env.sh"
-MPI=(mpirun --oversubscribe --bind-to none --wdir "$ROOT" -x OPENBLAS_NUM_THREADS -x OMP_NUM_THREADS)
+MPI=(mpirun --oversubscribe --bind-to none --wdir "$ROOT"
+     -x OPENBLAS_NUM_THREADS -x OMP_NUM_THREADS)
 
 if [ -n "${NETNS_HOSTFILE:-}" ]; then  # run again inside the cluster (below): 2 nodes x 2 slots
   read -r -a CLUSTER_ARGS <<<"$NETNS_MPIRUN_ARGS"
