@@ -40,7 +40,7 @@ std::string ProjectionTable(const LayerShape& shape, const ClusterFigures& c,
   char buf[400];
   snprintf(buf, sizeof(buf),
            "# %s: D=%d H=%d E=%d k=%d cf=%.2f, %lld tokens per GPU, groups of %lld tokens\n"
-           "%5s %5s %4s | %11s %9s %9s | %10s %9s %10s %7s\n",
+           "%5s %5s %4s | %11s %9s %9s | %11s %9s %10s %7s\n",
            shape.name.c_str(), shape.dim, shape.hidden, shape.experts, shape.top_k,
            shape.capacity, static_cast<long long>(shape.tokens),
            static_cast<long long>(shape.group_tokens), "EP", "nodes", "E", "MB/exchange",
@@ -51,7 +51,7 @@ std::string ProjectionTable(const LayerShape& shape, const ClusterFigures& c,
     s.experts = std::max(shape.experts, ep);
     const Prediction p = Predict(m, s, ep, c.gpus_per_node, c.bytes_per_element, c.flops_per_s);
     const LevelBytes lb = SplitBytes(p.bytes, ep, c.gpus_per_node);
-    snprintf(buf, sizeof(buf), "%5d %5d %4d | %11.3f %9.3f %9.3f | %10.1f %9.3f %10.3f %6.1f%%\n",
+    snprintf(buf, sizeof(buf), "%5d %5d %4d | %11.3f %9.3f %9.3f | %11.1f %9.4f %10.4f %6.1f%%\n",
              ep, (ep + c.gpus_per_node - 1) / c.gpus_per_node, s.experts, p.bytes / 1e6,
              lb.intra / 1e6, lb.inter / 1e6, 1e6 * p.exchange_s, 1e3 * p.a2a_s,
              1e3 * p.experts_s, 100 * p.share);

@@ -36,7 +36,7 @@ DEFINE_int64(group_tokens, 256, "tokens per routing group (at most the point's t
 DEFINE_int32(ranks_per_node, 0, "ranks per node: 0 = the machine's nodes; > 0 simulated nodes");
 DEFINE_int32(pipeline_chunks, 2, "chunks of the pipelined dispatcher");
 DEFINE_int32(warmup, 2, "untimed steps per point");
-DEFINE_int32(iters, 5, "timed steps per point");
+DEFINE_int32(iters, 8, "timed steps per point");
 DEFINE_string(csv, "", "also write the rows to this CSV file (rank 0)");
 
 namespace moe {
@@ -136,7 +136,8 @@ int Run(int rank, int world) {
   int ok = 1;
   if (rank == 0 && !FLAGS_csv.empty() && !CheckOutputFile("csv", FLAGS_csv, &err)) ok = 0;
   MPI_CHECK(MPI_Bcast(&ok, 1, MPI_INT, 0, MPI_COMM_WORLD));
-  if (!ok) ConfigError(rank, err.substr(err.find(':') + 2));
+  // Rank 0 alone checked the path; its message already reads "config error: --csv=...".
+  if (!ok) ConfigError(rank, rank == 0 ? err.substr(std::string("config error: ").size()) : "");
   lists.dispatchers = AvailableDispatchers(lists.dispatchers, rank);
   const NodeLayout layout = DetectNodeLayout(MPI_COMM_WORLD, FLAGS_ranks_per_node);
   std::vector<std::string> skipped;
