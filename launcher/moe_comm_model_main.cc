@@ -1,7 +1,7 @@
 // moe_comm_model: fits the alpha-beta model of the MoE exchange (launcher/comm_model.h) to
 // moe_comm_bench CSVs, validates it on held-out rows, and projects it to 8-GPU H100 nodes.
 //
-//   moe_comm_model --csv=one_node.csv,two_nodes.csv [--holdout_every=3]
+//   moe_comm_model --csv=one_node.csv,two_nodes.csv [--holdout_every=4]
 //   moe_comm_model --project
 //
 // --csv: fits on every row and prints alpha and beta per level (intra-node; inter-node when a row
@@ -24,7 +24,9 @@
 #include "launcher/exit_codes.h"
 
 DEFINE_string(csv, "", "moe_comm_bench CSV files to fit, comma-separated");
-DEFINE_int32(holdout_every, 3, "hold out every Nth row (N >= 2) for validation");
+// 4, not 3: a default sweep's rows cycle through 3 token counts, so every 3rd row would always
+// hold out the largest exchanges.
+DEFINE_int32(holdout_every, 4, "hold out every Nth row (N >= 2) for validation");
 DEFINE_bool(project, false, "print the projection for 8-GPU H100 nodes");
 DEFINE_string(vmoe_tiny_config, "launcher/configs/vmoe_tiny.pbtxt", "vmoe_tiny's TrainConfig");
 DEFINE_double(nvlink_gbs, 450, "projection: NVLink GB/s per GPU per direction");
@@ -81,8 +83,8 @@ void Validate(const std::vector<SweepRow>& rows) {
     (i % FLAGS_holdout_every == static_cast<size_t>(FLAGS_holdout_every - 1) ? held : fit)
         .push_back(rows[i]);
   const LinkModel m = FitOrDie(fit, "the rows kept for fitting");
-  printf("\n# held-out validation: fit on %zu rows, predict every %dth row (%zu rows)\n",
-         fit.size(), FLAGS_holdout_every, held.size());
+  printf("\n# held-out validation: fit on %zu rows, predict rows i with i %% %d == %d (%zu rows)\n",
+         fit.size(), FLAGS_holdout_every, FLAGS_holdout_every - 1, held.size());
   PrintModel(m, fit.size());
   printf("%-12s %6s %5s %3s %4s %5s %11s | %11s %11s %8s\n", "dispatcher", "tokens", "D", "ep",
          "rpn", "nodes", "bytes", "measured_us", "model_us", "rel_err");

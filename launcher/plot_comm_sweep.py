@@ -22,6 +22,9 @@ except ImportError:
     sys.exit("plot_comm_sweep.py needs matplotlib: apt-get install python3-matplotlib")
 
 
+MARKERS = "osD^v<>p"
+
+
 def read_rows(paths):
     rows = []
     for path in paths:
@@ -44,17 +47,18 @@ def read_rows(paths):
 def plot_time_vs_bytes(rows, path):
     series = collections.defaultdict(list)
     for r in rows:
-        series[(r["dispatcher"], r["layout"], r["ep"])].append((r["bytes"], r["exchange_us"]))
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for (disp, layout, ep), pts in sorted(series.items()):
+        key = (r["dispatcher"], r["layout"], r["ep"], int(r["dim"]))
+        series[key].append((r["bytes"], r["exchange_us"]))
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for (disp, layout, ep, dim), pts in sorted(series.items()):
         pts.sort()
-        ax.loglog([p[0] for p in pts], [p[1] for p in pts], "o-",
-                  label=f"{disp}, nodes x rpn {layout}, ep {ep}")
+        ax.loglog([p[0] for p in pts], [p[1] for p in pts], MARKERS[ep % len(MARKERS)] + "-",
+                  label=f"{disp}, nodes x rpn {layout}, ep {ep}, D={dim}")
     ax.set_xlabel("bytes sent by one rank per exchange")
     ax.set_ylabel("time per exchange (us)")
     ax.set_title("MoE all-to-all: time against bytes")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -65,17 +69,17 @@ def plot_share_vs_ep(rows, path):
     for r in rows:
         key = (r["dispatcher"], r["layout"], int(r["dim"]), int(r["tokens"]))
         series[key].append((r["ep"], 100 * r["share"]))
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for (disp, layout, dim, tokens), pts in sorted(series.items()):
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for i, ((disp, layout, dim, tokens), pts) in enumerate(sorted(series.items())):
         pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-",
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], MARKERS[i % len(MARKERS)] + "-",
                 label=f"{disp}, {layout}, D={dim}, tokens={tokens}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("EP size")
     ax.set_ylabel("all-to-all share of the layer's forward+backward (%)")
     ax.set_title("MoE all-to-all: share of the layer's time against EP")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -49,8 +49,13 @@ fi
 echo "## moe_comm_model"
 "$MODEL" --csv="$CSVS"
 "$MODEL" --project --vmoe_tiny_config="$ROOT/launcher/configs/vmoe_tiny.pbtxt"
-if python3 -c 'import matplotlib' 2>/dev/null; then
-  python3 "$ROOT/launcher/plot_comm_sweep.py" ${CSVS//,/ } --out_dir="$OUT"
+# Debian's python3-matplotlib lives under /usr/bin/python3 (another python3 may come first).
+PY=""
+for p in python3 /usr/bin/python3; do
+  if "$p" -c 'import matplotlib' 2>/dev/null; then PY="$p"; break; fi
+done
+if [ -n "$PY" ]; then
+  "$PY" "$ROOT/launcher/plot_comm_sweep.py" ${CSVS//,/ } --out_dir="$OUT"
 else
   echo "# note: no matplotlib (apt-get install python3-matplotlib); no plots"
 fi
