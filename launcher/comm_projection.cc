@@ -19,16 +19,16 @@ std::string ProjectionAssumptions(const ClusterFigures& c) {
   char buf[1600];
   snprintf(buf, sizeof(buf),
            "# MODEL (alpha-beta, not a measurement): %d GPUs per node\n"
-           "#   intra-node: NVLink %.0f GB/s per GPU per direction (NVIDIA H100 SXM datasheet: "
-           "NVLink 900 GB/s per GPU, total bidirectional), alpha %.1f us (assumed NCCL "
-           "all-to-all latency inside a node)\n"
-           "#   inter-node: InfiniBand %.0f GB/s per GPU per direction (NDR 400 Gb/s = 50 GB/s, "
-           "one NIC per GPU), alpha %.1f us (assumed NCCL all-to-all latency across nodes)\n"
-           "#   t(exchange) = alpha_intra + bytes_intra / bw_intra + alpha_inter + bytes_inter / "
-           "bw_inter (levels summed: no overlap assumed, an upper bound)\n"
-           "#   experts: 12 * rows * D * H FLOPs per forward+backward at %.0f TFLOP/s sustained "
-           "(assumed: ~40%% of H100 SXM's 989 TFLOP/s dense bf16); activations %d bytes per "
-           "element; share = 4 exchanges / (4 exchanges + experts)\n",
+           "#   intra-node: NVLink %.0f GB/s per GPU per direction (NVIDIA H100 SXM datasheet:\n"
+           "#     NVLink 900 GB/s per GPU, total bidirectional); alpha %.1f us (assumed NCCL\n"
+           "#     all-to-all latency inside a node)\n"
+           "#   inter-node: InfiniBand %.0f GB/s per GPU per direction (NDR 400 Gb/s = 50 GB/s,\n"
+           "#     one NIC per GPU); alpha %.1f us (assumed NCCL all-to-all latency across nodes)\n"
+           "#   t(exchange) = alpha_intra + bytes_intra / bw_intra + alpha_inter\n"
+           "#     + bytes_inter / bw_inter (levels summed: no overlap assumed, an upper bound)\n"
+           "#   experts: 12 * rows * D * H FLOPs per forward+backward at %.0f TFLOP/s sustained\n"
+           "#     (assumed: ~40%% of H100 SXM's 989 TFLOP/s dense bf16); activations %d bytes\n"
+           "#     per element; share = 4 exchanges / (4 exchanges + experts)\n",
            c.gpus_per_node, c.nvlink_gbs, c.alpha_intra_us, c.ib_gbs, c.alpha_inter_us,
            c.flops_per_s / 1e12, c.bytes_per_element);
   return buf;
