@@ -3,12 +3,16 @@
 //
 //   moe_comm_model --csv=one_node.csv,two_nodes.csv [--holdout_every=4]
 //   moe_comm_model --project
+//   moe_comm_model [--csv=FILES] --predict --tokens=6272 --dim=768 ... --ep=64
 //
 // --csv: fits on every row and prints alpha and beta per level (intra-node; inter-node when a row
 // has peers on other nodes), then refits without every Nth row (--holdout_every) and prints the
 // relative error of each held-out row's predicted exchange time, and their median and max.
 // --project: the projection tables (launcher/comm_projection.h) for vmoe_tiny (read from its
 // config) and a V-MoE-B-sized layer, EP 8 to 256.
+// --predict: the exchange time and share of one layer shape (--tokens, --dim, ...): with the model
+// fitted to --csv (then --bytes_per_element=4, as the CPU path sends floats), or else with the
+// projection's link figures.
 #include <gflags/gflags.h>
 #include <glog/logging.h>
 
@@ -17,6 +21,7 @@
 #include <cstdio>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "launcher/comm_projection.h"
@@ -34,6 +39,18 @@ DEFINE_double(ib_gbs, 50, "projection: InfiniBand GB/s per GPU per direction");
 DEFINE_double(alpha_intra_us, 5, "projection: latency of an exchange inside a node, us");
 DEFINE_double(alpha_inter_us, 15, "projection: latency of an exchange across nodes, us");
 DEFINE_double(tflops, 400, "projection: sustained expert GEMM TFLOP/s per GPU");
+DEFINE_bool(predict, false, "predict one layer (the flags below) with the fitted model (--csv) "
+            "or, without --csv, the projection's link figures");
+DEFINE_int64(tokens, 6272, "--predict: tokens per rank per step");
+DEFINE_int64(group_tokens, 1568, "--predict: tokens per routing group");
+DEFINE_int32(dim, 768, "--predict: D");
+DEFINE_int32(hidden, 3072, "--predict: expert hidden width H");
+DEFINE_int32(experts, 32, "--predict: E");
+DEFINE_int32(top_k, 2, "--predict: k");
+DEFINE_double(capacity, 1.05, "--predict: capacity factor");
+DEFINE_int32(ep, 16, "--predict: EP size");
+DEFINE_int32(ranks_per_node, 8, "--predict: ranks per node");
+DEFINE_int32(bytes_per_element, 2, "--predict: bytes per activation element (the CPU path: 4)");
 
 namespace moe {
 namespace {
@@ -140,13 +157,53 @@ LayerShape VmoeBShape() {
   return s;
 }
 
-void Project() {
+ClusterFigures FiguresFromFlags() {
   ClusterFigures c;
   c.nvlink_gbs = FLAGS_nvlink_gbs;
   c.ib_gbs = FLAGS_ib_gbs;
   c.alpha_intra_us = FLAGS_alpha_intra_us;
   c.alpha_inter_us = FLAGS_alpha_inter_us;
   c.flops_per_s = FLAGS_tflops * 1e12;
+  return c;
+}
+
+// Every --predict field in range, or a config error naming the first that is not.
+void CheckPredictFlags() {
+  const std::pair<const char*, double> positive[] = {
+      {"tokens", FLAGS_tokens}, {"group_tokens", FLAGS_group_tokens}, {"dim", FLAGS_dim},
+      {"hidden", FLAGS_hidden}, {"experts", FLAGS_experts}, {"top_k", FLAGS_top_k},
+      {"capacity", FLAGS_capacity}, {"ep", FLAGS_ep}, {"ranks_per_node", FLAGS_ranks_per_node},
+      {"bytes_per_element", FLAGS_bytes_per_element}, {"tflops", FLAGS_tflops}};
+  for (const auto& [name, value] : positive) {
+    if (!(value > 0)) {
+      fprintf(stderr, "config error: --%s=%g: must be positive\n", name, value);
+      exit(kExitConfig);
+    }
+  }
+  if (FLAGS_tokens % FLAGS_group_tokens != 0 || FLAGS_experts % FLAGS_ep != 0) {
+    fprintf(stderr, "config error: --tokens=%lld must be a multiple of --group_tokens=%lld and "
+            "--ep=%d must divide --experts=%d\n", static_cast<long long>(FLAGS_tokens),
+            static_cast<long long>(FLAGS_group_tokens), FLAGS_ep, FLAGS_experts);
+    exit(kExitConfig);
+  }
+}
+
+void PredictOne(const LinkModel& m, const char* source) {
+  CheckPredictFlags();
+  LayerShape s{"--predict", FLAGS_tokens, FLAGS_group_tokens, FLAGS_dim, FLAGS_hidden,
+               FLAGS_experts, FLAGS_top_k, FLAGS_capacity};
+  const Prediction p = Predict(m, s, FLAGS_ep, FLAGS_ranks_per_node, FLAGS_bytes_per_element,
+                               FLAGS_tflops * 1e12);
+  printf("# prediction (%s): tokens=%lld D=%d H=%d E=%d k=%d cf=%.2f ep=%d ranks_per_node=%d\n",
+         source, static_cast<long long>(s.tokens), s.dim, s.hidden, s.experts, s.top_k,
+         s.capacity, FLAGS_ep, FLAGS_ranks_per_node);
+  printf("bytes/exchange %lld  exchange %.1f us  a2a %.4f ms  experts %.4f ms  share %.1f%%\n",
+         static_cast<long long>(p.bytes), 1e6 * p.exchange_s, 1e3 * p.a2a_s, 1e3 * p.experts_s,
+         100 * p.share);
+}
+
+void Project() {
+  const ClusterFigures c = FiguresFromFlags();
   const std::vector<int> eps = {8, 16, 32, 64, 128, 256};
   printf("%s\n%s\n%s", ProjectionAssumptions(c).c_str(),
          ProjectionTable(VmoeTinyShape(), c, eps).c_str(),
@@ -157,12 +214,12 @@ void Project() {
 }  // namespace moe
 
 int main(int argc, char** argv) {
-  gflags::SetUsageMessage("moe_comm_model --csv=FILES | --project");
+  gflags::SetUsageMessage("moe_comm_model [--csv=FILES] [--project] [--predict ...]");
   gflags::ParseCommandLineFlags(&argc, &argv, true);
   google::InitGoogleLogging(argv[0]);
   FLAGS_logtostderr = true;
-  if (FLAGS_csv.empty() && !FLAGS_project) {
-    fprintf(stderr, "config error: give --csv=FILES to fit, or --project\n");
+  if (FLAGS_csv.empty() && !FLAGS_project && !FLAGS_predict) {
+    fprintf(stderr, "config error: give --csv=FILES to fit, --project or --predict\n");
     return moe::kExitConfig;
   }
   if (FLAGS_holdout_every < 2) {
@@ -171,8 +228,12 @@ int main(int argc, char** argv) {
   }
   if (!FLAGS_csv.empty()) {
     const std::vector<moe::SweepRow> rows = moe::ReadAll(FLAGS_csv);
-    moe::PrintModel(moe::FitOrDie(rows, "all rows"), rows.size());
+    const moe::LinkModel fitted = moe::FitOrDie(rows, "all rows");
+    moe::PrintModel(fitted, rows.size());
     moe::Validate(rows);
+    if (FLAGS_predict) moe::PredictOne(fitted, "model fitted to --csv");
+  } else if (FLAGS_predict) {
+    moe::PredictOne(moe::LinkModelOf(moe::FiguresFromFlags()), "projection link figures");
   }
   if (FLAGS_project) {
     if (!FLAGS_csv.empty()) printf("\n");
