@@ -55,7 +55,8 @@ for p in python3 /usr/bin/python3; do
   if "$p" -c 'import matplotlib' 2>/dev/null; then PY="$p"; break; fi
 done
 if [ -n "$PY" ]; then
-  "$PY" "$ROOT/launcher/plot_comm_sweep.py" ${CSVS//,/ } --out_dir="$OUT"
+  IFS=, read -r -a CSV_LIST <<<"$CSVS"
+  "$PY" "$ROOT/launcher/plot_comm_sweep.py" "${CSV_LIST[@]}" --out_dir="$OUT"
 else
   echo "# note: no matplotlib (apt-get install python3-matplotlib); no plots"
 fi
