@@ -33,6 +33,8 @@ std::unique_ptr<TokenDispatcher> MakeCpuTokenDispatcher(const MoeLayerView& laye
 
 }  // namespace
 
+bool HostDispatcherAvailable(DispatcherKind kind) { return kind == DispatcherKind::kFlat; }
+
 std::unique_ptr<MoeBackend> MakeMoeBackend(Device device, const MoeLayerView& layer) {
   if (device == Device::kCUDA) return MakeCudaMoeBackend(layer);
   auto b = std::make_unique<MoeBackend>();

@@ -22,6 +22,9 @@ struct MoeBackend {
 };
 
 std::unique_ptr<MoeBackend> MakeMoeBackend(Device device, const MoeLayerView& layer);
+// Whether MakeMoeBackend can make this dispatcher on the host path (tools that sweep dispatchers
+// ask first instead of meeting its LOG(FATAL)); kept in step with MakeCpuTokenDispatcher.
+bool HostDispatcherAvailable(DispatcherKind kind);
 // The CUDA half (cuda_moe_backend.cc). A build without the CUDA path links
 // moe_backend_cpu_only.cc instead, where it is unreachable: core's BackendFor(kCUDA), the one
 // place a device is admitted, refuses, so no tensor ever lives on a device there.

@@ -1,0 +1,157 @@
+#include "launcher/comm_model.h"
+
+#include <glog/logging.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "models/moe/capacity.h"
+
+namespace moe {
+
+double AlgBandwidthGBs(int64_t bytes, double seconds) {
+  CHECK_GT(seconds, 0) << "AlgBandwidthGBs: time must be positive";
+  return static_cast<double>(bytes) / seconds / 1e9;
+}
+
+double BusBandwidthGBs(double algbw_gbs, int ranks) {
+  CHECK_GE(ranks, 1) << "BusBandwidthGBs: ranks=" << ranks;
+  return algbw_gbs * (ranks - 1) / ranks;
+}
+
+PeerSplit SplitPeers(int ep, int ranks_per_node) {
+  PeerSplit p;
+  const int on_node = ranks_per_node > 0 ? std::min(ep, ranks_per_node) : ep;
+  p.intra = on_node - 1;
+  p.inter = ep - on_node;
+  return p;
+}
+
+LevelBytes SplitBytes(int64_t bytes, int ep, int ranks_per_node) {
+  const PeerSplit p = SplitPeers(ep, ranks_per_node);
+  const double per_peer = static_cast<double>(bytes) / ep;
+  return {per_peer * p.intra, per_peer * p.inter};
+}
+
+double ExchangeSeconds(const LinkModel& m, int64_t bytes, int ep, int ranks_per_node) {
+  const PeerSplit p = SplitPeers(ep, ranks_per_node);
+  const LevelBytes b = SplitBytes(bytes, ep, ranks_per_node);
+  double t = 0;
+  if (p.intra > 0) t += m.alpha_intra + m.beta_intra * b.intra;
+  if (p.inter > 0) t += m.alpha_inter + m.beta_inter * b.inter;
+  return t;
+}
+
+bool WeightedLeastSquares(const std::vector<std::vector<double>>& A, const std::vector<double>& b,
+                          const std::vector<double>& w, const std::vector<std::string>& names,
+                          std::vector<double>* x, std::string* error) {
+  const size_t n = names.size();
+  // Augmented normal equations [A^T W^2 A | A^T W^2 b].
+  std::vector<std::vector<double>> M(n, std::vector<double>(n + 1, 0.0));
+  for (size_t i = 0; i < A.size(); ++i) {
+    CHECK_EQ(A[i].size(), n) << "WeightedLeastSquares: row " << i << " has the wrong width";
+    const double w2 = w[i] * w[i];
+    for (size_t r = 0; r < n; ++r) {
+      for (size_t c = 0; c < n; ++c) M[r][c] += w2 * A[i][r] * A[i][c];
+      M[r][n] += w2 * A[i][r] * b[i];
+    }
+  }
+  double scale = 0;
+  for (size_t r = 0; r < n; ++r) scale = std::max(scale, std::fabs(M[r][r]));
+  for (size_t col = 0; col < n; ++col) {
+    size_t piv = col;
+    for (size_t r = col + 1; r < n; ++r)
+      if (std::fabs(M[r][col]) > std::fabs(M[piv][col])) piv = r;
+    // Relative to the largest diagonal: below this the unknown is not determined by the data.
+    if (!(std::fabs(M[piv][col]) > 1e-12 * scale)) {
+      *error = "the rows do not determine " + names[col] + " (singular normal equations)";
+      return false;
+    }
+    std::swap(M[col], M[piv]);
+    for (size_t r = 0; r < n; ++r) {
+      if (r == col) continue;
+      const double f = M[r][col] / M[col][col];
+      for (size_t c = col; c <= n; ++c) M[r][c] -= f * M[col][c];
+    }
+  }
+  x->assign(n, 0.0);
+  for (size_t r = 0; r < n; ++r) (*x)[r] = M[r][n] / M[r][r];
+  return true;
+}
+
+bool FitLinkModel(const std::vector<SweepRow>& rows, LinkModel* model, std::string* error) {
+  bool any_inter = false, any_intra = false;
+  for (const SweepRow& r : rows) {
+    if (r.ep < 2) continue;
+    const PeerSplit p = SplitPeers(r.ep, r.ranks_per_node);
+    any_inter |= p.inter > 0;
+    any_intra |= p.intra > 0;
+  }
+  std::vector<std::string> names;
+  if (any_intra) names = {"alpha_intra", "beta_intra"};
+  if (any_inter) names.insert(names.end(), {"alpha_inter", "beta_inter"});
+  // Units for conditioning: microseconds and megabytes.
+  std::vector<std::vector<double>> A;
+  std::vector<double> b, w;
+  for (const SweepRow& r : rows) {
+    if (r.ep < 2) continue;
+    if (!(r.exchange_us > 0)) {
+      *error = "row with exchange_us=" + std::to_string(r.exchange_us) + ": must be positive";
+      return false;
+    }
+    const PeerSplit p = SplitPeers(r.ep, r.ranks_per_node);
+    const LevelBytes lb = SplitBytes(r.bytes, r.ep, r.ranks_per_node);
+    std::vector<double> a;
+    if (any_intra) a.insert(a.end(), {p.intra > 0 ? 1.0 : 0.0, lb.intra / 1e6});
+    if (any_inter) a.insert(a.end(), {p.inter > 0 ? 1.0 : 0.0, lb.inter / 1e6});
+    A.push_back(a);
+    b.push_back(r.exchange_us);
+    w.push_back(1.0 / r.exchange_us);  // relative error
+  }
+  if (names.empty()) {
+    *error = "no row with ep >= 2 to fit";
+    return false;
+  }
+  std::vector<double> x;
+  if (!WeightedLeastSquares(A, b, w, names, &x, error)) return false;
+  *model = LinkModel();
+  size_t i = 0;
+  if (any_intra) {
+    model->alpha_intra = x[i++] * 1e-6;
+    model->beta_intra = x[i++] * 1e-12;  // us per MB -> s per byte
+  }
+  if (any_inter) {
+    model->alpha_inter = x[i++] * 1e-6;
+    model->beta_inter = x[i++] * 1e-12;
+  }
+  model->has_inter = any_inter;
+  return true;
+}
+
+int64_t ExchangeBytes(const LayerShape& s, int bytes_per_element) {
+  CHECK(s.group_tokens > 0 && s.tokens % s.group_tokens == 0)
+      << s.name << ": tokens=" << s.tokens << " must be a multiple of group_tokens="
+      << s.group_tokens;
+  const int64_t groups = s.tokens / s.group_tokens;
+  const int64_t C = CapacityPerExpert(s.top_k, s.group_tokens, s.capacity, s.experts,
+                                      CapacityRounding::kCeil);
+  return int64_t{s.experts} * groups * C * s.dim * bytes_per_element;
+}
+
+double ExpertFlops(const LayerShape& s) {
+  const int64_t rows = ExchangeBytes(s, 1) / s.dim;
+  return 12.0 * static_cast<double>(rows) * s.dim * s.hidden;
+}
+
+Prediction Predict(const LinkModel& m, const LayerShape& s, int ep, int ranks_per_node,
+                   int bytes_per_element, double flops_per_s) {
+  Prediction p;
+  p.bytes = ExchangeBytes(s, bytes_per_element);
+  p.exchange_s = ExchangeSeconds(m, p.bytes, ep, ranks_per_node);
+  p.a2a_s = 4 * p.exchange_s;
+  p.experts_s = ExpertFlops(s) / flops_per_s;
+  p.share = p.a2a_s / (p.a2a_s + p.experts_s);
+  return p;
+}
+
+}  // namespace moe

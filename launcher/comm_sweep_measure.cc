@@ -1,0 +1,138 @@
+#include "launcher/comm_sweep_measure.h"
+
+#include <glog/logging.h>
+
+#include <string>
+#include <vector>
+
+#include "comm/mpi_check.h"
+#include "comm/mpi_communicator.h"
+#include "core/profiler.h"
+#include "core/rng.h"
+#include "launcher/comm_model.h"
+#include "models/moe/moe_layer.h"
+
+namespace moe {
+
+namespace {
+
+const char* const kExchangePhases[] = {"a2a_dispatch", "a2a_combine", "a2a_combine_bwd",
+                                       "a2a_dispatch_bwd"};
+const char kLayerPhase[] = "fwd_bwd";
+
+Tensor RandomRows(int64_t rows, int dim, uint64_t seed) {
+  Tensor x({rows, dim});
+  CounterRng rng(seed);
+  for (int64_t i = 0; i < x.numel(); ++i) x.at(i) = rng.Normal(i);
+  return x;
+}
+
+MoeLayerOptions LayerOptions(const SweepPoint& p) {
+  MoeLayerOptions o;
+  o.dim = p.dim;
+  o.hidden = p.hidden;
+  o.num_experts = p.experts;
+  o.top_k = p.top_k;
+  o.group_tokens = p.group_tokens;
+  o.capacity_factor_train = p.capacity;
+  return o;
+}
+
+// Warm-up steps, then timed ones with `prof` attached; ranks start each step together.
+void RunSteps(MoeLayer& layer, MpiCommunicator& comm, const SweepPoint& p,
+              const MeasureOptions& opt, Profiler* prof) {
+  const int rank = comm.Rank(GroupKind::kWorld), world = comm.Size(GroupKind::kWorld);
+  const int64_t groups = p.tokens / p.group_tokens;
+  const Tensor x = RandomRows(p.tokens, p.dim, 2 * rank + 1);
+  const Tensor dy = RandomRows(p.tokens, p.dim, 2 * rank + 2);
+  MoeStepContext ctx;
+  ctx.first_global_group = rank * groups;
+  ctx.num_global_groups = world * groups;
+  for (int it = 0; it < opt.warmup + opt.iters; ++it) {
+    const bool timed = it >= opt.warmup;
+    ctx.step = it;
+    ctx.profiler = timed ? prof : nullptr;
+    layer.SetStepContext(ctx);
+    comm.Barrier(GroupKind::kWorld);
+    ScopedPhase whole(timed ? prof : nullptr, kLayerPhase);
+    layer.Forward(x);
+    layer.Backward(dy);
+  }
+}
+
+double MeanOverRanks(MpiCommunicator& comm, double v) {
+  comm.AllReduceSum(&v, 1, GroupKind::kWorld);
+  return v / comm.Size(GroupKind::kWorld);
+}
+
+}  // namespace
+
+NodeLayout DetectNodeLayout(MPI_Comm world, int ranks_per_node_flag) {
+  int world_size = 0;
+  MPI_CHECK(MPI_Comm_size(world, &world_size));
+  NodeLayout l;
+  if (ranks_per_node_flag > 0) {
+    l.ranks_per_node = ranks_per_node_flag;
+    l.nodes = world_size / ranks_per_node_flag;
+    return l;
+  }
+  MPI_Comm local = MPI_COMM_NULL;
+  MPI_CHECK(MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local));
+  int local_size = 0, local_rank = 0;
+  MPI_CHECK(MPI_Comm_size(local, &local_size));
+  MPI_CHECK(MPI_Comm_rank(local, &local_rank));
+  MPI_CHECK(MPI_Comm_free(&local));
+  int min_size = 0, max_size = 0, leader = local_rank == 0 ? 1 : 0;
+  MPI_CHECK(MPI_Allreduce(&local_size, &min_size, 1, MPI_INT, MPI_MIN, world));
+  MPI_CHECK(MPI_Allreduce(&local_size, &max_size, 1, MPI_INT, MPI_MAX, world));
+  MPI_CHECK(MPI_Allreduce(&leader, &l.nodes, 1, MPI_INT, MPI_SUM, world));
+  l.ranks_per_node = min_size;
+  l.uneven = min_size != max_size;
+  return l;
+}
+
+SweepRow MeasurePoint(const SweepPoint& p, const NodeLayout& layout,
+                      const MeasureOptions& opt) {
+  MpiCommunicator comm(MPI_COMM_WORLD, p.ep);
+  MoeLayer layer("comm_bench", LayerOptions(p), &comm, /*seed=*/1);
+  DispatcherOptions d;
+  d.kind = p.dispatcher;
+  d.ranks_per_node = opt.ranks_per_node;
+  d.pipeline_chunks = opt.pipeline_chunks;
+  layer.SetDispatcherOptions(d);
+  Profiler prof;
+  RunSteps(layer, comm, p, opt, &prof);
+
+  const auto& stats = prof.Stats();
+  double exchange_s = 0, bytes = 0;
+  int64_t calls = 0;
+  for (const char* phase : kExchangePhases) {
+    auto it = stats.find(phase);
+    CHECK(it != stats.end()) << "moe_comm_bench: the layer recorded no phase " << phase;
+    exchange_s += it->second.total_seconds;
+    bytes += static_cast<double>(it->second.bytes);
+    calls += it->second.calls;
+  }
+  SweepRow r;
+  r.dispatcher = DispatcherKindName(p.dispatcher);
+  r.tokens = p.tokens;
+  r.dim = p.dim;
+  r.hidden = p.hidden;
+  r.experts = p.experts;
+  r.top_k = p.top_k;
+  r.capacity = p.capacity;
+  r.ep = p.ep;
+  r.ranks_per_node = layout.ranks_per_node;
+  r.nodes = layout.nodes;
+  r.bytes = static_cast<int64_t>(MeanOverRanks(comm, bytes / calls) + 0.5);
+  const double per_exchange_s = MeanOverRanks(comm, exchange_s / calls);
+  r.exchange_us = 1e6 * per_exchange_s;
+  r.algbw_gbs = AlgBandwidthGBs(r.bytes, per_exchange_s);
+  r.busbw_gbs = BusBandwidthGBs(r.algbw_gbs, p.ep);
+  r.a2a_ms = 1e3 * MeanOverRanks(comm, exchange_s / opt.iters);
+  r.layer_ms = 1e3 * MeanOverRanks(comm, stats.at(kLayerPhase).total_seconds / opt.iters);
+  r.share = r.a2a_ms / r.layer_ms;
+  return r;
+}
+
+}  // namespace moe
