@@ -29,7 +29,8 @@ for r in 0 1 2 3; do
   grep -q '"traceEvents"' "$WORK/traces/trace.rank$r.json" && pass "trace_rank$r" || fail "trace_rank$r" "not a trace"
 done
 # One merged trace on the common clock: valid JSON with a track and all-to-all events per rank.
-python3 - "$WORK/traces/trace.merged.json" <<'PY' && pass trace_merged || fail trace_merged "see above"
+python3 - "$WORK/traces/trace.merged.json" <<'PY' \
+  && pass trace_merged || fail trace_merged "see above"
 import json, sys
 events = json.load(open(sys.argv[1]))["traceEvents"]
 for r in range(4):
