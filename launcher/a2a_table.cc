@@ -24,10 +24,10 @@ std::string Notes(const AllToAllProfile& p) {
   char buf[1024];
   std::string out;
   std::snprintf(buf, sizeof(buf),
-                "algbw = bytes one rank sends / phase time; busbw = algbw * (n-1)/n with n = %d "
-                "(EP group), as nccl-tests reports all-to-all.\n"
-                "skew = last arrival in the EP group - own arrival; transfer = own departure - "
-                "last arrival (common clock, sync error <= %.1f us).\n",
+                "algbw = bytes one rank sends / phase time; busbw = algbw * (n-1)/n, n = %d "
+                "(EP group size),\nas nccl-tests reports all-to-all. skew = last arrival in the "
+                "EP group - own arrival;\ntransfer = own departure - last arrival (common clock, "
+                "sync error <= %.1f us).\n",
                 p.ep_size, p.max_clock_error_us);
   out += buf;
   if (p.straggler_rank >= 0) {
@@ -37,7 +37,7 @@ std::string Notes(const AllToAllProfile& p) {
     out += buf;
   }
   out += "Measuring costs two clock reads and 16 bytes per all-to-all (the last 4096 per phase "
-         "kept), one gather at the end, and 8 ping-pongs per rank with rank 0 at start-up.\n";
+         "kept),\none gather at the end, and 8 ping-pongs per rank with rank 0 at start-up.\n";
   return out;
 }
 
