@@ -10,7 +10,29 @@
 
 namespace moe {
 
-Profiler::Profiler(size_t max_events) : max_events_(max_events), origin_(Clock::now()) {}
+Profiler::Profiler(size_t max_events, size_t max_exchanges_per_phase)
+    : max_events_(max_events), max_exchanges_(max_exchanges_per_phase), origin_(Clock::now()) {}
+
+double Profiler::NowMicros() {
+  return std::chrono::duration<double, std::micro>(Clock::now().time_since_epoch()).count();
+}
+
+double Profiler::origin_common_us() const {
+  return std::chrono::duration<double, std::micro>(origin_.time_since_epoch()).count() +
+         clock_offset_us_;
+}
+
+void Profiler::RecordExchange(const std::string& phase, double arrive_us, double depart_us) {
+  ExchangeLog& log = exchanges_[phase];
+  ++log.calls;
+  if (max_exchanges_ == 0) return;
+  if (log.recent.size() >= max_exchanges_) log.recent.pop_front();
+  log.recent.push_back(ExchangeTimes{arrive_us, depart_us});
+}
+
+void Profiler::AddDeviceSeconds(const std::string& phase, double seconds) {
+  stats_[phase].device_seconds += seconds;
+}
 
 double Profiler::MicrosSinceOrigin(Clock::time_point t) const {
   return std::chrono::duration<double, std::micro>(t - origin_).count();
@@ -49,6 +71,7 @@ void Profiler::Reset() {
                        << open_.back().first << "\"";
   stats_.clear();
   events_.clear();
+  exchanges_.clear();
   dropped_events_ = 0;
   origin_ = Clock::now();
 }
@@ -77,27 +100,31 @@ std::string JsonEscape(const std::string& s) {
 }
 }  // namespace
 
-std::string Profiler::ChromeTraceJson(int pid) const {
+std::string Profiler::ChromeTraceEventLines(int pid, double shift_us) const {
   std::ostringstream os;
   os.setf(std::ios::fixed);
   os.precision(3);
-  os << "{\"displayTimeUnit\":\"ms\",\"otherData\":{\"dropped_events\":" << dropped_events_
-     << "},\"traceEvents\":[\n";
   // Metadata so Perfetto labels the track by rank.
   os << "{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":" << pid
      << ",\"tid\":0,\"args\":{\"name\":\"rank " << pid << "\"}}";
   for (const TraceEvent& e : events_) {
     os << ",\n{\"name\":\"" << JsonEscape(e.name) << "\",\"cat\":\"phase\",\"ph\":\"X\",\"ts\":"
-       << e.ts_us << ",\"dur\":" << e.dur_us << ",\"pid\":" << pid
+       << e.ts_us + shift_us << ",\"dur\":" << e.dur_us << ",\"pid\":" << pid
        << ",\"tid\":0,\"args\":{\"bytes\":" << e.bytes << "}}";
   }
-  os << "\n]}\n";
   return os.str();
 }
 
-bool Profiler::WriteChromeTrace(const std::string& path, int pid, std::string* error) const {
+std::string Profiler::ChromeTraceJson(int pid) const {
+  std::ostringstream os;
+  os << "{\"displayTimeUnit\":\"ms\",\"otherData\":{\"dropped_events\":" << dropped_events_
+     << "},\"traceEvents\":[\n"
+     << ChromeTraceEventLines(pid, 0) << "\n]}\n";
+  return os.str();
+}
+
+bool WriteTextFileChecked(const std::string& path, const std::string& json, std::string* error) {
   // stdio rather than ofstream: each step's errno names the cause (ENOSPC, EDQUOT, EIO, ...).
-  const std::string json = ChromeTraceJson(pid);
   const char* step = nullptr;
   int err = 0;
   FILE* f = std::fopen(path.c_str(), "w");
@@ -117,6 +144,14 @@ bool Profiler::WriteChromeTrace(const std::string& path, int pid, std::string* e
   if (step == nullptr) return true;
   const std::string message = path + ": " + step + " failed: " + std::strerror(err);
   if (error != nullptr) *error = message;
+  else LOG(ERROR) << message;
+  return false;
+}
+
+bool Profiler::WriteChromeTrace(const std::string& path, int pid, std::string* error) const {
+  std::string message;
+  if (WriteTextFileChecked(path, ChromeTraceJson(pid), &message)) return true;
+  if (error != nullptr) *error = message;
   else LOG(ERROR) << "Chrome trace " << message;
   return false;
 }
@@ -128,6 +163,16 @@ ScopedPhase::ScopedPhase(Profiler* profiler, const std::string& phase, int64_t b
 
 ScopedPhase::~ScopedPhase() {
   if (profiler_) profiler_->End(phase_, bytes_);
+}
+
+ScopedExchange::ScopedExchange(Profiler* profiler, const std::string& phase, int64_t bytes)
+    : phase_(profiler, phase, bytes),
+      profiler_(profiler),
+      name_(profiler ? phase : std::string()),
+      arrive_us_(profiler ? Profiler::NowMicros() : 0) {}
+
+ScopedExchange::~ScopedExchange() {
+  if (profiler_) profiler_->RecordExchange(name_, arrive_us_, Profiler::NowMicros());
 }
 
 std::string FormatPhaseTable(const std::vector<std::string>& phases,

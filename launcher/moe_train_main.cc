@@ -22,6 +22,7 @@
 #include <utility>
 
 #include "comm/mpi_abort.h"
+#include "comm/clock_sync.h"
 #include "comm/mpi_communicator.h"
 #include "core/gemm.h"
 #include "launcher/checkpoint.h"
@@ -33,6 +34,8 @@
 #include "launcher/memory_estimate.h"
 #include "launcher/metrics_writer.h"
 #include "launcher/output_files.h"
+#include "launcher/a2a_profile.h"
+#include "launcher/merged_trace.h"
 #include "launcher/profile_report.h"
 #include "launcher/progress_log.h"
 #include "launcher/routing_analytics.h"
@@ -48,7 +51,9 @@ DEFINE_string(override, "", "text-format fields merged over the config, e.g. 'st
 DEFINE_int32(steps, 0, "overrides the config's steps (when given, must be >= 1)");
 DEFINE_string(metrics_out, "", "JSON-lines file: one object per step and per evaluation (rank 0)");
 // --log_dir is glog's own flag: the folder for the per-rank log files (default "logs").
-DEFINE_string(trace_dir, "", "if set, every rank writes a Chrome trace (Perfetto) here");
+DEFINE_string(trace_dir, "",
+              "if set, every rank writes a Chrome trace (Perfetto) here, and rank 0 one merged "
+              "trace of every rank on the common clock (trace.merged.json)");
 DEFINE_int32(fault_rank, -1, "testing: this rank fails at --fault_step (proves no rank hangs)");
 DEFINE_int32(fault_step, -1, "testing: step at which --fault_rank fails");
 DEFINE_bool(allow_shared_gpu, false,
@@ -425,6 +430,21 @@ bool TrainSteps::StopsAfter(int64_t done) {
   return false;
 }
 
+// Each rank's trace and rank 0's merged one (collective); "" or the output error to report.
+std::string WriteTraces(Job* job, const Profiler& profiler) {
+  if (FLAGS_trace_dir.empty()) return "";
+  std::string error;
+  const std::string own = FLAGS_trace_dir + "/trace.rank" + std::to_string(job->rank) + ".json";
+  bool ok = profiler.WriteChromeTrace(own, job->rank, &error);
+  std::string merged_error;
+  if (!WriteMergedTrace(profiler, job->comm, FLAGS_trace_dir + "/trace.merged.json",
+                        &merged_error)) {
+    error += (ok ? "" : "; ") + merged_error;
+    ok = false;
+  }
+  return ok ? "" : "output error: --trace_dir=" + FLAGS_trace_dir + ": " + error;
+}
+
 // Final evaluation, profile, traces, heatmaps, summary; returns the exit code.
 int Finish(Job* job, const Profiler& profiler, double train_seconds, double periodic_eval_seconds) {
   SetStopSignalPhase(StopPhase::kFinishing);
@@ -440,15 +460,14 @@ int Finish(Job* job, const Profiler& profiler, double train_seconds, double peri
   if (analytics) analytics->Reduce(job->comm);
   job->metrics->WriteEval(config.steps(), acc);
   const std::string table = FormatProfileAcrossRanks(profiler, config.steps(), job->comm);
+  const AllToAllProfile a2a = ProfileAllToAlls(profiler, config.steps(), job->comm);
   // Each rank's trace, rank 0's heatmaps and metrics; any failure ends every rank with exit
   // code 6 after the rest has been written.
-  std::string output_error;
-  if (!FLAGS_trace_dir.empty() &&
-      !profiler.WriteChromeTrace(FLAGS_trace_dir + "/trace.rank" + std::to_string(job->rank) + ".json",
-                                 job->rank, &output_error))
-    output_error = "output error: --trace_dir=" + FLAGS_trace_dir + ": " + output_error;
+  std::string output_error = WriteTraces(job, profiler);
   if (job->rank == 0) {
     LOG(INFO) << "communication profile (per training step, over " << job->world << " ranks):\n" << table;
+    LOG_IF(INFO, !a2a.text.empty()) << "all-to-all profile (per training step, mean over "
+                                    << job->world << " ranks):\n" << a2a.text;
     const int64_t n = config.data().eval_images();
     LOG(INFO) << std::fixed << std::setprecision(4) << "final: test accuracy " << acc << " on "
               << (n > 0 ? std::min<int64_t>(n, job->test.count) : job->test.count)
@@ -471,6 +490,10 @@ int Finish(Job* job, const Profiler& profiler, double train_seconds, double peri
     sum.global_batch = job->global_batch;
     sum.world = job->world;
     sum.test_accuracy = acc;
+    sum.all_to_alls = a2a.rows;
+    sum.ep_size = a2a.ep_size;
+    sum.straggler_rank = a2a.straggler_rank;
+    sum.straggler_fraction = a2a.straggler_fraction;
     LOG(INFO) << FormatSummaryLine(sum);
     job->metrics->WriteObject(SummaryJson(sum));
     if (!job->metrics->Close())
@@ -518,6 +541,9 @@ int Run(char** argv) {
   job.comm = comms.mpi.get();
   LoadDataOrFail(&job);
   Profiler profiler;
+  // The common clock for the all-to-all skew split and the merged trace (a few ping-pongs).
+  const ClockOffset clock = SyncClockToRoot(job.comm->comm(GroupKind::kWorld));
+  profiler.set_common_clock(clock.offset_us, clock.error_us);
   TrainingSession session(job.config, job.comm, &profiler, comms.device);
   job.session = &session;
   job.batch = job.config.data().batch_per_rank();

@@ -13,6 +13,23 @@ std::string Token(const std::string& s) {
   return out.empty() ? "-" : out;
 }
 
+// ", \"a2a\": {...}, ..." or nothing when no all-to-all ran.
+std::string AllToAllJson(const RunSummary& s) {
+  if (s.all_to_alls.empty()) return "";
+  std::ostringstream os;
+  os << std::setprecision(6) << ", \"a2a\": {";
+  for (size_t i = 0; i < s.all_to_alls.size(); ++i) {
+    const AllToAllRow& r = s.all_to_alls[i];
+    os << (i ? ", " : "") << "\"" << Token(r.phase) << "\": {\"bytes_per_rank\": "
+       << r.bytes_per_rank << ", \"ms\": " << r.ms << ", \"skew_ms\": " << r.skew_ms
+       << ", \"transfer_ms\": " << r.transfer_ms << ", \"device_ms\": " << r.device_ms
+       << ", \"algbw_gbs\": " << r.algbw_gbs << ", \"busbw_gbs\": " << r.busbw_gbs << "}";
+  }
+  os << "}, \"a2a_ep_size\": " << s.ep_size << ", \"a2a_straggler\": {\"rank\": "
+     << s.straggler_rank << ", \"fraction\": " << s.straggler_fraction << "}";
+  return os.str();
+}
+
 }  // namespace
 
 std::string FormatSummaryLine(const RunSummary& s) {
@@ -35,7 +52,7 @@ std::string SummaryJson(const RunSummary& s) {
      << ", \"flops_per_image\": " << s.flops_per_image << ", \"images_per_s\": " << s.images_per_s
      << ", \"train_wall_s\": " << s.train_wall_s << ", \"steps\": " << s.steps
      << ", \"global_batch\": " << s.global_batch << ", \"ranks\": " << s.world
-     << ", \"test_accuracy\": " << s.test_accuracy << "}}";
+     << ", \"test_accuracy\": " << s.test_accuracy << AllToAllJson(s) << "}}";
   return os.str();
 }
 

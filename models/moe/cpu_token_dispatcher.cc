@@ -127,7 +127,7 @@ Tensor CpuTokenDispatcher::ExchangeToExperts(const Tensor& send, const char* pha
     rc[p] = layout_.recv_rows_per_peer[p] * D;
   }
   {
-    ScopedPhase ph(profiler_, phase, layout_.send_rows * D * sizeof(float));
+    ScopedExchange ph(profiler_, phase, layout_.send_rows * D * sizeof(float));
     ScopedActivity act(layer_ + " " + phase);  // names the phase if the watchdog fires
     comm_->AllToAllV(send.data(), sc, received.data(), rc, GroupKind::kExpert);
   }
@@ -149,7 +149,7 @@ Tensor CpuTokenDispatcher::ExchangeFromExperts(const Tensor& expert_rows, const 
     sc[p] = layout_.recv_rows_per_peer[p] * D;
     rc[p] = layout_.send_rows_per_peer[p] * D;
   }
-  ScopedPhase ph(profiler_, phase, expert_rows.numel() * sizeof(float));
+  ScopedExchange ph(profiler_, phase, expert_rows.numel() * sizeof(float));
   ScopedActivity act(layer_ + " " + phase);
   comm_->AllToAllV(src_major.data(), sc, back.data(), rc, GroupKind::kExpert);
   return back;

@@ -23,6 +23,7 @@
 
 #include <cuda_runtime_api.h>
 #include <glog/logging.h>
+#include <nvtx3/nvToolsExt.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -127,19 +128,82 @@ class PinnedBuffer {
   size_t cap_ = 0;
 };
 
-// A profiler phase that, when a profiler is attached, waits for the stream before it closes.
+// An NVTX range (shown by Nsight Systems on the CPU timeline, with the kernels it launched) while
+// a profiler is attached. NVTX v3 is header-only; with no tool attached a range costs a few ns.
+class NvtxRange {
+ public:
+  NvtxRange(bool on, const char* name) : on_(on) {
+    if (on_) nvtxRangePushA(name);
+  }
+  ~NvtxRange() {
+    if (on_) nvtxRangePop();
+  }
+  NvtxRange(const NvtxRange&) = delete;
+  NvtxRange& operator=(const NvtxRange&) = delete;
+
+ private:
+  bool on_;
+};
+
+// A profiler phase that, when a profiler is attached, waits for the stream before it closes,
+// inside an NVTX range of the same name.
 class DevicePhase {
  public:
   DevicePhase(Profiler* profiler, const char* phase, cudaStream_t stream, int64_t bytes = 0)
-      : phase_(profiler, phase, bytes), sync_(profiler != nullptr), stream_(stream) {}
+      : nvtx_(profiler != nullptr, phase),
+        phase_(profiler, phase, bytes),
+        sync_(profiler != nullptr),
+        stream_(stream) {}
   ~DevicePhase() {
     if (sync_) CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
 
  private:
+  NvtxRange nvtx_;     // popped last
   ScopedPhase phase_;  // destroyed (phase closed) after the body above has synchronised
   bool sync_;
   cudaStream_t stream_;
+};
+
+// DevicePhase for a device all-to-all: also records the host's arrival and departure
+// (ScopedExchange, for the skew / transfer split) and the device time between two CUDA events
+// recorded on the stream around the phase's work (Profiler::AddDeviceSeconds). Every profiled
+// phase synchronises before it closes, so the stream is idle at arrival and the host mark is
+// the device's arrival too.
+class DeviceExchange {
+ public:
+  DeviceExchange(Profiler* profiler, const char* phase, cudaStream_t stream, int64_t bytes)
+      : nvtx_(profiler != nullptr, phase),
+        exchange_(profiler, phase, bytes),
+        profiler_(profiler),
+        phase_name_(phase),
+        stream_(stream) {
+    if (profiler_ == nullptr) return;
+    CUDA_CHECK(cudaEventCreate(&start_));
+    CUDA_CHECK(cudaEventCreate(&stop_));
+    CUDA_CHECK(cudaEventRecord(start_, stream_));
+  }
+  ~DeviceExchange() {
+    if (profiler_ == nullptr) return;
+    CUDA_CHECK(cudaEventRecord(stop_, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
+    profiler_->AddDeviceSeconds(phase_name_, ms * 1e-3);
+    CUDA_CHECK(cudaEventDestroy(start_));
+    CUDA_CHECK(cudaEventDestroy(stop_));
+  }
+  DeviceExchange(const DeviceExchange&) = delete;
+  DeviceExchange& operator=(const DeviceExchange&) = delete;
+
+ private:
+  NvtxRange nvtx_;           // popped last
+  ScopedExchange exchange_;  // departure recorded after the body above has synchronised
+  Profiler* profiler_;
+  const char* phase_name_;
+  cudaStream_t stream_;
+  cudaEvent_t start_ = nullptr;
+  cudaEvent_t stop_ = nullptr;
 };
 
 // A device Tensor for work on `stream`. Tensor memory is stream-ordered on the legacy stream

@@ -12,6 +12,7 @@ namespace moe {
 
 using moe_cuda::DeviceAllToAllV;
 using moe_cuda::DeviceArray;
+using moe_cuda::DeviceExchange;
 using moe_cuda::DevicePhase;
 using moe_cuda::NewDeviceTensor;
 
@@ -97,7 +98,7 @@ Tensor CudaTokenDispatcher::ToExperts(const float* send, const char* phase, int6
   const cudaStream_t s = cuda_->stream;
   const int El = num_experts_ / ep_size_;
   Tensor expert_major = NewDeviceTensor({layout_.recv_rows, dim_}, s);
-  DevicePhase ph(profiler_, phase, s, bytes);
+  DeviceExchange ph(profiler_, phase, s, bytes);
   DeviceArray<float> received(layout_.recv_rows * dim_, s);
   DeviceAllToAllV(cuda_->nccl, s, send, layout_.send_rows_per_peer, received.get(),
                   layout_.recv_rows_per_peer, dim_);
@@ -109,7 +110,7 @@ Tensor CudaTokenDispatcher::ToExperts(const float* send, const char* phase, int6
 void CudaTokenDispatcher::FromExperts(const Tensor& expert_rows, float* back, const char* phase) {
   const cudaStream_t s = cuda_->stream;
   const int El = num_experts_ / ep_size_;
-  DevicePhase ph(profiler_, phase, s, expert_rows.numel() * sizeof(float));
+  DeviceExchange ph(profiler_, phase, s, expert_rows.numel() * sizeof(float));
   DeviceArray<float> src_major(layout_.recv_rows * dim_, s);
   PermuteBlocksCuda(expert_rows.data(), src_major.get(), dim_, plan_.recv_block_rows_device,
                     ep_size_, El, plan_.groups, layout_.recv_rows, /*to_expert_major=*/false, s);

@@ -28,6 +28,20 @@ for r in 0 1 2 3; do
   [ -s "$WORK/traces/trace.rank$r.json" ] || { fail "trace_rank$r" "missing"; continue; }
   grep -q '"traceEvents"' "$WORK/traces/trace.rank$r.json" && pass "trace_rank$r" || fail "trace_rank$r" "not a trace"
 done
+# One merged trace on the common clock: valid JSON with a track and all-to-all events per rank.
+python3 - "$WORK/traces/trace.merged.json" <<'PY' \
+  && pass trace_merged || fail trace_merged "see above"
+import json, sys
+events = json.load(open(sys.argv[1]))["traceEvents"]
+for r in range(4):
+    a2a = [e for e in events if e.get("pid") == r and e["name"].startswith("a2a_")]
+    assert a2a, f"no all-to-all events of rank {r}"
+PY
+grep -q 'all-to-all profile' "$OUT" && grep -qE 'straggler: rank [0-3] arrived last in' "$OUT" \
+  && pass a2a_profile_printed || fail a2a_profile_printed "no all-to-all table or straggler"
+grep -qE '"a2a": \{"a2a_dispatch": \{"bytes_per_rank": [0-9.e+]+, "ms"' "$WORK/metrics.jsonl" \
+  && grep -q '"a2a_straggler": {"rank": ' "$WORK/metrics.jsonl" \
+  && pass a2a_summary_json || fail a2a_summary_json "no a2a figures in the summary object"
 for r in 0 1 2 3; do
   ls "$WORK/logs"/moe_train.rank$r.* >/dev/null 2>&1 && pass "log_rank$r" || fail "log_rank$r" "no log file"
 done
