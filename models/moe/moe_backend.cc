@@ -33,7 +33,15 @@ std::unique_ptr<TokenDispatcher> MakeCpuTokenDispatcher(const MoeLayerView& laye
 
 }  // namespace
 
-bool HostDispatcherAvailable(DispatcherKind kind) { return kind == DispatcherKind::kFlat; }
+bool HostDispatcherAvailable(DispatcherKind kind) {
+  switch (kind) {
+    case DispatcherKind::kFlat:
+    case DispatcherKind::kHierarchical:
+    case DispatcherKind::kPipelined:
+      return true;
+  }
+  return false;
+}
 
 std::unique_ptr<MoeBackend> MakeMoeBackend(Device device, const MoeLayerView& layer) {
   if (device == Device::kCUDA) return MakeCudaMoeBackend(layer);

@@ -160,7 +160,7 @@ std::vector<Tensor> PipelinedTokenDispatcher::Pipeline(const std::vector<Tensor>
   for (int c = 0; c < K; ++c) {
     const Chunk& ch = chunks_[c];
     {
-      ScopedPhase ph(profiler_, to_phase, ch.layout.send_rows * D * sizeof(float));
+      ScopedExchange ph(profiler_, to_phase, ch.layout.send_rows * D * sizeof(float));
       ScopedActivity act(layer_ + " " + to_phase);  // names the phase if the watchdog fires
       to[c]->Wait();
     }
@@ -178,7 +178,7 @@ std::vector<Tensor> PipelinedTokenDispatcher::Pipeline(const std::vector<Tensor>
                                     GroupKind::kExpert);
   }
   for (int c = 0; c < K; ++c) {
-    ScopedPhase ph(profiler_, back_phase, chunks_[c].layout.recv_rows * D * sizeof(float));
+    ScopedExchange ph(profiler_, back_phase, chunks_[c].layout.recv_rows * D * sizeof(float));
     ScopedActivity act(layer_ + " " + back_phase);
     from[c]->Wait();
   }
