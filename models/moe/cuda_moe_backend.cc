@@ -4,11 +4,40 @@
 
 #include <glog/logging.h>
 
+#include <memory>
+#include <utility>
+
 #include "models/moe/cuda_device_topk_planner.h"
 #include "models/moe/cuda_host_routing_planner.h"
 #include "models/moe/cuda_token_dispatcher.h"
+#include "models/moe/cuda_two_level_exchange.h"
 
 namespace moe {
+
+namespace {
+
+// The layer's device context. HIERARCHICAL: the same CudaTokenDispatcher as FLAT, over a
+// communicator whose expert all-to-all-v takes two levels (cuda_two_level_exchange.h), so its
+// output is FLAT's bit for bit. With a host-memory communicator (ep_size 1, no NCCL) every
+// exchange is a local copy and there is nothing to route in levels.
+std::shared_ptr<CudaMoeContext> MakeCudaContext(const MoeLayerView& layer, int ep_size) {
+  const DispatcherOptions& d = layer.dispatch;
+  CHECK(d.kind != DispatcherKind::kPipelined)
+      << layer.name << ": dispatcher " << DispatcherKindName(d.kind)
+      << " is host-path only; the CUDA path has FLAT and HIERARCHICAL";
+  if (d.kind != DispatcherKind::kHierarchical || !layer.comm->works_on_device())
+    return std::make_shared<CudaMoeContext>(layer.name, layer.comm, ep_size);
+  CHECK_GT(d.ranks_per_node, 0)
+      << layer.name << ": parallel.ranks_per_node=" << d.ranks_per_node
+      << ": the CUDA HIERARCHICAL dispatcher needs explicit nodes (> 0 consecutive EP ranks)";
+  auto two_level =
+      std::make_unique<CudaTwoLevelExpertCommunicator>(layer.name, layer.comm, d.ranks_per_node);
+  auto cuda = std::make_shared<CudaMoeContext>(layer.name, two_level.get(), ep_size);
+  cuda->owned_comm = std::move(two_level);
+  return cuda;
+}
+
+}  // namespace
 
 std::unique_ptr<MoeBackend> MakeCudaMoeBackend(const MoeLayerView& layer) {
   const MoeLayerOptions& o = layer.opt;
@@ -17,11 +46,8 @@ std::unique_ptr<MoeBackend> MakeCudaMoeBackend(const MoeLayerView& layer) {
   CHECK(o.noise == RouterNoise::kFixed && o.balance_sq_weight == 0.f)
       << layer.name << ": learned softplus router noise and the balance-squared loss are not "
       << "supported on the CUDA path yet";
-  CHECK(layer.dispatch.kind == DispatcherKind::kFlat)
-      << layer.name << ": dispatcher " << DispatcherKindName(layer.dispatch.kind)
-      << " is host-path only; the CUDA path exchanges with the flat all-to-all";
   const int ep_size = layer.comm->Size(GroupKind::kExpert);
-  auto cuda = std::make_shared<CudaMoeContext>(layer.name, layer.comm, ep_size);
+  auto cuda = MakeCudaContext(layer, ep_size);
   auto b = std::make_unique<MoeBackend>();
   b->device = Device::kCUDA;
   b->dispatcher =

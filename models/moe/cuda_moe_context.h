@@ -245,6 +245,9 @@ class CudaMoeContext {
   cudaEvent_t enter = nullptr, leave = nullptr;  // ordering with the legacy default stream
   moe_cuda::PinnedBuffer down, up;  // the device router's staging: counts and router arrays
   Profiler* profiler = nullptr;     // the step's, set by the dispatcher's BeginStep
+  // A communicator `nccl` points to that the context keeps alive for the layer's planner and
+  // dispatcher (the HIERARCHICAL dispatcher's two-level exchange over the job's NCCL one).
+  std::unique_ptr<Communicator> owned_comm;
 
   ~CudaMoeContext() {
     for (cudaEvent_t e : {routed, enter, leave, downloaded, uploaded})
