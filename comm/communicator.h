@@ -71,6 +71,12 @@ class Communicator {
   // Ends the job with a clear message when the nodes are uneven or not consecutive EP ranks, or
   // when the communicator cannot split (the default).
   virtual ExpertNodeGroups SplitExpertGroupByNode(int ranks_per_node);
+  // EP ranks per node of the machine's nodes: the node size of SplitExpertGroupByNode(0), with
+  // its checks (collective over the expert group; ends the job naming parallel.ranks_per_node
+  // when the nodes are uneven or not consecutive EP ranks). For device layers that route in
+  // levels themselves and need only the size; a device communicator answers from the host
+  // communicator it was built from.
+  virtual int MachineRanksPerNode() { return SplitExpertGroupByNode(0).node->size(); }
 
   virtual void AllReduceSum(float* data, int64_t count, GroupKind g) = 0;
   virtual void AllReduceSum(double* data, int64_t count, GroupKind g) = 0;

@@ -123,13 +123,10 @@ void ValidateDispatcher(const proto::TrainConfig& c, int world_size, Checker* k)
            "the world size " + std::to_string(world_size) + " is not a multiple of it");
   k->AtLeast("parallel.pipeline_chunks", p.pipeline_chunks(), 1);
   if (c.device() != "cuda") return;
-  // The CUDA path has FLAT and HIERARCHICAL (whose nodes it takes from ranks_per_node).
+  // The CUDA path has FLAT and HIERARCHICAL (nodes from ranks_per_node, or the machine's).
   if (p.dispatcher() == proto::ParallelConfig::PIPELINED)
     k->Bad("parallel.dispatcher", proto::ParallelConfig::Dispatcher_Name(p.dispatcher()),
            "is host-path only for now; the CUDA path has FLAT and HIERARCHICAL");
-  if (p.dispatcher() == proto::ParallelConfig::HIERARCHICAL && p.ranks_per_node() == 0)
-    k->Bad("parallel.ranks_per_node", "0",
-           "the CUDA HIERARCHICAL dispatcher needs explicit nodes: set it > 0 (consecutive ranks)");
 }
 
 void ValidateTopLevel(const proto::TrainConfig& c, int world_size, Checker* k) {

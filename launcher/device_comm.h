@@ -24,6 +24,6 @@ void BindRankToGpu(bool allow_shared_gpu);
 
 // Collective over mpi's world: every rank builds it, in the same order. Fatal in a build without
 // the CUDA path (config validation refuses device "cuda" there first).
-std::unique_ptr<DeviceComm> MakeDeviceComm(const MpiCommunicator& mpi);
+std::unique_ptr<DeviceComm> MakeDeviceComm(MpiCommunicator& mpi);
 
 }  // namespace moe

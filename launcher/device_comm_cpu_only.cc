@@ -8,7 +8,7 @@ namespace moe {
 
 void BindRankToGpu(bool) { LOG(FATAL) << "device cuda: this build has no CUDA path"; }
 
-std::unique_ptr<DeviceComm> MakeDeviceComm(const MpiCommunicator&) {
+std::unique_ptr<DeviceComm> MakeDeviceComm(MpiCommunicator&) {
   LOG(FATAL) << "device cuda: this build has no CUDA path";
   return nullptr;
 }

@@ -13,7 +13,7 @@ namespace {
 // Members destroyed in reverse order: NCCL before its stream.
 class NcclDeviceComm : public DeviceComm {
  public:
-  explicit NcclDeviceComm(const MpiCommunicator& mpi) {
+  explicit NcclDeviceComm(MpiCommunicator& mpi) {
     CUDA_CHECK(cudaStreamCreate(&stream_));  // blocking, not NonBlocking: see the header
     nccl_ = std::make_unique<NcclCommunicator>(mpi, stream_);
     LOG_IF(INFO, mpi.Rank(GroupKind::kWorld) == 0)
@@ -39,7 +39,7 @@ void BindRankToGpu(bool allow_shared_gpu) {
             << (bind.shared_gpu ? ", GPU shared with other ranks: testing only" : "") << ")";
 }
 
-std::unique_ptr<DeviceComm> MakeDeviceComm(const MpiCommunicator& mpi) {
+std::unique_ptr<DeviceComm> MakeDeviceComm(MpiCommunicator& mpi) {
   return std::make_unique<NcclDeviceComm>(mpi);
 }
 

@@ -76,9 +76,10 @@ DeviceBinding BindDeviceForRank(const MPI_Comm& world, bool allow_shared_gpu) {
   return b;
 }
 
-NcclCommunicator::NcclCommunicator(const MpiCommunicator& mpi, cudaStream_t stream)
+NcclCommunicator::NcclCommunicator(MpiCommunicator& mpi, cudaStream_t stream)
     : layout_(mpi.layout()),
       stream_(stream),
+      host_(&mpi),
       mpi_world_(mpi.comm(GroupKind::kWorld)),
       mpi_expert_(mpi.comm(GroupKind::kExpert)),
       mpi_data_(mpi.comm(GroupKind::kData)),

@@ -25,7 +25,8 @@
 // all-to-all-v with empty experts costs nothing for them. NCCL counts are size_t: no INT_MAX limit.
 //
 // The MpiCommunicator must outlive this object: Abort and the count verification use its MPI
-// communicators. Destroy this object on every rank before MPI_Finalize.
+// communicators, MachineRanksPerNode its node split. Destroy this object on every rank before
+// MPI_Finalize.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -72,7 +73,7 @@ class NcclCommunicator : public Communicator {
  public:
   // Collective over mpi's world (every rank must construct one, in the same order relative to
   // other collectives). The current CUDA device (BindDeviceForRank) is the one NCCL uses.
-  NcclCommunicator(const MpiCommunicator& mpi, cudaStream_t stream);
+  NcclCommunicator(MpiCommunicator& mpi, cudaStream_t stream);
   // ncclCommDestroy on all three (waits for the operations still enqueued to finish).
   ~NcclCommunicator() override;
   NcclCommunicator(const NcclCommunicator&) = delete;
@@ -84,6 +85,8 @@ class NcclCommunicator : public Communicator {
   const ProcessGroupLayout& layout() const { return layout_; }
   // The NCCL communicator behind a group (for code that needs NCCL calls of its own, on stream()).
   ncclComm_t nccl_comm(GroupKind g) const;
+  // The machine's nodes come from the MPI communicator's split (its groups are this one's).
+  int MachineRanksPerNode() override { return host_->MachineRanksPerNode(); }
 
   int Rank(GroupKind g) const override;
   int Size(GroupKind g) const override;
@@ -124,6 +127,7 @@ class NcclCommunicator : public Communicator {
 
   ProcessGroupLayout layout_;
   cudaStream_t stream_;
+  MpiCommunicator* host_;  // not owned: the one this mirrors
   // Not owned: mpi's communicators, used for count verification and Abort.
   MPI_Comm mpi_world_ = MPI_COMM_NULL, mpi_expert_ = MPI_COMM_NULL, mpi_data_ = MPI_COMM_NULL;
   CollectiveWatchdog* watchdog_;  // the MpiCommunicator's

@@ -47,6 +47,7 @@ class CudaTwoLevelExpertCommunicator : public Communicator {
     base_->Broadcast(d, n, root, g);
   }
   void Barrier(GroupKind g) override { base_->Barrier(g); }
+  int MachineRanksPerNode() override { return base_->MachineRanksPerNode(); }
   bool works_on_device() const override { return base_->works_on_device(); }
   void* device_stream() const override { return base_->device_stream(); }
   [[noreturn]] void Abort(const std::string& reason, int exit_code) override {

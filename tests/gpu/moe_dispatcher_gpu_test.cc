@@ -9,7 +9,8 @@
 //
 // EP sizes and nodes: EP 1 with ranks_per_node 1 (both levels are self-exchanges through NCCL),
 // and under mpirun EP = world with ranks_per_node 1 (all traffic crosses "nodes") and 2 (both
-// levels carry data; world even).
+// levels carry data; world even); ranks_per_node 0 at both EP sizes (the machine's nodes, from
+// the MPI split behind the NcclCommunicator: one host, so one node of all the EP ranks).
 //
 //   moe_gpu_tests --gtest_filter='*MoeDispatcherGpu*'
 //   mpirun -np 4 moe_gpu_tests --gtest_filter='*MoeDispatcherGpu*'   (one GPU shared)
@@ -171,10 +172,12 @@ TEST_P(MoeDispatcherGpuTest, HierarchicalEqualsFlat) {
   const MoeLayerOptions o = LayerOptions(GetParam());
   int world = 1;
   MPI_Comm_size(MPI_COMM_WORLD, &world);
-  std::vector<std::pair<int, int>> ep_and_nodes = {{1, 1}};  // (ep size, ranks per node)
+  // (ep size, ranks per node); 0: the machine's nodes (one host here: L = the EP size).
+  std::vector<std::pair<int, int>> ep_and_nodes = {{1, 1}, {1, 0}};
   if (world > 1 && o.num_experts % world == 0) {
     ep_and_nodes.push_back({world, 1});
     if (world % 2 == 0) ep_and_nodes.push_back({world, 2});
+    ep_and_nodes.push_back({world, 0});
   }
   for (const auto& [ep, ranks_per_node] : ep_and_nodes) {
     SCOPED_TRACE("ep_size=" + std::to_string(ep) + " ranks_per_node=" +
