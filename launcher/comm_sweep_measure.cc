@@ -2,14 +2,17 @@
 
 #include <glog/logging.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "comm/mpi_check.h"
 #include "comm/mpi_communicator.h"
+#include "core/backend.h"
 #include "core/profiler.h"
 #include "core/rng.h"
 #include "launcher/comm_model.h"
+#include "launcher/device_comm.h"
 #include "models/moe/moe_layer.h"
 
 namespace moe {
@@ -20,11 +23,23 @@ const char* const kExchangePhases[] = {"a2a_dispatch", "a2a_combine", "a2a_combi
                                        "a2a_dispatch_bwd"};
 const char kLayerPhase[] = "fwd_bwd";
 
-Tensor RandomRows(int64_t rows, int dim, uint64_t seed) {
+// Drawn on the host (the same values on either device), then copied to `device`.
+Tensor RandomRows(int64_t rows, int dim, uint64_t seed, Device device) {
   Tensor x({rows, dim});
   CounterRng rng(seed);
   for (int64_t i = 0; i < x.numel(); ++i) x.at(i) = rng.Normal(i);
-  return x;
+  if (device == Device::kCPU) return x;
+  Tensor on_device = BackendFor(device).NewTensor(x.shape());
+  on_device.CopyFrom(x);
+  return on_device;
+}
+
+// Device work is queued, not done, when Backward returns: a one-float host read of its result
+// waits for it, so that the step's time covers the layer's kernels too.
+void AwaitResult(const Tensor& dx) {
+  if (dx.device() == Device::kCPU || dx.empty()) return;
+  float first = 0.f;
+  BackendFor(dx.device()).Copy(&first, Device::kCPU, dx.data(), dx.device(), sizeof(float));
 }
 
 MoeLayerOptions LayerOptions(const SweepPoint& p) {
@@ -43,8 +58,8 @@ void RunSteps(MoeLayer& layer, MpiCommunicator& comm, const SweepPoint& p,
               const MeasureOptions& opt, Profiler* prof) {
   const int rank = comm.Rank(GroupKind::kWorld), world = comm.Size(GroupKind::kWorld);
   const int64_t groups = p.tokens / p.group_tokens;
-  const Tensor x = RandomRows(p.tokens, p.dim, 2 * rank + 1);
-  const Tensor dy = RandomRows(p.tokens, p.dim, 2 * rank + 2);
+  const Tensor x = RandomRows(p.tokens, p.dim, 2 * rank + 1, opt.device);
+  const Tensor dy = RandomRows(p.tokens, p.dim, 2 * rank + 2, opt.device);
   MoeStepContext ctx;
   ctx.first_global_group = rank * groups;
   ctx.num_global_groups = world * groups;
@@ -56,7 +71,7 @@ void RunSteps(MoeLayer& layer, MpiCommunicator& comm, const SweepPoint& p,
     comm.Barrier(GroupKind::kWorld);
     ScopedPhase whole(timed ? prof : nullptr, kLayerPhase);
     layer.Forward(x);
-    layer.Backward(dy);
+    AwaitResult(layer.Backward(dy));
   }
 }
 
@@ -94,7 +109,15 @@ NodeLayout DetectNodeLayout(MPI_Comm world, int ranks_per_node_flag) {
 SweepRow MeasurePoint(const SweepPoint& p, const NodeLayout& layout,
                       const MeasureOptions& opt) {
   MpiCommunicator comm(MPI_COMM_WORLD, p.ep);
-  MoeLayer layer("comm_bench", LayerOptions(p), &comm, /*seed=*/1);
+  // Declared after comm, so destroyed before it (NCCL mirrors and uses comm's MPI groups).
+  std::unique_ptr<DeviceComm> device_comm;
+  Communicator* layer_comm = &comm;
+  if (opt.device == Device::kCUDA) {
+    device_comm = MakeDeviceComm(comm);
+    layer_comm = device_comm->get();
+  }
+  MoeLayer layer("comm_bench", LayerOptions(p), layer_comm, /*seed=*/1);
+  if (opt.device != Device::kCPU) layer.MoveTo(opt.device);
   DispatcherOptions d;
   d.kind = p.dispatcher;
   d.ranks_per_node = opt.ranks_per_node;

@@ -1,10 +1,12 @@
 // One moe_comm_bench point measured for real: a MoeLayer of the point's shape on an
-// MpiCommunicator over the world with the point's EP size, warm-up then timed Forward+Backward
+// MpiCommunicator over the world with the point's EP size (device kCUDA: on the GPU, over an
+// NcclCommunicator built from it, launcher/device_comm.h), warm-up then timed Forward+Backward
 // steps under a Profiler, reduced over the ranks into one SweepRow (the same on every rank).
 #pragma once
 
 #include <mpi.h>
 
+#include "core/tensor.h"
 #include "launcher/comm_sweep_csv.h"
 #include "launcher/comm_sweep_points.h"
 
@@ -23,6 +25,8 @@ struct MeasureOptions {
   int warmup = 2, iters = 5;
   int ranks_per_node = 0;   // DispatcherOptions::ranks_per_node
   int pipeline_chunks = 2;  // DispatcherOptions::pipeline_chunks
+  // kCUDA: BindRankToGpu must have run; the point's dispatcher must be CudaDispatcherAvailable.
+  Device device = Device::kCPU;
 };
 // Collective over MPI_COMM_WORLD: every rank calls it with the same point.
 SweepRow MeasurePoint(const SweepPoint& point, const NodeLayout& layout,

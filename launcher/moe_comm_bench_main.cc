@@ -8,6 +8,9 @@
 // forward+backward), algbw = bytes / time and busbw = algbw * (ep - 1) / ep (nccl-tests'
 // all-to-all convention), and the exchanges' share of the layer's forward+backward. --csv writes
 // the same rows (launcher/comm_sweep_csv.h) for plot_comm_sweep.py and moe_comm_model.
+//
+// --device=cuda builds each point's layer on the GPU over NCCL (one GPU per rank; tests may share
+// one with --allow_shared_gpu); dispatchers the CUDA path lacks are skipped with a note.
 #include <gflags/gflags.h>
 #include <glog/logging.h>
 #include <mpi.h>
@@ -18,8 +21,10 @@
 
 #include "comm/mpi_abort.h"
 #include "comm/mpi_check.h"
+#include "core/backend.h"
 #include "core/gemm.h"
 #include "launcher/comm_sweep_measure.h"
+#include "launcher/device_comm.h"
 #include "launcher/exit_codes.h"
 #include "launcher/output_files.h"
 #include "models/moe/moe_backend.h"
@@ -38,6 +43,8 @@ DEFINE_int32(pipeline_chunks, 2, "chunks of the pipelined dispatcher");
 DEFINE_int32(warmup, 2, "untimed steps per point");
 DEFINE_int32(iters, 8, "timed steps per point");
 DEFINE_string(csv, "", "also write the rows to this CSV file (rank 0)");
+DEFINE_string(device, "cpu", "where the layers run: cpu (MPI) or cuda (GPU, NCCL)");
+DEFINE_bool(allow_shared_gpu, false, "--device=cuda: let ranks share a GPU (testing only)");
 
 namespace moe {
 namespace {
@@ -74,31 +81,38 @@ SweepLists ParseFlags(int rank, int world) {
   if (FLAGS_ranks_per_node < 0 || (FLAGS_ranks_per_node > 0 && world % FLAGS_ranks_per_node))
     ConfigError(rank, "--ranks_per_node=" + std::to_string(FLAGS_ranks_per_node) +
                           ": must be 0 or divide the " + std::to_string(world) + " ranks");
+  if (FLAGS_device != "cpu" && FLAGS_device != "cuda")
+    ConfigError(rank, "--device=" + FLAGS_device + ": must be cpu or cuda");
+  if (FLAGS_device == "cuda" && !BackendAvailable(Device::kCUDA))
+    ConfigError(rank, "--device=cuda: this build has no CUDA path (configured with "
+                      "MOE_EP_WITH_CUDA=OFF or without nvcc); use --device=cpu or rebuild");
   l.hidden_ratio = FLAGS_hidden_ratio;
   l.group_tokens = FLAGS_group_tokens;
   return l;
 }
 
-// The dispatchers this build can make; a note for each it refuses.
+// The dispatchers this build can make on `device`; a note for each it refuses.
 std::vector<DispatcherKind> AvailableDispatchers(const std::vector<DispatcherKind>& wanted,
-                                                 int rank) {
+                                                 Device device, int rank) {
   std::vector<DispatcherKind> out;
   for (DispatcherKind d : wanted) {
-    if (HostDispatcherAvailable(d)) {
+    const bool available =
+        device == Device::kCUDA ? CudaDispatcherAvailable(d) : HostDispatcherAvailable(d);
+    if (available) {
       out.push_back(d);
     } else if (rank == 0) {
-      printf("# note: dispatcher %s is not available in this build on the host path; skipped\n",
-             DispatcherKindName(d));
+      printf("# note: dispatcher %s is not available in this build on the %s path; skipped\n",
+             DispatcherKindName(d), device == Device::kCUDA ? "CUDA" : "host");
     }
   }
   return out;
 }
 
 void PrintHeader(int world, const NodeLayout& layout) {
-  printf("# moe_comm_bench: %d ranks, %d node(s) x %d ranks%s; %d warm-up + %d timed "
+  printf("# moe_comm_bench: %d ranks, %d node(s) x %d ranks%s, device %s; %d warm-up + %d timed "
          "forward+backward steps per point\n",
          world, layout.nodes, layout.ranks_per_node, layout.uneven ? " (uneven nodes: min)" : "",
-         FLAGS_warmup, FLAGS_iters);
+         FLAGS_device.c_str(), FLAGS_warmup, FLAGS_iters);
   printf("# bytes: sent by one rank per exchange (own block included); time: per exchange, mean "
          "over ranks, steps and the 4 exchanges; GB/s = 1e9 B/s; busbw = algbw*(ep-1)/ep\n");
   printf("%-12s %6s %5s %5s %3s %2s %5s %3s %4s %5s | %11s %11s %8s %8s | %9s %9s %6s\n",
@@ -138,7 +152,9 @@ int Run(int rank, int world) {
   MPI_CHECK(MPI_Bcast(&ok, 1, MPI_INT, 0, MPI_COMM_WORLD));
   // Rank 0 alone checked the path; its message already reads "config error: --csv=...".
   if (!ok) ConfigError(rank, rank == 0 ? err.substr(std::string("config error: ").size()) : "");
-  lists.dispatchers = AvailableDispatchers(lists.dispatchers, rank);
+  const Device device = FLAGS_device == "cuda" ? Device::kCUDA : Device::kCPU;
+  if (device == Device::kCUDA) BindRankToGpu(FLAGS_allow_shared_gpu);  // before any CUDA call
+  lists.dispatchers = AvailableDispatchers(lists.dispatchers, device, rank);
   const NodeLayout layout = DetectNodeLayout(MPI_COMM_WORLD, FLAGS_ranks_per_node);
   std::vector<std::string> skipped;
   const std::vector<SweepPoint> points = ExpandSweep(lists, world, &skipped);
@@ -151,6 +167,7 @@ int Run(int rank, int world) {
   opt.iters = FLAGS_iters;
   opt.ranks_per_node = FLAGS_ranks_per_node;
   opt.pipeline_chunks = FLAGS_pipeline_chunks;
+  opt.device = device;
   std::vector<SweepRow> rows;
   for (const SweepPoint& p : points) {
     rows.push_back(MeasurePoint(p, layout, opt));

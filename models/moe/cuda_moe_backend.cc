@@ -22,22 +22,26 @@ namespace {
 // exchange is a local copy and there is nothing to route in levels.
 std::shared_ptr<CudaMoeContext> MakeCudaContext(const MoeLayerView& layer, int ep_size) {
   const DispatcherOptions& d = layer.dispatch;
-  CHECK(d.kind != DispatcherKind::kPipelined)
+  CHECK(CudaDispatcherAvailable(d.kind))
       << layer.name << ": dispatcher " << DispatcherKindName(d.kind)
       << " is host-path only; the CUDA path has FLAT and HIERARCHICAL";
   if (d.kind != DispatcherKind::kHierarchical || !layer.comm->works_on_device())
     return std::make_shared<CudaMoeContext>(layer.name, layer.comm, ep_size);
-  CHECK_GT(d.ranks_per_node, 0)
-      << layer.name << ": parallel.ranks_per_node=" << d.ranks_per_node
-      << ": the CUDA HIERARCHICAL dispatcher needs explicit nodes (> 0 consecutive EP ranks)";
+  // 0: the machine's nodes, from the host MPI split (collective over the expert group).
+  const int ranks_per_node =
+      d.ranks_per_node > 0 ? d.ranks_per_node : layer.comm->MachineRanksPerNode();
   auto two_level =
-      std::make_unique<CudaTwoLevelExpertCommunicator>(layer.name, layer.comm, d.ranks_per_node);
+      std::make_unique<CudaTwoLevelExpertCommunicator>(layer.name, layer.comm, ranks_per_node);
   auto cuda = std::make_shared<CudaMoeContext>(layer.name, two_level.get(), ep_size);
   cuda->owned_comm = std::move(two_level);
   return cuda;
 }
 
 }  // namespace
+
+bool CudaDispatcherAvailable(DispatcherKind kind) {
+  return kind == DispatcherKind::kFlat || kind == DispatcherKind::kHierarchical;
+}
 
 std::unique_ptr<MoeBackend> MakeCudaMoeBackend(const MoeLayerView& layer) {
   const MoeLayerOptions& o = layer.opt;

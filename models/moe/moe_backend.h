@@ -25,6 +25,8 @@ std::unique_ptr<MoeBackend> MakeMoeBackend(Device device, const MoeLayerView& la
 // Whether MakeMoeBackend can make this dispatcher on the host path (tools that sweep dispatchers
 // ask first instead of meeting its LOG(FATAL)); kept in step with MakeCpuTokenDispatcher.
 bool HostDispatcherAvailable(DispatcherKind kind);
+// The same for the CUDA path (cuda_moe_backend.cc); false for every kind in a build without it.
+bool CudaDispatcherAvailable(DispatcherKind kind);
 // The CUDA half (cuda_moe_backend.cc). A build without the CUDA path links
 // moe_backend_cpu_only.cc instead, where it is unreachable: core's BackendFor(kCUDA), the one
 // place a device is admitted, refuses, so no tensor ever lives on a device there.

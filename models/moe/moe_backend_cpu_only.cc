@@ -13,6 +13,8 @@ std::unique_ptr<MoeBackend> MakeCudaMoeBackend(const MoeLayerView& layer) {
   return nullptr;
 }
 
+bool CudaDispatcherAvailable(DispatcherKind) { return false; }
+
 std::unique_ptr<ExpertCompute> MakeCudaExpertCompute(void*) {
   LOG(FATAL) << "expert bank: input on device cuda, but this build has no CUDA path";
   return nullptr;

@@ -95,7 +95,9 @@ attrs_of() {
     moe_train) srcs=("$ROOT/launcher/moe_train_main.cc") ;;
     *) for d in tests/unit tests/mpi tests/bench tests/gpu launcher; do
          for x in cc cu; do [ -f "$ROOT/$d/$n.$x" ] && srcs+=("$ROOT/$d/$n.$x"); done
-       done ;;
+       done
+       # launcher tools: launcher/<name>_main.cc (moe_comm_bench is an MPI program)
+       [ -f "$ROOT/launcher/${n}_main.cc" ] && srcs+=("$ROOT/launcher/${n}_main.cc") ;;
   esac
   [ "$(category_of "$n")" = mpi ] && m=mpi
   if [ ${#srcs[@]} -gt 0 ]; then

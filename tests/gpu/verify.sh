@@ -332,6 +332,9 @@ while read -r cat n dev par; do
   flag_of "$n" allow_shared_gpu && { kind=gpu_only; args+=(--allow_shared_gpu); }
   if [ "$kind" = gpu_only ]; then
     [ "$par" = mpi ] && flag_of "$n" iters && args+=(--iters=10)
+    # moe_comm_bench: its layers on the GPU, a short sweep (PIPELINED: the skip note)
+    flag_of "$n" device && args+=(--device=cuda --dispatchers=flat,hierarchical,pipelined \
+      --tokens=256,4096 --dims=64)
   else
     flag_of "$n" iters && args+=(--iters=3)
     flag_of "$n" warmup && args+=(--warmup=1)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# moe_comm_bench's --device flag on 2 ranks: a bad value is a config error naming the flag; a
+# tiny host sweep (FLAT and HIERARCHICAL) writes one CSV row per point and names its device; and
+# --device=cuda either runs the same sweep on the GPU (PIPELINED skipped with a note), or, where
+# there is no GPU, ends with a clear message and no table -- "this build has no CUDA path" in a
+# build without it.
+set -euo pipefail
+source "$(dirname "$0")/common.sh" "$1" "$2"
+BENCH="$BUILD_DIR/launcher/moe_comm_bench"
+TINY=(--tokens=64 --dims=16 --experts=4 --top_k=1 --ep=2 --group_tokens=64 --warmup=0 --iters=1)
+
+run_job bad_device 60 -np 2 "$BENCH" --device=tpu
+[ "$RC" -eq 2 ] && grep -q "config error: --device=tpu: must be cpu or cuda" "$OUT" \
+  && pass bad_device || fail bad_device "exit $RC, wanted 2 and the flag named"
+
+run_job host 120 -np 2 "$BENCH" "${TINY[@]}" --dispatchers=flat,hierarchical \
+  --csv="$WORK/host.csv"
+# header + one row per dispatcher
+if [ "$RC" -eq 0 ] && grep -q "device cpu" "$OUT" && [ "$(wc -l <"$WORK/host.csv")" -eq 3 ]; then
+  pass host_sweep
+else
+  fail host_sweep "exit $RC; wanted the device in the header and 2 CSV rows"
+fi
+
+run_job cuda 180 -np 2 "$BENCH" "${TINY[@]}" --device=cuda --allow_shared_gpu \
+  --dispatchers=flat,hierarchical,pipelined --csv="$WORK/cuda.csv"
+COUNT="$BUILD_DIR/tests/gpu_device_count"
+if [ ! -x "$COUNT" ]; then  # a build without the CUDA path
+  [ "$RC" -eq 2 ] && grep -q "config error: --device=cuda: this build has no CUDA path" "$OUT" \
+    && pass cuda_refused || fail cuda_refused "exit $RC, wanted 2 and the reason"
+elif "$COUNT" >/dev/null 2>&1; then  # a GPU: the sweep runs there
+  if [ "$RC" -eq 0 ] && grep -q "dispatcher pipelined is not available .* CUDA path; skipped" \
+      "$OUT" && [ "$(wc -l <"$WORK/cuda.csv")" -eq 3 ]; then
+    pass cuda_sweep
+  else
+    fail cuda_sweep "exit $RC; wanted flat and hierarchical rows and the pipelined note"
+  fi
+else  # the CUDA path without a GPU: binding the rank fails, before any table
+  [ "$RC" -ne 0 ] && ! grep -q "^flat " "$OUT" && pass cuda_no_gpu \
+    || fail cuda_no_gpu "exit $RC, wanted a failure without rows"
+fi
+finish
