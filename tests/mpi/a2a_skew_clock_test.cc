@@ -76,7 +76,7 @@ void RunDelayedExchanges(MpiCommunicator* comm, Profiler* prof) {
 }
 
 TEST(AllToAllProfile, DelayedRankIsTheStraggler) {
-  ASSERT_EQ(WorldSize(), 4);
+  if (WorldSize() != 4) GTEST_SKIP() << "needs 4 ranks (rank 2 of an EP group of 4 is delayed)";
   MpiCommunicator comm(MPI_COMM_WORLD, 4);
   Profiler prof;
   const ClockOffset c = SyncClockToRoot(comm.comm(GroupKind::kWorld));
@@ -109,6 +109,7 @@ TEST(AllToAllProfile, DelayedRankIsTheStraggler) {
 }
 
 TEST(MergedTrace, HoldsEveryRanksEventsOnOneTimeline) {
+  if (WorldSize() != 4) GTEST_SKIP() << "needs 4 ranks (rank 2 of an EP group of 4 is delayed)";
   MpiCommunicator comm(MPI_COMM_WORLD, 4);
   Profiler prof;
   const ClockOffset c = SyncClockToRoot(comm.comm(GroupKind::kWorld));
