@@ -76,7 +76,7 @@ void TwoLevelAllToAllV(const ExpertNodeGroups& groups, const float* send,
 
 TwoLevelExpertCommunicator::TwoLevelExpertCommunicator(Communicator* base,
                                                        ExpertNodeGroups groups)
-    : base_(base), groups_(groups) {
+    : ForwardingCommunicator(base), groups_(groups) {
   CHECK(base_ != nullptr);
   CHECK_EQ(groups_.node->size() * groups_.cross->size(), base_->Size(GroupKind::kExpert))
       << "two-level exchange: nodes x ranks per node must cover the expert group";

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "comm/forwarding_communicator.h"
 
 namespace moe {
 
@@ -29,35 +30,14 @@ void TransposeBlocks(const float* in, float* out, const std::vector<int64_t>& si
 // A Communicator that is `base` in every respect except that AllToAllV on the expert group runs
 // in two levels (TwoLevelAllToAllV over `groups`). Lets the host dispatcher's pack, layout and
 // combine run unchanged over the hierarchical exchange.
-class TwoLevelExpertCommunicator : public Communicator {
+class TwoLevelExpertCommunicator : public ForwardingCommunicator {
  public:
   TwoLevelExpertCommunicator(Communicator* base, ExpertNodeGroups groups);
 
-  int Rank(GroupKind g) const override { return base_->Rank(g); }
-  int Size(GroupKind g) const override { return base_->Size(g); }
   void AllToAllV(const float* send, const std::vector<int64_t>& send_counts, float* recv,
                  const std::vector<int64_t>& recv_counts, GroupKind g) override;
-  void AllToAllInt64(const int64_t* send, int64_t* recv, int64_t count_per_peer,
-                     GroupKind g) override {
-    base_->AllToAllInt64(send, recv, count_per_peer, g);
-  }
-  void AllReduceSum(float* d, int64_t n, GroupKind g) override { base_->AllReduceSum(d, n, g); }
-  void AllReduceSum(double* d, int64_t n, GroupKind g) override { base_->AllReduceSum(d, n, g); }
-  void AllReduceMax(double* d, int64_t n, GroupKind g) override { base_->AllReduceMax(d, n, g); }
-  void AllReduceMin(double* d, int64_t n, GroupKind g) override { base_->AllReduceMin(d, n, g); }
-  void Broadcast(float* d, int64_t n, int root, GroupKind g) override {
-    base_->Broadcast(d, n, root, g);
-  }
-  void Barrier(GroupKind g) override { base_->Barrier(g); }
-  ExpertNodeGroups SplitExpertGroupByNode(int ranks_per_node) override {
-    return base_->SplitExpertGroupByNode(ranks_per_node);
-  }
-  [[noreturn]] void Abort(const std::string& reason, int exit_code) override {
-    base_->Abort(reason, exit_code);
-  }
 
  private:
-  Communicator* base_;
   ExpertNodeGroups groups_;
 };
 

@@ -58,7 +58,7 @@ void TransposeDeviceBlocks(const float* in, float* out, const std::vector<int64_
 CudaTwoLevelExpertCommunicator::CudaTwoLevelExpertCommunicator(const std::string& layer,
                                                                Communicator* base,
                                                                int ranks_per_node)
-    : base_(base), L_(ranks_per_node) {
+    : ForwardingCommunicator(base), L_(ranks_per_node) {
   CHECK(base_ != nullptr && base_->works_on_device())
       << layer << ": the device two-level exchange needs a device-memory communicator (NCCL)";
   const int ep = base_->Size(GroupKind::kExpert);
