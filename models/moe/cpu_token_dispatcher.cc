@@ -6,6 +6,7 @@
 
 #include "comm/collective_watchdog.h"
 #include "models/moe/block_permute.h"
+#include "models/moe/host_dispatch_loops.h"
 
 namespace moe {
 
@@ -27,75 +28,34 @@ std::vector<int64_t> CpuTokenDispatcher::ReceivedBlockRows(const DispatchPlan& p
   return recv;
 }
 
-int64_t CpuTokenDispatcher::SendRow(int64_t t, int r) const {
-  const int64_t i = t * plan_.kc + r;
-  const int64_t g = t / plan_.group_tokens;
-  return layout_.block_offset[plan_.expert[i] * plan_.groups + g] + plan_.slot[i];
-}
-
 Tensor CpuTokenDispatcher::Dispatch(const Tensor& x, const DispatchPlan& plan) {
   plan_ = plan;
-  const int64_t D = dim_;
   Tensor send;
   {
     ScopedPhase ph(profiler_, "dispatch_pack");
     recv_block_rows_ = ReceivedBlockRows(plan_);
     layout_ = ComputeDispatchLayout(plan_.block_rows, recv_block_rows_, num_experts_, ep_size_,
                                     plan_.groups);
-    send = Tensor::Zeros({layout_.send_rows, D});  // padding slots stay zero
-    for (int64_t t = 0; t < plan_.rows; ++t)
-      for (int r = 0; r < plan_.kc; ++r) {
-        if (plan_.slot[t * plan_.kc + r] < 0) continue;
-        std::copy(x.data() + t * D, x.data() + (t + 1) * D, send.data() + SendRow(t, r) * D);
-      }
+    send = PackRows(plan_, layout_, x.data(), dim_);
   }
   return ExchangeToExperts(send, "a2a_dispatch");
 }
 
 Tensor CpuTokenDispatcher::Combine(const Tensor& expert_out) {
   returned_ = ExchangeFromExperts(expert_out, "a2a_combine");
-  const int64_t D = dim_;
-  Tensor y = Tensor::Zeros({plan_.rows, D});
+  Tensor y = Tensor::Zeros({plan_.rows, dim_});
   ScopedPhase ph(profiler_, "combine");
-  for (int64_t t = 0; t < plan_.rows; ++t) {
-    float* yt = y.data() + t * D;
-    for (int r = 0; r < plan_.kc; ++r) {
-      const int64_t i = t * plan_.kc + r;
-      if (plan_.slot[i] < 0) continue;
-      const float w = plan_.gate[i];
-      const float* o = returned_.data() + SendRow(t, r) * D;
-      for (int64_t j = 0; j < D; ++j) yt[j] += w * o[j];
-    }
-  }
+  CombineRows(plan_, layout_, returned_.data(), dim_, y.data());
   return y;
 }
 
-// d(expert output) = gate * dy; d(gate) = <dy, expert output>. A dropped choice contributes
-// nothing, so its gate gets no gradient from here.
 Tensor CpuTokenDispatcher::CombineBackward(const Tensor& dy, const GateGradTarget& gate_grad) {
   CHECK(gate_grad.d_gate != nullptr) << layer_ << ": the host dispatcher writes d(gate) per choice";
-  const int64_t D = dim_;
   Tensor d_returned;
   {
     ScopedPhase ph(profiler_, "combine_bwd");
-    d_returned = Tensor::Zeros({layout_.send_rows, D});
-    for (int64_t t = 0; t < plan_.rows; ++t) {
-      const float* dyt = dy.data() + t * D;
-      for (int r = 0; r < plan_.kc; ++r) {
-        const int64_t i = t * plan_.kc + r;
-        if (plan_.slot[i] < 0) continue;
-        const int64_t row = SendRow(t, r);
-        const float w = plan_.gate[i];
-        const float* o = returned_.data() + row * D;
-        float* dout = d_returned.data() + row * D;
-        double dg = 0;
-        for (int64_t j = 0; j < D; ++j) {
-          dout[j] = w * dyt[j];
-          dg += static_cast<double>(dyt[j]) * o[j];
-        }
-        gate_grad.d_gate[i] = static_cast<float>(dg);
-      }
-    }
+    d_returned =
+        CombineBackwardRows(plan_, layout_, returned_.data(), dy.data(), dim_, gate_grad.d_gate);
   }
   if (gate_grad.on_written) gate_grad.on_written();
   return ExchangeToExperts(d_returned, "a2a_combine_bwd");
@@ -103,17 +63,9 @@ Tensor CpuTokenDispatcher::CombineBackward(const Tensor& dy, const GateGradTarge
 
 Tensor CpuTokenDispatcher::DispatchBackward(const Tensor& d_expert_in) {
   Tensor d_send = ExchangeFromExperts(d_expert_in, "a2a_dispatch_bwd");
-  const int64_t D = dim_;
-  Tensor dx = Tensor::Zeros({plan_.rows, D});
+  Tensor dx = Tensor::Zeros({plan_.rows, dim_});
   ScopedPhase ph(profiler_, "dispatch_bwd");
-  for (int64_t t = 0; t < plan_.rows; ++t) {
-    float* dxt = dx.data() + t * D;
-    for (int r = 0; r < plan_.kc; ++r) {
-      if (plan_.slot[t * plan_.kc + r] < 0) continue;
-      const float* ds = d_send.data() + SendRow(t, r) * D;
-      for (int64_t j = 0; j < D; ++j) dxt[j] += ds[j];
-    }
-  }
+  DispatchBackwardRows(plan_, layout_, d_send.data(), dim_, dx.data());
   return dx;
 }
 

@@ -28,8 +28,6 @@ class CpuTokenDispatcher : public TokenDispatcher {
   // Send layout -> all-to-all -> expert-major rows, and its inverse.
   Tensor ExchangeToExperts(const Tensor& send, const char* phase);
   Tensor ExchangeFromExperts(const Tensor& expert_rows, const char* phase);
-  // Row of the send buffer that choice r of row t occupies (its slot must be >= 0).
-  int64_t SendRow(int64_t t, int r) const;
 
   std::string layer_;
   Communicator* comm_;

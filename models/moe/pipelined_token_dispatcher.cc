@@ -6,6 +6,7 @@
 
 #include "comm/collective_watchdog.h"
 #include "models/moe/block_permute.h"
+#include "models/moe/host_dispatch_loops.h"
 
 namespace moe {
 
@@ -69,75 +70,23 @@ void PipelinedTokenDispatcher::SplitIntoChunks(const DispatchPlan& plan) {
   }
 }
 
-int64_t PipelinedTokenDispatcher::SendRow(const Chunk& c, int64_t t, int r) const {
-  const int64_t i = t * c.plan.kc + r;
-  const int64_t g = t / c.plan.group_tokens;
-  return c.layout.block_offset[c.plan.expert[i] * c.plan.groups + g] + c.plan.slot[i];
-}
-
 Tensor PipelinedTokenDispatcher::Pack(const Chunk& c, const Tensor& x) const {
-  const int64_t D = dim_;
-  Tensor send = Tensor::Zeros({c.layout.send_rows, D});  // padding slots stay zero
-  for (int64_t t = 0; t < c.plan.rows; ++t) {
-    const float* xt = x.data() + (c.first_row + t) * D;
-    for (int r = 0; r < c.plan.kc; ++r) {
-      if (c.plan.slot[t * c.plan.kc + r] < 0) continue;
-      std::copy(xt, xt + D, send.data() + SendRow(c, t, r) * D);
-    }
-  }
-  return send;
+  return PackRows(c.plan, c.layout, x.data() + c.first_row * dim_, dim_);
 }
 
 void PipelinedTokenDispatcher::CombineInto(const Chunk& c, Tensor* y) const {
-  const int64_t D = dim_;
-  for (int64_t t = 0; t < c.plan.rows; ++t) {
-    float* yt = y->data() + (c.first_row + t) * D;
-    for (int r = 0; r < c.plan.kc; ++r) {
-      const int64_t i = t * c.plan.kc + r;
-      if (c.plan.slot[i] < 0) continue;
-      const float w = c.plan.gate[i];
-      const float* o = c.returned.data() + SendRow(c, t, r) * D;
-      for (int64_t j = 0; j < D; ++j) yt[j] += w * o[j];
-    }
-  }
+  CombineRows(c.plan, c.layout, c.returned.data(), dim_, y->data() + c.first_row * dim_);
 }
 
-// As FLAT: d(expert output) = gate * dy; d(gate) = <dy, expert output> (kept choices only).
 Tensor PipelinedTokenDispatcher::CombineBackwardOf(const Chunk& c, const Tensor& dy,
                                                    float* d_gate) const {
-  const int64_t D = dim_;
-  Tensor d_returned = Tensor::Zeros({c.layout.send_rows, D});
-  for (int64_t t = 0; t < c.plan.rows; ++t) {
-    const float* dyt = dy.data() + (c.first_row + t) * D;
-    for (int r = 0; r < c.plan.kc; ++r) {
-      const int64_t i = t * c.plan.kc + r;
-      if (c.plan.slot[i] < 0) continue;
-      const int64_t row = SendRow(c, t, r);
-      const float w = c.plan.gate[i];
-      const float* o = c.returned.data() + row * D;
-      float* dout = d_returned.data() + row * D;
-      double dg = 0;
-      for (int64_t j = 0; j < D; ++j) {
-        dout[j] = w * dyt[j];
-        dg += static_cast<double>(dyt[j]) * o[j];
-      }
-      d_gate[c.first_row * c.plan.kc + i] = static_cast<float>(dg);
-    }
-  }
-  return d_returned;
+  return CombineBackwardRows(c.plan, c.layout, c.returned.data(), dy.data() + c.first_row * dim_,
+                             dim_, d_gate + c.first_row * c.plan.kc);
 }
 
 void PipelinedTokenDispatcher::DispatchBackwardInto(const Chunk& c, const Tensor& d_send,
                                                     Tensor* dx) const {
-  const int64_t D = dim_;
-  for (int64_t t = 0; t < c.plan.rows; ++t) {
-    float* dxt = dx->data() + (c.first_row + t) * D;
-    for (int r = 0; r < c.plan.kc; ++r) {
-      if (c.plan.slot[t * c.plan.kc + r] < 0) continue;
-      const float* ds = d_send.data() + SendRow(c, t, r) * D;
-      for (int64_t j = 0; j < D; ++j) dxt[j] += ds[j];
-    }
-  }
+  DispatchBackwardRows(c.plan, c.layout, d_send.data(), dim_, dx->data() + c.first_row * dim_);
 }
 
 std::vector<Tensor> PipelinedTokenDispatcher::Pipeline(const std::vector<Tensor>& outgoing,

@@ -68,8 +68,6 @@ class PipelinedTokenDispatcher : public TokenDispatcher {
   // each chunk's answer in send layout. One exchange is in flight while experts run.
   std::vector<Tensor> Pipeline(const std::vector<Tensor>& outgoing, const ChunkExpertsFn& experts,
                                const char* to_phase, const char* back_phase);
-  // Row of chunk c's send buffer that choice r of the chunk's row t occupies (slot >= 0).
-  int64_t SendRow(const Chunk& c, int64_t t, int r) const;
   Tensor Pack(const Chunk& c, const Tensor& x) const;
   void CombineInto(const Chunk& c, Tensor* y) const;
   Tensor CombineBackwardOf(const Chunk& c, const Tensor& dy, float* d_gate) const;
