@@ -137,7 +137,7 @@ void ValidateTopLevel(const proto::TrainConfig& c, int world_size, Checker* k) {
            "this build has no CUDA path (configured with MOE_EP_WITH_CUDA=OFF or without nvcc); "
            "use \"cpu\" or rebuild with CUDA");
   const int ep = c.parallel().ep_size();
-  k->AtLeast("parallel.ep_size", ep, 1);
+  k->AtLeast("parallel.ep_size", ep, 0, " (0 = every rank of the job)");
   if (ep >= 1 && world_size % ep != 0)
     k->Bad("parallel.ep_size", std::to_string(ep),
            "the world size " + std::to_string(world_size) + " is not a multiple of it");
@@ -301,7 +301,13 @@ void DropRepeatedFields(std::vector<std::string>* errs) {
 
 }  // namespace
 
-std::vector<std::string> ValidateTrainConfig(const proto::TrainConfig& c, int world_size) {
+void ResolveWorldSizeFields(int world_size, proto::TrainConfig* config) {
+  if (config->parallel().ep_size() == 0) config->mutable_parallel()->set_ep_size(world_size);
+}
+
+std::vector<std::string> ValidateTrainConfig(const proto::TrainConfig& unresolved, int world_size) {
+  proto::TrainConfig c = unresolved;
+  ResolveWorldSizeFields(world_size, &c);
   std::vector<std::string> errs;
   Checker k(&errs);
   ValidateTopLevel(c, world_size, &k);

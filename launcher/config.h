@@ -15,10 +15,16 @@ namespace moe {
 bool LoadTrainConfig(const std::string& path, const std::string& overrides,
                      proto::TrainConfig* config, std::string* error);
 
+// Fields whose value depends on the job's size: `parallel.ep_size: 0` means every rank of the job
+// (EP = world size, no data parallelism), so one config runs on 2 or 4 ranks unchanged. The
+// launchers call this once, before validating; checkpoints and the config hash see the result.
+void ResolveWorldSizeFields(int world_size, proto::TrainConfig* config);
+
 // Every semantic problem, one message per field: "config error: <field.path>=<value>: <why>".
 // Every numeric field of proto/moe_ep.proto has its range checked (NaN and infinities
 // included), whether or not the family in use reads it; cross-field checks (divisibility, k <= E)
 // apply where the fields are used. Memory needs are checked separately (memory_estimate.h).
+// `config` is taken as ResolveWorldSizeFields would leave it for `world_size`.
 std::vector<std::string> ValidateTrainConfig(const proto::TrainConfig& config, int world_size);
 
 // Stable 64-bit hash of the config's deterministic serialisation: compared over the world so

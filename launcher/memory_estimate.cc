@@ -1,5 +1,7 @@
 #include "launcher/memory_estimate.h"
 
+#include "launcher/config.h"
+
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/message.h>
 #include <unistd.h>
@@ -196,8 +198,10 @@ void AddBufferBytes(MemoryEstimate* est) {
 
 }  // namespace
 
-MemoryEstimate EstimateRankMemory(const proto::TrainConfig& c, int world_size) {
-  (void)world_size;  // the shard size comes from parallel.ep_size; the batch is per rank
+MemoryEstimate EstimateRankMemory(const proto::TrainConfig& unresolved, int world_size) {
+  // The shard size comes from parallel.ep_size (0: the world); the batch is per rank.
+  proto::TrainConfig c = unresolved;
+  ResolveWorldSizeFields(world_size, &c);
   MemoryEstimate est;
   const std::string& family = c.model().family();
   if (family == "mixer")

@@ -177,6 +177,7 @@ proto::TrainConfig LoadConfigOrFail(int rank, int world, MetricsWriter* metrics)
   const std::string flags_error = StepsFlagError() + JobFlagsError();
   FailTogetherIf(!flags_error.empty(), flags_error, kExitConfig);
   if (FLAGS_steps > 0) config.set_steps(FLAGS_steps);
+  ResolveWorldSizeFields(world, &config);
   const std::vector<std::string> problems = ValidateTrainConfig(config, world);
   std::string joined;
   for (const auto& p : problems) joined += (joined.empty() ? "" : "\n") + p;

@@ -3,7 +3,7 @@
 # Installs missing Debian packages and builds as needed, then trains, evaluates on the 10,000
 # test images and prints the communication profile.
 #
-#   bash launcher/run.sh                                   # vmoe_tiny, 4 ranks on this host
+#   bash launcher/run.sh                                   # vmoe_tiny, one rank per core (2-4)
 #   NP=2 CONFIG=launcher/configs/vit_tiny.pbtxt bash launcher/run.sh --steps=200
 #   bash launcher/run.sh --hostfile hosts -- --steps=200   # ranks on the hostfile's nodes
 #   MPIRUN_ARGS="--hostfile hosts --npernode 2" bash launcher/run.sh --steps=200
@@ -11,8 +11,8 @@
 # Arguments: with a `--` among them, those before it go to mpirun and those after it to
 # moe_train; without one, all of them go to moe_train (--steps, --override, --metrics_out,
 # --trace_dir, ...). MPIRUN_ARGS (split on spaces) is put before the mpirun arguments.
-# Environment: NP (ranks; default 4, or the slots of a --hostfile/--host/--npernode when NP is
-# unset), CONFIG, BUILD_DIR, LOG_DIR, METRICS_OUT, SKIP_BUILD=1 (use BUILD_DIR's binary as it is).
+# Environment: NP (ranks; default: this host's cores, at least 2 so experts are sharded and at
+# most 4, or the slots of a --hostfile/--host/--npernode when NP is unset), CONFIG, BUILD_DIR, LOG_DIR, METRICS_OUT, SKIP_BUILD=1 (use BUILD_DIR's binary as it is).
 #
 # Multi-node: mpirun starts the ranks of other nodes through ssh, in another directory and with a
 # fresh environment. So every path handed to the ranks is made absolute here (relative ones are
@@ -86,7 +86,9 @@ done
 TRAIN_ARGS=("${fixed[@]+"${fixed[@]}"}")
 
 # 3. How many ranks: NP if set; else mpirun's own count if given (-np N), or the slots of the
-# hosts it was given (--hostfile, --host, --npernode, ...); else 4 on this host.
+# hosts it was given (--hostfile, --host, --npernode, ...); else one rank per core of this host,
+# 2 to 4: more ranks than cores only slow the job down (each waits for the rank sharing its core
+# at every all-to-all), and 2 still shows the experts sharded.
 has_mpi_arg() {  # has_mpi_arg REGEX: some mpirun argument matches REGEX (whole word)
   local a
   for a in "${MPI_ARGS[@]+"${MPI_ARGS[@]}"}"; do [[ "$a" =~ ^($1)$ ]] && return 0; done
@@ -102,7 +104,8 @@ elif has_mpi_arg '-hostfile|--hostfile|-machinefile|--machinefile|-default-hostf
      [ -n "${OMPI_MCA_orte_default_hostfile:-}" ]; then
   :  # mpirun starts one rank per slot (a hostfile's slots=N, --host a:2, N per node)
 else
-  NP_ARGS=(-np 4)
+  cores=$(nproc 2>/dev/null || echo 2)
+  NP_ARGS=(-np "$(( cores < 2 ? 2 : (cores > 4 ? 4 : cores) ))")
 fi
 # The ranks start in the repository root on every node, unless mpirun is told otherwise.
 WDIR_ARGS=(--wdir "$ROOT")

@@ -66,6 +66,7 @@ proto::TrainConfig LoadConfigOrFail(int rank, int world) {
   const bool ok = LoadTrainConfig(FLAGS_config, FLAGS_override, &config, &error);
   FailTogetherIf(!ok, error, kExitConfig);
   config.set_steps(FLAGS_steps);
+  ResolveWorldSizeFields(world, &config);
   std::vector<std::string> problems = ValidateTrainConfig(config, world);
   // The method clusters a DENSE model's confusions: an MoE model would need routing contexts
   // and, for Mobile V-MoE, the very super-classes this tool makes.

@@ -55,7 +55,10 @@ class ShapeOnlyCommunicator : public SelfCommunicator {
   int world_, ep_;
 };
 
-void ExpectParameterCountsMatch(const proto::TrainConfig& c, int world, const std::string& what) {
+void ExpectParameterCountsMatch(const proto::TrainConfig& unresolved, int world,
+                                const std::string& what) {
+  proto::TrainConfig c = unresolved;
+  ResolveWorldSizeFields(world, &c);  // `ep_size: 0` is the world
   ShapeOnlyCommunicator comm(world, c.parallel().ep_size());
   TrainingSession session(c, &comm, nullptr);
   double dense = 0, expert = 0;

@@ -505,6 +505,7 @@ TEST(MobileVmoeConfig, ShippedConfigMatchesTheDenseBaselinesFlops) {
   ASSERT_TRUE(LoadTrainConfig(kSrc + "/launcher/configs/vit_tiny.pbtxt", "", &dense, &err)) << err;
   const auto four = ValidateTrainConfig(mobile, 4);
   EXPECT_TRUE(four.empty()) << four[0];
+  ResolveWorldSizeFields(4, &mobile);  // one expert per rank on 4 ranks
   EXPECT_EQ(mobile.model().moe().num_experts(), mobile.parallel().ep_size());
   SelfCommunicator comm;
   auto m = CreateNet(mobile, &comm);
