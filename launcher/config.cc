@@ -122,11 +122,6 @@ void ValidateDispatcher(const proto::TrainConfig& c, int world_size, Checker* k)
     k->Bad("parallel.ranks_per_node", std::to_string(p.ranks_per_node()),
            "the world size " + std::to_string(world_size) + " is not a multiple of it");
   k->AtLeast("parallel.pipeline_chunks", p.pipeline_chunks(), 1);
-  if (c.device() != "cuda") return;
-  // The CUDA path has FLAT and HIERARCHICAL (nodes from ranks_per_node, or the machine's).
-  if (p.dispatcher() == proto::ParallelConfig::PIPELINED)
-    k->Bad("parallel.dispatcher", proto::ParallelConfig::Dispatcher_Name(p.dispatcher()),
-           "is host-path only for now; the CUDA path has FLAT and HIERARCHICAL");
 }
 
 void ValidateTopLevel(const proto::TrainConfig& c, int world_size, Checker* k) {

@@ -9,6 +9,7 @@
 
 #include "models/moe/cuda_device_topk_planner.h"
 #include "models/moe/cuda_host_routing_planner.h"
+#include "models/moe/cuda_pipelined_token_dispatcher.h"
 #include "models/moe/cuda_token_dispatcher.h"
 #include "models/moe/cuda_two_level_exchange.h"
 
@@ -16,15 +17,16 @@ namespace moe {
 
 namespace {
 
-// The layer's device context. HIERARCHICAL: the same CudaTokenDispatcher as FLAT, over a
-// communicator whose expert all-to-all-v takes two levels (cuda_two_level_exchange.h), so its
-// output is FLAT's bit for bit. With a host-memory communicator (ep_size 1, no NCCL) every
-// exchange is a local copy and there is nothing to route in levels.
+// The layer's device context. FLAT and PIPELINED: over the job's communicator.
+// HIERARCHICAL: the same CudaTokenDispatcher as FLAT, over a communicator whose expert
+// all-to-all-v takes two levels (cuda_two_level_exchange.h), so its output is FLAT's bit for
+// bit. With a host-memory communicator (ep_size 1, no NCCL) every exchange is a local copy and
+// there is nothing to route in levels.
 std::shared_ptr<CudaMoeContext> MakeCudaContext(const MoeLayerView& layer, int ep_size) {
   const DispatcherOptions& d = layer.dispatch;
   CHECK(CudaDispatcherAvailable(d.kind))
       << layer.name << ": dispatcher " << DispatcherKindName(d.kind)
-      << " is host-path only; the CUDA path has FLAT and HIERARCHICAL";
+      << " is not available on the CUDA path";
   if (d.kind != DispatcherKind::kHierarchical || !layer.comm->works_on_device())
     return std::make_shared<CudaMoeContext>(layer.name, layer.comm, ep_size);
   // 0: the machine's nodes, from the host MPI split (collective over the expert group).
@@ -40,8 +42,30 @@ std::shared_ptr<CudaMoeContext> MakeCudaContext(const MoeLayerView& layer, int e
 }  // namespace
 
 bool CudaDispatcherAvailable(DispatcherKind kind) {
-  return kind == DispatcherKind::kFlat || kind == DispatcherKind::kHierarchical;
+  switch (kind) {
+    case DispatcherKind::kFlat:
+    case DispatcherKind::kHierarchical:
+    case DispatcherKind::kPipelined:
+      return true;
+  }
+  return false;
 }
+
+namespace {
+
+std::unique_ptr<TokenDispatcher> MakeCudaTokenDispatcher(const MoeLayerView& layer,
+                                                         std::shared_ptr<CudaMoeContext> cuda,
+                                                         int ep_size) {
+  const MoeLayerOptions& o = layer.opt;
+  if (layer.dispatch.kind == DispatcherKind::kPipelined)
+    return std::make_unique<CudaPipelinedTokenDispatcher>(layer.name, std::move(cuda),
+                                                          o.num_experts, ep_size, o.dim,
+                                                          layer.dispatch.pipeline_chunks);
+  return std::make_unique<CudaTokenDispatcher>(layer.name, std::move(cuda), o.num_experts,
+                                               ep_size, o.dim);
+}
+
+}  // namespace
 
 std::unique_ptr<MoeBackend> MakeCudaMoeBackend(const MoeLayerView& layer) {
   const MoeLayerOptions& o = layer.opt;
@@ -54,8 +78,7 @@ std::unique_ptr<MoeBackend> MakeCudaMoeBackend(const MoeLayerView& layer) {
   auto cuda = MakeCudaContext(layer, ep_size);
   auto b = std::make_unique<MoeBackend>();
   b->device = Device::kCUDA;
-  b->dispatcher =
-      std::make_unique<CudaTokenDispatcher>(layer.name, cuda, o.num_experts, ep_size, o.dim);
+  b->dispatcher = MakeCudaTokenDispatcher(layer, cuda, ep_size);
   if (layer.rule.DecidesOnDevice(o)) {
     b->planner = std::make_unique<CudaDeviceTopKPlanner>(layer, cuda);
   } else {

@@ -93,10 +93,13 @@ Tensor MoeLayer::Forward(const Tensor& x) {
   d.BeginStep(ctx_.profiler);
   const DispatchPlan& plan = b.planner->Plan(x);
   if (d.drives_experts()) {  // pipelined: the dispatcher runs the bank chunk by chunk
+    experts_->set_cuda_stream(d.device_stream());
     Tensor y = d.ForwardThroughExperts(
-        x, plan, [this](int chunk, const Tensor& in, const std::vector<int64_t>& rows) {
+        x, plan, [this, &d](int chunk, const Tensor& in, const std::vector<int64_t>& rows) {
           ScopedPhase ph(ctx_.profiler, "experts");
-          return experts_->Forward(in, rows, chunk);
+          Tensor out = experts_->Forward(in, rows, chunk);
+          d.SyncIfProfiling();
+          return out;
         });
     b.planner->FinishForward();
     forward_rows_ = x.dim(0);
@@ -129,9 +132,12 @@ Tensor MoeLayer::Backward(const Tensor& dy) {
   d.BeginStep(ctx_.profiler);
   const GateGradTarget gate_grad = planner.StartBackward();
   if (d.drives_experts()) {
-    Tensor dx = d.BackwardThroughExperts(dy, gate_grad, [this](int chunk, const Tensor& d_out) {
+    experts_->set_cuda_stream(d.device_stream());
+    Tensor dx = d.BackwardThroughExperts(dy, gate_grad, [this, &d](int chunk, const Tensor& d_out) {
       ScopedPhase ph(ctx_.profiler, "experts_bwd");
-      return experts_->Backward(d_out, chunk);
+      Tensor d_in = experts_->Backward(d_out, chunk);
+      d.SyncIfProfiling();
+      return d_in;
     });
     planner.Backward(&dx);
     d.EndStep();

@@ -3,6 +3,7 @@
 #include <glog/logging.h>
 
 #include <algorithm>
+#include <utility>
 
 #include "comm/collective_watchdog.h"
 #include "models/moe/block_permute.h"
@@ -41,33 +42,11 @@ std::vector<int64_t> PipelinedTokenDispatcher::ReceivedBlockRows(const DispatchP
 }
 
 void PipelinedTokenDispatcher::SplitIntoChunks(const DispatchPlan& plan) {
-  const int64_t G = plan.groups;
-  CHECK_EQ(plan.rows, G * plan.group_tokens) << layer_ << ": rows are not whole routing groups";
-  const std::vector<int64_t> recv = ReceivedBlockRows(plan);
-  const int El = num_experts_ / ep_size_;
-  const int64_t K = std::max<int64_t>(1, std::min<int64_t>(max_chunks_, G));
   rows_ = plan.rows;
-  chunks_.assign(K, Chunk());
-  for (int64_t c = 0; c < K; ++c) {
-    Chunk& ch = chunks_[c];
-    const int64_t g0 = c * G / K, g1 = (c + 1) * G / K;
-    ch.first_group = g0;
-    ch.first_row = g0 * plan.group_tokens;
-    ch.plan = plan;
-    ch.plan.rows = (g1 - g0) * plan.group_tokens;
-    ch.plan.groups = g1 - g0;
-    ch.plan.expert = plan.expert + ch.first_row * plan.kc;
-    ch.plan.slot = plan.slot + ch.first_row * plan.kc;
-    ch.plan.gate = plan.gate + ch.first_row * plan.kc;
-    ch.plan.block_rows.clear();
-    for (int e = 0; e < num_experts_; ++e)
-      for (int64_t g = g0; g < g1; ++g) ch.plan.block_rows.push_back(plan.block_rows[e * G + g]);
-    for (int64_t b = 0; b < int64_t{ep_size_} * El; ++b)
-      for (int64_t g = g0; g < g1; ++g) ch.recv_block_rows.push_back(recv[b * G + g]);
-    ch.plan.recv_block_rows = ch.recv_block_rows;
-    ch.layout = ComputeDispatchLayout(ch.plan.block_rows, ch.recv_block_rows, num_experts_,
-                                      ep_size_, ch.plan.groups);
-  }
+  chunks_.clear();
+  for (DispatchChunk& c : moe::SplitIntoChunks(plan, ReceivedBlockRows(plan), num_experts_,
+                                               ep_size_, max_chunks_))
+    chunks_.push_back(Chunk{std::move(c), Tensor()});
 }
 
 Tensor PipelinedTokenDispatcher::Pack(const Chunk& c, const Tensor& x) const {

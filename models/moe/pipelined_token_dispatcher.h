@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "models/moe/dispatch_chunks.h"
 #include "models/moe/token_dispatcher.h"
 
 namespace moe {
@@ -52,13 +53,9 @@ class PipelinedTokenDispatcher : public TokenDispatcher {
   int chunks_used() const { return static_cast<int>(chunks_.size()); }
 
  private:
-  // One chunk: routing groups [first_group, first_group + plan.groups), rows from first_row.
-  struct Chunk {
-    int64_t first_group = 0, first_row = 0;
-    DispatchPlan plan;  // the chunk's rows only
-    std::vector<int64_t> recv_block_rows;
-    DispatchLayout layout;
-    Tensor returned;  // the experts' output back at the source, send layout
+  // One chunk (dispatch_chunks.h) and the experts' output back at the source, send layout.
+  struct Chunk : DispatchChunk {
+    Tensor returned;
   };
   using ChunkExpertsFn = std::function<Tensor(int chunk, const Tensor& expert_major)>;
 

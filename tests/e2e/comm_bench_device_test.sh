@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # moe_comm_bench's --device flag on 2 ranks: a bad value is a config error naming the flag; a
 # tiny host sweep (FLAT and HIERARCHICAL) writes one CSV row per point and names its device; and
-# --device=cuda either runs the same sweep on the GPU (PIPELINED skipped with a note), or, where
+# --device=cuda either runs the three dispatchers on the GPU (one CSV row each), or, where
 # there is no GPU, ends with a clear message and no table -- "this build has no CUDA path" in a
 # build without it.
 set -euo pipefail
@@ -29,11 +29,10 @@ if [ ! -x "$COUNT" ]; then  # a build without the CUDA path
   [ "$RC" -eq 2 ] && grep -q "config error: --device=cuda: this build has no CUDA path" "$OUT" \
     && pass cuda_refused || fail cuda_refused "exit $RC, wanted 2 and the reason"
 elif "$COUNT" >/dev/null 2>&1; then  # a GPU: the sweep runs there
-  if [ "$RC" -eq 0 ] && grep -q "dispatcher pipelined is not available .* CUDA path; skipped" \
-      "$OUT" && [ "$(wc -l <"$WORK/cuda.csv")" -eq 3 ]; then
+  if [ "$RC" -eq 0 ] && [ "$(wc -l <"$WORK/cuda.csv")" -eq 4 ]; then
     pass cuda_sweep
   else
-    fail cuda_sweep "exit $RC; wanted flat and hierarchical rows and the pipelined note"
+    fail cuda_sweep "exit $RC; wanted flat, hierarchical and pipelined rows"
   fi
 else  # the CUDA path without a GPU: binding the rank fails, before any table
   [ "$RC" -ne 0 ] && ! grep -q "^flat " "$OUT" && pass cuda_no_gpu \

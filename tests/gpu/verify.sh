@@ -332,7 +332,7 @@ while read -r cat n dev par; do
   flag_of "$n" allow_shared_gpu && { kind=gpu_only; args+=(--allow_shared_gpu); }
   if [ "$kind" = gpu_only ]; then
     [ "$par" = mpi ] && flag_of "$n" iters && args+=(--iters=10)
-    # moe_comm_bench: its layers on the GPU, a short sweep (PIPELINED: the skip note)
+    # moe_comm_bench: its layers on the GPU, a short sweep of the three dispatchers
     flag_of "$n" device && args+=(--device=cuda --dispatchers=flat,hierarchical,pipelined \
       --tokens=256,4096 --dims=64)
   else
@@ -396,6 +396,12 @@ EOF2
     --config="$ROOT/launcher/configs/vmoe_tiny.pbtxt" --steps=20 --log_dir="$TMPD/logs_cuda4" \
     --metrics_out="$TMPD/m_cuda4.jsonl" \
     --override="device: \"cuda\" log_every: 5 $data_ovr"
+  # The CUDA PIPELINED dispatcher (experts on a compute stream, NCCL on the communicator's).
+  step launcher_cuda_np4_pipelined gpu_only "$STEP_TIMEOUT" "$TMPD/loss_falls.sh" \
+    "$TMPD/m_cuda4p.jsonl" "${MPIRUN[@]}" "$B/bin/moe_train" --allow_shared_gpu \
+    --config="$ROOT/launcher/configs/vmoe_tiny.pbtxt" --steps=20 --log_dir="$TMPD/logs_cuda4p" \
+    --metrics_out="$TMPD/m_cuda4p.jsonl" \
+    --override="device: \"cuda\" log_every: 5 parallel { dispatcher: PIPELINED } $data_ovr"
 fi
 
 # ---------------------------------------------------------------------------------------------
