@@ -27,11 +27,14 @@ std::string ResolveEpochSchedule(proto::TrainConfig* config, int world_size) {
   const proto::RecipeConfig& r = config->recipe();
   const int64_t global_batch = static_cast<int64_t>(config->data().batch_per_rank()) * world_size;
   std::ostringstream errors;
-  if (r.epochs() > 0 && config->has_steps())
+  // `steps: 0` reads as "not set", so an --override can switch a config that sets steps to
+  // epochs ('steps: 0 recipe { epochs: 3 }').
+  if (r.epochs() > 0 && config->has_steps() && config->steps() != 0)
     errors << "config error: steps=" << config->steps() << " and recipe.epochs=" << r.epochs()
            << ": give one of them (recipe.epochs sets steps; the --steps flag may still override "
               "it)\n";
-  if (r.warmup_epochs() > 0 && config->optimizer().has_warmup_steps())
+  if (r.warmup_epochs() > 0 && config->optimizer().has_warmup_steps() &&
+      config->optimizer().warmup_steps() != 0)
     errors << "config error: optimizer.warmup_steps=" << config->optimizer().warmup_steps()
            << " and recipe.warmup_epochs=" << r.warmup_epochs() << ": give one of them\n";
   std::string out = errors.str();

@@ -24,7 +24,8 @@ int64_t StepsForEpochs(double epochs, int64_t epoch_images, int64_t global_batch
 
 // Turns recipe.epochs into `steps` and recipe.warmup_epochs into optimizer.warmup_steps, for a
 // world of `world_size` ranks. Returns "" or the config errors (one per line): `steps` set
-// together with recipe.epochs, optimizer.warmup_steps set together with recipe.warmup_epochs.
+// together with recipe.epochs, optimizer.warmup_steps set together with recipe.warmup_epochs
+// (a field set to 0 counts as not set, so an override can switch a config over).
 // Out-of-range values are left for ValidateTrainConfig, which runs after this. Call it before
 // the --steps flag replaces `steps`.
 std::string ResolveEpochSchedule(proto::TrainConfig* config, int world_size);
