@@ -35,7 +35,8 @@ class SoftmaxCrossEntropy {
 
   // Rows of the last Forward whose argmax (lowest index on ties) equals the label.
   int NumCorrect() const;
-  // Per-row (smoothed) CE and argmax of the last Forward, e.g. to count only the first `valid` rows.
+  // Per-row (smoothed) CE and argmax of the last Forward, e.g. to count only the first `valid`
+  // rows.
   const std::vector<double>& row_losses() const { return row_loss_; }
   const std::vector<int>& predictions() const { return pred_; }
 

@@ -63,7 +63,8 @@ TEST(DropPath, TrainingDropsWholeImagesByTheMaskAndScalesTheKept) {
   // The mask is keyed on the residual and the step, not only the image.
   int residual_differs = 0, step_differs = 0;
   for (int64_t i = 0; i < 200; ++i) {
-    residual_differs += DropPathKeeps(ctx.step_key, 2, i, p) != DropPathKeeps(ctx.step_key, 3, i, p);
+    residual_differs +=
+        DropPathKeeps(ctx.step_key, 2, i, p) != DropPathKeeps(ctx.step_key, 3, i, p);
     step_differs +=
         DropPathKeeps(ctx.step_key, 2, i, p) != DropPathKeeps(DropPathStepKey(7, 4), 2, i, p);
   }

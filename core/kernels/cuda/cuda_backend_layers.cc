@@ -120,7 +120,8 @@ Tensor CudaBackend::SoftmaxCrossEntropy(const Tensor& logits, const std::vector<
   CUDA_CHECK(cudaMemcpy(labels_dev.int32_data(), labels.data(), B * sizeof(int32_t),
                         cudaMemcpyHostToDevice));
   SoftmaxCrossEntropyForwardCuda(logits.data(), labels_dev.int32_data(), B, C, loss_scale,
-                                 label_smoothing, loss_dev.data(), pred_dev.int32_data(), dlogits.data());
+                                 label_smoothing, loss_dev.data(), pred_dev.int32_data(),
+                                 dlogits.data());
   CUDA_CHECK(cudaMemcpy(pred->data(), pred_dev.int32_data(), B * sizeof(int32_t),
                         cudaMemcpyDeviceToHost));
   const std::vector<float> losses = loss_dev.ToVector();
