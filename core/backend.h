@@ -107,11 +107,16 @@ class Backend {
                                       Tensor* probs) const = 0;
   virtual Tensor SelfAttentionBackward(const Tensor& qkv, const Tensor& probs,
                                        const Tensor& dctx, const AttentionShape& s) const = 0;
-  // Softmax cross-entropy of logits [B, C] against host labels in [0, C): fills the per-row
-  // losses (lse - logit[label]) and argmaxes (lowest index on ties) on the host and returns
-  // dlogits = loss_scale * (softmax - onehot) on this device.
+  // Softmax cross-entropy of logits [B, C] against host labels in [0, C), with label smoothing
+  // eps in [0, 1): target t = (1 - eps) onehot + eps / C. Fills the per-row losses
+  // -sum_j t_j log p_j = (1 - eps)(lse - logit[label]) + eps (lse - mean_j logit_j) (eps = 0:
+  // lse - logit[label]) and argmaxes (lowest index on ties) on the host and returns
+  // dlogits = loss_scale * p - off, minus on at the label, on this device, in float:
+  // off = loss_scale * (eps / C), on = loss_scale * (1 - eps) (eps = 0: exactly
+  // loss_scale * (softmax - onehot)).
   virtual Tensor SoftmaxCrossEntropy(const Tensor& logits, const std::vector<int>& labels,
-                                     float loss_scale, std::vector<double>* row_loss,
+                                     float loss_scale, float label_smoothing,
+                                     std::vector<double>* row_loss,
                                      std::vector<int>* pred) const = 0;
   // Two per-image embeddings added to every token: x [B*T, D],
   //   x[t, :] += table_a[ids_a[t / T], :] + table_b[ids_b[t / T], :]   (host ids, one per image);

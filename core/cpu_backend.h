@@ -47,7 +47,8 @@ class CpuBackend : public Backend {
   Tensor SelfAttentionBackward(const Tensor& qkv, const Tensor& probs, const Tensor& dctx,
                                const AttentionShape& s) const override;
   Tensor SoftmaxCrossEntropy(const Tensor& logits, const std::vector<int>& labels,
-                             float loss_scale, std::vector<double>* row_loss,
+                             float loss_scale, float label_smoothing,
+                             std::vector<double>* row_loss,
                              std::vector<int>* pred) const override;
   void AddImageEmbeddings(Tensor* x, int64_t tokens, const Tensor& table_a,
                           const std::vector<int>& ids_a, const Tensor& table_b,

@@ -137,27 +137,37 @@ Tensor CpuBackend::Unpatchify(const Tensor& patches, const PatchGeometry& g) con
 }
 
 Tensor CpuBackend::SoftmaxCrossEntropy(const Tensor& logits, const std::vector<int>& labels,
-                                       float loss_scale, std::vector<double>* row_loss,
+                                       float loss_scale, float label_smoothing,
+                                       std::vector<double>* row_loss,
                                        std::vector<int>* pred) const {
   const int64_t B = logits.dim(0), C = logits.dim(1);
   Tensor dlogits({B, C});
   row_loss->assign(B, 0.0);
   pred->assign(B, 0);
+  const float eps = label_smoothing;
+  // With eps = 0: off = 0 and on = loss_scale exactly, so the gradient keeps its float bits.
+  const float off = loss_scale * (eps / static_cast<float>(C));
+  const float on = loss_scale * (1.f - eps);
   for (int64_t r = 0; r < B; ++r) {
     const float* l = logits.data() + r * C;
     int arg = 0;
     for (int64_t j = 1; j < C; ++j)
       if (l[j] > l[arg]) arg = static_cast<int>(j);
     const double mx = l[arg];
-    double sum = 0;
-    for (int64_t j = 0; j < C; ++j) sum += std::exp(l[j] - mx);
+    double sum = 0, logit_sum = 0;
+    for (int64_t j = 0; j < C; ++j) {
+      sum += std::exp(l[j] - mx);
+      logit_sum += l[j];
+    }
     const double lse = mx + std::log(sum);
     float* d = dlogits.data() + r * C;
     // The float probability first, then the scale: the order the loss's backward always used.
-    for (int64_t j = 0; j < C; ++j) d[j] = loss_scale * static_cast<float>(std::exp(l[j] - lse));
-    d[labels[r]] -= loss_scale;
+    for (int64_t j = 0; j < C; ++j)
+      d[j] = loss_scale * static_cast<float>(std::exp(l[j] - lse)) - off;
+    d[labels[r]] -= on;
     (*pred)[r] = arg;
-    (*row_loss)[r] = lse - l[labels[r]];
+    const double ce = lse - l[labels[r]];
+    (*row_loss)[r] = eps > 0 ? (1.0 - eps) * ce + eps * (lse - logit_sum / C) : ce;
   }
   return dlogits;
 }

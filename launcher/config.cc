@@ -281,6 +281,29 @@ void ValidateFamilyRanges(const proto::ModelConfig& m, Checker* k) {
              " (the coarse task groups the 10 classes)");
 }
 
+// The training recipe (proto RecipeConfig, model.drop_path_rate, data.train_images_limit).
+void ValidateRecipe(const proto::TrainConfig& c, Checker* k) {
+  const proto::RecipeConfig& r = c.recipe();
+  k->InRange("recipe.crop_padding", r.crop_padding(), 0, 8, " (0 = no random crop)");
+  k->FiniteIn("recipe.label_smoothing", r.label_smoothing(), 0, 1, /*hi_open=*/true,
+              " (0 = off)");
+  k->AtLeast("recipe.epochs", r.epochs(), 0, " (>= 1 for a schedule in epochs; 0 = use steps)");
+  k->Finite("recipe.warmup_epochs", r.warmup_epochs(), 0, /*strict=*/false, " (0 = off)");
+  k->AtLeast("data.train_images_limit", c.data().train_images_limit(), 0,
+             " (0 = every training image)");
+  const float dp = c.model().drop_path_rate();
+  k->FiniteIn("model.drop_path_rate", dp, 0, 1, /*hi_open=*/true, " (0 = off)");
+  if (!(dp > 0)) return;
+  const std::string& family = c.model().family();
+  if (family != "vit" && family != "mobile_vmoe" && family != "mixer")
+    k->Bad("model.drop_path_rate", Checker::Num(dp),
+           "stochastic depth is built into the families \"vit\", \"mobile_vmoe\" and "
+           "\"mixer\", not \"" + family + "\"");
+  if (c.device() == "cuda")
+    k->Bad("model.drop_path_rate", Checker::Num(dp),
+           "not supported on the CUDA path yet (device: \"cuda\"); host path only");
+}
+
 // One message per field: the generic range check and a family's own check may both fire for
 // the same value; the first (the generic one) stays.
 void DropRepeatedFields(std::vector<std::string>* errs) {
@@ -310,6 +333,7 @@ std::vector<std::string> ValidateTrainConfig(const proto::TrainConfig& unresolve
   ValidateOptimizer(c.optimizer(), &k);
   ValidateMoeRanges(c.model().moe(), &k);
   ValidateFamilyRanges(c.model(), &k);
+  ValidateRecipe(c, &k);
   if (c.model().use_moe()) ValidateMoeFit(c, &k);
   if (c.model().use_moe()) ValidateGenericTopK(c, &k);
   ValidateNetConfig(c, &errs);  // the family name and the family's own fields

@@ -102,11 +102,13 @@ void MetricsWriter::WriteStep(int64_t step, const StepStats& s) {
   Emit(out.str());
 }
 
-void MetricsWriter::WriteEval(int64_t step, double accuracy) {
+void MetricsWriter::WriteEval(int64_t step, double accuracy, int64_t epoch) {
   if (file_ == nullptr) return;
   steps_done_ = step;
   std::ostringstream out = Record();
-  out << "{\"step\": " << step << ", \"eval_accuracy\": " << accuracy << "}\n";
+  out << "{\"step\": " << step;
+  if (epoch > 0) out << ", \"epoch\": " << epoch;
+  out << ", \"eval_accuracy\": " << accuracy << "}\n";
   Emit(out.str());
 }
 

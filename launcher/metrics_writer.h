@@ -28,7 +28,8 @@ class MetricsWriter {
   bool Open(const std::string& path, std::string* error);
 
   void WriteStep(int64_t step, const StepStats& s);
-  void WriteEval(int64_t step, double accuracy);
+  // {"step", "eval_accuracy"}, with "epoch" when epoch > 0 (the per-epoch evaluation).
+  void WriteEval(int64_t step, double accuracy, int64_t epoch = 0);
   // Any other record (the run summary, routing matrices): one JSON object, written as one line.
   void WriteObject(const std::string& json_object);
   // Flushes and closes the file; false when this or any earlier write failed.

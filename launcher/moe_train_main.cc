@@ -28,6 +28,7 @@
 #include "launcher/checkpoint.h"
 #include "launcher/config.h"
 #include "launcher/device_comm.h"
+#include "launcher/epoch_schedule.h"
 #include "launcher/exit_codes.h"
 #include "launcher/idx_dataset.h"
 #include "launcher/job_agreement.h"
@@ -174,6 +175,9 @@ proto::TrainConfig LoadConfigOrFail(int rank, int world, MetricsWriter* metrics)
   if (!ok) error = "config error: --config is required (e.g. launcher/configs/vmoe_tiny.pbtxt)";
   if (ok) ok = LoadTrainConfig(FLAGS_config, FLAGS_override, &config, &error);
   FailTogetherIf(!ok, error, kExitConfig);
+  // recipe.epochs becomes `steps` before the --steps flag may replace it.
+  const std::string schedule_error = ResolveEpochSchedule(&config, world);
+  FailTogetherIf(!schedule_error.empty(), schedule_error, kExitConfig);
   const std::string flags_error = StepsFlagError() + JobFlagsError();
   FailTogetherIf(!flags_error.empty(), flags_error, kExitConfig);
   if (FLAGS_steps > 0) config.set_steps(FLAGS_steps);
@@ -233,15 +237,29 @@ struct Job {
   int64_t batch = 0, global_batch = 0;
   int64_t dense_params = 0;
   double expert_params = 0;  // over the EP group: every expert once
+  std::unique_ptr<EpochEvaluations> epoch_evals;  // recipe.eval_every_epoch, else null
 };
 
 // Data: every rank reads the files (they are small); failures are agreed on.
 void LoadDataOrFail(Job* job) {
   const auto& d = job->config.data();
   std::string error;
-  bool ok = LoadIdxDataset(d.train_images(), d.train_labels(), &job->train, &error);
+  bool ok = LoadIdxDataset(d.train_images(), d.train_labels(), &job->train, &error,
+                           d.train_images_limit());
   if (ok) ok = LoadIdxDataset(d.test_images(), d.test_labels(), &job->test, &error);
   FailTogetherIf(!ok, "data error: " + error, kExitData);
+  // An epoch of the recipe is EpochImages(config) images; the stream must hold exactly that many.
+  const auto& r = job->config.recipe();
+  const bool in_epochs = r.epochs() > 0 || r.warmup_epochs() > 0 || r.eval_every_epoch();
+  const int64_t want = EpochImages(job->config);
+  FailTogetherIf((d.train_images_limit() > 0 || in_epochs) && job->train.count != want,
+                 "data error: " + d.train_images() + " holds " + std::to_string(job->train.count) +
+                     " images; " +
+                     (d.train_images_limit() > 0
+                          ? "data.train_images_limit=" + std::to_string(want) + " asks for more"
+                          : "the epoch schedule assumes " + std::to_string(want) +
+                                " (set data.train_images_limit)"),
+                 kExitData);
 }
 
 // Every rank's log opens with where it sits in the EP x DP grid; rank 0 adds the model's size.
@@ -341,6 +359,15 @@ int AgreeAfterStep(Job* job, int64_t step) {
   return all >> 1;
 }
 
+// An evaluation that closes `epoch` (recipe.eval_every_epoch): the best so far, the log line and
+// the metrics record with the epoch.
+void RecordEpochEvaluation(Job* job, int64_t done, int64_t epoch, double acc) {
+  job->epoch_evals->Record(epoch, acc);
+  job->metrics->WriteEval(done, acc, epoch);
+  LOG_IF(INFO, job->rank == 0) << std::fixed << std::setprecision(4) << "epoch " << epoch
+                               << ": test_accuracy=" << acc << " (step " << done << ")";
+}
+
 enum class LoopEnd { kAllSteps, kStopAtStep, kSignal };
 
 // moe_train's side of the shared step loop (launcher/train_loop.h): fault injection, the
@@ -399,13 +426,18 @@ bool TrainSteps::AfterStep(int64_t step, const StepStats& s) {
 
 void TrainSteps::EvaluateIfDue(int64_t done) {
   const proto::TrainConfig& config = job_->config;
-  if (config.eval_every() <= 0 || done % config.eval_every() != 0 || done == config.steps()) return;
+  // The last step's evaluation is the final one (Finish), which also closes the last epoch.
+  if (done == config.steps()) return;
+  const bool periodic = config.eval_every() > 0 && done % config.eval_every() == 0;
+  const int64_t epoch = job_->epoch_evals ? job_->epoch_evals->EpochEndingAt(done) : 0;
+  if (!periodic && epoch == 0) return;
   const auto start = std::chrono::steady_clock::now();
   const double acc = Evaluate(job_, done, nullptr);
   periodic_eval_seconds_ +=
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  job_->metrics->WriteEval(done, acc);
-  LOG_IF(INFO, job_->rank == 0) << "eval at step " << done << ": test accuracy " << acc;
+  if (epoch > 0) RecordEpochEvaluation(job_, done, epoch, acc);
+  else job_->metrics->WriteEval(done, acc);
+  LOG_IF(INFO, job_->rank == 0 && periodic) << "eval at step " << done << ": test accuracy " << acc;
 }
 
 bool TrainSteps::StopsAfter(int64_t done) {
@@ -446,6 +478,35 @@ std::string WriteTraces(Job* job, const Profiler& profiler) {
   return ok ? "" : "output error: --trace_dir=" + FLAGS_trace_dir + ": " + error;
 }
 
+// The run's summary line and JSON object (launcher/run_summary.h).
+RunSummary MakeSummary(const Job& job, double acc, double train_seconds,
+                       double periodic_eval_seconds, const AllToAllProfile& a2a) {
+  const proto::TrainConfig& config = job.config;
+  RunSummary sum;
+  sum.family = config.model().family();
+  sum.model = ModelNameFromConfigPath(FLAGS_config);
+  sum.dense_params = job.dense_params;
+  sum.expert_params = static_cast<int64_t>(job.expert_params);
+  sum.flops_per_image = job.session->net().FlopsPerImage();
+  const double pure_train_seconds = train_seconds - periodic_eval_seconds;
+  sum.images_per_s =
+      pure_train_seconds > 0 ? config.steps() * job.global_batch / pure_train_seconds : 0;
+  sum.train_wall_s = train_seconds;
+  sum.steps = config.steps();
+  sum.global_batch = job.global_batch;
+  sum.world = job.world;
+  sum.test_accuracy = acc;
+  if (job.epoch_evals && job.epoch_evals->any()) {
+    sum.best_test_accuracy = job.epoch_evals->best_accuracy();
+    sum.best_epoch = job.epoch_evals->best_epoch();
+  }
+  sum.all_to_alls = a2a.rows;
+  sum.ep_size = a2a.ep_size;
+  sum.straggler_rank = a2a.straggler_rank;
+  sum.straggler_fraction = a2a.straggler_fraction;
+  return sum;
+}
+
 // Final evaluation, profile, traces, heatmaps, summary; returns the exit code.
 int Finish(Job* job, const Profiler& profiler, double train_seconds, double periodic_eval_seconds) {
   SetStopSignalPhase(StopPhase::kFinishing);
@@ -459,7 +520,10 @@ int Finish(Job* job, const Profiler& profiler, double train_seconds, double peri
     analytics = std::make_unique<RoutingAnalytics>(moe_layers, config.model().num_classes());
   const double acc = Evaluate(job, config.steps(), analytics.get());
   if (analytics) analytics->Reduce(job->comm);
-  job->metrics->WriteEval(config.steps(), acc);
+  const int64_t last_epoch =
+      job->epoch_evals ? job->epoch_evals->EpochEndingAt(config.steps()) : 0;
+  if (last_epoch > 0) RecordEpochEvaluation(job, config.steps(), last_epoch, acc);
+  else job->metrics->WriteEval(config.steps(), acc);
   const std::string table = FormatProfileAcrossRanks(profiler, config.steps(), job->comm);
   const AllToAllProfile a2a = ProfileAllToAlls(profiler, config.steps(), job->comm);
   // Each rank's trace, rank 0's heatmaps and metrics; any failure ends every rank with exit
@@ -478,23 +542,7 @@ int Finish(Job* job, const Profiler& profiler, double train_seconds, double peri
     if (analytics && !ReportRoutingAnalytics(*analytics, FLAGS_analytics_dir, job->metrics, &png_error))
       output_error += (output_error.empty() ? "" : "\n") +
                       ("output error: --analytics_dir=" + FLAGS_analytics_dir + ": " + png_error);
-    RunSummary sum;
-    sum.family = config.model().family();
-    sum.model = ModelNameFromConfigPath(FLAGS_config);
-    sum.dense_params = job->dense_params;
-    sum.expert_params = static_cast<int64_t>(job->expert_params);
-    sum.flops_per_image = job->session->net().FlopsPerImage();
-    const double pure_train_seconds = train_seconds - periodic_eval_seconds;
-    sum.images_per_s = pure_train_seconds > 0 ? config.steps() * job->global_batch / pure_train_seconds : 0;
-    sum.train_wall_s = train_seconds;
-    sum.steps = config.steps();
-    sum.global_batch = job->global_batch;
-    sum.world = job->world;
-    sum.test_accuracy = acc;
-    sum.all_to_alls = a2a.rows;
-    sum.ep_size = a2a.ep_size;
-    sum.straggler_rank = a2a.straggler_rank;
-    sum.straggler_fraction = a2a.straggler_fraction;
+    const RunSummary sum = MakeSummary(*job, acc, train_seconds, periodic_eval_seconds, a2a);
     LOG(INFO) << FormatSummaryLine(sum);
     job->metrics->WriteObject(SummaryJson(sum));
     if (!job->metrics->Close())
@@ -549,6 +597,8 @@ int Run(char** argv) {
   job.session = &session;
   job.batch = job.config.data().batch_per_rank();
   job.global_batch = session.global_batch();
+  if (job.config.recipe().eval_every_epoch())
+    job.epoch_evals = std::make_unique<EpochEvaluations>(job.train.count, job.global_batch);
   LogLayout(&job);
   const int64_t first_step = ResumeIfAsked(&job);
 
@@ -559,6 +609,7 @@ int Run(char** argv) {
   stream.seed = job.config.seed();
   stream.rank = job.rank;
   stream.batch_per_rank = job.batch;
+  stream.augment = AugmentOptionsFromConfig(job.config);
   TrainSteps steps(&job, first_step);
   RunTrainLoop(&session, stream, first_step, job.config.steps(), &steps);
   if (steps.end() == LoopEnd::kSignal) return EndEarly(&job, kExitSignalBase + steps.signal());

@@ -41,6 +41,8 @@ std::string FormatSummaryLine(const RunSummary& s) {
      << s.images_per_s << " train_wall_s=" << s.train_wall_s << " steps=" << s.steps
      << " global_batch=" << s.global_batch << " ranks=" << s.world
      << " test_accuracy=" << std::setprecision(4) << s.test_accuracy;
+  if (s.best_epoch > 0)
+    os << " best_test_accuracy=" << s.best_test_accuracy << " best_epoch=" << s.best_epoch;
   return os.str();
 }
 
@@ -52,7 +54,11 @@ std::string SummaryJson(const RunSummary& s) {
      << ", \"flops_per_image\": " << s.flops_per_image << ", \"images_per_s\": " << s.images_per_s
      << ", \"train_wall_s\": " << s.train_wall_s << ", \"steps\": " << s.steps
      << ", \"global_batch\": " << s.global_batch << ", \"ranks\": " << s.world
-     << ", \"test_accuracy\": " << s.test_accuracy << AllToAllJson(s) << "}}";
+     << ", \"test_accuracy\": " << s.test_accuracy;
+  if (s.best_epoch > 0)
+    os << ", \"best_test_accuracy\": " << s.best_test_accuracy
+       << ", \"best_epoch\": " << s.best_epoch;
+  os << AllToAllJson(s) << "}}";
   return os.str();
 }
 

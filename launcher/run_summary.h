@@ -32,7 +32,11 @@ struct RunSummary {
   int64_t steps = 0;
   int64_t global_batch = 0;
   int world = 0;
-  double test_accuracy = 0;
+  double test_accuracy = 0;  // the final evaluation's (the last)
+  // recipe.eval_every_epoch: the best per-epoch test accuracy and its epoch (the first to reach
+  // it); best_epoch 0: no per-epoch evaluation, and neither key is written.
+  double best_test_accuracy = 0;
+  int64_t best_epoch = 0;
   std::vector<AllToAllRow> all_to_alls;  // empty: no all-to-all ran (dense nets)
   int ep_size = 0;
   int straggler_rank = -1;                // the world rank that arrived last most often
@@ -43,7 +47,8 @@ struct RunSummary {
 
 // "summary: family=vit model=vmoe_tiny params=... dense_params=... expert_params=...
 // flops_per_image=... images_per_s=... train_wall_s=... steps=... global_batch=... ranks=...
-// test_accuracy=..." (space-separated key=value pairs; no value contains a space).
+// test_accuracy=... [best_test_accuracy=... best_epoch=...]" (space-separated key=value pairs; no
+// value contains a space).
 std::string FormatSummaryLine(const RunSummary& s);
 // {"summary": {...}} with the same keys, one line, no trailing newline. With all-to-alls, also
 // "a2a": {"<phase>": {"bytes_per_rank", "ms", "skew_ms", "transfer_ms", "device_ms",

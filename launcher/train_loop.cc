@@ -18,6 +18,7 @@ int64_t RunTrainLoop(TrainingSession* session, const TrainStream& stream, int64_
     hooks->BeforeStep(step);
     GatherBatch(*stream.data, sampler.Slice(step, global_batch, first_row, stream.batch_per_rank),
                 &batch.images, &batch.labels);
+    AugmentBatch(stream.augment, stream.seed, step, first_row, &batch.images);
     hooks->OnGathered(step, &batch);
     // Stream positions, not rank-local rows: whatever the head keys on them is the same on any
     // number of ranks.

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "launcher/augmentation.h"
 #include "launcher/idx_dataset.h"
 #include "launcher/training_session.h"
 #include "models/nets/net.h"
@@ -25,13 +26,15 @@ struct TrainBatch {
 
 // Where the batches come from: the training stream over the first `stream_images` images of
 // `data` (BatchSampler(stream_images, seed)); world rank `rank` takes rows
-// [rank * batch_per_rank, (rank + 1) * batch_per_rank) of each global batch.
+// [rank * batch_per_rank, (rank + 1) * batch_per_rank) of each global batch. The gathered images
+// are augmented (launcher/augmentation.h) before any hook or the task head sees them.
 struct TrainStream {
   const ImageDataset* data = nullptr;
   int64_t stream_images = 0;
   uint64_t seed = 0;
   int rank = 0;
   int64_t batch_per_rank = 0;
+  AugmentOptions augment;  // recipe.crop_padding / horizontal_flip; off by default
 };
 
 class StepHooks {

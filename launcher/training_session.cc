@@ -33,6 +33,7 @@ TrainingSession::TrainingSession(const proto::TrainConfig& config, Communicator*
   for (Parameter* p : params_) (p->is_expert() ? expert_ : dense_).push_back(p);
   global_batch_ = static_cast<int64_t>(config.data().batch_per_rank()) * comm->Size(GroupKind::kWorld);
   task_head_ = CreateTaskHead(config);
+  task_head_->SetLabelSmoothing(config.recipe().label_smoothing());
   int64_t n = 0;
   for (Parameter* p : dense_) n += p->grad.numel();
   grad_bucket_ = Tensor({n}, device_);
@@ -113,6 +114,17 @@ void TrainingSession::SetContext(bool training, int64_t step, int64_t rows) {
   ctx.profiler = training ? profiler_ : nullptr;  // the profile covers training steps only
   ctx.image_loss_scale = 1.f / static_cast<float>(global_batch_);
   net_->SetMoeContext(ctx);
+}
+
+void TrainingSession::SetDropPathContext(bool training, int64_t step, int64_t rows) {
+  // World rank r holds rows [r * rows, (r + 1) * rows) of the step's global batch, so the masks
+  // key on the same global image index on every layout.
+  DropPathContext ctx;
+  ctx.training = training;
+  ctx.step_key = DropPathStepKey(config_.seed(), step);
+  ctx.first_image = static_cast<int64_t>(comm_->Rank(GroupKind::kWorld)) * rows;
+  ctx.batch_images = rows;
+  net_->SetDropPathContext(ctx);
 }
 
 void TrainingSession::SynchroniseGradients() {
@@ -197,6 +209,7 @@ StepStats TrainingSession::ComputeGradients(int64_t step, const Tensor& images,
   SetActivityStep(step);
   for (Parameter* p : params_) p->grad.Zero();
   SetContext(/*training=*/true, step, b);
+  SetDropPathContext(/*training=*/true, step, b);
   net_->SetBatchInfo(MakeBatchInfo(&labels, side));
   Tensor logits;
   {
@@ -270,6 +283,7 @@ void TrainingSession::Evaluate(const Tensor& images, const std::vector<int>& lab
                                int64_t valid, int64_t* correct, double* loss_sum,
                                const ImageSideInfo& side) {
   SetContext(/*training=*/false, /*step=*/0, images.dim(0));
+  SetDropPathContext(/*training=*/false, /*step=*/0, images.dim(0));
   SetActivityStage("evaluation");
   // No labels: evaluation must not lean on them (super-class guidance trains only).
   net_->SetBatchInfo(MakeBatchInfo(/*labels=*/nullptr, side));

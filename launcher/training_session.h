@@ -98,6 +98,8 @@ class TrainingSession {
 
  private:
   void SetContext(bool training, int64_t step, int64_t rows);
+  // The stochastic-depth masks' key and this rank's first global image (models/layers/drop_path.h).
+  void SetDropPathContext(bool training, int64_t step, int64_t rows);
   // This rank's loss sum and correct count, plus every MoE layer's metrics, summed over the
   // world in one all-reduce.
   StepStats ReduceStepStatistics(double loss_sum, int num_correct);

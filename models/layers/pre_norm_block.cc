@@ -7,20 +7,25 @@
 namespace moe {
 
 namespace {
-std::vector<std::unique_ptr<Layer>> Branch(std::unique_ptr<Layer> a, std::unique_ptr<Layer> b) {
+std::vector<std::unique_ptr<Layer>> Branch(std::unique_ptr<Layer> a, std::unique_ptr<Layer> b,
+                                           std::unique_ptr<Layer> last) {
   std::vector<std::unique_ptr<Layer>> v;
   v.push_back(std::move(a));
   v.push_back(std::move(b));
+  if (last) v.push_back(std::move(last));
   return v;
 }
 }  // namespace
 
 PreNormBlock::PreNormBlock(std::unique_ptr<Layer> ln1, std::unique_ptr<Layer> attn,
-                           std::unique_ptr<Layer> ln2, std::unique_ptr<Layer> mlp)
+                           std::unique_ptr<Layer> ln2, std::unique_ptr<Layer> mlp,
+                           std::unique_ptr<Layer> attn_drop, std::unique_ptr<Layer> mlp_drop)
     : attn_(attn.get()), mlp_(mlp.get()) {
   CHECK(attn_ != nullptr && mlp_ != nullptr) << "PreNormBlock: null attention or MLP";
-  attn_part_ = std::make_unique<Residual>(Branch(std::move(ln1), std::move(attn)));
-  mlp_part_ = std::make_unique<Residual>(Branch(std::move(ln2), std::move(mlp)));
+  attn_part_ =
+      std::make_unique<Residual>(Branch(std::move(ln1), std::move(attn), std::move(attn_drop)));
+  mlp_part_ =
+      std::make_unique<Residual>(Branch(std::move(ln2), std::move(mlp), std::move(mlp_drop)));
 }
 
 Tensor PreNormBlock::Forward(const Tensor& x) { return mlp_part_->Forward(attn_part_->Forward(x)); }

@@ -3,6 +3,7 @@
 //   h = x + attn(LN1(x));   y = h + mlp(LN2(h))
 // attn is any token-mixing layer (self-attention, routed attention), mlp a dense MLP or a MoE
 // layer. Parameters come in the order ln1, attn, ln2, mlp. Devices as Residual.
+// attn_drop / mlp_drop (optional, e.g. DropPath): a last layer of each branch, before the add.
 #pragma once
 
 #include <memory>
@@ -16,7 +17,8 @@ namespace moe {
 class PreNormBlock : public Layer {
  public:
   PreNormBlock(std::unique_ptr<Layer> ln1, std::unique_ptr<Layer> attn, std::unique_ptr<Layer> ln2,
-               std::unique_ptr<Layer> mlp);
+               std::unique_ptr<Layer> mlp, std::unique_ptr<Layer> attn_drop = nullptr,
+               std::unique_ptr<Layer> mlp_drop = nullptr);
 
   Tensor Forward(const Tensor& x) override;
   Tensor Backward(const Tensor& dy) override;

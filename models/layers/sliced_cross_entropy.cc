@@ -6,6 +6,12 @@
 
 namespace moe {
 
+void SlicedCrossEntropy::set_label_smoothing(float eps) {
+  CHECK(eps >= 0.f && eps < 1.f) << "SlicedCrossEntropy: label smoothing " << eps
+                                 << " outside [0, 1)";
+  label_smoothing_ = eps;
+}
+
 float SlicedCrossEntropy::Forward(const Tensor& logits, const std::vector<int>& labels,
                                   const std::vector<std::pair<int, int>>& ranges,
                                   float loss_scale) {
@@ -16,7 +22,9 @@ float SlicedCrossEntropy::Forward(const Tensor& logits, const std::vector<int>& 
   CHECK_EQ(static_cast<int64_t>(labels.size()), B) << "SlicedCrossEntropy: labels per row";
   CHECK_EQ(static_cast<int64_t>(ranges.size()), B) << "SlicedCrossEntropy: ranges per row";
   labels_ = labels;
+  ranges_ = ranges;
   loss_scale_ = loss_scale;
+  const double eps = label_smoothing_;
   probs_ = Tensor::Zeros({B, C});
   pred_.assign(B, 0);
   row_loss_.assign(B, 0.0);
@@ -34,13 +42,17 @@ float SlicedCrossEntropy::Forward(const Tensor& logits, const std::vector<int>& 
     for (int j = lo + 1; j < hi; ++j)
       if (l[j] > l[arg]) arg = j;
     const double mx = l[arg];
-    double sum = 0;
-    for (int j = lo; j < hi; ++j) sum += std::exp(l[j] - mx);
+    double sum = 0, logit_sum = 0;
+    for (int j = lo; j < hi; ++j) {
+      sum += std::exp(l[j] - mx);
+      logit_sum += l[j];
+    }
     const double lse = mx + std::log(sum);
     float* p = probs_.data() + r * C;
     for (int j = lo; j < hi; ++j) p[j] = static_cast<float>(std::exp(l[j] - lse));
     pred_[r] = arg;
-    row_loss_[r] = lse - l[labels[r]];
+    const double ce = lse - l[labels[r]];
+    row_loss_[r] = eps > 0 ? (1.0 - eps) * ce + eps * (lse - logit_sum / (hi - lo)) : ce;
     total += row_loss_[r];
   }
   return B == 0 ? 0.f : static_cast<float>(total / B);
@@ -52,7 +64,15 @@ Tensor SlicedCrossEntropy::Backward() const {
   Tensor d({B, C});
   // Columns outside a row's slice have probs 0 there, so the same expression zeroes them.
   for (int64_t i = 0; i < B * C; ++i) d.data()[i] = loss_scale_ * probs_.data()[i];
-  for (int64_t r = 0; r < B; ++r) d.data()[r * C + labels_[r]] -= loss_scale_;
+  const float on = loss_scale_ * (1.f - label_smoothing_);
+  for (int64_t r = 0; r < B; ++r) {
+    const int lo = ranges_[r].first, hi = ranges_[r].second;
+    if (label_smoothing_ > 0) {
+      const float off = loss_scale_ * (label_smoothing_ / static_cast<float>(hi - lo));
+      for (int j = lo; j < hi; ++j) d.data()[r * C + j] -= off;
+    }
+    d.data()[r * C + labels_[r]] -= on;
+  }
   return d;
 }
 

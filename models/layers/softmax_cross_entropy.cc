@@ -6,6 +6,12 @@
 
 namespace moe {
 
+void SoftmaxCrossEntropy::set_label_smoothing(float eps) {
+  CHECK(eps >= 0.f && eps < 1.f) << "SoftmaxCrossEntropy: label smoothing " << eps
+                                 << " outside [0, 1)";
+  label_smoothing_ = eps;
+}
+
 float SoftmaxCrossEntropy::Forward(const Tensor& logits, const std::vector<int>& labels,
                                    float loss_scale) {
   CHECK(logits.ndim() == 2) << "SoftmaxCrossEntropy: logits must be [B, C], got "
@@ -20,7 +26,8 @@ float SoftmaxCrossEntropy::Forward(const Tensor& logits, const std::vector<int>&
         << " is out of range [0, " << C << ")";
   labels_ = labels;
   dlogits_ = BackendFor(logits.device())
-                 .SoftmaxCrossEntropy(logits, labels, loss_scale, &row_loss_, &pred_);
+                 .SoftmaxCrossEntropy(logits, labels, loss_scale, label_smoothing_, &row_loss_,
+                                      &pred_);
   double total = 0;
   for (int64_t r = 0; r < B; ++r) total += row_loss_[r];
   return B == 0 ? 0.f : static_cast<float>(total / B);

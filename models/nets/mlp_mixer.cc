@@ -2,6 +2,7 @@
 
 #include <glog/logging.h>
 
+#include "models/layers/drop_path.h"
 #include "models/layers/gelu.h"
 #include "models/layers/layer_norm.h"
 #include "models/layers/linear.h"
@@ -37,8 +38,16 @@ double ExpertsPerRow(const MoeLayerOptions& o) {
 class Builder {
  public:
   Builder(const proto::ModelConfig& config, Communicator* comm, uint64_t seed,
-          std::vector<MoeLayer*>* moe_layers, double* macs)
-      : config_(config), comm_(comm), seed_(seed), moe_layers_(moe_layers), macs_(macs) {}
+          std::vector<MoeLayer*>* moe_layers, double* macs, const DropPathContext* drop_path)
+      : config_(config),
+        comm_(comm),
+        seed_(seed),
+        moe_layers_(moe_layers),
+        macs_(macs),
+        drop_path_(drop_path) {}
+
+  // The stochastic-depth rate of the block being built (0: no DropPath layers).
+  void set_block_drop_rate(float rate) { block_drop_rate_ = rate; }
 
   // rows_per_image rows of width `in` -> `out`.
   std::unique_ptr<Layer> Lin(const std::string& name, int rows_per_image, int in, int out,
@@ -72,6 +81,13 @@ class Builder {
   static std::unique_ptr<Layer> Res(Branch branch) {
     return std::make_unique<Residual>(std::move(branch));
   }
+  // A block's own residual (token or channel mixing), its branch ended by a DropPath when the
+  // block's rate is above 0; residuals nested inside a branch stay plain (Res).
+  std::unique_ptr<Layer> BlockRes(Branch branch) {
+    if (block_drop_rate_ > 0)
+      branch.push_back(std::make_unique<DropPath>(block_drop_rate_, residuals_++, drop_path_));
+    return Res(std::move(branch));
+  }
 
  private:
   const proto::ModelConfig& config_;
@@ -79,6 +95,9 @@ class Builder {
   uint64_t seed_;
   std::vector<MoeLayer*>* moe_layers_;
   double* macs_;
+  const DropPathContext* drop_path_;
+  float block_drop_rate_ = 0;
+  int residuals_ = 0;  // DropPath layers made so far: each one's index in the mask key
 };
 
 template <typename... L>
@@ -100,11 +119,11 @@ void AddDenseBlock(Builder& b, const std::string& pre, int S, int C, const proto
   // which every later LayerNorm (over channels) removes, so its gradient is exactly zero and
   // AdamW would only turn rounding noise into updates (the EP-invariance test sees that).
   const int Dt = mx.token_mlp_dim();
-  body->push_back(b.Res(MakeBranch(
+  body->push_back(b.BlockRes(MakeBranch(
       b.Norm(pre + ".ln1", C), b.Transpose(S), b.Lin(pre + ".token_mlp.fc1", C, S, Dt),
       std::make_unique<Gelu>(), b.Lin(pre + ".token_mlp.fc2", C, Dt, S, /*bias=*/false),
       b.Transpose(C))));
-  body->push_back(b.Res(MakeBranch(
+  body->push_back(b.BlockRes(MakeBranch(
       b.Norm(pre + ".ln2", C), b.DenseMlp(pre + ".channel_mlp", S, C, mx.channel_mlp_dim()))));
 }
 
@@ -140,9 +159,9 @@ void AddSparseBlock(Builder& b, const std::string& pre, const SparseWidths& w,
   if (w.rerep) token.push_back(b.Lin(pre + ".rerep.patch_down", C1, S1, S));
   token.push_back(b.Transpose(C1));
   if (w.rerep) token.push_back(b.Lin(pre + ".rerep.channel_up", S, C1, C));
-  body->push_back(b.Res(std::move(token)));
+  body->push_back(b.BlockRes(std::move(token)));
   if (!w.both)
-    body->push_back(b.Res(MakeBranch(
+    body->push_back(b.BlockRes(MakeBranch(
         b.Norm(pre + ".ln2", C),
         b.Moe(pre + ".channel_moe", S, C, w.channel_hidden, mx.channel_moe_top_k()))));
 }
@@ -162,7 +181,7 @@ MlpMixer::MlpMixer(const proto::ModelConfig& config, Communicator* comm, uint64_
   embed_->pos_embed()->frozen = true;
   macs_per_image_ += static_cast<double>(S) * p * p * config.channels() * C;
 
-  Builder b(config, comm, seed, &moe_layers_, &macs_per_image_);
+  Builder b(config, comm, seed, &moe_layers_, &macs_per_image_, &drop_path_context_);
   const int L = config.num_layers();
   const int num_sparse = config.use_moe() ? mx.num_sparse_blocks() : 0;
   SparseWidths w;
@@ -176,6 +195,7 @@ MlpMixer::MlpMixer(const proto::ModelConfig& config, Communicator* comm, uint64_
   w.channel_hidden = ExpertHidden(config, mx.channel_expert_hidden_dim(), mx.channel_mlp_dim());
   for (int i = 0; i < L; ++i) {
     const std::string pre = "block" + std::to_string(i);
+    b.set_block_drop_rate(DropPathRateOfBlock(config.drop_path_rate(), i, L));
     if (i < L - num_sparse) AddDenseBlock(b, pre, S, C, mx, &body_);
     else AddSparseBlock(b, pre, w, mx, &body_);
   }

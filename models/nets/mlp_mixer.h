@@ -36,6 +36,10 @@
 // token MLPs already see positions): the mixer zeroes it and marks it frozen, so it computes
 // exactly a Mixer's embedding. It stays in Parameters() (1 x S x C frozen zeros) so MoveTo and
 // the trainer treat every PatchEmbed alike.
+//
+// Stochastic depth (model.drop_path_rate > 0): a DropPath ends each block's own residual branches
+// (token and channel mixing; not the residuals nested inside a sparse block's branch), at rate
+// r i / (L - 1) in block i (models/layers/drop_path.h).
 #pragma once
 
 #include <memory>

@@ -37,6 +37,7 @@ class MultiTaskHead : public TaskHead {
   float Forward(const Tensor& logits, const std::vector<int>& labels, const ImageSideInfo& side,
                 float loss_scale) override;
   Tensor Backward() const override;
+  void SetLabelSmoothing(float eps) override { loss_.set_label_smoothing(eps); }
   int NumCorrect() const override { return loss_.NumCorrect(); }
   void Score(const Tensor& host_logits, const std::vector<int>& labels, const ImageSideInfo& side,
              int64_t valid, int64_t* correct, double* loss_sum) const override;

@@ -21,6 +21,7 @@
 
 #include "core/parameter.h"
 #include "core/tensor.h"
+#include "models/layers/drop_path.h"
 #include "models/moe/moe_layer.h"
 
 namespace moe {
@@ -66,12 +67,16 @@ class Net {
   }
   // Called before Forward with this step's side information; families that need none ignore it.
   virtual void SetBatchInfo(const BatchInfo& info) { (void)info; }
+  // Called before Forward: whether this is training, and the step and images the stochastic-depth
+  // masks are keyed on (model.drop_path_rate; nets without DropPath layers never read it).
+  void SetDropPathContext(const DropPathContext& ctx) { drop_path_context_ = ctx; }
   // Forward multiply-adds x 2 per image, counting only the experts a row actually visits at the
   // configured capacity (the results table's "FLOPs per image").
   virtual double FlopsPerImage() const = 0;
 
  protected:
   std::vector<MoeLayer*> moe_layers_;
+  DropPathContext drop_path_context_;  // read by the net's DropPath layers (drop_path.h)
 };
 
 }  // namespace moe

@@ -49,6 +49,10 @@ class TaskHead {
   virtual float Forward(const Tensor& logits, const std::vector<int>& labels,
                         const ImageSideInfo& side, float loss_scale) = 0;
   virtual Tensor Backward() const = 0;
+  // Label smoothing of the training loss (recipe.label_smoothing; eps in [0, 1), 0 = off, the
+  // default): each row's target becomes (1 - eps) onehot + eps / K over the K columns it is
+  // scored on. Evaluation (Score) and NumCorrect stay plain cross-entropy and argmax.
+  virtual void SetLabelSmoothing(float eps) = 0;
   // Rows of the last Forward whose argmax (over the row's scored columns) is the label.
   virtual int NumCorrect() const = 0;
   // Evaluation: over the first `valid` rows of host logits, the argmax-correct count and the sum
@@ -72,6 +76,7 @@ class SingleTaskHead : public TaskHead {
   float Forward(const Tensor& logits, const std::vector<int>& labels, const ImageSideInfo& side,
                 float loss_scale) override;
   Tensor Backward() const override { return loss_.Backward(); }
+  void SetLabelSmoothing(float eps) override { loss_.set_label_smoothing(eps); }
   int NumCorrect() const override { return loss_.NumCorrect(); }
   void Score(const Tensor& host_logits, const std::vector<int>& labels, const ImageSideInfo& side,
              int64_t valid, int64_t* correct, double* loss_sum) const override;

@@ -3,6 +3,7 @@
 #include <glog/logging.h>
 
 #include "models/layers/attention.h"
+#include "models/layers/drop_path.h"
 #include "models/layers/layer_norm.h"
 #include "models/layers/linear.h"
 #include "models/layers/mean_pool.h"
@@ -34,11 +35,20 @@ VisionTransformer::VisionTransformer(const proto::ModelConfig& config, Communica
     } else {
       mlp = std::make_unique<Mlp>(prefix + ".mlp", D, config.mlp_dim(), seed);
     }
+    // Stochastic depth: a DropPath ends each branch of a block whose rate is above 0, so a
+    // config without it builds exactly the net it always did.
+    const float rate = DropPathRateOfBlock(config.drop_path_rate(), i, config.num_layers());
+    std::unique_ptr<Layer> attn_drop, mlp_drop;
+    if (rate > 0) {
+      attn_drop = std::make_unique<DropPath>(rate, 2 * i, &drop_path_context_);
+      mlp_drop = std::make_unique<DropPath>(rate, 2 * i + 1, &drop_path_context_);
+    }
     blocks_.push_back(std::make_unique<PreNormBlock>(
         std::make_unique<LayerNorm>(prefix + ".ln1", D, seed),
         std::make_unique<MultiHeadSelfAttention>(prefix + ".attn", D, config.num_heads(),
                                                  tokens_per_image_, seed),
-        std::make_unique<LayerNorm>(prefix + ".ln2", D, seed), std::move(mlp)));
+        std::make_unique<LayerNorm>(prefix + ".ln2", D, seed), std::move(mlp),
+        std::move(attn_drop), std::move(mlp_drop)));
   }
   final_norm_ = std::make_unique<LayerNorm>("final_ln", D, seed);
   pool_ = std::make_unique<MeanPoolTokens>(tokens_per_image_);

@@ -5,6 +5,8 @@
 //   block i: h = x + Attention(LN1(x));  y = h + MLP_i(LN2(h)),  MLP_i dense or MoE by placement
 //
 // The dense ViT is the same net with use_moe off, so the two are compared like for like.
+// model.drop_path_rate > 0 ends both branches of block i with a DropPath at rate
+// r i / (L - 1) (models/layers/drop_path.h); at 0 no DropPath layer is built.
 #pragma once
 
 #include <functional>

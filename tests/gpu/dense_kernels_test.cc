@@ -384,7 +384,7 @@ void CheckCrossEntropy(int64_t B, int64_t C, size_t off, bool alias, unsigned se
   Placed dl(logits, off), dd(B * C, off), dloss(B, off);
   DeviceInts dlab(labels), dpred(B);
   float* dout = alias ? dl.p() : dd.p();
-  SoftmaxCrossEntropyForwardCuda(dl.p(), dlab.p, B, C, scale, dloss.p(), dpred.p, dout);
+  SoftmaxCrossEntropyForwardCuda(dl.p(), dlab.p, B, C, scale, 0.f, dloss.p(), dpred.p, dout);
   const auto gd = alias ? dl.Download() : dd.Download();
   const auto gloss = dloss.Download();
   const auto gpred = dpred.Download();
@@ -423,7 +423,7 @@ TEST(DenseKernels, SoftmaxCrossEntropyOptionalOutputs) {
   const auto dref = ce.Backward().ToVector();
   Placed dl(logits, 0), dd(B * C, 0);
   DeviceInts dlab(labels);
-  SoftmaxCrossEntropyForwardCuda(dl.p(), dlab.p, B, C, 0.5f, nullptr, nullptr, dd.p());
+  SoftmaxCrossEntropyForwardCuda(dl.p(), dlab.p, B, C, 0.5f, 0.f, nullptr, nullptr, dd.p());
   const auto gd = dd.Download();
   ErrorTracker e("CE dlogits without loss/pred");
   for (size_t i = 0; i < gd.size(); ++i) e.Add(i, gd[i], dref[i], std::fabs(dref[i]) + 0.5);

@@ -177,12 +177,13 @@ TEST_F(LayersGpuTest, Attention) { CompareAttention("Attention", 32, 4, 16, 3, 9
 
 TEST_F(LayersGpuTest, AttentionOddTokens) { CompareAttention("AttentionOdd", 12, 3, 9, 2, 10); }
 
-TEST_F(LayersGpuTest, SoftmaxCrossEntropy) {
+// The CUDA loss against the host one, without and with label smoothing.
+void CompareCrossEntropy(float label_smoothing) {
   const int64_t B = 13, C = 10;
   const Tensor logits = RandomHost({B, C}, 11, 3.f);
   std::vector<int> labels(B);
   for (int64_t r = 0; r < B; ++r) labels[r] = static_cast<int>((r * 7 + 3) % C);
-  SoftmaxCrossEntropy host, dev;
+  SoftmaxCrossEntropy host(label_smoothing), dev(label_smoothing);
   const float loss = host.Forward(logits, labels, 0.25f);
   const float loss_d = dev.Forward(ToDevice(logits), labels, 0.25f);
   EXPECT_NEAR(loss_d, loss, kTol * std::max(1.f, std::abs(loss)));
@@ -195,6 +196,10 @@ TEST_F(LayersGpuTest, SoftmaxCrossEntropy) {
         << "row " << r;
   ExpectClose("SoftmaxCrossEntropy dlogits", host.Backward(), dev.Backward(), kTol);
 }
+
+TEST_F(LayersGpuTest, SoftmaxCrossEntropy) { CompareCrossEntropy(0.f); }
+
+TEST_F(LayersGpuTest, SoftmaxCrossEntropyLabelSmoothing) { CompareCrossEntropy(0.1f); }
 
 TEST_F(LayersGpuTest, MoveToRoundTripKeepsValues) {
   Linear layer("lin", 6, 5, 7);

@@ -1,7 +1,8 @@
 // EP invariance of Sparse-MLP (family "mixer"): MoE_S routes channel vectors (B*C1 rows of
 // width S1), MoE_C routes patches (B*S rows of width C), both in groups of group_size_images
 // images; the distributed run must equal the 1-rank replay. The machinery is
-// tests/mpi/ep_invariance_util.h.
+// tests/mpi/ep_invariance_util.h. The recipe case adds stochastic depth on every block's residuals
+// (the sparse ones included), augmentation and label smoothing.
 #include "tests/mpi/ep_invariance_util.h"
 
 namespace moe {
@@ -33,6 +34,9 @@ proto::TrainConfig SmallSparseMlp(int ep_size, int batch_per_rank) {
 
 TEST(EpInvarianceMixer, Ep4) { ExpectEpInvariance(4, nullptr, SmallSparseMlp); }
 TEST(EpInvarianceMixer, Ep2Dp2) { ExpectEpInvariance(2, nullptr, SmallSparseMlp); }
+TEST(EpInvarianceMixer, Ep4WithRecipe) {
+  ep_invariance::ExpectEpInvarianceWithRecipe(4, SmallSparseMlp);
+}
 TEST(EpInvarianceMixer, Ep4ReRepresentBoth) {
   ExpectEpInvariance(
       4,

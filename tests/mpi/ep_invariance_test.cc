@@ -1,5 +1,6 @@
-// EP invariance of V-MoE (token top-k, BPR, dropless), of Shazeer's noisy top-k with seed
-// 004's balance loss, and of expert-choice routing; the machinery is
+// EP invariance of V-MoE (token top-k, BPR, dropless, the training recipe: augmentation, label
+// smoothing, stochastic depth), of Shazeer's noisy top-k with seed 004's balance loss, and of
+// expert-choice routing; the machinery is
 // tests/mpi/ep_invariance_util.h.
 #include "models/nets/vision_transformer.h"
 #include "tests/mpi/ep_invariance_util.h"
@@ -51,6 +52,12 @@ TEST(EpInvariance, Ep2Dp2ShazeerNoisyTopK) {
       << "model.moe.router_noise / balance_sq_loss_weight are not mapped into MoeLayerOptions "
          "(models/nets/vision_transformer.cc, MoeOptionsFromConfig)";
   ExpectEpInvariance(2, ShazeerNoisyTopK);
+}
+TEST(EpInvariance, Ep4WithRecipe) {
+  ep_invariance::ExpectEpInvarianceWithRecipe(4, ep_invariance::SmallVmoe);
+}
+TEST(EpInvariance, Ep2Dp2WithRecipe) {
+  ep_invariance::ExpectEpInvarianceWithRecipe(2, ep_invariance::SmallVmoe);
 }
 TEST(EpInvariance, Ep4ExpertChoice) {
   ExpectEpInvariance(

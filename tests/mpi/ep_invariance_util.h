@@ -56,6 +56,7 @@
 
 #include "comm/mpi_communicator.h"
 #include "comm/self_communicator.h"
+#include "launcher/augmentation.h"
 #include "launcher/batch_sampler.h"
 #include "launcher/idx_dataset.h"
 #include "launcher/training_session.h"
@@ -147,6 +148,16 @@ inline BatchFn SingleTaskBatches() {
   return [global_batch, sampler = BatchSampler(Data().count, 99)](
              int64_t step, int64_t first, int64_t count, Batch* out) mutable {
     Gather(sampler.Slice(step, global_batch, first, count), &out->images, &out->labels);
+  };
+}
+
+// SingleTaskBatches augmented as the training loop does (launcher/train_loop.cc): row i of a
+// slice is image first + i of the step's global batch.
+inline BatchFn AugmentedBatches(const AugmentOptions& options, uint64_t seed) {
+  return [plain = SingleTaskBatches(), options, seed](int64_t step, int64_t first, int64_t count,
+                                                      Batch* out) mutable {
+    plain(step, first, count, out);
+    AugmentBatch(options, seed, step, first, &out->images);
   };
 }
 
@@ -267,6 +278,29 @@ inline void ExpectEpInvariance(int ep_size, void (*tweak)(proto::TrainConfig*),
     tweak(&ref_cfg);
   }
   RunEpInvariance(ep_size, dist_cfg, ref_cfg, SingleTaskBatches(), expect_drops);
+}
+
+// The training recipe on (random crop and flip, label smoothing, stochastic depth at rate 0.5 in
+// the last block) over base(ep_size, batch_per_rank): the masks and draws key on global image
+// indices, so the layouts must still agree.
+inline void ExpectEpInvarianceWithRecipe(int ep_size,
+                                         std::function<proto::TrainConfig(int, int)> base) {
+  int world = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  if (world % ep_size != 0) GTEST_SKIP() << "world " << world << " vs ep_size " << ep_size;
+  auto recipe = [](proto::TrainConfig c) {
+    c.mutable_model()->set_drop_path_rate(0.5f);
+    c.mutable_recipe()->set_crop_padding(3);
+    c.mutable_recipe()->set_horizontal_flip(true);
+    c.mutable_recipe()->set_label_smoothing(0.1f);
+    return c;
+  };
+  const proto::TrainConfig dist_cfg = recipe(base(ep_size, kBatchPerRank));
+  const proto::TrainConfig ref_cfg = recipe(base(1, kBatchPerRank * world));
+  AugmentOptions augment = AugmentOptionsFromConfig(dist_cfg);
+  ASSERT_TRUE(augment.any());
+  RunEpInvariance(ep_size, dist_cfg, ref_cfg, AugmentedBatches(augment, dist_cfg.seed()),
+                  /*expect_drops=*/true);
 }
 
 }  // namespace ep_invariance

@@ -28,7 +28,8 @@ TEST(Config, ShippedConfigsAreValidOnFourRanks) {
   for (const char* name :
        {"vmoe_tiny.pbtxt", "vit_tiny.pbtxt", "mixer_tiny.pbtxt", "sparse_mlp_tiny.pbtxt",
         "cnn_tiny.pbtxt", "pmoe_tiny.pbtxt", "pmoe_two_phase.pbtxt", "mobile_vmoe_tiny.pbtxt",
-        "conditional_dense_tiny.pbtxt", "conditional_moe_tiny.pbtxt"}) {
+        "conditional_dense_tiny.pbtxt", "conditional_moe_tiny.pbtxt",
+        "vit_recipe_example.pbtxt"}) {
     auto c = LoadOk(kSrc + "/launcher/configs/" + name);
     auto* moe = c.mutable_model()->mutable_moe();  // the file is named relative to the repo
     if (!moe->superclass_file().empty()) moe->set_superclass_file(kSrc + "/" + moe->superclass_file());

@@ -105,7 +105,8 @@ Tensor CudaBackend::Unpatchify(const Tensor& patches, const PatchGeometry& g) co
 // Labels go up as an int32 tensor; one kernel writes the per-row losses (double maths, stored as
 // float), argmaxes and dlogits; losses and predictions come back to the host (small, synchronous).
 Tensor CudaBackend::SoftmaxCrossEntropy(const Tensor& logits, const std::vector<int>& labels,
-                                        float loss_scale, std::vector<double>* row_loss,
+                                        float loss_scale, float label_smoothing,
+                                        std::vector<double>* row_loss,
                                         std::vector<int>* pred) const {
   static_assert(sizeof(int) == sizeof(int32_t), "labels are copied as int32");
   const int64_t B = logits.dim(0), C = logits.dim(1);
@@ -119,7 +120,8 @@ Tensor CudaBackend::SoftmaxCrossEntropy(const Tensor& logits, const std::vector<
   CUDA_CHECK(cudaMemcpy(labels_dev.int32_data(), labels.data(), B * sizeof(int32_t),
                         cudaMemcpyHostToDevice));
   SoftmaxCrossEntropyForwardCuda(logits.data(), labels_dev.int32_data(), B, C, loss_scale,
-                                 loss_dev.data(), pred_dev.int32_data(), dlogits.data());
+                                 label_smoothing, loss_dev.data(), pred_dev.int32_data(),
+                                 dlogits.data());
   CUDA_CHECK(cudaMemcpy(pred->data(), pred_dev.int32_data(), B * sizeof(int32_t),
                         cudaMemcpyDeviceToHost));
   const std::vector<float> losses = loss_dev.ToVector();

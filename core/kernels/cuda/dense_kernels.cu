@@ -496,8 +496,9 @@ __global__ void __launch_bounds__(kThreads)
 // Softmax cross-entropy: one warp per row, any C, the CPU's operations in the CPU's precision.
 __global__ void __launch_bounds__(kThreads)
     SoftmaxCrossEntropyKernel(const float* logits, const int* __restrict__ labels, int64_t B,
-                              int64_t C, float loss_scale, float* __restrict__ row_loss,
-                              int* __restrict__ pred, float* dlogits) {
+                              int64_t C, float loss_scale, float eps, float off, float on,
+                              float* __restrict__ row_loss, int* __restrict__ pred,
+                              float* dlogits) {
   const int lane = threadIdx.x & 31;
   for (int64_t r = FirstWarpRow(); r < B; r += WarpRowStride()) {
     const float* l = logits + r * C;
@@ -530,18 +531,24 @@ __global__ void __launch_bounds__(kThreads)
     }
     const double mx = best;
     const float l_label = l[label];  // read before any lane overwrites the row (dlogits == logits)
-    double sum = 0;
-    for (int64_t j = lane; j < C; j += 32) sum += exp(static_cast<double>(l[j]) - mx);
+    double sum = 0, logit_sum = 0;
+    for (int64_t j = lane; j < C; j += 32) {
+      sum += exp(static_cast<double>(l[j]) - mx);
+      logit_sum += l[j];
+    }
     const double lse = mx + log(WarpSum(sum));
+    logit_sum = WarpSum(logit_sum);
     __syncwarp();
     for (int64_t j = lane; j < C; j += 32) {
       const float p = static_cast<float>(exp(static_cast<double>(l[j]) - lse));
-      float g = __fmul_rn(loss_scale, p);
-      if (j == label) g = __fsub_rn(g, loss_scale);
+      float g = __fsub_rn(__fmul_rn(loss_scale, p), off);
+      if (j == label) g = __fsub_rn(g, on);
       d[j] = g;
     }
     if (lane == 0) {
-      if (row_loss) row_loss[r] = static_cast<float>(lse - l_label);
+      const double ce = lse - l_label;
+      const double loss = eps > 0 ? (1.0 - eps) * ce + eps * (lse - logit_sum / C) : ce;
+      if (row_loss) row_loss[r] = static_cast<float>(loss);
       if (pred) pred[r] = static_cast<int>(arg);
     }
   }
@@ -752,12 +759,17 @@ void AddInPlaceCuda(float* y, const float* x, int64_t n, cudaStream_t stream) {
 }
 
 void SoftmaxCrossEntropyForwardCuda(const float* logits, const int* labels, int64_t B, int64_t C,
-                                    float loss_scale, float* row_loss, int* pred, float* dlogits,
-                                    cudaStream_t stream) {
+                                    float loss_scale, float label_smoothing, float* row_loss,
+                                    int* pred, float* dlogits, cudaStream_t stream) {
   CHECK_GT(C, 0) << "SoftmaxCrossEntropyForwardCuda: no classes";
+  CHECK(label_smoothing >= 0.f && label_smoothing < 1.f)
+      << "SoftmaxCrossEntropyForwardCuda: label_smoothing " << label_smoothing;
   if (B <= 0) return;
+  // The host backend's float expressions (core/cpu_backend_layers.cc), evaluated once here.
+  const float off = loss_scale * (label_smoothing / static_cast<float>(C));
+  const float on = loss_scale * (1.f - label_smoothing);
   SoftmaxCrossEntropyKernel<<<BlocksForRows(B), kThreads, 0, stream>>>(
-      logits, labels, B, C, loss_scale, row_loss, pred, dlogits);
+      logits, labels, B, C, loss_scale, label_smoothing, off, on, row_loss, pred, dlogits);
   CUDA_CHECK_LAUNCH();
 }
 

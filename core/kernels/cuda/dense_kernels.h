@@ -66,15 +66,17 @@ void AddInPlaceCuda(float* y, const float* x, int64_t n, cudaStream_t stream = n
 
 // ---- classification loss (one warp per row, any C) ----
 
-// For logits [B, C] and labels [B] (device ints in [0, C)): row_loss[r] = lse_r - logits[r, label]
-// (computed in double, stored as float), pred[r] = argmax (lowest index on ties; a row with NaN
-// gets an unspecified index), dlogits[r, j] = loss_scale * p_rj, minus loss_scale at the label,
-// p = float(exp(logit - lse)), exactly the float operations of SoftmaxCrossEntropy::Backward.
+// For logits [B, C] and labels [B] (device ints in [0, C)), label smoothing eps in [0, 1):
+// row_loss[r] = (1 - eps)(lse_r - logits[r, label]) + eps (lse_r - mean_j logits[r, j]) (eps = 0:
+// lse_r - logits[r, label]; computed in double, stored as float), pred[r] = argmax (lowest index
+// on ties; a row with NaN gets an unspecified index), dlogits[r, j] = loss_scale * p_rj - off,
+// minus on at the label, off = loss_scale * (eps / C), on = loss_scale * (1 - eps),
+// p = float(exp(logit - lse)), exactly the float operations of the host backend.
 // row_loss and pred may be nullptr. A label outside [0, C) traps the kernel (the CPU CHECK-fails).
 // dlogits may alias logits.
 void SoftmaxCrossEntropyForwardCuda(const float* logits, const int* labels, int64_t B, int64_t C,
-                                    float loss_scale, float* row_loss, int* pred, float* dlogits,
-                                    cudaStream_t stream = nullptr);
+                                    float loss_scale, float label_smoothing, float* row_loss,
+                                    int* pred, float* dlogits, cudaStream_t stream = nullptr);
 
 // ---- mean over each image's tokens ----
 

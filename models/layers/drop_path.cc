@@ -1,0 +1,61 @@
+#include "models/layers/drop_path.h"
+
+#include <glog/logging.h>
+
+#include "core/rng.h"
+
+namespace moe {
+
+uint64_t DropPathStepKey(uint64_t seed, int64_t step) {
+  return MixKey(MixKey(seed, HashString("drop_path")), static_cast<uint64_t>(step));
+}
+
+float DropPathRateOfBlock(float rate, int block, int blocks) {
+  if (blocks <= 1) return rate;
+  return rate * static_cast<float>(block) / static_cast<float>(blocks - 1);
+}
+
+bool DropPathKeeps(uint64_t step_key, int residual, int64_t image, float rate) {
+  const CounterRng rng(MixKey(step_key, static_cast<uint64_t>(residual)));
+  return rng.Uniform(static_cast<uint64_t>(image)) >= rate;
+}
+
+DropPath::DropPath(float rate, int residual, const DropPathContext* context)
+    : rate_(rate), residual_(residual), context_(context) {
+  CHECK(rate >= 0.f && rate < 1.f) << "DropPath: rate " << rate << " outside [0, 1)";
+  CHECK(context != nullptr) << "DropPath: no context";
+}
+
+namespace {
+// y = x with image b's elements multiplied by scales[b] (a fresh host tensor).
+Tensor ScaleImages(const Tensor& x, const std::vector<float>& scales) {
+  CHECK(x.device() == Device::kCPU) << "DropPath runs on the host path only";
+  const int64_t images = static_cast<int64_t>(scales.size());
+  CHECK(images > 0 && x.numel() % images == 0)
+      << "DropPath: " << x.ShapeString() << " does not split into " << images << " images";
+  const int64_t per_image = x.numel() / images;
+  Tensor y(x.shape());
+  for (int64_t b = 0; b < images; ++b)
+    for (int64_t i = b * per_image; i < (b + 1) * per_image; ++i)
+      y.data()[i] = x.data()[i] * scales[b];
+  return y;
+}
+}  // namespace
+
+Tensor DropPath::Forward(const Tensor& x) {
+  scales_.clear();
+  if (!context_->training || rate_ == 0.f) return x;
+  const float kept = 1.f / (1.f - rate_);
+  for (int64_t b = 0; b < context_->batch_images; ++b)
+    scales_.push_back(
+        DropPathKeeps(context_->step_key, residual_, context_->first_image + b, rate_) ? kept
+                                                                                        : 0.f);
+  return ScaleImages(x, scales_);
+}
+
+Tensor DropPath::Backward(const Tensor& dy) {
+  if (scales_.empty()) return dy;  // the identity Forward
+  return ScaleImages(dy, scales_);
+}
+
+}  // namespace moe
