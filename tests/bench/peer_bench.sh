@@ -9,7 +9,9 @@
 # Every setting trains the same global batch of 32 images (4 routing groups of 8 images); with
 # 2 ranks each rank takes 16. moe-ep's images/s is its summary line's (training steps only: the
 # final evaluation, cut to 1000 test images, comes after the clock stops; it does include the
-# first step); torch's is measured over STEPS steps after WARMUP untimed ones.
+# first step); torch's is measured over STEPS steps after WARMUP untimed ones. The torch script
+# sets its own OMP_NUM_THREADS / OPENBLAS_NUM_THREADS and OMP_WAIT_POLICY=PASSIVE (see its
+# header) whatever cmake/mpi_env.sh exported for the ranks.
 #
 #   bash tests/bench/peer_bench.sh                 # STEPS=200, REPS=2
 #   STEPS=100 REPS=3 BUILD_DIR=build_cpu SKIP_BUILD=1 bash tests/bench/peer_bench.sh

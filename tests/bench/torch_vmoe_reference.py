@@ -17,9 +17,11 @@ The model and recipe are launcher/configs/vmoe_tiny.pbtxt's (models/nets/vision_
   gradient clipping at global norm 1.0, batch 32, softmax cross-entropy.
   Pixels: (p / 255 - 0.2860) / 0.3530, as moe-ep's loader.
 
-Tuning: torch.set_num_threads(--threads), one inter-op thread, torch.set_flush_denormal(True),
-nothing computed that the step does not need (no input gradient, no metrics but the loss).
---jit scripts the dense sub-blocks with torch.jit.script (see --help).
+The model is tests/bench/torch_vmoe_model.py. Tuning: torch.set_num_threads(--threads) with
+OMP_NUM_THREADS and OPENBLAS_NUM_THREADS set to the same number before torch is imported (the
+GEMMs run in OpenBLAS), OMP_WAIT_POLICY=PASSIVE unless set (see main), one inter-op thread,
+torch.set_flush_denormal(True), nothing computed that the step does not need (no input
+gradient, no metrics but the loss). --jit scripts the dense sub-blocks with torch.jit.script.
 
 Timing: --warmup untimed steps, then --steps timed steps (wall clock around the whole loop: batch
 gather, forward, backward, clipping, AdamW); prints `torch_vmoe: ... images_per_s=X`.
@@ -36,7 +38,6 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import torch_moe_reference as moeref  # noqa: E402
 
 DATA_DIR = "/usr/share/datasets/fashion-mnist"
 PIXEL_MEAN, PIXEL_STD = 0.2860, 0.3530
@@ -90,125 +91,6 @@ def load_split(torch, data_dir, prefix):
     x = torch.from_numpy(images.astype("float32") / 255.0)
     x = ((x - PIXEL_MEAN) / PIXEL_STD).reshape(-1, 1, 28, 28).contiguous()
     return x, torch.from_numpy(labels.astype("int64"))
-
-
-def build_model(torch, args):
-    """The vmoe_tiny ViT; MoE blocks are 1 and 3 (placement EVERY_2: the odd blocks)."""
-    nn, F = torch.nn, torch.nn.functional
-    D, H, heads, layers, E, k = 64, 128, 4, 4, 8, 2
-    T, P = 16, 49
-
-    class Attention(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.qkv, self.proj = nn.Linear(D, 3 * D), nn.Linear(D, D)
-            # sizes as attributes, not closure variables, so that torch.jit.script can compile it
-            self.dim, self.tokens, self.heads = D, T, heads
-            self.scale = 1.0 / math.sqrt(D // heads)
-
-        def forward(self, x):  # [B, T, D]
-            b, t, d, nh = x.shape[0], self.tokens, self.dim, self.heads
-            qkv = self.qkv(x).view(b, t, 3, nh, d // nh).permute(2, 0, 3, 1, 4)
-            q, kk, v = qkv[0], qkv[1], qkv[2]  # [B, heads, T, hd]
-            a = torch.softmax(torch.matmul(q, kk.transpose(-1, -2)) * self.scale, dim=-1)
-            return self.proj(torch.matmul(a, v).transpose(1, 2).reshape(b, t, d))
-
-    class Mlp(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc1, self.fc2 = nn.Linear(D, H), nn.Linear(H, D)
-
-        def forward(self, x):
-            return self.fc2(torch.nn.functional.gelu(self.fc1(x)))
-
-    class MoeMlp(nn.Module):
-        def __init__(self):
-            super().__init__()
-            lim = math.sqrt(6.0 / (D + H))  # Xavier-uniform, as models/moe/expert_bank.cc
-            self.router = nn.Parameter(torch.randn(D, E) * 0.02)
-            self.w1 = nn.Parameter(torch.empty(E, D, H).uniform_(-lim, lim))
-            self.b1 = nn.Parameter(torch.zeros(E, H))
-            self.w2 = nn.Parameter(torch.empty(E, H, D).uniform_(-lim, lim))
-            self.b2 = nn.Parameter(torch.zeros(E, D))
-            self.aux = None
-
-        def forward(self, x):  # [B, T, D] -> rows [B*T, D]
-            rows = x.reshape(-1, D)
-            group = args.group_images * T
-            noise = 1.0 if self.training else 0.0
-            clean, noisy, probs = moeref.router_probs(torch, rows, self.router, E, noise, None)
-            cf = 1.05 if self.training else 1.25
-            plan = moeref.plan_routes(torch, probs, k, group, cf, bpr=True)
-            y = moeref.experts_combine(torch, "bmm", rows, plan, rows.shape[0] // group,
-                                       self.w1, self.b1, self.w2, self.b2)
-            if self.training:
-                self.aux = 0.005 * (importance_loss(torch, clean, group)
-                                    + load_loss(torch, clean, noisy, k, 1.0 / E, group))
-            return y.view_as(x)
-
-    class Block(nn.Module):
-        def __init__(self, moe):
-            super().__init__()
-            self.ln1, self.ln2 = nn.LayerNorm(D, eps=1e-6), nn.LayerNorm(D, eps=1e-6)
-            self.attn = Attention()
-            self.mlp = MoeMlp() if moe else Mlp()
-
-        def script(self):  # the dense sub-modules only: the MoE's routing stays eager
-            self.attn = torch.jit.script(self.attn)
-            if isinstance(self.mlp, Mlp):
-                self.mlp = torch.jit.script(self.mlp)
-
-        def forward(self, x):
-            x = x + self.attn(self.ln1(x))
-            return x + self.mlp(self.ln2(x))
-
-    class Vit(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Linear(P, D)
-            self.pos_embed = nn.Parameter(torch.randn(T, D) * 0.02)
-            self.blocks = nn.ModuleList([Block(i % 2 == 1) for i in range(layers)])
-            self.final_ln = nn.LayerNorm(D, eps=1e-6)
-            self.head = nn.Linear(D, 10)
-            for m in self.modules():  # Xavier-uniform weights, zero biases (models/layers/linear.cc)
-                if isinstance(m, nn.Linear):
-                    nn.init.xavier_uniform_(m.weight)
-                    nn.init.zeros_(m.bias)
-            if args.jit:  # after the initialisation, which looks for nn.Linear modules
-                for blk in self.blocks:
-                    blk.script()
-
-        def forward(self, images):  # [B, 1, 28, 28] -> patches [B, 16, 49], row-major 4x4 grid
-            b = images.shape[0]
-            patches = images.view(b, 4, 7, 4, 7).permute(0, 1, 3, 2, 4).reshape(b, T, P)
-            x = self.embed(patches) + self.pos_embed
-            for blk in self.blocks:
-                x = blk(x)
-            return self.head(self.final_ln(x).mean(dim=1))
-
-        def aux_loss(self):
-            return sum(b.mlp.aux for b in self.blocks if isinstance(b.mlp, MoeMlp))
-
-    return Vit()
-
-
-def cv_squared(torch, v):
-    """CV(v)^2 per row of v [groups, E], population variance."""
-    return v.var(dim=1, unbiased=False) / v.mean(dim=1).square()
-
-
-def importance_loss(torch, clean, group):
-    """Mean over groups of CV(sum over rows of softmax(clean logits))^2."""
-    imp = torch.softmax(clean, dim=-1).view(-1, group, clean.shape[1]).sum(dim=1)
-    return cv_squared(torch, imp).mean()
-
-
-def load_loss(torch, clean, noisy, k, sigma, group):
-    """Mean over groups of CV(load)^2: load_e = mean over rows of P(e stays in the row's top k
-    under a fresh noise draw) = 1 - Phi((t - h_e) / sigma), t the k-th largest noisy logit."""
-    threshold = torch.topk(noisy, k, dim=-1).values[:, k - 1:k]
-    p = 0.5 * torch.erfc((threshold - clean) / (sigma * math.sqrt(2.0)))
-    return cv_squared(torch, p.view(-1, group, clean.shape[1]).mean(dim=1)).mean()
 
 
 def make_optimizer(torch, model, lr):
@@ -274,8 +156,15 @@ def train(torch, args, model, train_x, train_y):
 
 def main(argv=None):
     args = parse_args(argv)
+    # Before torch starts its OpenMP and OpenBLAS pools: as many threads as asked in both (the
+    # GEMMs run in OpenBLAS), and idle OpenMP threads sleep instead of spinning. Spinning
+    # threads on a machine with more runnable threads than cores (a shared box) made 2 threads
+    # 10-25x slower than 1; PASSIVE removes that and costs nothing measurable on 1 thread.
+    os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import torch
+        import torch_vmoe_model
     except ImportError as e:
         print("torch_vmoe: PyTorch is not importable (%s); install python3-torch." % e)
         return 2
@@ -285,7 +174,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     train_x, train_y = load_split(torch, args.data_dir, "train")
     test_x, test_y = load_split(torch, args.data_dir, "t10k")
-    model = build_model(torch, args)
+    model = torch_vmoe_model.Vit(args.group_images, jit=args.jit)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     expert_params = sum(p.numel() for n, p in model.named_parameters()
