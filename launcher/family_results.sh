@@ -17,7 +17,8 @@
 # <name>_full), RESULTS_OUT (also write the table there), RUN_DIR (default logs/family_results;
 # each run keeps its logs, metrics and routing heatmaps in RUN_DIR/RECIPE/seedS/MODEL),
 # SKIP_DONE=1 (a run whose out.txt already has a summary line, with the same steps when STEPS is
-# set, is not trained again), CSV_OUT (default RUN_DIR/RECIPE/runs.csv), BUILD_DIR.
+# set, is not trained again), CSV_OUT (default RUN_DIR/RECIPE/runs.csv: the runs of this
+# invocation's pairs and seeds, finished ones read back under SKIP_DONE=1), BUILD_DIR.
 # Extra arguments go to every moe_train run (e.g. --override='data { eval_images: 2000 }'; the
 # seed is merged into such an override). Exit status 1 if a run failed (its row says so; the
 # other rows are still printed).

@@ -7,8 +7,9 @@ G tokens:
   router    logits = x W_r (W_r [D, E], no bias); in training + N(0, (noise_scale/E)^2) per
             (token, expert); probs = softmax(logits); top-k experts per token
   capacity  C = ceil(k * G * cf / E) per (group, expert), at least 1
-  assign    all tokens' 1st choices before any 2nd choice, earlier tokens first; slot = running
-            count - 1; a choice at or past C is dropped (contributes 0)
+  assign    all tokens' 1st choices before any 2nd choice, earlier tokens first (with Batch
+            Prioritized Routing, bpr=True: tokens by their largest gate, descending); slot =
+            running count - 1; a choice at or past C is dropped (contributes 0)
   dispatch  [E, groups * C, D], expert-major then group then slot (empty slots are zero rows)
   experts   D -> H -> D with biases and exact (erf) GELU
   combine   y_t = sum over kept choices of probs[t, e] * expert_e(x_t) (gates NOT renormalised)
@@ -18,6 +19,8 @@ every expert weight.
 Two expert implementations: 'eager' (a Python loop, one matmul per expert weight, like moe-ep's
 one GEMM per expert weight) and 'bmm' (torch.baddbmm over the stacked [E, C', D] buffer with
 stacked expert weights). Both see the same routing (same noise draw) and must agree.
+router_probs, plan_routes and experts_combine are also the MoE layer of the whole-model peer
+(torch_vmoe_model.py).
 
 Timing: CUDA events around each iteration after warm-up; the median over --iters is printed.
 Without CUDA the script exits with a message (status 0) unless --device cpu is given, which runs
