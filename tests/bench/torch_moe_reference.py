@@ -141,9 +141,11 @@ def plan_routes(torch, probs, k, group_tokens, cf, bpr=False):
     groups = n // group_tokens
     top_p, top_e = torch.topk(probs, k, dim=-1)  # [N, k], k-th choice in column k
     order = fill_order(torch, top_p, group_tokens, bpr)  # [groups, G]
-    pick = order.unsqueeze(-1).expand(groups, group_tokens, k)
-    top_e = top_e.view(groups, group_tokens, k).gather(1, pick).reshape(n, k)
-    top_p = top_p.view(groups, group_tokens, k).gather(1, pick)
+    top_p = top_p.view(groups, group_tokens, k)
+    if bpr:  # the choices in fill order (without BPR they already are: no gather to pay)
+        pick = order.unsqueeze(-1).expand(groups, group_tokens, k)
+        top_e = top_e.view(groups, group_tokens, k).gather(1, pick).reshape(n, k)
+        top_p = top_p.gather(1, pick)
     cap = capacity(k, group_tokens, cf, num_experts)
     e_order, pos = assign_slots(torch, top_e, group_tokens, num_experts)
     kept = pos < cap
