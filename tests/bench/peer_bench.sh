@@ -76,6 +76,11 @@ torch_ref() {
 median() { tr ' ' '\n' <<<"$*" | sed '/^$/d' | sort -g | awk '{v[NR] = $1} END {
   if (NR % 2) printf "%.1f", v[(NR + 1) / 2]; else printf "%.1f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
+# The torch side's routing maths (capacity, slots, BPR) against a per-token loop first: a
+# benchmark of wrong maths would be worthless.
+"$PY" "$ROOT/tests/bench/torch_moe_reference.py" --selftest --device cpu >"$OUT_DIR/selftest.txt" \
+  || { note "routing selftest failed:"; cat "$OUT_DIR/selftest.txt" >&2; exit 1; }
+echo "torch routing maths: $(tail -n 1 "$OUT_DIR/selftest.txt")"
 echo "load before: $(uptime)"
 declare -A MOE TORCH
 for rep in $(seq 1 "$REPS"); do
