@@ -1,123 +1,154 @@
 #!/usr/bin/env bash
 # Family results: for each model family, trains its dense baseline and its MoE version with
-# moe_train on CPU ranks (same data, same steps), then prints one markdown table comparing them:
-# family | model | steps | wall s | images/s | params | FLOPs/image | test acc.
-# Every number comes from the "summary:" line moe_train prints at the end of a run.
+# moe_train on CPU ranks (same data, same steps), over one or more seeds, then prints one
+# markdown table comparing them:
+# family | model | seeds | steps | wall s | images/s | params | FLOPs/image | test acc | best test acc
+# with mean +- sample standard deviation (n - 1) over the seeds, and writes a CSV with one row per
+# model x seed (for launcher/plot_family_results.py). Every number comes from the "summary:" line
+# moe_train prints at the end of a run.
 #
 #   bash launcher/family_results.sh                     # every pair whose two configs exist
 #   STEPS=300 RESULTS_OUT=results.md bash launcher/family_results.sh
 #   FAMILIES="V-MoE pMoE" bash launcher/family_results.sh   # only these pairs
+#   SEEDS=3 RECIPE=full SKIP_DONE=1 bash launcher/family_results.sh   # resumable, over sessions
 # Environment: STEPS (overrides the configs' steps), NP (ranks, default 4), FAMILIES (family
-# names from PAIRS below; default all), RESULTS_OUT (also write the table there), RUN_DIR (logs,
-# metrics, routing heatmaps; default logs/family_results), BUILD_DIR. Extra arguments go to
-# every moe_train run (e.g. --override='data { eval_images: 2000 }'). Exit status 1 if a run
-# failed (its row says so; the other rows are still printed).
+# names from PAIRS below; default all), SEEDS (default 1: seed i = the config's seed + i - 1, so
+# seed 1 is the config's own), RECIPE (tiny: configs <name>_tiny, the default; full:
+# <name>_full), RESULTS_OUT (also write the table there), RUN_DIR (default logs/family_results;
+# each run keeps its logs, metrics and routing heatmaps in RUN_DIR/RECIPE/seedS/MODEL),
+# SKIP_DONE=1 (a run whose out.txt already has a summary line, with the same steps when STEPS is
+# set, is not trained again), CSV_OUT (default RUN_DIR/RECIPE/runs.csv: the runs of this
+# invocation's pairs and seeds, finished ones read back under SKIP_DONE=1), BUILD_DIR.
+# Extra arguments go to every moe_train run (e.g. --override='data { eval_images: 2000 }'; the
+# seed is merged into such an override). Exit status 1 if a run failed (its row says so; the
+# other rows are still printed).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${BUILD_DIR:-$ROOT/build}"
 NP="${NP:-4}"
 STEPS="${STEPS:-}"
 FAMILIES="${FAMILIES:-}"
+SEEDS="${SEEDS:-1}"
+RECIPE="${RECIPE:-tiny}"
+SKIP_DONE="${SKIP_DONE:-0}"
 RUN_DIR="${RUN_DIR:-$ROOT/logs/family_results}"
+CSV_OUT="${CSV_OUT:-$RUN_DIR/$RECIPE/runs.csv}"
 CONFIGS="$ROOT/launcher/configs"
 
-# family | dense baseline config | MoE config (names in launcher/configs, without .pbtxt; family
-# names hold no spaces, so FAMILIES can list them).
-# Families still being written are listed too: a pair runs as soon as both its configs exist,
-# and is skipped with a note until then.
+note() { echo "[family_results] $*" >&2; }
+[[ "$SEEDS" =~ ^[1-9][0-9]*$ ]] || { note "SEEDS=$SEEDS: must be a whole number >= 1"; exit 2; }
+[[ "$RECIPE" == tiny || "$RECIPE" == full ]] || { note "RECIPE=$RECIPE: tiny or full"; exit 2; }
+
+# family | dense baseline | MoE model: config base names; the recipe's config is
+# launcher/configs/<base>_<RECIPE>.pbtxt (for tiny, <base>.pbtxt also serves: pmoe_two_phase).
+# Family names hold no spaces, so FAMILIES can list them. Configs still being written are listed
+# too: a pair runs as soon as both its configs exist, and is skipped with a note until then.
 PAIRS=(
-  "V-MoE|vit_tiny|vmoe_tiny"
-  "Sparse-MLP|mixer_tiny|sparse_mlp_tiny"
-  "Sparse-MLP-flops-matched|mixer_tiny|sparse_mlp_flops_matched_tiny"
-  "pMoE|cnn_tiny|pmoe_tiny"
-  "pMoE-two-phase|cnn_tiny|pmoe_two_phase"
-  "Mobile-V-MoE|vit_tiny|mobile_vmoe_tiny"
-  "conditional|conditional_dense_tiny|conditional_moe_tiny"
+  "V-MoE|vit|vmoe"
+  "Sparse-MLP|mixer|sparse_mlp"
+  "Sparse-MLP-flops-matched|mixer|sparse_mlp_flops_matched"
+  "pMoE|cnn|pmoe"
+  "pMoE-two-phase|cnn|pmoe_two_phase"
+  "Mobile-V-MoE|vit|mobile_vmoe"
+  "conditional|conditional_dense|conditional_moe"
 )
 
-note() { echo "[family_results] $*" >&2; }
+# The config name (without .pbtxt) of a base for this recipe, or nothing.
+config_of() {
+  if [ -f "$CONFIGS/$1_$RECIPE.pbtxt" ]; then echo "$1_$RECIPE"
+  elif [ "$RECIPE" = tiny ] && [ -f "$CONFIGS/$1.pbtxt" ]; then echo "$1"
+  fi
+}
 
 BUILD_DIR="$BUILD_DIR" BUILD_TARGETS=moe_train bash "$ROOT/cmake/build.sh" >&2
 source "$ROOT/cmake/mpi_env.sh"
 TRAIN="$BUILD_DIR/launcher/moe_train"
-mkdir -p "$RUN_DIR"
 cd "$ROOT"
+source "$ROOT/launcher/family_results_lib.sh"
 
-# The value of KEY in a summary line ("... KEY=VALUE ...").
-field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | head -n 1; }
-# 5639424 -> 5.64M, 371978 -> 372.0K: short enough for a table, precise enough to compare.
-human() {
-  awk -v v="$1" 'BEGIN {
-    if (v >= 1e9) printf "%.2fG", v / 1e9; else if (v >= 1e6) printf "%.2fM", v / 1e6;
-    else if (v >= 1e3) printf "%.1fK", v / 1e3; else printf "%d", v }'
-}
+# The user's --override values are merged with the seed's; other arguments pass through.
+USER_OVERRIDE=""
+PASS_ARGS=()
+for a in "$@"; do
+  if [[ "$a" == --override=* ]]; then USER_OVERRIDE+=" ${a#--override=}"; else PASS_ARGS+=("$a"); fi
+done
 
-declare -A SUMMARY  # model -> its summary line (a baseline shared by two pairs trains once)
+declare -A SUMMARY  # "model seed" -> its summary line (a shared baseline trains once per seed)
 failed=0
+# train MODEL SEED_INDEX: trains (or, with SKIP_DONE, reuses) one run; sets SUMMARY.
 train() {
-  local model="$1"
-  [ -n "${SUMMARY[$model]:-}" ] && return 0
-  local dir="$RUN_DIR/$model"
+  local model="$1" i="$2"
+  [ -n "${SUMMARY[$model $i]:-}" ] && return 0
+  local dir="$RUN_DIR/$RECIPE/seed$i/$model" seed ovr="$USER_OVERRIDE"
+  seed=$(seed_for "$CONFIGS/$model.pbtxt" "$i")
+  [ "$i" -gt 1 ] && ovr+=" seed: $seed"
+  if [ "$SKIP_DONE" = 1 ] && run_done "$dir/out.txt"; then
+    note "$model seed $i: done before, not trained again ($dir/out.txt)"
+    SUMMARY[$model $i]=$(grep -o 'summary: .*' "$dir/out.txt" | tail -n 1)
+    return 0
+  fi
   rm -rf "$dir" && mkdir -p "$dir"
-  note "$model: training on $NP ranks${STEPS:+, $STEPS steps} (output: $dir/out.txt)"
+  note "$model seed $i (seed: $seed): training on $NP ranks${STEPS:+, $STEPS steps} ($dir/out.txt)"
+  local args=(--config="$CONFIGS/$model.pbtxt" ${STEPS:+--steps="$STEPS"} --log_dir="$dir/logs"
+              --metrics_out="$dir/metrics.jsonl" --analytics_dir="$dir/routing")
+  [ -n "${ovr// /}" ] && args+=(--override="$ovr")
   set +e
-  mpirun -np "$NP" "${MPIRUN_FLAGS[@]}" "$TRAIN" --config="$CONFIGS/$model.pbtxt" \
-    ${STEPS:+--steps="$STEPS"} --log_dir="$dir/logs" --metrics_out="$dir/metrics.jsonl" \
-    --analytics_dir="$dir/routing" "$@" >"$dir/out.txt" 2>&1
+  mpirun -np "$NP" "${MPIRUN_FLAGS[@]}" "$TRAIN" "${args[@]}" ${PASS_ARGS[@]+"${PASS_ARGS[@]}"} \
+    >"$dir/out.txt" 2>&1
   local rc=$?
   set -e
   local line
   line=$(grep -o 'summary: .*' "$dir/out.txt" | tail -n 1 || true)
   if [ "$rc" -ne 0 ] || [ -z "$line" ]; then
-    note "$model: FAILED (exit $rc); last lines:"
+    note "$model seed $i: FAILED (exit $rc); last lines:"
     tail -n 15 "$dir/out.txt" >&2
-    SUMMARY[$model]="failed (exit $rc)"
+    SUMMARY[$model $i]="failed (exit $rc)"
     failed=1
     return 0
   fi
-  ls "$dir"/routing/*.png >/dev/null 2>&1 && note "$model: routing heatmaps in $dir/routing/"
-  SUMMARY[$model]="$line"
-}
-
-row() {
-  local family="$1" model="$2" s="${SUMMARY[$2]}"
-  if [[ "$s" != summary:* ]]; then
-    echo "| $family | $model | $s | | | | | |"
-    return
-  fi
-  local dense expert params acc
-  dense=$(field "$s" dense_params)
-  expert=$(field "$s" expert_params)
-  params=$(human "$(field "$s" params)")
-  [ "${expert:-0}" -gt 0 ] && params="$params ($(human "$expert") expert)"
-  acc=$(awk -v a="$(field "$s" test_accuracy)" 'BEGIN {printf "%.2f%%", 100 * a}')
-  echo "| $family | $model | $(field "$s" steps) | $(field "$s" train_wall_s) |" \
-    "$(field "$s" images_per_s) | $params | $(human "$(field "$s" flops_per_image)") | $acc |"
+  SUMMARY[$model $i]="$line"
 }
 
 rows=()
+mkdir -p "$(dirname "$CSV_OUT")"
+csv_header >"$CSV_OUT"
 for pair in "${PAIRS[@]}"; do
-  IFS='|' read -r family dense moe <<<"$pair"
+  IFS='|' read -r family dense_base moe_base <<<"$pair"
   if [ -n "$FAMILIES" ] && [[ " $FAMILIES " != *" $family "* ]]; then continue; fi
-  if [ ! -f "$CONFIGS/$dense.pbtxt" ] || [ ! -f "$CONFIGS/$moe.pbtxt" ]; then
-    note "$family: skipped ($dense.pbtxt or $moe.pbtxt not in launcher/configs yet)"
+  dense=$(config_of "$dense_base")
+  moe=$(config_of "$moe_base")
+  if [ -z "$dense" ] || [ -z "$moe" ]; then
+    note "$family: skipped (${dense_base}_$RECIPE or ${moe_base}_$RECIPE not in" \
+      "launcher/configs yet)"
     continue
   fi
-  train "$dense" "$@"
-  train "$moe" "$@"
-  rows+=("$(row "$family" "$dense")" "$(row "$family" "$moe")")
+  for model in "$dense" "$moe"; do
+    role=dense
+    [ "$model" = "$moe" ] && role=moe
+    for i in $(seq 1 "$SEEDS"); do
+      train "$model" "$i"
+      csv_row "$family" "$model" "$role" "$i" >>"$CSV_OUT"
+    done
+    rows+=("$(table_row "$family" "$model")")
+  done
 done
 
-table="| family | model | steps | wall s | images/s | params | FLOPs/image | test acc |
-| --- | --- | --- | --- | --- | --- | --- | --- |"
-for r in "${rows[@]}"; do table+=$'\n'"$r"; done
+table="| family | model | seeds | steps | wall s | images/s | params | FLOPs/image | test acc |\
+ best test acc |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+for r in ${rows[@]+"${rows[@]}"}; do table+=$'\n'"$r"; done
 echo "$table"
+note "every run (one row per model x seed): $CSV_OUT"
 if [ -n "${RESULTS_OUT:-}" ]; then
   {
-    echo "Family results: $NP CPU ranks${STEPS:+, $STEPS steps each}, $(date -u +%Y-%m-%d)."
+    echo "Family results ($RECIPE recipe): $NP CPU ranks${STEPS:+, $STEPS steps each}, $SEEDS" \
+      "seed(s), $(date -u +%Y-%m-%d)."
+    echo "Values are mean +- sample standard deviation over the seeds (n - 1; none for 1 seed)."
     echo "wall s = training loop wall time; images/s = training images per second (periodic"
     echo "evaluations excluded); params = all parameters, each expert counted once; FLOPs/image ="
-    echo "forward multiply-adds x 2 (Net::FlopsPerImage); test acc on the configured test images."
+    echo "forward multiply-adds x 2 (Net::FlopsPerImage); test acc on the configured test images"
+    echo "after the last step; best test acc = the best periodic evaluation (- where the summary"
+    echo "line does not report it)."
     echo
     echo "$table"
   } >"$RESULTS_OUT"

@@ -7,8 +7,9 @@ G tokens:
   router    logits = x W_r (W_r [D, E], no bias); in training + N(0, (noise_scale/E)^2) per
             (token, expert); probs = softmax(logits); top-k experts per token
   capacity  C = ceil(k * G * cf / E) per (group, expert), at least 1
-  assign    all tokens' 1st choices before any 2nd choice, earlier tokens first; slot = running
-            count - 1; a choice at or past C is dropped (contributes 0)
+  assign    all tokens' 1st choices before any 2nd choice, earlier tokens first (with Batch
+            Prioritized Routing, bpr=True: tokens by their largest gate, descending); slot =
+            running count - 1; a choice at or past C is dropped (contributes 0)
   dispatch  [E, groups * C, D], expert-major then group then slot (empty slots are zero rows)
   experts   D -> H -> D with biases and exact (erf) GELU
   combine   y_t = sum over kept choices of probs[t, e] * expert_e(x_t) (gates NOT renormalised)
@@ -18,6 +19,8 @@ every expert weight.
 Two expert implementations: 'eager' (a Python loop, one matmul per expert weight, like moe-ep's
 one GEMM per expert weight) and 'bmm' (torch.baddbmm over the stacked [E, C', D] buffer with
 stacked expert weights). Both see the same routing (same noise draw) and must agree.
+router_probs, plan_routes and experts_combine are also the MoE layer of the whole-model peer
+(torch_vmoe_model.py).
 
 Timing: CUDA events around each iteration after warm-up; the median over --iters is printed.
 Without CUDA the script exits with a message (status 0) unless --device cpu is given, which runs
@@ -106,39 +109,70 @@ def assign_slots(torch, top_e, group_tokens, num_experts):
     return e_order, pos
 
 
-def route(torch, x, w_router, num_experts, k, group_tokens, cf, noise_scale, gen):
-    """Router, top-k and slot assignment. Returns (gates, token_idx, slot_idx, kept, C)."""
-    n = x.shape[0]
-    groups = n // group_tokens
-    logits = x @ w_router  # [N, E]
+def router_probs(torch, x, w_router, num_experts, noise_scale, gen):
+    """Router: clean logits x W_r, noisy logits (+ N(0, (noise_scale/E)^2) per (token, expert)
+    when noise_scale > 0) and their softmax. Returns (clean, noisy, probs), all [N, E]."""
+    clean = x @ w_router  # [N, E]
+    noisy = clean
     if noise_scale > 0:
-        noise = torch.randn(logits.shape, generator=gen, device=x.device, dtype=torch.float32)
-        logits = logits + (noise * (noise_scale / num_experts)).to(logits.dtype)
-    # [N, E]; at least fp32 (moe-ep's softmax runs in double on fp32 logits)
-    probs = torch.softmax(logits.float() if logits.element_size() < 4 else logits, dim=-1)
+        noise = torch.randn(clean.shape, generator=gen, device=x.device, dtype=torch.float32)
+        noisy = clean + (noise * (noise_scale / num_experts)).to(clean.dtype)
+    # at least fp32 (moe-ep's softmax runs in double on fp32 logits)
+    probs = torch.softmax(noisy.float() if noisy.element_size() < 4 else noisy, dim=-1)
+    return clean, noisy, probs
+
+
+def fill_order(torch, top_p, group_tokens, bpr):
+    """[groups, G] group-local token indices in the order their choices take slots: token order,
+    or with Batch Prioritized Routing by the largest gate, descending (stable sort, so ties keep
+    the lower token first, as models/moe/slot_assignment.cc)."""
+    groups = top_p.shape[0] // group_tokens
+    if not bpr:
+        return (torch.arange(group_tokens, device=top_p.device).view(1, group_tokens)
+                .expand(groups, group_tokens))
+    return torch.sort(top_p[:, 0].detach().view(groups, group_tokens), dim=1, descending=True,
+                      stable=True).indices
+
+
+def plan_routes(torch, probs, k, group_tokens, cf, bpr=False):
+    """Top-k of probs [N, E], capacity and slot assignment. Returns (gates, token_idx, slot_idx,
+    C, dropped fraction) for the kept choices; gates carry the gradient to probs."""
+    n, num_experts = probs.shape
+    groups = n // group_tokens
     top_p, top_e = torch.topk(probs, k, dim=-1)  # [N, k], k-th choice in column k
+    order = fill_order(torch, top_p, group_tokens, bpr)  # [groups, G]
+    top_p = top_p.view(groups, group_tokens, k)
+    if bpr:  # the choices in fill order (without BPR they already are: no gather to pay)
+        pick = order.unsqueeze(-1).expand(groups, group_tokens, k)
+        top_e = top_e.view(groups, group_tokens, k).gather(1, pick).reshape(n, k)
+        top_p = top_p.gather(1, pick)
     cap = capacity(k, group_tokens, cf, num_experts)
     e_order, pos = assign_slots(torch, top_e, group_tokens, num_experts)
     kept = pos < cap
-    gidx = torch.arange(groups, device=x.device).view(groups, 1).expand_as(pos)
+    gidx = torch.arange(groups, device=probs.device).view(groups, 1).expand_as(pos)
     # Buffer row of each choice: expert-major, then group, then slot.
     slot = e_order * (groups * cap) + gidx * cap + pos
-    tok = (torch.arange(group_tokens, device=x.device).view(1, 1, group_tokens)
-           .expand(groups, k, group_tokens).reshape(groups, k * group_tokens)
-           + gidx * group_tokens)
+    tok = order.unsqueeze(1).expand(groups, k, group_tokens).reshape(groups, k * group_tokens)
+    tok = tok + gidx * group_tokens
     # Gate of each choice, in the same r-major order.
-    gate = top_p.view(groups, group_tokens, k).transpose(1, 2).reshape(groups, k * group_tokens)
+    gate = top_p.transpose(1, 2).reshape(groups, k * group_tokens)
     kept = kept.reshape(-1)
     return (gate.reshape(-1)[kept], tok.reshape(-1)[kept], slot.reshape(-1)[kept], cap,
             1.0 - kept.float().mean())  # dropped fraction, a tensor: no sync in timed code
 
 
-def moe_forward(torch, impl, x, params, num_experts, k, group_tokens, cf, noise_scale, gen):
-    w_router, w1, b1, w2, b2 = params
+def route(torch, x, w_router, num_experts, k, group_tokens, cf, noise_scale, gen, bpr=False):
+    """Router, top-k and slot assignment. Returns (gates, token_idx, slot_idx, C, dropped)."""
+    _, _, probs = router_probs(torch, x, w_router, num_experts, noise_scale, gen)
+    return plan_routes(torch, probs, k, group_tokens, cf, bpr)
+
+
+def experts_combine(torch, impl, x, plan, groups, w1, b1, w2, b2):
+    """Dispatch the kept choices into [E, groups * C, D], run the experts (D -> H -> D, exact
+    GELU) and combine: y_t = sum over kept choices of gate * expert output."""
+    gate, tok, slot, cap, _ = plan
+    num_experts = w1.shape[0]
     n, d = x.shape
-    groups = n // group_tokens
-    gate, tok, slot, cap, dropped = route(torch, x, w_router, num_experts, k, group_tokens, cf,
-                                          noise_scale, gen)
     rows = groups * cap
     buf = x.new_zeros(num_experts * rows, d).index_copy(0, slot, x.index_select(0, tok))
     buf = buf.view(num_experts, rows, d)
@@ -153,8 +187,16 @@ def moe_forward(torch, impl, x, params, num_experts, k, group_tokens, cf, noise_
             outs.append(torch.addmm(b2[e], h, w2[e]))
         out = torch.stack(outs, 0)
     contrib = out.reshape(num_experts * rows, d).index_select(0, slot) * gate.to(x.dtype).unsqueeze(1)
-    y = x.new_zeros(n, d).index_add(0, tok, contrib)
-    return y, cap, dropped
+    return x.new_zeros(n, d).index_add(0, tok, contrib)
+
+
+def moe_forward(torch, impl, x, params, num_experts, k, group_tokens, cf, noise_scale, gen,
+                bpr=False):
+    w_router, w1, b1, w2, b2 = params
+    groups = x.shape[0] // group_tokens
+    plan = route(torch, x, w_router, num_experts, k, group_tokens, cf, noise_scale, gen, bpr)
+    y = experts_combine(torch, impl, x, plan, groups, w1, b1, w2, b2)
+    return y, plan[3], plan[4]
 
 
 def make_params(torch, num_experts, d, h, device, dtype, gen):
@@ -238,8 +280,10 @@ def run_config(torch, args, device, dtype, num_experts, k):
     return result
 
 
-def naive_moe(x, params, num_experts, k, group_tokens, cf, noise):
-    """Per-token Python loop in float64 (lists of floats): the reference for --selftest."""
+def naive_moe(x, params, num_experts, k, group_tokens, cf, noise, bpr=False):
+    """Per-token Python loop in float64 (lists of floats): the reference for --selftest. With
+    bpr, each pass takes the group's tokens by their largest gate, descending (ties: lower
+    token first)."""
     import math as m
     w_r, w1, b1, w2, b2 = [t.detach().double().cpu().tolist() for t in params]
     xs = x.detach().double().cpu().tolist()
@@ -258,8 +302,11 @@ def naive_moe(x, params, num_experts, k, group_tokens, cf, noise):
             order = sorted(range(num_experts), key=lambda e: (-probs[e], e))[:k]
             choices[t] = [(e, probs[e]) for e in order]
         count = [0] * num_experts
+        tokens = list(range(g0, g0 + group_tokens))
+        if bpr:
+            tokens.sort(key=lambda t: (-choices[t][0][1], t))
         for r in range(k):  # all 1st choices, then all 2nd choices
-            for t in range(g0, g0 + group_tokens):
+            for t in tokens:
                 e, gate = choices[t][r]
                 count[e] += 1
                 if count[e] > cap:
@@ -292,7 +339,9 @@ def selftest(torch, device):
         print("selftest: SEEDS case 1 capacity (ceil) FAILED")
         ok = False
     # Vectorised layer (both impls) vs the per-token loop, float64, routing with drops.
-    for num_experts, k, gtok, cf in [(4, 1, 8, 1.0), (4, 2, 6, 0.75), (3, 2, 5, 1.25)]:
+    for num_experts, k, gtok, cf, bpr in [(4, 1, 8, 1.0, False), (4, 2, 6, 0.75, False),
+                                          (3, 2, 5, 1.25, False), (4, 2, 8, 0.75, True),
+                                          (4, 1, 8, 1.0, True)]:
         n, d, h = 2 * gtok, 5, 7
         gen = torch.Generator(device=device)
         gen.manual_seed(num_experts * 100 + k)
@@ -304,17 +353,18 @@ def selftest(torch, device):
         g = torch.Generator(device=device)
         g.manual_seed(5)
         noise = torch.randn(n, num_experts, generator=g, device=device) * (noise_scale / num_experts)
-        ref = torch.tensor(naive_moe(x, params, num_experts, k, gtok, cf, noise), dtype=torch.float64)
+        ref = torch.tensor(naive_moe(x, params, num_experts, k, gtok, cf, noise, bpr),
+                           dtype=torch.float64)
         for impl in ("eager", "bmm"):
             g = torch.Generator(device=device)
             g.manual_seed(5)
             y, cap, dropped = moe_forward(torch, impl, x, params, num_experts, k, gtok, cf,
-                                          noise_scale, g)
+                                          noise_scale, g, bpr)
             err = ((y.cpu() - ref).norm() / ref.norm()).item()
             good = err < 1e-10
             ok = ok and good
-            print("selftest: E=%d k=%d G=%d cf=%g C=%d dropped=%.2f %s rel err %.1e %s"
-                  % (num_experts, k, gtok, cf, cap, float(dropped), impl, err,
+            print("selftest: E=%d k=%d G=%d cf=%g bpr=%d C=%d dropped=%.2f %s rel err %.1e %s"
+                  % (num_experts, k, gtok, cf, bpr, cap, float(dropped), impl, err,
                      "ok" if good else "FAILED"))
     # Gradients flow to x, the router and every expert weight (finite, some non-zero).
     x = torch.randn(16, 5, device=device, dtype=torch.float64, requires_grad=True)
