@@ -1,6 +1,17 @@
+// NormalF32 must round every float operation once to match the device bit for bit: no FMA
+// contraction in this file (GCC contracts across statements when the target has FMA).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+
 #include "core/rng.h"
 
 #include <cmath>
+
+#include "core/rng_normal.h"
 
 namespace moe {
 
@@ -57,6 +68,31 @@ float CounterRng::Normal(uint64_t i, uint64_t j) const {
   double u1 = (static_cast<double>(r[0]) + 0.5) * (1.0 / 4294967296.0);
   double u2 = (static_cast<double>(r[1]) + 0.5) * (1.0 / 4294967296.0);
   return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2));
+}
+
+namespace {
+std::array<uint32_t, 4> NormalF32Block(uint64_t key, uint64_t i, uint64_t block) {
+  return Philox4x32({static_cast<uint32_t>(i), static_cast<uint32_t>(i >> 32),
+                     static_cast<uint32_t>(block),
+                     static_cast<uint32_t>(block >> 32) | normal_f32::kBlockTag},
+                    key);
+}
+}  // namespace
+
+float CounterRng::NormalF32(uint64_t i, uint64_t j) const {
+  const auto w = NormalF32Block(key_, i, j >> 2);
+  return normal_f32::FromBlock(w[0], w[1], w[2], w[3], static_cast<int>(j & 3));
+}
+
+void CounterRng::FillNormalF32(uint64_t i, uint64_t j0, int64_t n, float* out) const {
+  int64_t t = 0;
+  for (; t < n && ((j0 + t) & 3) != 0; ++t) out[t] = NormalF32(i, j0 + t);  // to a block start
+  for (; t + 4 <= n; t += 4) {
+    const auto w = NormalF32Block(key_, i, (j0 + t) >> 2);
+    normal_f32::BoxMullerPair(w[0], w[1], &out[t], &out[t + 1]);
+    normal_f32::BoxMullerPair(w[2], w[3], &out[t + 2], &out[t + 3]);
+  }
+  for (; t < n; ++t) out[t] = NormalF32(i, j0 + t);
 }
 
 }  // namespace moe
