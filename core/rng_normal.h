@@ -84,12 +84,11 @@ MOE_RNG_HD float FloatOf(uint32_t u) {
 // left out, 2 f^11 / 11, is below 7e-10). m - 1 is exact (Sterbenz).
 MOE_RNG_HD float Log(float u) {
   const uint32_t bits = BitsOf(u);
-  int e = static_cast<int>(bits >> 23) - 127;
-  float m = FloatOf((bits & 0x007FFFFFu) | 0x3F800000u);  // [1, 2)
-  if (m > 1.41421354f) {
-    m = Mul(m, 0.5f);
-    e += 1;
-  }
+  // Selects, not branches, so that the host's bulk loop vectorises.
+  const float m2 = FloatOf((bits & 0x007FFFFFu) | 0x3F800000u);  // [1, 2)
+  const int halve = m2 > 1.41421354f;
+  const float m = Mul(m2, Add(1.f, Mul(-0.5f, static_cast<float>(halve))));  // m2 or m2 / 2
+  const int e = static_cast<int>(bits >> 23) - 127 + halve;
   const float f = Div(Add(m, -1.f), Add(m, 1.f));
   const float s = Mul(f, f);
   float p = Add(0.285714298f, Mul(s, 0.222222224f));  // 2/7, 2/9
@@ -106,7 +105,7 @@ MOE_RNG_HD float Log(float u) {
 // rotation by pi/4 and by the quadrant.
 MOE_RNG_HD void CosSinTurn(uint32_t a, float* cos_out, float* sin_out) {
   const uint32_t q = (a >> 22) & 3u;
-  const float t = Add(static_cast<float>(a & 0x003FFFFFu), -2097151.5f);
+  const float t = Add(static_cast<float>(static_cast<int32_t>(a & 0x003FFFFFu)), -2097151.5f);
   const float x = Mul(t, 3.74507039e-07f);  // (pi/2) / 2^22
   const float s = Mul(x, x);
   float ps = Add(-0.000198412701f, Mul(s, 2.75573188e-06f));  // -1/7!, 1/9!
@@ -121,18 +120,22 @@ MOE_RNG_HD void CosSinTurn(uint32_t a, float* cos_out, float* sin_out) {
   // cos(pi/4 + x) and sin(pi/4 + x).
   const float c = Mul(Add(cos_x, -sin_x), 0.707106769f);
   const float sn = Mul(Add(cos_x, sin_x), 0.707106769f);
-  switch (q) {
-    case 0: *cos_out = c; *sin_out = sn; break;
-    case 1: *cos_out = -sn; *sin_out = c; break;
-    case 2: *cos_out = -c; *sin_out = -sn; break;
-    default: *cos_out = sn; *sin_out = -c; break;
-  }
+  // Quadrant q turns (c, sn) by q pi/2: (c, sn), (-sn, c), (-c, -sn), (sn, -c).
+  const float odd_c = (q & 1u) ? sn : c, odd_s = (q & 1u) ? c : sn;
+  *cos_out = ((q + 1u) & 2u) ? -odd_c : odd_c;
+  *sin_out = (q & 2u) ? -odd_s : odd_s;
+}
+
+// r^2 = -2 Log(u1) of the radius word w1 (the int conversion is exact: w1 >> 9 < 2^23).
+MOE_RNG_HD float RadiusSquared(uint32_t w1) {
+  const float u1 = Mul(Add(static_cast<float>(static_cast<int32_t>(w1 >> 9)), 0.5f),
+                       1.1920929e-07f);  // 2^-23
+  return Mul(-2.f, Log(u1));
 }
 
 // The two draws of the word pair (w1, w2), as the header says.
 MOE_RNG_HD void BoxMullerPair(uint32_t w1, uint32_t w2, float* z0, float* z1) {
-  const float u1 = Mul(Add(static_cast<float>(w1 >> 9), 0.5f), 1.1920929e-07f);  // 2^-23
-  const float r = Sqrt(Mul(-2.f, Log(u1)));
+  const float r = Sqrt(RadiusSquared(w1));
   float c, s;
   CosSinTurn(w2 >> 8, &c, &s);
   *z0 = Mul(r, c);
