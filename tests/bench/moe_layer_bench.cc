@@ -4,6 +4,15 @@
 //
 //   mpirun -np 4 --oversubscribe build/tests/moe_layer_bench
 //
+// The router against the experts as E grows, at vmoe_tiny's shapes (one MoE layer of it: 32
+// images of 16 tokens per rank, groups of 8 images, noisy top-2 with BPR, importance + load loss):
+//
+//   build/tests/moe_layer_bench --tokens_per_rank=512 --group_tokens=128 --dim=64 --hidden=128 \
+//       --experts=8,32,128 --capacity_factors=1.05 --bpr --iters=200 --warmup=20
+//
+// prints, after the phase table, one line per (E, cf): router forward ms, expert forward ms, their
+// ratio, and the layer's forward+backward tokens/s, all from the same iterations.
+//
 // Conventions: times are milliseconds per forward+backward iteration, mean over --iters after
 // --warmup, and the max over ranks (the slowest rank sets the step time). "experts/sgemm" is the
 // expert phase (GEMMs + bias + GELU) over the bare GEMMs it performs.
@@ -31,6 +40,10 @@ DEFINE_string(experts, "8,16", "comma-separated expert counts");
 DEFINE_string(capacity_factors, "1.0,1.25,2.0", "comma-separated capacity factors");
 DEFINE_int32(iters, 10, "timed iterations");
 DEFINE_int32(warmup, 2, "untimed iterations");
+DEFINE_double(noise_scale, 1.0, "router noise std * E (0: no noise)");
+DEFINE_double(importance_weight, 0.005, "importance loss weight");
+DEFINE_double(load_weight, 0.005, "load loss weight (needs noise)");
+DEFINE_bool(bpr, false, "Batch Prioritized Routing");
 
 namespace moe {
 namespace {
@@ -71,11 +84,31 @@ void RawExpertGemms(int local_experts, int64_t rows, int D, int H, bool backward
   }
 }
 
+// One (E, cf) point of the router-versus-experts summary.
+struct SweepRow {
+  int E;
+  double cf, router_ms, experts_ms, total_ms, tokens_per_s;
+};
+
+void PrintSweep(const std::vector<SweepRow>& rows) {
+  printf("\n# router vs experts (forward), same iterations; tokens/s = layer fwd+bwd, all ranks\n");
+  printf("%4s %5s | %10s %10s %8s | %9s %11s %8s\n", "E", "cf", "router ms", "experts ms",
+         "rtr/exp", "fwd+bwd", "tokens/s", "vs first");
+  for (const SweepRow& r : rows)
+    printf("%4d %5.2f | %10.3f %10.3f %8.3f | %9.3f %11.0f %8.2f\n", r.E, r.cf, r.router_ms,
+           r.experts_ms, r.router_ms / r.experts_ms, r.total_ms, r.tokens_per_s,
+           rows[0].tokens_per_s / r.tokens_per_s);
+}
+
 int Run() {
   int rank = 0, world = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world);
-  SetBlasThreads(1);
+  const BlasThreadChoice blas = SetBlasThreadsFromEnv();
+  if (blas.threads == 0) {
+    if (rank == 0) fprintf(stderr, "config error: %s\n", blas.error.c_str());
+    return 2;
+  }
   MpiCommunicator comm(MPI_COMM_WORLD, world);
   const int D = FLAGS_dim, H = FLAGS_hidden;
   const int64_t T = FLAGS_tokens_per_rank;
@@ -89,10 +122,14 @@ int Run() {
            world, static_cast<long long>(T), FLAGS_group_tokens, D, H, FLAGS_top_k);
     printf("# ms per iteration, max over ranks of the mean over %d iterations (after %d warm-up)\n",
            FLAGS_iters, FLAGS_warmup);
+    printf("# router: noise_scale %.2f, importance %.4f, load %.4f, BPR %s; BLAS threads %d (%s)\n",
+           FLAGS_noise_scale, FLAGS_importance_weight, FLAGS_load_weight, FLAGS_bpr ? "on" : "off",
+           blas.threads, blas.source.c_str());
     printf("%4s %4s %5s %6s |", "E", "EP", "cf", "C");
     for (const auto& p : phases) printf(" %9.9s", p.c_str());
     printf(" | %8s %8s | %9s %9s\n", "fwd+bwd", "a2a %", "exp/gemm", "bwd/gemm");
   }
+  std::vector<SweepRow> sweep;
   for (double e_d : ParseList(FLAGS_experts)) {
     const int E = static_cast<int>(e_d);
     if (E % world != 0) continue;
@@ -104,6 +141,10 @@ int Run() {
       o.top_k = FLAGS_top_k;
       o.group_tokens = FLAGS_group_tokens;
       o.capacity_factor_train = cf;
+      o.noise_scale = static_cast<float>(FLAGS_noise_scale);
+      o.importance_weight = static_cast<float>(FLAGS_importance_weight);
+      o.load_weight = static_cast<float>(FLAGS_load_weight);
+      o.batch_prioritized = FLAGS_bpr;
       MoeLayer layer("bench", o, &comm, 1);
       Tensor x({T, D});
       CounterRng rng(rank + 1);
@@ -156,8 +197,11 @@ int Run() {
         for (double v : ms) printf(" %9.3f", v);
         printf(" | %8.2f %7.1f%% | %9.3f %9.3f\n", total, 100.0 * a2a / total, rf, rb);
       }
+      // ms[0] = router, ms[3] = experts (forward); tokens/s over the whole EP group.
+      sweep.push_back({E, cf, ms[0], ms[3], total, 1e3 * static_cast<double>(T) * world / total});
     }
   }
+  if (rank == 0) PrintSweep(sweep);
   return 0;
 }
 
