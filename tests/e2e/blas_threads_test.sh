@@ -28,7 +28,8 @@ run_job bad_value 120 -np 2 -x OPENBLAS_NUM_THREADS=two "$TRAIN" \
   --config="$CONFIG" --override="$SMALL" --log_dir="$WORK/logs"
 if [ "$RC" -ne 2 ]; then
   fail bad_value "exit $RC, want 2"
-elif ! grep -q "config error: OPENBLAS_NUM_THREADS=two: must be an integer in \[1, 1024\]" "$OUT"; then
+elif ! grep -q "config error: OPENBLAS_NUM_THREADS=two: must be an integer in \[1, 1024\]" \
+    "$OUT"; then
   fail bad_value "message lacks the variable and value"
 else
   pass bad_value

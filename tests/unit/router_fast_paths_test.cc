@@ -74,7 +74,8 @@ double LoadLossReference(const std::vector<float>& h, const std::vector<float>& 
   std::vector<double> load(E, 0.0), z(n * E);
   for (int64_t t = 0; t < n; ++t)
     for (int e = 0; e < E; ++e) {
-      z[t * E + e] = (noisy[t * E + idx[t * k + k - 1]] - static_cast<double>(h[t * E + e])) / sigma;
+      const double threshold = noisy[t * E + idx[t * k + k - 1]];
+      z[t * E + e] = (threshold - static_cast<double>(h[t * E + e])) / sigma;
       load[e] += NormalCdf(-z[t * E + e]);
     }
   for (int e = 0; e < E; ++e) load[e] /= static_cast<double>(n);

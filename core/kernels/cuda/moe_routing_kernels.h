@@ -26,7 +26,8 @@ void CounterNormalCuda(uint64_t key, uint64_t i, uint64_t j0, int64_t n, float* 
 void CounterUniformCuda(uint64_t key, uint64_t i, uint64_t j0, int64_t n, float* out,
                         cudaStream_t stream = nullptr);
 
-// noisy[g*n*E + i] = clean[g*n*E + i] + sigma * CounterRng(key).NormalF32(first_global_group + g, i)
+// noisy[g*n*E + i] = clean[g*n*E + i]
+//                    + sigma * CounterRng(key).NormalF32(first_global_group + g, i)
 // for g < groups, i < n*E (n = group_tokens), in float without FMA contraction: bit-identical to
 // MoeLayer::Route, whose key is MixKey(MixKey(seed, HashString(name + ".router_noise")), step).
 // noisy may alias clean.
