@@ -3,6 +3,8 @@
 #include <cblas.h>
 #include <glog/logging.h>
 
+#include <cstdlib>
+
 extern "C" void openblas_set_num_threads(int);
 
 namespace moe {
@@ -31,6 +33,44 @@ void SgemmPacked(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, fl
 void SetBlasThreads(int n) {
   CHECK_GE(n, 1);
   openblas_set_num_threads(n);
+}
+
+namespace {
+constexpr long kMaxBlasThreads = 1024;
+
+// "n" or "n,..." (allow_list) -> n in [1, kMaxBlasThreads]; 0 otherwise.
+int ParseCount(const std::string& v, bool allow_list) {
+  const std::string head = allow_list ? v.substr(0, v.find(',')) : v;
+  if (head.empty() || head.find_first_not_of("0123456789") != std::string::npos) return 0;
+  if (head.size() > 4) return 0;
+  const long n = std::strtol(head.c_str(), nullptr, 10);
+  return n >= 1 && n <= kMaxBlasThreads ? static_cast<int>(n) : 0;
+}
+}  // namespace
+
+BlasThreadChoice ParseBlasThreads(const char* openblas_num_threads, const char* omp_num_threads) {
+  BlasThreadChoice c;
+  const bool openblas = openblas_num_threads != nullptr && *openblas_num_threads != '\0';
+  const bool omp = omp_num_threads != nullptr && *omp_num_threads != '\0';
+  if (!openblas && !omp) {
+    c.threads = 1;
+    c.source = "default";
+    return c;
+  }
+  const std::string name = openblas ? "OPENBLAS_NUM_THREADS" : "OMP_NUM_THREADS";
+  const std::string value = openblas ? openblas_num_threads : omp_num_threads;
+  c.threads = ParseCount(value, /*allow_list=*/!openblas);
+  c.source = name + "=" + value;
+  if (c.threads == 0)
+    c.error = c.source + ": must be an integer in [1, " + std::to_string(kMaxBlasThreads) + "]";
+  return c;
+}
+
+BlasThreadChoice SetBlasThreadsFromEnv() {
+  BlasThreadChoice c =
+      ParseBlasThreads(std::getenv("OPENBLAS_NUM_THREADS"), std::getenv("OMP_NUM_THREADS"));
+  if (c.threads > 0) SetBlasThreads(c.threads);
+  return c;
 }
 
 }  // namespace moe

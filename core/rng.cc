@@ -1,6 +1,19 @@
+// NormalF32 must round every float operation once to match the device bit for bit: no FMA
+// contraction in this file (GCC contracts across statements when the target has FMA). Without
+// errno, sqrt is one instruction and the Box-Muller loop vectorises (its argument is never < 0).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("fp-contract=off", "no-math-errno")
+#endif
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+
 #include "core/rng.h"
 
+#include <algorithm>
 #include <cmath>
+
+#include "core/rng_normal.h"
 
 namespace moe {
 
@@ -57,6 +70,53 @@ float CounterRng::Normal(uint64_t i, uint64_t j) const {
   double u1 = (static_cast<double>(r[0]) + 0.5) * (1.0 / 4294967296.0);
   double u2 = (static_cast<double>(r[1]) + 0.5) * (1.0 / 4294967296.0);
   return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2));
+}
+
+namespace {
+std::array<uint32_t, 4> NormalF32Block(uint64_t key, uint64_t i, uint64_t block) {
+  return Philox4x32({static_cast<uint32_t>(i), static_cast<uint32_t>(i >> 32),
+                     static_cast<uint32_t>(block),
+                     static_cast<uint32_t>(block >> 32) | normal_f32::kBlockTag},
+                    key);
+}
+}  // namespace
+
+float CounterRng::NormalF32(uint64_t i, uint64_t j) const {
+  const auto w = NormalF32Block(key_, i, j >> 2);
+  return normal_f32::FromBlock(w[0], w[1], w[2], w[3], static_cast<int>(j & 3));
+}
+
+// Whole blocks in chunks: the Philox words first, then r^2 and the angle's cos and sin of every
+// pair in one loop of straight-line float code that the compiler vectorises, then the square
+// roots (a vector sqrt needs -fno-math-errno on the command line) and the products: the same
+// operations as BoxMullerPair.
+void CounterRng::FillNormalF32(uint64_t i, uint64_t j0, int64_t n, float* out) const {
+  int64_t t = 0;
+  for (; t < n && ((j0 + t) & 3) != 0; ++t) out[t] = NormalF32(i, j0 + t);  // to a block start
+  constexpr int64_t kPairs = 128;
+  uint32_t radius_word[kPairs], angle_word[kPairs];
+  float radius_sq[kPairs], cos_turn[kPairs], sin_turn[kPairs];
+  while (t + 4 <= n) {
+    const int64_t pairs = std::min(kPairs, (n - t) / 4 * 2);
+    for (int64_t p = 0; p < pairs; p += 2) {
+      const auto w = NormalF32Block(key_, i, (j0 + t) / 4 + p / 2);
+      radius_word[p] = w[0];
+      angle_word[p] = w[1];
+      radius_word[p + 1] = w[2];
+      angle_word[p + 1] = w[3];
+    }
+    for (int64_t p = 0; p < pairs; ++p) {
+      radius_sq[p] = normal_f32::RadiusSquared(radius_word[p]);
+      normal_f32::CosSinTurn(angle_word[p] >> 8, &cos_turn[p], &sin_turn[p]);
+    }
+    for (int64_t p = 0; p < pairs; ++p) {
+      const float r = normal_f32::Sqrt(radius_sq[p]);
+      out[t + 2 * p] = normal_f32::Mul(r, cos_turn[p]);
+      out[t + 2 * p + 1] = normal_f32::Mul(r, sin_turn[p]);
+    }
+    t += 2 * pairs;
+  }
+  for (; t < n; ++t) out[t] = NormalF32(i, j0 + t);
 }
 
 }  // namespace moe

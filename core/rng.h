@@ -24,8 +24,14 @@ class CounterRng {
   uint64_t key() const { return key_; }
   // Uniform in (0, 1), never exactly 0 or 1 (safe for log).
   float Uniform(uint64_t i, uint64_t j = 0) const;
-  // Standard normal (Box-Muller on two words of one Philox block).
+  // Standard normal (Box-Muller in double on two words of one Philox block, one draw a block).
   float Normal(uint64_t i, uint64_t j = 0) const;
+  // Standard normal, the router noise's draw: Box-Muller in float (core/rng_normal.h gives the
+  // exact definition) on block (i, j / 4) of a counter space of its own, four draws a block;
+  // about 8x cheaper than Normal, and computed identically on the device (cuda_rng::NormalF32).
+  float NormalF32(uint64_t i, uint64_t j) const;
+  // out[t] = NormalF32(i, j0 + t) for t < n, each block computed once.
+  void FillNormalF32(uint64_t i, uint64_t j0, int64_t n, float* out) const;
 
  private:
   uint64_t key_;

@@ -190,7 +190,10 @@ int main(int argc, char** argv) {
   int rank = 0, world = 1;
   MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
   MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world));
-  moe::SetBlasThreads(1);
+  const moe::BlasThreadChoice blas = moe::SetBlasThreadsFromEnv();
+  if (blas.threads == 0) moe::ConfigError(rank, blas.error);
+  LOG_IF(INFO, rank == 0) << "BLAS threads per rank: " << blas.threads << " (" << blas.source
+                          << ")";
   const int rc = moe::Run(rank, world);
   MPI_CHECK(MPI_Finalize());
   return rc;

@@ -579,7 +579,10 @@ int Run(char** argv) {
   // killed by SIGPIPE without a word.
   signal(SIGPIPE, SIG_IGN);
   FailTogetherIf(!log_dir_ok, log_dir_error, kExitConfig);
-  SetBlasThreads(1);
+  const BlasThreadChoice blas = SetBlasThreadsFromEnv();
+  FailTogetherIf(blas.threads == 0, "config error: " + blas.error, kExitConfig);
+  LOG_IF(INFO, job.rank == 0) << "BLAS threads per rank: " << blas.threads << " ("
+                              << blas.source << ")";
 
   MetricsWriter metrics;
   job.metrics = &metrics;

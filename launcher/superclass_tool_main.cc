@@ -221,7 +221,10 @@ int Run() {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world);
   SetJobProgramName("superclass_tool");
-  SetBlasThreads(1);
+  const BlasThreadChoice blas = SetBlasThreadsFromEnv();
+  FailTogetherIf(blas.threads == 0, "config error: " + blas.error, kExitConfig);
+  LOG_IF(INFO, rank == 0) << "BLAS threads per rank: " << blas.threads << " (" << blas.source
+                          << ")";
   const proto::TrainConfig config = LoadConfigOrFail(rank, world);
   const ImageDataset train = LoadTrainImagesOrFail(config.data());
 

@@ -123,11 +123,9 @@ void Router::AddNoise(const MoeStepContext& ctx, RoutingState* R) const {
   const int64_t rows = R->router_rows, G = R->groups, per_group = rows / G;
   CounterRng rng(RouterNoiseKey(seed_, name_, ctx.step));
   R->noise_draw.resize(rows * E);
-  for (int64_t g = 0; g < G; ++g) {
-    const uint64_t gid = static_cast<uint64_t>(ctx.first_global_group + g);
-    for (int64_t i = 0; i < per_group * E; ++i)
-      R->noise_draw[g * per_group * E + i] = rng.Normal(gid, static_cast<uint64_t>(i));
-  }
+  for (int64_t g = 0; g < G; ++g)  // draw i of group g: NormalF32(global group, i)
+    rng.FillNormalF32(static_cast<uint64_t>(ctx.first_global_group + g), 0, per_group * E,
+                      R->noise_draw.data() + g * per_group * E);
   if (opt_.noise == RouterNoise::kFixed) {
     const float sigma = opt_.noise_scale / E;
     for (int64_t i = 0; i < rows * E; ++i) R->noisy_logits[i] += sigma * R->noise_draw[i];

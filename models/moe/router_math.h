@@ -16,7 +16,8 @@ void SoftmaxRowsBackward(const float* probs, const float* dprobs, int64_t n, int
 // Top-k per row: expert[t*k + r] is the r-th largest probs[t, :] (r = 0 is the max), ties broken
 // by the LOWER expert index; gate[t*k + r] = probs[t, expert[t*k + r]] (not renormalised).
 // The k ids of a row are always distinct and in [0, E), even with NaN inputs (then their order
-// is unspecified). Requires 1 <= k <= E. O(n * k * E).
+// is unspecified). Requires 1 <= k <= E. One pass per row, O(n * E) for small k (a row with NaN
+// takes k scans).
 void TopKRows(const float* probs, int64_t n, int E, int k, int* expert, float* gate);
 
 }  // namespace moe

@@ -4,6 +4,15 @@
 //
 //   mpirun -np 4 --oversubscribe build/tests/moe_layer_bench
 //
+// The router against the experts as E grows, at vmoe_tiny's shapes (one MoE layer of it: 32
+// images of 16 tokens per rank, groups of 8 images, noisy top-2 with BPR, importance + load loss):
+//
+//   build/tests/moe_layer_bench --tokens_per_rank=512 --group_tokens=128 --dim=64 --hidden=128 \
+//       --experts=8,32,128 --capacity_factors=1.05 --bpr --iters=200 --warmup=20
+//
+// prints, after the phase table, one line per (E, cf): router forward ms, expert forward ms, their
+// ratio, and the layer's forward+backward tokens/s, all from the same iterations.
+//
 // Conventions: times are milliseconds per forward+backward iteration, mean over --iters after
 // --warmup, and the max over ranks (the slowest rank sets the step time). "experts/sgemm" is the
 // expert phase (GEMMs + bias + GELU) over the bare GEMMs it performs.
@@ -31,6 +40,10 @@ DEFINE_string(experts, "8,16", "comma-separated expert counts");
 DEFINE_string(capacity_factors, "1.0,1.25,2.0", "comma-separated capacity factors");
 DEFINE_int32(iters, 10, "timed iterations");
 DEFINE_int32(warmup, 2, "untimed iterations");
+DEFINE_double(noise_scale, 1.0, "router noise std * E (0: no noise)");
+DEFINE_double(importance_weight, 0.005, "importance loss weight");
+DEFINE_double(load_weight, 0.005, "load loss weight (needs noise)");
+DEFINE_bool(bpr, false, "Batch Prioritized Routing");
 
 namespace moe {
 namespace {
@@ -71,93 +84,151 @@ void RawExpertGemms(int local_experts, int64_t rows, int D, int H, bool backward
   }
 }
 
+// One (E, cf) point of the router-versus-experts summary.
+struct SweepRow {
+  int E;
+  double cf, router_ms, experts_ms, total_ms, tokens_per_s;
+};
+
+void PrintSweep(const std::vector<SweepRow>& rows) {
+  printf("\n# router vs experts (forward), same iterations; tokens/s = layer fwd+bwd, all ranks\n");
+  printf("%4s %5s | %10s %10s %8s | %9s %11s %8s\n", "E", "cf", "router ms", "experts ms",
+         "rtr/exp", "fwd+bwd", "tokens/s", "vs first");
+  for (const SweepRow& r : rows)
+    printf("%4d %5.2f | %10.3f %10.3f %8.3f | %9.3f %11.0f %8.2f\n", r.E, r.cf, r.router_ms,
+           r.experts_ms, r.router_ms / r.experts_ms, r.total_ms, r.tokens_per_s,
+           rows[0].tokens_per_s / r.tokens_per_s);
+}
+
+const std::vector<std::string>& Phases() {
+  static const std::vector<std::string> phases = {
+      "router",      "dispatch_pack", "a2a_dispatch",     "experts",
+      "a2a_combine", "combine",       "combine_bwd",      "a2a_combine_bwd",
+      "experts_bwd", "a2a_dispatch_bwd", "dispatch_bwd",  "router_bwd"};
+  return phases;
+}
+
+void PrintHeader(int world, const BlasThreadChoice& blas) {
+  printf("# MoE layer forward+backward, EP=%d ranks, %d tokens/rank, groups of %d, D=%d H=%d "
+         "k=%d\n",
+         world, FLAGS_tokens_per_rank, FLAGS_group_tokens, FLAGS_dim, FLAGS_hidden, FLAGS_top_k);
+  printf("# ms per iteration, max over ranks of the mean over %d iterations (after %d warm-up)\n",
+         FLAGS_iters, FLAGS_warmup);
+  printf("# router: noise_scale %.2f, importance %.4f, load %.4f, BPR %s; BLAS threads %d (%s)\n",
+         FLAGS_noise_scale, FLAGS_importance_weight, FLAGS_load_weight, FLAGS_bpr ? "on" : "off",
+         blas.threads, blas.source.c_str());
+  printf("%4s %4s %5s %6s |", "E", "EP", "cf", "C");
+  for (const auto& p : Phases()) printf(" %9.9s", p.c_str());
+  printf(" | %8s %8s | %9s %9s\n", "fwd+bwd", "a2a %", "exp/gemm", "bwd/gemm");
+}
+
+MoeLayerOptions BenchOptions(int E, double cf) {
+  MoeLayerOptions o;
+  o.dim = FLAGS_dim;
+  o.hidden = FLAGS_hidden;
+  o.num_experts = E;
+  o.top_k = FLAGS_top_k;
+  o.group_tokens = FLAGS_group_tokens;
+  o.capacity_factor_train = cf;
+  o.noise_scale = static_cast<float>(FLAGS_noise_scale);
+  o.importance_weight = static_cast<float>(FLAGS_importance_weight);
+  o.load_weight = static_cast<float>(FLAGS_load_weight);
+  o.batch_prioritized = FLAGS_bpr;
+  return o;
+}
+
+// Seconds per timed iteration: the layer's forward+backward, and the bare expert GEMMs.
+struct Timings {
+  double layer = 0, raw_fwd = 0, raw_bwd = 0;
+};
+
+// Raw GEMMs of the expert shapes (every local expert receives EP * groups * C rows) run inside
+// the same iterations as the layer, so both see the same machine load.
+Timings TimeIterations(MoeLayer* layer, MoeStepContext ctx, Profiler* prof, int rank, int world,
+                       int El) {
+  const int D = FLAGS_dim, H = FLAGS_hidden;
+  const int64_t T = FLAGS_tokens_per_rank;
+  Tensor x({T, D});
+  CounterRng rng(rank + 1);
+  for (int64_t i = 0; i < x.numel(); ++i) x.at(i) = rng.Normal(i);
+  Tensor dy = x.Clone();
+  const int64_t rows = static_cast<int64_t>(world) * (T / FLAGS_group_tokens) *
+                       layer->CurrentCapacity();
+  std::vector<float> a(rows * D, 0.5f), w1(D * H, 0.01f), w2(H * D, 0.01f), h(rows * H),
+      y(rows * D), gw1(D * H), gw2(H * D);
+  Timings t;
+  for (int it = 0; it < FLAGS_warmup + FLAGS_iters; ++it) {
+    const double timed = it >= FLAGS_warmup ? 1.0 / FLAGS_iters : 0.0;
+    ctx.step = it;
+    ctx.profiler = timed > 0 ? prof : nullptr;
+    layer->SetStepContext(ctx);
+    MPI_Barrier(MPI_COMM_WORLD);
+    double t0 = Now();
+    layer->Forward(x);
+    layer->Backward(dy);
+    t.layer += (Now() - t0) * timed;
+    MPI_Barrier(MPI_COMM_WORLD);
+    t0 = Now();
+    RawExpertGemms(El, rows, D, H, false, a, w1, w2, h, y, gw1, gw2);
+    t.raw_fwd += (Now() - t0) * timed;
+    t0 = Now();
+    RawExpertGemms(El, rows, D, H, true, a, w1, w2, h, y, gw1, gw2);
+    t.raw_bwd += (Now() - t0) * timed;
+  }
+  return t;
+}
+
+// One (E, cf) point: its row of the phase table (rank 0), and its sweep summary.
+SweepRow MeasurePoint(int E, double cf, MpiCommunicator* comm, int rank, int world) {
+  const int64_t T = FLAGS_tokens_per_rank;
+  MoeLayer layer("bench", BenchOptions(E, cf), comm, 1);
+  Profiler prof;
+  MoeStepContext ctx;
+  ctx.first_global_group = rank * (T / FLAGS_group_tokens);
+  ctx.num_global_groups = world * (T / FLAGS_group_tokens);
+  const Timings t = TimeIterations(&layer, ctx, &prof, rank, world, E / world);
+  const auto& st = prof.Stats();
+  auto phase_s = [&](const std::string& p) {
+    auto i = st.find(p);
+    return i == st.end() ? 0.0 : i->second.total_seconds / FLAGS_iters;
+  };
+  std::vector<double> ms;
+  for (const auto& p : Phases()) ms.push_back(1e3 * MaxOverRanks(phase_s(p)));
+  const double total = 1e3 * MaxOverRanks(t.layer);
+  const double a2a = ms[2] + ms[4] + ms[7] + ms[9];
+  // Ratios per rank in one run, then the worst rank.
+  const double rf = MaxOverRanks(phase_s("experts") / t.raw_fwd);
+  const double rb = MaxOverRanks(phase_s("experts_bwd") / t.raw_bwd);
+  if (rank == 0) {
+    printf("%4d %4d %5.2f %6lld |", E, world, cf, static_cast<long long>(layer.CurrentCapacity()));
+    for (double v : ms) printf(" %9.3f", v);
+    printf(" | %8.2f %7.1f%% | %9.3f %9.3f\n", total, 100.0 * a2a / total, rf, rb);
+  }
+  // ms[0] = router, ms[3] = experts (forward); tokens/s over the whole EP group.
+  return {E, cf, ms[0], ms[3], total, 1e3 * static_cast<double>(T) * world / total};
+}
+
 int Run() {
   int rank = 0, world = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world);
-  SetBlasThreads(1);
-  MpiCommunicator comm(MPI_COMM_WORLD, world);
-  const int D = FLAGS_dim, H = FLAGS_hidden;
-  const int64_t T = FLAGS_tokens_per_rank;
-  CHECK_EQ(T % FLAGS_group_tokens, 0) << "--tokens_per_rank must be a multiple of --group_tokens";
-  const std::vector<std::string> phases = {"router", "dispatch_pack", "a2a_dispatch", "experts",
-                                           "a2a_combine", "combine", "combine_bwd",
-                                           "a2a_combine_bwd", "experts_bwd", "a2a_dispatch_bwd",
-                                           "dispatch_bwd", "router_bwd"};
-  if (rank == 0) {
-    printf("# MoE layer forward+backward, EP=%d ranks, %lld tokens/rank, groups of %d, D=%d H=%d k=%d\n",
-           world, static_cast<long long>(T), FLAGS_group_tokens, D, H, FLAGS_top_k);
-    printf("# ms per iteration, max over ranks of the mean over %d iterations (after %d warm-up)\n",
-           FLAGS_iters, FLAGS_warmup);
-    printf("%4s %4s %5s %6s |", "E", "EP", "cf", "C");
-    for (const auto& p : phases) printf(" %9.9s", p.c_str());
-    printf(" | %8s %8s | %9s %9s\n", "fwd+bwd", "a2a %", "exp/gemm", "bwd/gemm");
+  const BlasThreadChoice blas = SetBlasThreadsFromEnv();
+  if (blas.threads == 0) {
+    if (rank == 0) fprintf(stderr, "config error: %s\n", blas.error.c_str());
+    return 2;
   }
+  MpiCommunicator comm(MPI_COMM_WORLD, world);
+  CHECK_EQ(FLAGS_tokens_per_rank % FLAGS_group_tokens, 0)
+      << "--tokens_per_rank must be a multiple of --group_tokens";
+  if (rank == 0) PrintHeader(world, blas);
+  std::vector<SweepRow> sweep;
   for (double e_d : ParseList(FLAGS_experts)) {
     const int E = static_cast<int>(e_d);
     if (E % world != 0) continue;
-    for (double cf : ParseList(FLAGS_capacity_factors)) {
-      MoeLayerOptions o;
-      o.dim = D;
-      o.hidden = H;
-      o.num_experts = E;
-      o.top_k = FLAGS_top_k;
-      o.group_tokens = FLAGS_group_tokens;
-      o.capacity_factor_train = cf;
-      MoeLayer layer("bench", o, &comm, 1);
-      Tensor x({T, D});
-      CounterRng rng(rank + 1);
-      for (int64_t i = 0; i < x.numel(); ++i) x.at(i) = rng.Normal(i);
-      Tensor dy = x.Clone();
-      Profiler prof;
-      MoeStepContext ctx;
-      ctx.first_global_group = rank * (T / FLAGS_group_tokens);
-      ctx.num_global_groups = world * (T / FLAGS_group_tokens);
-      // Raw GEMMs of the expert shapes: every local expert receives EP * groups * C rows. They
-      // run inside the same iterations as the layer, so both see the same machine load.
-      const int64_t C = layer.CurrentCapacity();
-      const int64_t rows = static_cast<int64_t>(world) * (T / FLAGS_group_tokens) * C;
-      const int El = E / world;
-      std::vector<float> a(rows * D, 0.5f), w1(D * H, 0.01f), w2(H * D, 0.01f), h(rows * H),
-          y(rows * D), gw1(D * H), gw2(H * D);
-      double t_total = 0, raw_f = 0, raw_b = 0;
-      for (int it = 0; it < FLAGS_warmup + FLAGS_iters; ++it) {
-        const bool timed = it >= FLAGS_warmup;
-        ctx.step = it;
-        ctx.profiler = timed ? &prof : nullptr;
-        layer.SetStepContext(ctx);
-        MPI_Barrier(MPI_COMM_WORLD);
-        double t0 = Now();
-        layer.Forward(x);
-        layer.Backward(dy);
-        if (timed) t_total += Now() - t0;
-        MPI_Barrier(MPI_COMM_WORLD);
-        t0 = Now();
-        RawExpertGemms(El, rows, D, H, false, a, w1, w2, h, y, gw1, gw2);
-        if (timed) raw_f += Now() - t0;
-        t0 = Now();
-        RawExpertGemms(El, rows, D, H, true, a, w1, w2, h, y, gw1, gw2);
-        if (timed) raw_b += Now() - t0;
-      }
-      const auto& st = prof.Stats();
-      auto phase_s = [&](const std::string& p) {
-        auto i = st.find(p);
-        return i == st.end() ? 0.0 : i->second.total_seconds / FLAGS_iters;
-      };
-      std::vector<double> ms;
-      for (const auto& p : phases) ms.push_back(1e3 * MaxOverRanks(phase_s(p)));
-      const double total = 1e3 * MaxOverRanks(t_total / FLAGS_iters);
-      const double a2a = ms[2] + ms[4] + ms[7] + ms[9];
-      // Ratios per rank in one run, then the worst rank.
-      const double rf = MaxOverRanks(phase_s("experts") / (raw_f / FLAGS_iters));
-      const double rb = MaxOverRanks(phase_s("experts_bwd") / (raw_b / FLAGS_iters));
-      if (rank == 0) {
-        printf("%4d %4d %5.2f %6lld |", E, world, cf, static_cast<long long>(C));
-        for (double v : ms) printf(" %9.3f", v);
-        printf(" | %8.2f %7.1f%% | %9.3f %9.3f\n", total, 100.0 * a2a / total, rf, rb);
-      }
-    }
+    for (double cf : ParseList(FLAGS_capacity_factors))
+      sweep.push_back(MeasurePoint(E, cf, &comm, rank, world));
   }
+  if (rank == 0) PrintSweep(sweep);
   return 0;
 }
 

@@ -147,7 +147,7 @@ TEST(MoeKernels, RouterNoiseBitIdenticalToMoeLayerRoute) {
     for (int64_t g = 0; g < G; ++g) {
       const uint64_t gid = static_cast<uint64_t>(first_group + g);
       for (int64_t i = 0; i < n * E; ++i)
-        want[g * n * E + i] += sigma * rng.Normal(gid, static_cast<uint64_t>(i));
+        want[g * n * E + i] += sigma * rng.NormalF32(gid, static_cast<uint64_t>(i));
     }
     DeviceArray<float> dclean(clean), dnoisy(clean.size());
     dnoisy.Poison();
@@ -633,6 +633,27 @@ TEST(MoeKernels, PermuteBlocksMatchesCpuAndRoundTrips) {
 // operations in the same order; only exp could differ by a double ulp, and a float rounding flip
 // from that at a top-k tie is vanishingly unlikely on random logits).
 
+// The float Box-Muller of the router noise at scale: 2^17 draws over 4 groups (every quadrant and
+// radius cell many times), through the noise kernel with clean = 0 and sigma = 1, against
+// CounterRng::NormalF32 under the same arithmetic (0 + 1 * z).
+TEST(MoeKernels, RouterNoiseDrawsBitIdenticalToCpuAtScale) {
+  SKIP_WITHOUT_GPU();
+  const int64_t G = 4, n = 4096, first_group = (int64_t{1} << 32) + 9;
+  const int E = 8;
+  const uint64_t key = MixKey(MixKey(1234, HashString("blocks.1.moe.router_noise")), 99);
+  const std::vector<float> zeros(G * n * E, 0.f);
+  std::vector<float> want(zeros.size());
+  const CounterRng rng(key);
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t i = 0; i < n * E; ++i)
+      want[g * n * E + i] =
+          0.f + 1.f * rng.NormalF32(static_cast<uint64_t>(first_group + g), i);
+  DeviceArray<float> dclean(zeros), dnoisy(zeros.size());
+  dnoisy.Poison();
+  AddRouterNoiseCuda(dclean.p, dnoisy.p, G, n, E, 1.f, key, first_group);
+  EXPECT_EQ(FirstBitMismatch(dnoisy.Download(), want), -1) << "NormalF32 draws differ";
+}
+
 TEST(MoeKernels, RouterChainMatchesCpuRoute) {
   SKIP_WITHOUT_GPU();
   const SlotCase c{4, 197, 8, 2, CapacityPerExpert(2, 197, 1.05, 8, CapacityRounding::kCeil), true};
@@ -645,7 +666,7 @@ TEST(MoeKernels, RouterChainMatchesCpuRoute) {
   const CounterRng rng(key);
   for (int64_t g = 0; g < c.G; ++g)
     for (int64_t i = 0; i < c.n * c.E; ++i)
-      noisy[g * c.n * c.E + i] += sigma * rng.Normal(static_cast<uint64_t>(first_group + g), i);
+      noisy[g * c.n * c.E + i] += sigma * rng.NormalF32(static_cast<uint64_t>(first_group + g), i);
   std::vector<float> probs(rows * c.E), gate(rows * c.k);
   std::vector<int> expert(rows * c.k), slot;
   SoftmaxRows(noisy.data(), rows, c.E, probs.data());

@@ -190,7 +190,11 @@ TEST_P(MixerNetGradTest, EveryParameterMatchesFiniteDifferences) {
   }
   MoeStepContext ctx;
   ctx.training = true;  // router noise is a fixed function of (step, group, row, expert)
-  ctx.step = 2;
+  // The differences need a noise draw with no routing decision within h of a tie for most
+  // elements (the check below allows 10% at a kink). Under the float Box-Muller draw (NormalF32)
+  // step 2's draw puts one token of `sparse` at such a tie (17% of its checks at a kink); steps
+  // 1, 4, 5 and 6 do not (2-7%). Any draw is a fair test of the gradients away from the ties.
+  ctx.step = 4;
   ctx.first_global_group = 3;
   ctx.num_global_groups = 2;
   net->SetMoeContext(ctx);

@@ -349,7 +349,11 @@ TEST_P(MoeRuleGradTest, MatchesFiniteDifferences) {
   std::vector<int> superclass = {1, 3, 0, 2};  // one per image (tokens_per_image 3)
   MoeStepContext ctx;
   ctx.training = true;
-  ctx.step = 2;
+  // The noise draw (NormalF32 of step, group, row, expert) must leave every routing decision
+  // farther than the step (2e-3) from a tie, or a central difference straddles a kink. Of the
+  // draws of steps 1..10, step 8's passes in every case; step 2's (used with the earlier double
+  // Box-Muller draw) puts attribute and shazeer_bpr within 5% of the tolerance's edge.
+  ctx.step = 8;
   ctx.first_global_group = 3;
   ctx.num_global_groups = 2;
   ctx.image_loss_scale = 0.25f;

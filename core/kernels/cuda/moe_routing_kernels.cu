@@ -91,8 +91,8 @@ __global__ void __launch_bounds__(kEltThreads)
   for (int64_t idx = GlobalThread(); idx < total; idx += ThreadStride()) {
     const int64_t g = idx / per_group;
     const int64_t i = idx - g * per_group;
-    const float z = cuda_rng::Normal(key, static_cast<uint64_t>(first_group + g),
-                                     static_cast<uint64_t>(i));
+    const float z = cuda_rng::NormalF32(key, static_cast<uint64_t>(first_group + g),
+                                        static_cast<uint64_t>(i));
     noisy[idx] = __fadd_rn(clean[idx], __fmul_rn(sigma, z));  // CPU: noisy += sigma * z
   }
 }

@@ -26,7 +26,8 @@ void CounterNormalCuda(uint64_t key, uint64_t i, uint64_t j0, int64_t n, float* 
 void CounterUniformCuda(uint64_t key, uint64_t i, uint64_t j0, int64_t n, float* out,
                         cudaStream_t stream = nullptr);
 
-// noisy[g*n*E + i] = clean[g*n*E + i] + sigma * CounterRng(key).Normal(first_global_group + g, i)
+// noisy[g*n*E + i] = clean[g*n*E + i]
+//                    + sigma * CounterRng(key).NormalF32(first_global_group + g, i)
 // for g < groups, i < n*E (n = group_tokens), in float without FMA contraction: bit-identical to
 // MoeLayer::Route, whose key is MixKey(MixKey(seed, HashString(name + ".router_noise")), step).
 // noisy may alias clean.
@@ -79,6 +80,8 @@ void SendLayoutCuda(const int64_t* counts, int64_t groups, int E, int64_t capaci
 }  // namespace moe
 
 #ifdef __CUDACC__
+#include "core/rng_normal.h"
+
 // Device-side counter RNG for other kernels (dropout, ...): the same functions as core/rng.cc.
 namespace moe {
 namespace cuda_rng {
@@ -116,6 +119,18 @@ __device__ __forceinline__ float Normal(uint64_t key, uint64_t i, uint64_t j) {
   const double u2 = (static_cast<double>(r.y) + 0.5) * (1.0 / 4294967296.0);
   constexpr double kTwoPi = 2.0 * 3.14159265358979323846;  // == 2.0 * M_PI, exactly
   return static_cast<float>(sqrt(-2.0 * log(u1)) * cos(kTwoPi * u2));
+}
+
+// CounterRng::NormalF32: the router noise's float Box-Muller, from the one definition the host
+// also compiles (core/rng_normal.h), so the two agree bit for bit.
+__device__ __forceinline__ float NormalF32(uint64_t key, uint64_t i, uint64_t j) {
+  const uint64_t block = j >> 2;
+  const uint4 r = Philox4x32(
+      make_uint4(static_cast<uint32_t>(i), static_cast<uint32_t>(i >> 32),
+                 static_cast<uint32_t>(block),
+                 static_cast<uint32_t>(block >> 32) | normal_f32::kBlockTag),
+      key);
+  return normal_f32::FromBlock(r.x, r.y, r.z, r.w, static_cast<int>(j & 3));
 }
 
 }  // namespace cuda_rng
