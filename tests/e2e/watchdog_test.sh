@@ -41,8 +41,9 @@ stall_case() {
   if ! grep -qE "did not answer.*: rank $victim\$" "$OUT"; then
     fail "$name" "message does not name rank $victim as silent"; return; fi
   # Where the others waited: whichever collective the stop caught them in (an all-to-all, the
-  # gradient all-reduce, the step statistics or the per-step failure agreement of the step loop).
-  if ! grep -qE "block[0-9]+\.moe a2a_|gradient|statistics|waiting [0-9]+ s in failure agreement" "$OUT"; then
+  # gradient all-reduce, the step statistics, or the step loop's per-step failure agreement or
+  # its after-step flag agreement on a failed metrics write and a pending stop).
+  if ! grep -qE "block[0-9]+\.moe a2a_|gradient|statistics|waiting [0-9]+ s in (failure|flag) agreement" "$OUT"; then
     fail "$name" "message names no phase"; return; fi
   if [ "$(grep -c "collective timeout:" "$OUT")" -ne 1 ]; then
     fail "$name" "not exactly one timeout message"; return; fi
