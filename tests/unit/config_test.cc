@@ -35,7 +35,8 @@ TEST(Config, ShippedConfigsAreValidOnFourAndTwoRanks) {
     const std::string name = entry.path().filename().string();
     auto c = LoadOk(entry.path().string());
     auto* moe = c.mutable_model()->mutable_moe();  // the file is named relative to the repo
-    if (!moe->superclass_file().empty()) moe->set_superclass_file(kSrc + "/" + moe->superclass_file());
+    if (!moe->superclass_file().empty())
+      moe->set_superclass_file(kSrc + "/" + moe->superclass_file());
     EXPECT_EQ(JoinedErrors(c, 4), "") << name << " on 4 ranks";
     EXPECT_EQ(JoinedErrors(c, 2), "") << name << " on 2 ranks";
   }
@@ -108,7 +109,8 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"model { moe { capacity_factor_eval: -1 } }", 4,
                 "model.moe.capacity_factor_eval=-1"},
         BadCase{"parallel { ep_size: 3 }", 4, "parallel.ep_size=3"},
-        BadCase{"parallel { ep_size: -1 }", 4, "parallel.ep_size=-1: must be >= 0 (0 = every rank of the job)"},
+        BadCase{"parallel { ep_size: -1 }", 4,
+                "parallel.ep_size=-1: must be >= 0 (0 = every rank of the job)"},
         BadCase{"parallel { ep_size: 0 }", 3,
                 "model.moe.num_experts=8: not divisible by parallel.ep_size=3"},
         BadCase{"parallel { ranks_per_node: -1 }", 4, "parallel.ranks_per_node=-1: must be >= 0"},
