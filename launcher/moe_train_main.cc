@@ -562,6 +562,27 @@ int EndEarly(Job* job, int exit_code) {
   return exit_code;
 }
 
+// BLAS threads from OPENBLAS_NUM_THREADS / OMP_NUM_THREADS (else 1); a bad value is a config
+// error on every rank.
+void SetBlasThreadsOrFail(int rank) {
+  const BlasThreadChoice blas = SetBlasThreadsFromEnv();
+  FailTogetherIf(blas.threads == 0, "config error: " + blas.error, kExitConfig);
+  LOG_IF(INFO, rank == 0) << "BLAS threads per rank: " << blas.threads << " (" << blas.source
+                          << ")";
+}
+
+// This rank's view of the training image stream.
+TrainStream TrainStreamOf(const Job& job) {
+  TrainStream stream;
+  stream.data = &job.train;
+  stream.stream_images = job.train.count;
+  stream.seed = job.config.seed();
+  stream.rank = job.rank;
+  stream.batch_per_rank = job.batch;
+  stream.augment = AugmentOptionsFromConfig(job.config);
+  return stream;
+}
+
 int Run(char** argv) {
   Job job;
   MPI_Comm_rank(MPI_COMM_WORLD, &job.rank);
@@ -579,10 +600,7 @@ int Run(char** argv) {
   // killed by SIGPIPE without a word.
   signal(SIGPIPE, SIG_IGN);
   FailTogetherIf(!log_dir_ok, log_dir_error, kExitConfig);
-  const BlasThreadChoice blas = SetBlasThreadsFromEnv();
-  FailTogetherIf(blas.threads == 0, "config error: " + blas.error, kExitConfig);
-  LOG_IF(INFO, job.rank == 0) << "BLAS threads per rank: " << blas.threads << " ("
-                              << blas.source << ")";
+  SetBlasThreadsOrFail(job.rank);
 
   MetricsWriter metrics;
   job.metrics = &metrics;
@@ -606,15 +624,8 @@ int Run(char** argv) {
   const int64_t first_step = ResumeIfAsked(&job);
 
   const auto start = std::chrono::steady_clock::now();
-  TrainStream stream;
-  stream.data = &job.train;
-  stream.stream_images = job.train.count;
-  stream.seed = job.config.seed();
-  stream.rank = job.rank;
-  stream.batch_per_rank = job.batch;
-  stream.augment = AugmentOptionsFromConfig(job.config);
   TrainSteps steps(&job, first_step);
-  RunTrainLoop(&session, stream, first_step, job.config.steps(), &steps);
+  RunTrainLoop(&session, TrainStreamOf(job), first_step, job.config.steps(), &steps);
   if (steps.end() == LoopEnd::kSignal) return EndEarly(&job, kExitSignalBase + steps.signal());
   if (steps.end() == LoopEnd::kStopAtStep) return EndEarly(&job, kExitOk);
   const double train_seconds =

@@ -21,8 +21,8 @@ CudaPipelinedTokenDispatcher::CudaPipelinedTokenDispatcher(const std::string& la
                                                            std::shared_ptr<CudaMoeContext> cuda,
                                                            int num_experts, int ep_size, int dim,
                                                            int chunks)
-    : layer_(layer), cuda_(std::move(cuda)), num_experts_(num_experts), ep_size_(ep_size),
-      dim_(dim), max_chunks_(chunks) {
+    : ExpertDrivingDispatcher(layer), cuda_(std::move(cuda)), num_experts_(num_experts),
+      ep_size_(ep_size), dim_(dim), max_chunks_(chunks) {
   CHECK_GE(chunks, 1) << layer << ": parallel.pipeline_chunks=" << chunks << " must be >= 1";
   // Non-blocking: the compute stream must not serialise with the legacy stream behind our back;
   // every ordering with it is explicit (Fork, Join, NewDeviceTensor).
@@ -226,33 +226,6 @@ Tensor CudaPipelinedTokenDispatcher::BackwardThroughExperts(const Tensor& dy,
   }
   Join();
   return dx;
-}
-
-Tensor CudaPipelinedTokenDispatcher::Dispatch(const Tensor&, const DispatchPlan&) {
-  LOG(FATAL) << layer_ << ": the pipelined dispatcher runs the experts itself; call "
-             << "ForwardThroughExperts";
-  return Tensor();
-}
-
-const std::vector<int64_t>& CudaPipelinedTokenDispatcher::expert_rows() const {
-  LOG(FATAL) << layer_ << ": the pipelined dispatcher has expert rows per chunk only";
-  static const std::vector<int64_t> none;
-  return none;
-}
-
-Tensor CudaPipelinedTokenDispatcher::Combine(const Tensor&) {
-  LOG(FATAL) << layer_ << ": the pipelined dispatcher combines in ForwardThroughExperts";
-  return Tensor();
-}
-
-Tensor CudaPipelinedTokenDispatcher::CombineBackward(const Tensor&, const GateGradTarget&) {
-  LOG(FATAL) << layer_ << ": the pipelined dispatcher runs BackwardThroughExperts";
-  return Tensor();
-}
-
-Tensor CudaPipelinedTokenDispatcher::DispatchBackward(const Tensor&) {
-  LOG(FATAL) << layer_ << ": the pipelined dispatcher runs BackwardThroughExperts";
-  return Tensor();
 }
 
 }  // namespace moe

@@ -37,7 +37,7 @@
 
 namespace moe {
 
-class CudaPipelinedTokenDispatcher : public TokenDispatcher {
+class CudaPipelinedTokenDispatcher : public ExpertDrivingDispatcher {
  public:
   CudaPipelinedTokenDispatcher(const std::string& layer, std::shared_ptr<CudaMoeContext> cuda,
                                int num_experts, int ep_size, int dim, int chunks);
@@ -50,18 +50,10 @@ class CudaPipelinedTokenDispatcher : public TokenDispatcher {
   void* device_stream() const override { return compute_; }
   void SyncIfProfiling() override;
 
-  bool drives_experts() const override { return true; }
   Tensor ForwardThroughExperts(const Tensor& x, const DispatchPlan& plan,
                                const ExpertsForwardFn& experts) override;
   Tensor BackwardThroughExperts(const Tensor& dy, const GateGradTarget& gate_grad,
                                 const ExpertsBackwardFn& experts) override;
-
-  // The separate calls make no sense for a dispatcher that drives the experts: CHECK-fail.
-  Tensor Dispatch(const Tensor& x, const DispatchPlan& plan) override;
-  const std::vector<int64_t>& expert_rows() const override;
-  Tensor Combine(const Tensor& expert_out) override;
-  Tensor CombineBackward(const Tensor& dy, const GateGradTarget& gate_grad) override;
-  Tensor DispatchBackward(const Tensor& d_expert_in) override;
 
  private:
   // A chunk with its device block tables, dispatch maps and returned expert rows.
@@ -85,7 +77,6 @@ class CudaPipelinedTokenDispatcher : public TokenDispatcher {
   void Join();  // the communicator stream after the compute stream
   cudaEvent_t ChunkEvent(int c);
 
-  std::string layer_;
   std::shared_ptr<CudaMoeContext> cuda_;
   int num_experts_, ep_size_, dim_, max_chunks_;
   int64_t rows_ = 0;

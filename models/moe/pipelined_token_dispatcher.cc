@@ -23,7 +23,7 @@ std::vector<int64_t> Floats(const std::vector<int64_t>& rows_per_peer, int64_t d
 
 PipelinedTokenDispatcher::PipelinedTokenDispatcher(const std::string& layer, Communicator* comm,
                                                    int num_experts, int dim, int chunks)
-    : layer_(layer), comm_(comm), num_experts_(num_experts), dim_(dim),
+    : ExpertDrivingDispatcher(layer), comm_(comm), num_experts_(num_experts), dim_(dim),
       ep_size_(comm->Size(GroupKind::kExpert)), max_chunks_(chunks) {
   CHECK_GE(chunks, 1) << layer << ": parallel.pipeline_chunks=" << chunks << " must be >= 1";
 }
@@ -151,33 +151,6 @@ Tensor PipelinedTokenDispatcher::BackwardThroughExperts(const Tensor& dy,
   ScopedPhase ph(profiler_, "dispatch_bwd");
   for (size_t c = 0; c < chunks_.size(); ++c) DispatchBackwardInto(chunks_[c], d_send[c], &dx);
   return dx;
-}
-
-Tensor PipelinedTokenDispatcher::Dispatch(const Tensor&, const DispatchPlan&) {
-  LOG(FATAL) << layer_ << ": the pipelined dispatcher runs the experts itself; call "
-             << "ForwardThroughExperts";
-  return Tensor();
-}
-
-const std::vector<int64_t>& PipelinedTokenDispatcher::expert_rows() const {
-  LOG(FATAL) << layer_ << ": the pipelined dispatcher has expert rows per chunk only";
-  static const std::vector<int64_t> none;
-  return none;
-}
-
-Tensor PipelinedTokenDispatcher::Combine(const Tensor&) {
-  LOG(FATAL) << layer_ << ": the pipelined dispatcher combines in ForwardThroughExperts";
-  return Tensor();
-}
-
-Tensor PipelinedTokenDispatcher::CombineBackward(const Tensor&, const GateGradTarget&) {
-  LOG(FATAL) << layer_ << ": the pipelined dispatcher runs BackwardThroughExperts";
-  return Tensor();
-}
-
-Tensor PipelinedTokenDispatcher::DispatchBackward(const Tensor&) {
-  LOG(FATAL) << layer_ << ": the pipelined dispatcher runs BackwardThroughExperts";
-  return Tensor();
 }
 
 }  // namespace moe

@@ -30,24 +30,16 @@
 
 namespace moe {
 
-class PipelinedTokenDispatcher : public TokenDispatcher {
+class PipelinedTokenDispatcher : public ExpertDrivingDispatcher {
  public:
   // chunks >= 1: the most chunks a Forward uses (never more than its routing groups).
   PipelinedTokenDispatcher(const std::string& layer, Communicator* comm, int num_experts,
                            int dim, int chunks);
 
-  bool drives_experts() const override { return true; }
   Tensor ForwardThroughExperts(const Tensor& x, const DispatchPlan& plan,
                                const ExpertsForwardFn& experts) override;
   Tensor BackwardThroughExperts(const Tensor& dy, const GateGradTarget& gate_grad,
                                 const ExpertsBackwardFn& experts) override;
-
-  // The separate calls make no sense for a dispatcher that drives the experts: CHECK-fail.
-  Tensor Dispatch(const Tensor& x, const DispatchPlan& plan) override;
-  const std::vector<int64_t>& expert_rows() const override;
-  Tensor Combine(const Tensor& expert_out) override;
-  Tensor CombineBackward(const Tensor& dy, const GateGradTarget& gate_grad) override;
-  Tensor DispatchBackward(const Tensor& d_expert_in) override;
 
   // Chunks of the last Forward.
   int chunks_used() const { return static_cast<int>(chunks_.size()); }
@@ -70,7 +62,6 @@ class PipelinedTokenDispatcher : public TokenDispatcher {
   Tensor CombineBackwardOf(const Chunk& c, const Tensor& dy, float* d_gate) const;
   void DispatchBackwardInto(const Chunk& c, const Tensor& d_send, Tensor* dx) const;
 
-  std::string layer_;
   Communicator* comm_;
   int num_experts_, dim_, ep_size_, max_chunks_;
   int64_t rows_ = 0;

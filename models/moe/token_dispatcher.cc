@@ -25,6 +25,32 @@ Tensor TokenDispatcher::BackwardThroughExperts(const Tensor&, const GateGradTarg
   return Tensor();
 }
 
+Tensor ExpertDrivingDispatcher::Dispatch(const Tensor&, const DispatchPlan&) {
+  LOG(FATAL) << layer_ << ": this dispatcher runs the experts itself; call ForwardThroughExperts";
+  return Tensor();
+}
+
+const std::vector<int64_t>& ExpertDrivingDispatcher::expert_rows() const {
+  LOG(FATAL) << layer_ << ": this dispatcher has expert rows per chunk only";
+  static const std::vector<int64_t> none;
+  return none;
+}
+
+Tensor ExpertDrivingDispatcher::Combine(const Tensor&) {
+  LOG(FATAL) << layer_ << ": this dispatcher combines in ForwardThroughExperts";
+  return Tensor();
+}
+
+Tensor ExpertDrivingDispatcher::CombineBackward(const Tensor&, const GateGradTarget&) {
+  LOG(FATAL) << layer_ << ": this dispatcher runs BackwardThroughExperts";
+  return Tensor();
+}
+
+Tensor ExpertDrivingDispatcher::DispatchBackward(const Tensor&) {
+  LOG(FATAL) << layer_ << ": this dispatcher runs BackwardThroughExperts";
+  return Tensor();
+}
+
 DispatchLayout ComputeDispatchLayout(const std::vector<int64_t>& block_rows,
                                      const std::vector<int64_t>& recv_block_rows, int E, int EP,
                                      int64_t G) {

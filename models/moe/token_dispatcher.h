@@ -22,6 +22,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "core/profiler.h"
@@ -109,6 +111,23 @@ class TokenDispatcher {
 
  protected:
   Profiler* profiler_ = nullptr;
+};
+
+// Base of the dispatchers that drive the experts themselves (drives_experts(): the PIPELINED
+// ones, host and device): the separate Dispatch / Combine calls make no sense for them and
+// CHECK-fail, naming the layer.
+class ExpertDrivingDispatcher : public TokenDispatcher {
+ public:
+  explicit ExpertDrivingDispatcher(std::string layer) : layer_(std::move(layer)) {}
+  bool drives_experts() const final { return true; }
+  Tensor Dispatch(const Tensor& x, const DispatchPlan& plan) final;
+  const std::vector<int64_t>& expert_rows() const final;
+  Tensor Combine(const Tensor& expert_out) final;
+  Tensor CombineBackward(const Tensor& dy, const GateGradTarget& gate_grad) final;
+  Tensor DispatchBackward(const Tensor& d_expert_in) final;
+
+ protected:
+  std::string layer_;
 };
 
 // The host bookkeeping every dispatcher needs from the block sizes.
