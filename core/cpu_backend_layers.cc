@@ -70,6 +70,19 @@ Tensor CpuBackend::LayerNormBackward(const Tensor& x, const Tensor& dy, const Te
   return dx;
 }
 
+Tensor CpuBackend::ScaleSegments(const Tensor& x, const std::vector<float>& scales) const {
+  const int64_t segments = static_cast<int64_t>(scales.size());
+  CHECK(segments > 0 && x.numel() % segments == 0)
+      << "ScaleSegments: " << x.ShapeString() << " does not split into " << segments
+      << " segments";
+  const int64_t per_segment = x.numel() / segments;
+  Tensor y(x.shape());
+  for (int64_t b = 0; b < segments; ++b)
+    for (int64_t i = b * per_segment; i < (b + 1) * per_segment; ++i)
+      y.data()[i] = x.data()[i] * scales[b];
+  return y;
+}
+
 Tensor CpuBackend::MeanPoolTokensForward(const Tensor& x, int64_t tokens) const {
   const int64_t batch = x.dim(0) / tokens, dim = x.dim(1);
   Tensor y({batch, dim});

@@ -299,9 +299,6 @@ void ValidateRecipe(const proto::TrainConfig& c, Checker* k) {
     k->Bad("model.drop_path_rate", Checker::Num(dp),
            "stochastic depth is built into the families \"vit\", \"mobile_vmoe\" and "
            "\"mixer\", not \"" + family + "\"");
-  if (c.device() == "cuda")
-    k->Bad("model.drop_path_rate", Checker::Num(dp),
-           "not supported on the CUDA path yet (device: \"cuda\"); host path only");
 }
 
 // One message per field: the generic range check and a family's own check may both fire for

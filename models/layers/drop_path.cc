@@ -26,22 +26,6 @@ DropPath::DropPath(float rate, int residual, const DropPathContext* context)
   CHECK(context != nullptr) << "DropPath: no context";
 }
 
-namespace {
-// y = x with image b's elements multiplied by scales[b] (a fresh host tensor).
-Tensor ScaleImages(const Tensor& x, const std::vector<float>& scales) {
-  CHECK(x.device() == Device::kCPU) << "DropPath runs on the host path only";
-  const int64_t images = static_cast<int64_t>(scales.size());
-  CHECK(images > 0 && x.numel() % images == 0)
-      << "DropPath: " << x.ShapeString() << " does not split into " << images << " images";
-  const int64_t per_image = x.numel() / images;
-  Tensor y(x.shape());
-  for (int64_t b = 0; b < images; ++b)
-    for (int64_t i = b * per_image; i < (b + 1) * per_image; ++i)
-      y.data()[i] = x.data()[i] * scales[b];
-  return y;
-}
-}  // namespace
-
 Tensor DropPath::Forward(const Tensor& x) {
   scales_.clear();
   if (!context_->training || rate_ == 0.f) return x;
@@ -50,12 +34,12 @@ Tensor DropPath::Forward(const Tensor& x) {
     scales_.push_back(
         DropPathKeeps(context_->step_key, residual_, context_->first_image + b, rate_) ? kept
                                                                                         : 0.f);
-  return ScaleImages(x, scales_);
+  return BackendFor(x.device()).ScaleSegments(x, scales_);
 }
 
 Tensor DropPath::Backward(const Tensor& dy) {
   if (scales_.empty()) return dy;  // the identity Forward
-  return ScaleImages(dy, scales_);
+  return BackendFor(dy.device()).ScaleSegments(dy, scales_);
 }
 
 }  // namespace moe

@@ -9,7 +9,8 @@
 // RNG (core/rng.h), so every EP x DP layout draws the same mask for the same image.
 //
 // The net owns one DropPathContext (net.h) and sets it before every Forward (the trainer:
-// training flag, step, this rank's first global image); its DropPath layers read it. Host only.
+// training flag, step, this rank's first global image); its DropPath layers read it. The masks
+// are drawn on the host; the scaling runs on the tensor's device (Backend::ScaleSegments).
 #pragma once
 
 #include <cstdint>

@@ -23,6 +23,7 @@
 #include "core/tensor.h"
 #include "models/layers/attention.h"
 #include "core/backend.h"
+#include "models/layers/drop_path.h"
 #include "models/layers/gelu.h"
 #include "models/layers/layer_norm.h"
 #include "models/layers/linear.h"
@@ -171,6 +172,24 @@ void CompareAttention(const std::string& what, int64_t dim, int heads, int64_t t
   const std::vector<float> after = dev.qkv()->bias()->grad.ToVector();
   for (int64_t j = dim; j < 2 * dim; ++j)
     EXPECT_EQ(after[j], before[j]) << what << ": key-bias grad changed at " << j - dim;
+}
+
+// Stochastic depth: the same host-drawn masks scale each image's rows on either device, one
+// float multiply per element, so y and dx must be bit-equal (a tolerance of one part in 1e-7 of
+// the largest magnitude only absorbs nothing). Rate 0.5 over 6 images must drop some and keep
+// some, or the kernel's indexing is not exercised.
+TEST_F(LayersGpuTest, DropPathScalesEachImage) {
+  DropPathContext ctx;
+  ctx.training = true;
+  ctx.step_key = DropPathStepKey(/*seed=*/1234, /*step=*/7);
+  ctx.first_image = 40;
+  ctx.batch_images = 6;
+  DropPath host(0.5f, /*residual=*/3, &ctx), dev(0.5f, 3, &ctx);
+  CompareTwins("DropPath", &host, &dev, {6 * 5, 12}, 11, 1e-7);
+  const std::vector<float>& s = host.image_scales();
+  ASSERT_EQ(s.size(), 6u);
+  EXPECT_TRUE(std::count(s.begin(), s.end(), 0.f) > 0 && std::count(s.begin(), s.end(), 2.f) > 0)
+      << "rate 0.5 over 6 images should drop some and keep some at this key";
 }
 
 TEST_F(LayersGpuTest, Attention) { CompareAttention("Attention", 32, 4, 16, 3, 9); }

@@ -11,6 +11,7 @@
 #include "core/kernels/cuda/cuda_backend.h"
 #include "core/kernels/cuda/cuda_check.h"
 #include "core/kernels/cuda/dense_kernels.h"
+#include "core/kernels/cuda/drop_path_kernels.h"
 #include "core/kernels/cuda/gelu_kernels.h"
 
 namespace moe {
@@ -70,6 +71,22 @@ Tensor CudaBackend::LayerNormBackward(const Tensor& x, const Tensor& dy, const T
   LayerNormBackwardCuda(x.data(), dy.data(), gamma.data(), mean.data(), rstd.data(), rows, dim,
                         dx.data(), dgamma->data(), dbeta->data());
   return dx;
+}
+
+// The scales (one per image, a few dozen floats) go up synchronously on the legacy stream, where
+// the dense layers and this kernel run, so the copy is ordered before the kernel.
+Tensor CudaBackend::ScaleSegments(const Tensor& x, const std::vector<float>& scales) const {
+  const int64_t segments = static_cast<int64_t>(scales.size());
+  CHECK(segments > 0 && x.numel() % segments == 0)
+      << "ScaleSegments: " << x.ShapeString() << " does not split into " << segments
+      << " segments";
+  Tensor y = NewTensor(x.shape());
+  if (x.numel() == 0) return y;
+  Tensor scales_dev = NewTensor({segments});
+  CUDA_CHECK(cudaMemcpy(scales_dev.data(), scales.data(), segments * sizeof(float),
+                        cudaMemcpyHostToDevice));
+  ScaleSegmentsCuda(x.data(), scales_dev.data(), segments, x.numel() / segments, y.data());
+  return y;
 }
 
 Tensor CudaBackend::MeanPoolTokensForward(const Tensor& x, int64_t tokens) const {
