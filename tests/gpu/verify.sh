@@ -20,7 +20,8 @@
 #   mpi_<name>        the multi-rank CPU tests (tests/mpi) on 4 ranks, as a check of the bundled MPI
 #   launcher_smoke    moe_train, V-MoE tiny, a few steps on 4 ranks on the bundled Fashion-MNIST
 #   launcher_cuda_np1/np4  the same with device "cuda" on 1 rank and on 4 ranks sharing the GPU
-#                     (20 steps each; the loss must fall)
+#                     (20 steps each; the loss must fall; np1 with drop-path, label smoothing and
+#                     flips on, the recipe's device kernels)
 # and writes $OUT/gpu_report.md (each step's command, exit code, time and output tail) and
 # $OUT/gpu_steps.log (all output). Exits 0 only if every step passed.
 #
@@ -390,7 +391,8 @@ EOF2
     mpirun -np 1 "${MOE_MPIRUN_FLAGS[@]}" "$B/bin/moe_train" \
     --config="$ROOT/launcher/configs/vmoe_tiny.pbtxt" --steps=20 --log_dir="$TMPD/logs_cuda1" \
     --metrics_out="$TMPD/m_cuda1.jsonl" \
-    --override="device: \"cuda\" log_every: 5 parallel { ep_size: 1 } $data_ovr"
+    --override="device: \"cuda\" log_every: 5 parallel { ep_size: 1 } $data_ovr
+    model { drop_path_rate: 0.1 } recipe { label_smoothing: 0.1 horizontal_flip: true }"
   step launcher_cuda_np4 gpu_only "$STEP_TIMEOUT" "$TMPD/loss_falls.sh" "$TMPD/m_cuda4.jsonl" \
     "${MPIRUN[@]}" "$B/bin/moe_train" --allow_shared_gpu \
     --config="$ROOT/launcher/configs/vmoe_tiny.pbtxt" --steps=20 --log_dir="$TMPD/logs_cuda4" \
