@@ -1,3 +1,7 @@
+// Plain float arithmetic, each operation rounded once: exp_f32::Exp must match the device's bit
+// for bit (core/kernels/cpu/exp_f32.h).
+#pragma GCC optimize("fp-contract=off")
+
 #include "models/moe/router_math.h"
 
 #include <glog/logging.h>
@@ -6,15 +10,28 @@
 #include <cmath>
 #include <vector>
 
+#include "core/kernels/cpu/exp_f32.h"
 #include "core/kernels/cpu/softmax.h"
 
 namespace moe {
 
-// The router's softmax is the same maths as attention's: one implementation in core.
+// exp in float (vectorised over the row), the sum and the normalisation in double. The CUDA
+// kernel (SoftmaxForwardKernel, core/kernels/cuda/moe_routing_kernels.cu) performs the same
+// operations in the same order, the sum included, so both give the same bits.
 void SoftmaxRows(const float* logits, int64_t n, int E, float* probs) {
   CHECK_GE(n, 0);
   CHECK_GE(E, 1);
-  SoftmaxForwardRows(logits, n, E, probs);
+  for (int64_t t = 0; t < n; ++t) {
+    const float* x = logits + t * E;
+    float* y = probs + t * E;
+    float mx = x[0];
+    for (int j = 1; j < E; ++j) mx = std::max(mx, x[j]);  // a NaN makes the sum, so the row, NaN
+    for (int j = 0; j < E; ++j) y[j] = exp_f32::Exp(x[j] - mx);  // y may alias x: x[j] read first
+    double sum = 0;
+    for (int j = 0; j < E; ++j) sum += y[j];
+    const double inv = 1.0 / sum;
+    for (int j = 0; j < E; ++j) y[j] = static_cast<float>(y[j] * inv);
+  }
 }
 
 void SoftmaxRowsBackward(const float* probs, const float* dprobs, int64_t n, int E, float* dlogits) {

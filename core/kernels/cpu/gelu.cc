@@ -32,4 +32,12 @@ void GeluBackward(const float* x, const float* dy, float* dx, int64_t n) {
   }
 }
 
+void NormalTailAndPdf(const float* z, int64_t n, float* tail, float* pdf) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) tail[i] = 0.5f * std::erfc(z[i] * kInvSqrt2);
+  if (pdf == nullptr) return;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) pdf[i] = kInvSqrt2Pi * std::exp(-0.5f * z[i] * z[i]);
+}
+
 }  // namespace moe

@@ -14,4 +14,12 @@ void GeluForward(const float* x, float* y, int64_t n);
 // dx[i] = dy[i] * gelu'(x[i]) (written, not accumulated). dx may alias dy (not x).
 void GeluBackward(const float* x, const float* dy, float* dx, int64_t n);
 
+// The standard normal's upper tail and density that GELU is made of, vectorised the same way (the
+// router's load loss reads them for every (row, expert) pair):
+//   tail[i] = 1 - Phi(z[i]) = 0.5 erfc(z[i] / sqrt(2)),  pdf[i] = exp(-z[i]^2 / 2) / sqrt(2 pi).
+// Float erfc/exp from libmvec, each within a few ulps (2.6e-7 relative measured against the
+// scalar functions, see gelu.cc); erfc keeps its relative accuracy in the far tail, so does tail.
+// pdf may be nullptr (then only the tail is computed).
+void NormalTailAndPdf(const float* z, int64_t n, float* tail, float* pdf);
+
 }  // namespace moe
