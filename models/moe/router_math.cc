@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "core/kernels/cpu/exp_f32.h"
@@ -15,18 +16,35 @@
 
 namespace moe {
 
-// exp in float (vectorised over the row), the sum and the normalisation in double. The CUDA
-// kernel (SoftmaxForwardKernel, core/kernels/cuda/moe_routing_kernels.cu) performs the same
-// operations in the same order, the sum included, so both give the same bits.
+namespace {
+
+// x[i] -> exp_f32::Exp(x[i]) over a whole block. Exp is basic float operations only (no FMA, no
+// library call), so every vector width gives the same bits: the clones (AVX-512, AVX2, baseline
+// SSE; picked once at load time by the CPU) only change the speed.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void ExpInPlace(float* x,
+                                                                             int64_t count) {
+  for (int64_t i = 0; i < count; ++i) x[i] = exp_f32::Exp(x[i]);
+}
+
+}  // namespace
+
+// exp in float, the sum and the normalisation in double. The CUDA kernel (SoftmaxForwardKernel,
+// core/kernels/cuda/moe_routing_kernels.cu) performs the same operations in the same order, the
+// sum included, so both give the same bits. Router rows are short (E experts): the exps run as one
+// flat loop over a block of rows, which vectorises where a loop of E per row would not.
 void SoftmaxRows(const float* logits, int64_t n, int E, float* probs) {
   CHECK_GE(n, 0);
   CHECK_GE(E, 1);
-  for (int64_t t = 0; t < n; ++t) {
+  for (int64_t t = 0; t < n; ++t) {  // y = x - max, row by row (y may alias x)
     const float* x = logits + t * E;
     float* y = probs + t * E;
     float mx = x[0];
     for (int j = 1; j < E; ++j) mx = std::max(mx, x[j]);  // a NaN makes the sum, so the row, NaN
-    for (int j = 0; j < E; ++j) y[j] = exp_f32::Exp(x[j] - mx);  // y may alias x: x[j] read first
+    for (int j = 0; j < E; ++j) y[j] = x[j] - mx;
+  }
+  ExpInPlace(probs, n * E);
+  for (int64_t t = 0; t < n; ++t) {
+    float* y = probs + t * E;
     double sum = 0;
     for (int j = 0; j < E; ++j) sum += y[j];
     const double inv = 1.0 / sum;
@@ -79,6 +97,31 @@ bool TopKRowOnePass(const float* p, int E, int k, int* expert, float* gate) {
   return true;
 }
 
+// TopKRowOnePass for k = 2, the common case, with selects instead of the insertion loop's
+// data-dependent branches (the order of router probabilities is random: branches mispredict).
+// Same rule: an entry moves ahead only of strictly smaller values. False when it meets a NaN.
+bool Top2RowOnePass(const float* p, int E, int* expert, float* gate) {
+  float g0 = p[0], g1 = -std::numeric_limits<float>::infinity();
+  int e0 = 0, e1 = -1;
+  bool nan = p[0] != p[0];
+  for (int j = 1; j < E; ++j) {
+    const float v = p[j];
+    nan |= v != v;
+    const bool first = v > g0, second = v > g1;
+    // first: (v, old best); else second: (best, v); else unchanged.
+    g1 = first ? g0 : (second ? v : g1);
+    e1 = first ? e0 : (second ? j : e1);
+    g0 = first ? v : g0;
+    e0 = first ? j : e0;
+  }
+  if (nan || e1 < 0) return false;  // e1 < 0: every other entry is -inf; the scans place them
+  expert[0] = e0;
+  expert[1] = e1;
+  gate[0] = g0;
+  gate[1] = g1;
+  return true;
+}
+
 }  // namespace
 
 void TopKRows(const float* probs, int64_t n, int E, int k, int* expert, float* gate) {
@@ -87,7 +130,9 @@ void TopKRows(const float* probs, int64_t n, int E, int k, int* expert, float* g
   std::vector<char> used(E);
   for (int64_t t = 0; t < n; ++t) {
     const float* p = probs + t * E;
-    if (!TopKRowOnePass(p, E, k, expert + t * k, gate + t * k))
+    const bool done = k == 2 ? Top2RowOnePass(p, E, expert + t * k, gate + t * k)
+                             : TopKRowOnePass(p, E, k, expert + t * k, gate + t * k);
+    if (!done)
       TopKRowByScans(p, E, k, used, expert + t * k, gate + t * k);
   }
 }

@@ -1,10 +1,15 @@
-// exp_f32::Exp (core/kernels/cpu/exp_f32.h), the router softmax's float exp, against double exp.
+// exp_f32::Exp (core/kernels/cpu/exp_f32.h), the router softmax's float exp, against double exp;
+// and the router's SoftmaxRows built on it (models/moe/router_math.h).
 #include "core/kernels/cpu/exp_f32.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <limits>
+#include <vector>
+
+#include "core/rng.h"
+#include "models/moe/router_math.h"
 
 namespace moe {
 namespace {
@@ -47,6 +52,67 @@ TEST(ExpF32, UnderflowNegativeInfinityAndNaN) {
   // Just above the cut: a normal float close to exp(x).
   const float x = -87.29f;
   EXPECT_NEAR(exp_f32::Exp(x) / std::exp(static_cast<double>(x)), 1.0, kTwoUlps);
+}
+
+// Logits as the router sees them (a few units wide), plus a row shifted far up (the max
+// subtraction), a flat row and a row spanning the underflow cut.
+std::vector<float> RouterLogits(int64_t n, int E) {
+  const CounterRng rng(7 + E);
+  std::vector<float> x(n * E);
+  for (int64_t i = 0; i < n * E; ++i) x[i] = 2.f * rng.Normal(i);
+  for (int j = 0; j < E; ++j) x[1 * E + j] += 80.f;
+  for (int j = 0; j < E; ++j) x[2 * E + j] = 0.5f;
+  for (int j = 0; j < E; ++j) x[3 * E + j] = -100.f * j / E;
+  return x;
+}
+
+// The contract the CUDA kernel mirrors: Exp(x - max) per entry, then the double sum in index
+// order and the double normalisation -- bit for bit, whatever vector width the host used.
+TEST(RouterSoftmax, IsExpF32ThenDoubleNormalisationBitForBit) {
+  for (int E : {1, 2, 7, 8, 33, 128}) {
+    const int64_t n = 37;
+    const std::vector<float> x = RouterLogits(n, E);
+    std::vector<float> got(n * E);
+    SoftmaxRows(x.data(), n, E, got.data());
+    for (int64_t t = 0; t < n; ++t) {
+      const float* xr = x.data() + t * E;
+      float mx = xr[0];
+      for (int j = 1; j < E; ++j) mx = std::max(mx, xr[j]);
+      std::vector<float> e(E);
+      double sum = 0;
+      for (int j = 0; j < E; ++j) sum += e[j] = exp_f32::Exp(xr[j] - mx);
+      for (int j = 0; j < E; ++j)
+        ASSERT_EQ(got[t * E + j], static_cast<float>(e[j] * (1.0 / sum))) << E << " " << t;
+    }
+    std::vector<float> in_place = x;  // probs may alias logits
+    SoftmaxRows(in_place.data(), n, E, in_place.data());
+    EXPECT_EQ(in_place, got);
+  }
+}
+
+// Against the exact softmax of the float logits (double exp), with u = 2^-24 (an ulp is at most
+// 2u of the value): d_j = x_j - max rounds in float (|d_j| u relative error in exp(d_j)), Exp adds
+// 2 ulps, the sum of exps is off by at most 2 ulps plus sum_j e_j |d_j| u / sum_j e_j <= u / e
+// (|d| e^d <= 1/e, and the sum >= 1), the final rounding half an ulp: (9.4 + |d_j|) u in all.
+// Entries below 2^-126 (flushed by Exp) only absolutely.
+TEST(RouterSoftmax, WithinItsDerivedBoundOfTheDoubleSoftmax) {
+  for (int E : {2, 8, 128}) {
+    const int64_t n = 64;
+    const std::vector<float> x = RouterLogits(n, E);
+    std::vector<float> got(n * E);
+    SoftmaxRows(x.data(), n, E, got.data());
+    for (int64_t t = 0; t < n; ++t) {
+      const float* xr = x.data() + t * E;
+      const double mx = *std::max_element(xr, xr + E);
+      double sum = 0;
+      for (int j = 0; j < E; ++j) sum += std::exp(xr[j] - mx);
+      for (int j = 0; j < E; ++j) {
+        const double want = std::exp(xr[j] - mx) / sum;
+        const double bound = (9.4 + std::abs(xr[j] - mx)) * 5.9604645e-08 * want + 1.2e-38;
+        ASSERT_NEAR(got[t * E + j], want, bound) << E << " " << t;
+      }
+    }
+  }
 }
 
 }  // namespace
