@@ -40,11 +40,10 @@ class CpuExpertCompute : public ExpertCompute {
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < D; ++j) w.db2[j] += dy[i * D + j];
     SgemmPacked(false, true, m, H, D, 1.f, dy, w.w2, 0.f, dh);
-    ActivationBackward(s, pre, dh, m * H);  // in place: dH_pre = act'(H_pre) * dH
+    // In place, dH_pre = act'(H_pre) * dH, and db1 += colsum(dH_pre) in the same pass.
+    ActivationBackward(s, pre, dh, m, H, w.db1);
     // First layer.
     SgemmPacked(true, false, D, H, m, 1.f, x, dh, 1.f, w.dw1);
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < H; ++j) w.db1[j] += dh[i * H + j];
     SgemmPacked(false, true, m, D, H, 1.f, dh, w.w1, 0.f, dx);
   }
 
@@ -57,14 +56,18 @@ class CpuExpertCompute : public ExpertCompute {
     for (int64_t i = 0; i < n; ++i) act[i] = pre[i] > 0.f ? pre[i] : 0.f;
   }
   static void ActivationBackward(const ExpertShape& s, const float* pre, float* d_act,
-                                 int64_t n) {
+                                 int64_t rows, int64_t cols, float* d_bias) {
     if (s.activation == MoeLayerOptions::Activation::kGelu) {
-      GeluBackward(pre, d_act, d_act, n);
+      GeluBackwardWithColumnSums(pre, d_act, rows, cols, d_bias);
       return;
     }
     // ReLU's derivative at exactly 0 is taken as 0 (the subgradient PyTorch and TF use).
-    for (int64_t i = 0; i < n; ++i)
-      if (!(pre[i] > 0.f)) d_act[i] = 0.f;
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j) {
+        float& d = d_act[i * cols + j];
+        if (!(pre[i * cols + j] > 0.f)) d = 0.f;
+        d_bias[j] += d;
+      }
   }
   std::vector<float> scratch_;
 };

@@ -40,6 +40,22 @@ MOE_SIMD_CLONES void GeluBackward(const float* x, const float* dy, float* dx, in
   }
 }
 
+MOE_SIMD_CLONES void GeluBackwardWithColumnSums(const float* x, float* d, int64_t rows,
+                                                int64_t cols, float* col_sum) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* xi = x + i * cols;
+    float* di = d + i * cols;
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j) {
+      const float v = xi[j];
+      const float cdf = 0.5f * std::erfc(-v * kInvSqrt2);
+      const float pdf = kInvSqrt2Pi * std::exp(-0.5f * v * v);
+      di[j] = di[j] * (cdf + v * pdf);
+      col_sum[j] += di[j];
+    }
+  }
+}
+
 MOE_SIMD_CLONES void NormalTailAndPdf(const float* z, int64_t n, float* tail, float* pdf) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) tail[i] = 0.5f * std::erfc(z[i] * kInvSqrt2);
