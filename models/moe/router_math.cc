@@ -122,17 +122,73 @@ bool Top2RowOnePass(const float* p, int E, int* expert, float* gate) {
   return true;
 }
 
+// Top2RowOnePass on kTop2Lanes rows at once: the lanes are rows, so the selects vectorise
+// (strided loads) where one row's E-long dependency chain cannot. Rows that the one-pass rule
+// cannot settle (NaN, or fewer than two entries above -inf) are flagged for the caller.
+constexpr int kTop2Lanes = 16;
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void Top2RowsLanes(
+    const float* p, int E, int* expert, float* gate, bool* unsettled) {
+  float g0[kTop2Lanes], g1[kTop2Lanes];
+  int e0[kTop2Lanes], e1[kTop2Lanes], nan[kTop2Lanes];
+  for (int r = 0; r < kTop2Lanes; ++r) {
+    g0[r] = p[r * E];
+    g1[r] = -std::numeric_limits<float>::infinity();
+    e0[r] = 0;
+    e1[r] = -1;
+    nan[r] = g0[r] != g0[r];
+  }
+  for (int j = 1; j < E; ++j) {
+    for (int r = 0; r < kTop2Lanes; ++r) {
+      const float v = p[r * E + j];
+      nan[r] |= v != v;
+      const bool first = v > g0[r], second = v > g1[r];
+      g1[r] = first ? g0[r] : (second ? v : g1[r]);
+      e1[r] = first ? e0[r] : (second ? j : e1[r]);
+      g0[r] = first ? v : g0[r];
+      e0[r] = first ? j : e0[r];
+    }
+  }
+  for (int r = 0; r < kTop2Lanes; ++r) {
+    unsettled[r] = nan[r] || e1[r] < 0;
+    expert[2 * r] = e0[r];
+    expert[2 * r + 1] = e1[r];
+    gate[2 * r] = g0[r];
+    gate[2 * r + 1] = g1[r];
+  }
+}
+
+// k = 2 over all rows: blocks of kTop2Lanes rows, then row by row; unsettled rows by the scans.
+void Top2Rows(const float* probs, int64_t n, int E, int* expert, float* gate) {
+  std::vector<char> used(E);
+  bool unsettled[kTop2Lanes];
+  int64_t t = 0;
+  for (; t + kTop2Lanes <= n; t += kTop2Lanes) {
+    Top2RowsLanes(probs + t * E, E, expert + 2 * t, gate + 2 * t, unsettled);
+    for (int r = 0; r < kTop2Lanes; ++r)
+      if (unsettled[r])
+        TopKRowByScans(probs + (t + r) * E, E, 2, used, expert + 2 * (t + r), gate + 2 * (t + r));
+  }
+  for (; t < n; ++t) {
+    const float* p = probs + t * E;
+    if (!Top2RowOnePass(p, E, expert + 2 * t, gate + 2 * t))
+      TopKRowByScans(p, E, 2, used, expert + 2 * t, gate + 2 * t);
+  }
+}
+
 }  // namespace
 
 void TopKRows(const float* probs, int64_t n, int E, int k, int* expert, float* gate) {
   CHECK_GE(n, 0);
   CHECK(k >= 1 && k <= E) << "TopKRows: need 1 <= k <= E, got k=" << k << " E=" << E;
+  if (k == 2 && E >= 2) {
+    Top2Rows(probs, n, E, expert, gate);
+    return;
+  }
   std::vector<char> used(E);
   for (int64_t t = 0; t < n; ++t) {
     const float* p = probs + t * E;
-    const bool done = k == 2 ? Top2RowOnePass(p, E, expert + t * k, gate + t * k)
-                             : TopKRowOnePass(p, E, k, expert + t * k, gate + t * k);
-    if (!done)
+    if (!TopKRowOnePass(p, E, k, expert + t * k, gate + t * k))
       TopKRowByScans(p, E, k, used, expert + t * k, gate + t * k);
   }
 }

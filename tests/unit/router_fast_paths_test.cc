@@ -64,6 +64,35 @@ TEST(RouterFastPaths, TopKRowsWithNaNKeepsTheScanOrder) {
   EXPECT_EQ(expert[3], 7 - 4);
 }
 
+// k = 2 takes blocks of 16 rows at once: rows with NaN or -inf inside such a block, and in the
+// remainder, must still give the k-scan result (each scan takes the first unused entry that no
+// later entry beats with a strict '>').
+TEST(RouterFastPaths, Top2BlocksWithNaNAndInfinitiesKeepTheScanOrder) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  for (int E : {2, 3, 8, 20}) {
+    const int64_t n = 53;  // three blocks of 16 and a remainder of 5
+    std::vector<float> p = TiedRows(n, E, 40 + E);
+    for (int64_t t = 0; t < n; t += 3) p[t * E + (t % E)] = nan;      // NaN first, last, inside
+    for (int64_t t = 1; t < n; t += 7)
+      for (int j = 0; j < E; ++j) p[t * E + j] = j == 0 ? 1.f : -inf;  // one entry above -inf
+    std::vector<int> expert(n * 2);
+    std::vector<float> gate(n * 2);
+    TopKRows(p.data(), n, E, 2, expert.data(), gate.data());
+    for (int64_t t = 0; t < n; ++t) {
+      const float* row = p.data() + t * E;
+      std::vector<char> used(E, 0);
+      for (int r = 0; r < 2; ++r) {
+        int best = -1;
+        for (int j = 0; j < E; ++j)
+          if (!used[j] && (best < 0 || row[j] > row[best])) best = j;
+        used[best] = 1;
+        ASSERT_EQ(expert[t * 2 + r], best) << "E=" << E << " t=" << t << " r=" << r;
+      }
+    }
+  }
+}
+
 // The load loss as aux_losses.h defines it, in double, erfc and exp for every pair. Also returns
 // z and dL/dload for the error bound.
 struct LoadLossRef {
