@@ -12,6 +12,8 @@
 #include "core/rng.h"
 #include "models/moe/aux_losses.h"
 #include "models/moe/router_math.h"
+#include "models/moe/routing_rule.h"
+#include "models/moe/slot_assignment.h"
 
 namespace moe {
 namespace {
@@ -89,6 +91,22 @@ TEST(RouterFastPaths, Top2BlocksWithNaNAndInfinitiesKeepTheScanOrder) {
         used[best] = 1;
         ASSERT_EQ(expert[t * 2 + r], best) << "E=" << E << " t=" << t << " r=" << r;
       }
+    }
+  }
+}
+
+// The BPR order by packed keys equals the stable sort's, with ties, both zeros, infinities and
+// NaN among the gates, for k = 1 and 2 and group sizes around a sort's small-size cut-offs.
+TEST(RouterFastPaths, BatchPrioritizedOrderByKeysEqualsStableSort) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (int k : {1, 2}) {
+    for (int64_t n : {0, 1, 2, 15, 16, 17, 128, 1000}) {
+      std::vector<float> gate = TiedRows(n, k, 300 + n);
+      for (int64_t t = 0; t < n; t += 5) gate[t * k] = nan;
+      for (int64_t t = 2; t < n; t += 11) gate[t * k] = 1e-3f * static_cast<float>(t);
+      EXPECT_EQ(BatchPrioritizedOrderByKeys(gate.data(), n, k),
+                BatchPrioritizedOrder(gate.data(), n, k))
+          << "k=" << k << " n=" << n;
     }
   }
 }
