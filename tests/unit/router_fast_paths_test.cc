@@ -157,9 +157,9 @@ LoadLossRef LoadLossReference(const std::vector<float>& h, const std::vector<flo
 // constant 1 / sqrt(2 pi) and the product with it.
 constexpr double kU = 5.9604645e-08;
 constexpr double kLib = 10 * kU;
-// Below the smallest normal float the float tail and density flush to 0 (or lose relative
-// accuracy as subnormals): an absolute error of at most FLT_MIN.
-constexpr double kTiny = 1.1754944e-38;
+// Beyond |z| = 12 the float tail and density take their limits (0 or 1, and 0): an absolute
+// error of at most phi(12) = 5.4e-32 (1 - Phi(12) = 1.8e-33 is smaller).
+constexpr double kTiny = 5.4e-32;
 
 // First-order bound on |loss - ref.loss| from the per-load bounds: sum_e |dL/dload_e| dload_err_e.
 // Doubled for the neglected second-order terms (products of two relative errors, each < 1e-5).

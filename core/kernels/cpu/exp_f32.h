@@ -85,8 +85,11 @@ MOE_EXP_HD float Exp(float x) {
   p = Add(1.f, Mul(r, p));
   // 2^n for n in [-126, 0]: exponent field n + 127 (unsigned arithmetic: wraps, never UB).
   const float two_n = FloatOf((n_bits + 127u) << 23);
-  const float e = Mul(p, two_n);
-  return x < kUnderflow ? 0.f : e;
+  // 0 below the cut: a mask on the bits rather than a select, which the host compilers turn into
+  // branches for some targets (and branches stop the row loops from vectorising). NaN fails the
+  // comparison, so it keeps its (NaN) bits.
+  const uint32_t keep = 0u - static_cast<uint32_t>(!(x < kUnderflow));
+  return FloatOf(BitsOf(Mul(p, two_n)) & keep);
 }
 
 }  // namespace exp_f32

@@ -1,5 +1,6 @@
 #include "core/kernels/cpu/gelu.h"
 
+#include <algorithm>
 #include <cmath>
 
 // Speed: this file alone is built with -ffast-math -fopenmp-simd (core/CMakeLists.txt), so the
@@ -56,12 +57,26 @@ MOE_SIMD_CLONES void GeluBackwardWithColumnSums(const float* x, float* d, int64_
   }
 }
 
+// libmvec's erfc and exp leave the vector path for a scalar one on any lane whose result
+// underflows; the load loss meets such z for most pairs at large E. So the functions only see
+// |z| <= kTailCut, and the far tail takes its limits (1 - Phi = 0 or 1, phi = 0), off by at most
+// 1 - Phi(12) = 1.8e-33 and phi(12) = 5.4e-32.
+constexpr float kTailCut = 12.f;
+
 MOE_SIMD_CLONES void NormalTailAndPdf(const float* z, int64_t n, float* tail, float* pdf) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) tail[i] = 0.5f * std::erfc(z[i] * kInvSqrt2);
+  for (int64_t i = 0; i < n; ++i) {
+    const float zc = std::min(std::max(z[i], -kTailCut), kTailCut);
+    const float q = 0.5f * std::erfc(zc * kInvSqrt2);
+    tail[i] = z[i] > kTailCut ? 0.f : (z[i] < -kTailCut ? 1.f : q);
+  }
   if (pdf == nullptr) return;
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) pdf[i] = kInvSqrt2Pi * std::exp(-0.5f * z[i] * z[i]);
+  for (int64_t i = 0; i < n; ++i) {
+    const float zc = std::min(std::max(z[i], -kTailCut), kTailCut);
+    const float d = kInvSqrt2Pi * std::exp(-0.5f * zc * zc);
+    pdf[i] = std::abs(z[i]) > kTailCut ? 0.f : d;
+  }
 }
 
 }  // namespace moe
