@@ -1,10 +1,3 @@
-// The update loop vectorises only without errno (a vector sqrt needs it); FMA contraction stays
-// off so that every vector width rounds each operation once, exactly as the scalar loop did:
-// mul, add, div and sqrt are correctly rounded in IEEE float, so the results are bit-identical.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("fp-contract=off", "no-math-errno")
-#endif
-
 #include "core/optim/adamw.h"
 
 #include <glog/logging.h>
@@ -52,10 +45,8 @@ const AdamWMoments* AdamW::FindMoments(const Parameter* p) const {
   return it == state_.end() ? nullptr : &it->second;
 }
 
-// One fused float pass per tensor, in AVX-512, AVX2 or baseline SSE vectors (clones picked once
-// at load time by the CPU; all give the same bits, see the top of the file).
-__attribute__((target_clones("avx512f", "avx2", "default"))) void AdamWUpdateHost(
-    float* w, const float* g, float* m, float* v, int64_t n, const AdamWStepScalars& s) {
+void AdamWUpdateHost(float* w, const float* g, float* m, float* v, int64_t n,
+                     const AdamWStepScalars& s) {
   const double t = static_cast<double>(s.step);
   const float b1 = s.beta1, b2 = s.beta2, eps = s.eps, lr = s.lr;
   // Bias corrections folded into the step size and the denominator, computed in double.

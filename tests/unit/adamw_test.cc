@@ -1,9 +1,6 @@
 // AdamW against hand-computed updates, the weight-decay rule, and the warm-up + cosine schedule.
 #include <gtest/gtest.h>
 
-#include <cmath>
-#include <vector>
-
 #include "core/optim/adamw.h"
 #include "core/optim/lr_schedule.h"
 
@@ -155,44 +152,6 @@ TEST(AdamW, FrozenParameterIsLeftUntouched) {
   router.frozen = false;
   opt.Step({&router, &expert}, 0.1f);
   EXPECT_LT(router.value.at(0), 0.75f);
-}
-
-// The vectorised update (AdamWUpdateHost, any SIMD width) gives the scalar loop's bits: each
-// operation is correctly rounded once either way. The reference below is that loop, written
-// with volatile stores so that the compiler keeps it scalar and in this order.
-TEST(AdamW, VectorisedUpdateEqualsTheScalarLoopBitForBit) {
-  const int64_t n = 1000 + 13;  // not a multiple of any vector width
-  AdamWStepScalars s;
-  s.lr = 3e-3f;
-  s.beta1 = 0.9f;
-  s.beta2 = 0.999f;
-  s.eps = 1e-8f;
-  s.weight_decay = 0.05f;
-  s.step = 7;
-  std::vector<float> w(n), g(n), m(n), v(n);
-  for (int64_t i = 0; i < n; ++i) {
-    w[i] = std::sin(0.37f * i);
-    g[i] = std::cos(0.11f * i) * (i % 7 == 0 ? 1e-6f : 1.f);
-    m[i] = 0.01f * std::sin(0.5f * i);
-    v[i] = 1e-4f * (1.f + std::cos(0.3f * i));
-  }
-  std::vector<float> w2 = w, m2 = m, v2 = v;
-  AdamWUpdateHost(w.data(), g.data(), m.data(), v.data(), n, s);
-  const double t = static_cast<double>(s.step);
-  const float bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(s.beta1), t));
-  const float bc2_sqrt =
-      static_cast<float>(std::sqrt(1.0 - std::pow(static_cast<double>(s.beta2), t)));
-  const float decay = s.lr * s.weight_decay;
-  for (int64_t i = 0; i < n; ++i) {
-    volatile float mi = s.beta1 * m2[i] + (1.f - s.beta1) * g[i];
-    volatile float vi = s.beta2 * v2[i] + (1.f - s.beta2) * g[i] * g[i];
-    const float m_hat = mi / bc1;
-    const float denom = std::sqrt(static_cast<float>(vi)) / bc2_sqrt + s.eps;
-    volatile float wi = w2[i] - decay * w2[i] - s.lr * m_hat / denom;
-    ASSERT_EQ(m[i], mi) << i;
-    ASSERT_EQ(v[i], vi) << i;
-    ASSERT_EQ(w[i], wi) << i;
-  }
 }
 
 }  // namespace

@@ -66,14 +66,14 @@ constexpr float kTailCut = 12.f;
 MOE_SIMD_CLONES void NormalTailAndPdf(const float* z, int64_t n, float* tail, float* pdf) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
-    const float zc = std::min(std::max(z[i], -kTailCut), kTailCut);
+    const float zc = std::fmin(std::fmax(z[i], -kTailCut), kTailCut);
     const float q = 0.5f * std::erfc(zc * kInvSqrt2);
     tail[i] = z[i] > kTailCut ? 0.f : (z[i] < -kTailCut ? 1.f : q);
   }
   if (pdf == nullptr) return;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
-    const float zc = std::min(std::max(z[i], -kTailCut), kTailCut);
+    const float zc = std::fmin(std::fmax(z[i], -kTailCut), kTailCut);
     const float d = kInvSqrt2Pi * std::exp(-0.5f * zc * zc);
     pdf[i] = std::abs(z[i]) > kTailCut ? 0.f : d;
   }
