@@ -1,13 +1,13 @@
 #include "core/kernels/cpu/gelu.h"
 
-#include <algorithm>
 #include <cmath>
 
 // Speed: this file alone is built with -ffast-math -fopenmp-simd (core/CMakeLists.txt), so the
 // loops below call glibc's vector math (libmvec: 4 erfc/exp per call) instead of the scalar
 // functions. Measured 8x faster than scalar erfc at 2.6e-7 max relative difference; GELU was ~25%
-// of the expert phase before. Nothing here tests for NaN, so fast-math changes no decision; NaN
-// inputs still come out NaN through the arithmetic.
+// of the expert phase before. The GELU loops test nothing, so fast-math changes no decision there;
+// NaN inputs still come out NaN through the arithmetic (NormalTailAndPdf's far-tail comparisons
+// leave NaN's result unspecified, as its header says).
 //
 // Each loop is compiled three times (GCC function multi-versioning, picked once at load time by
 // the CPU): AVX-512 (libmvec's 16-wide erfc/exp), AVX2 (8-wide) and the baseline (SSE, 4-wide).
