@@ -4,6 +4,10 @@
 
 #include <cmath>
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 namespace moe {
 
 namespace {
@@ -53,7 +57,31 @@ void AdamWUpdateHost(float* w, const float* g, float* m, float* v, int64_t n,
   const float bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(b1), t));
   const float bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(static_cast<double>(b2), t)));
   const float decay = lr * s.weight_decay;
-  for (int64_t i = 0; i < n; ++i) {
+  int64_t i = 0;
+#if defined(__SSE2__)
+  // Four elements at a time with SSE (x86-64's baseline): the scalar loop's operations in its
+  // order, each rounded once (mul, add, div and sqrt are correctly rounded in IEEE float), so the
+  // same bits; the compiler does not vectorise the scalar loop itself because std::sqrt may set
+  // errno.
+  const __m128 vb1 = _mm_set1_ps(b1), vb2 = _mm_set1_ps(b2), vc1 = _mm_set1_ps(1.f - b1),
+               vc2 = _mm_set1_ps(1.f - b2), vbc1 = _mm_set1_ps(bc1),
+               vbc2 = _mm_set1_ps(bc2_sqrt), veps = _mm_set1_ps(eps),
+               vdecay = _mm_set1_ps(decay), vlr = _mm_set1_ps(lr);
+  for (; i + 4 <= n; i += 4) {
+    const __m128 gi = _mm_loadu_ps(g + i);
+    const __m128 mi = _mm_add_ps(_mm_mul_ps(vb1, _mm_loadu_ps(m + i)), _mm_mul_ps(vc1, gi));
+    const __m128 vi = _mm_add_ps(_mm_mul_ps(vb2, _mm_loadu_ps(v + i)),
+                                 _mm_mul_ps(_mm_mul_ps(vc2, gi), gi));
+    _mm_storeu_ps(m + i, mi);
+    _mm_storeu_ps(v + i, vi);
+    const __m128 m_hat = _mm_div_ps(mi, vbc1);
+    const __m128 denom = _mm_add_ps(_mm_div_ps(_mm_sqrt_ps(vi), vbc2), veps);
+    const __m128 wi = _mm_loadu_ps(w + i);
+    _mm_storeu_ps(w + i, _mm_sub_ps(_mm_sub_ps(wi, _mm_mul_ps(vdecay, wi)),
+                                    _mm_div_ps(_mm_mul_ps(vlr, m_hat), denom)));
+  }
+#endif
+  for (; i < n; ++i) {
     const float gi = g[i];
     m[i] = b1 * m[i] + (1.f - b1) * gi;
     v[i] = b2 * v[i] + (1.f - b2) * gi * gi;

@@ -3,7 +3,8 @@
 // Each function returns the loss value of ONE group (n tokens, E experts, row-major [n, E]
 // inputs) and, if the gradient pointer is non-null, ACCUMULATES grad_scale * d(loss)/d(input)
 // into it. The gradient is weight-free: the MoE layer passes grad_scale = weight /
-// num_global_groups (the aux loss is the mean over groups). All arithmetic is in double.
+// num_global_groups (the aux loss is the mean over groups). All arithmetic is in double, except
+// LoadLoss's per-pair z, Phi and phi (float, see there).
 // CV(v) = std(v) / mean(v) with the population std; a non-positive mean gives loss 0, no gradient.
 #pragma once
 
@@ -35,6 +36,9 @@ double ImportanceLoss(const float* probs_clean, int64_t n, int E, float grad_sca
 //   dL/dh[x, e]  += g_e * phi(z_e) / (sigma n)            z_e = (t - h_e) / sigma, g = dL/dload
 //   dL/dh[x, j*] -= sum_e g_e * phi(z_e) / (sigma n)
 // (for e = j* the two cancel: p_{j*} = 1 - Phi(eps_{j*} / sigma) depends on the noise only).
+// z, 1 - Phi(z) and phi(z) are computed in float (NormalTailAndPdf, core/kernels/cpu/gelu.h):
+// z within 1 float ulp, 1 - Phi(z) and phi(z) within a few ulps of their values at that z; the
+// sums over tokens, CV^2 and the gradient's products in double.
 double LoadLoss(const float* clean_logits, const float* noisy_logits, int64_t n, int E, int k,
                 float sigma, float grad_scale, float* dclean_logits);
 

@@ -47,6 +47,7 @@ void ExpertBank::MoveTo(Device device) {
     }
   }
   caches_.clear();
+  previous_.clear();
   compute_.reset();
 }
 
@@ -65,6 +66,21 @@ ExpertCompute& ExpertBank::ComputeOn(Device device) {
   return *compute_;
 }
 
+// The bank alone holds its caches' hidden tensors, and the previous step's Backward has read them
+// by the time the next Forward runs; on the host nothing else orders the two (on a device, a
+// stream would have to), so the host reuses them when the row count is unchanged.
+Tensor ExpertBank::HiddenRows(ExpertCompute& c, int chunk, Tensor Cache::*buffer, int64_t rows) {
+  if (c.device() == Device::kCPU && chunk < static_cast<int>(previous_.size())) {
+    Tensor& old = previous_[chunk].*buffer;
+    if (old.device() == Device::kCPU && old.numel() == rows * hidden_ && rows > 0) {
+      Tensor reused = old;
+      old = Tensor();
+      return reused;
+    }
+  }
+  return c.NewRows(rows, hidden_);
+}
+
 Tensor ExpertBank::Forward(const Tensor& input, const std::vector<int64_t>& rows_per_expert,
                            int chunk) {
   CHECK(chunk == 0 || chunk == static_cast<int>(caches_.size()))
@@ -80,13 +96,16 @@ Tensor ExpertBank::Forward(const Tensor& input, const std::vector<int64_t>& rows
   CHECK_EQ(total, input.dim(0)) << "expert rows do not add up to the dispatched rows";
   ExpertCompute& c = ComputeOn(input.device());
   const ExpertShape shape{dim_, hidden_, activation_};
-  if (chunk == 0) caches_.clear();
+  if (chunk == 0) {
+    previous_.swap(caches_);
+    caches_.clear();
+  }
   caches_.resize(chunk + 1);
   Cache& k = caches_[chunk];
   k.input = input;
   k.rows = rows_per_expert;
-  k.hidden_pre = c.NewRows(total, hidden_);
-  k.hidden_act = c.NewRows(total, hidden_);
+  k.hidden_pre = HiddenRows(c, chunk, &Cache::hidden_pre, total);
+  k.hidden_act = HiddenRows(c, chunk, &Cache::hidden_act, total);
   Tensor out = c.NewRows(total, dim_);
   int64_t row = 0;
   for (int l = 0; l < num_local_; ++l) {

@@ -61,6 +61,10 @@ class ExpertBank {
     std::vector<int64_t> rows;
   };
   std::vector<Cache> caches_;
+  // The previous step's caches, whose host hidden buffers the next Forward writes over instead of
+  // allocating fresh ones (fresh pages cost a page fault each on first touch).
+  std::vector<Cache> previous_;
+  Tensor HiddenRows(ExpertCompute& c, int chunk, Tensor Cache::*buffer, int64_t rows);
   void* cuda_stream_ = nullptr;
   std::unique_ptr<ExpertCompute> compute_;
   void* compute_stream_ = nullptr;

@@ -21,7 +21,7 @@ class CpuExpertCompute : public ExpertCompute {
     const int64_t D = s.dim, H = s.hidden;
     for (int64_t i = 0; i < m; ++i) std::copy(w.b1, w.b1 + H, pre + i * H);
     SgemmPacked(false, false, m, H, D, 1.f, x, w.w1, 1.f, pre);
-    ActivationForward(s, pre, act, m * H);
+    ActivationForward(s, pre, act, m, H);
     for (int64_t i = 0; i < m; ++i) std::copy(w.b2, w.b2 + D, y + i * D);
     SgemmPacked(false, false, m, D, H, 1.f, act, w.w2, 1.f, y);
   }
@@ -40,31 +40,39 @@ class CpuExpertCompute : public ExpertCompute {
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < D; ++j) w.db2[j] += dy[i * D + j];
     SgemmPacked(false, true, m, H, D, 1.f, dy, w.w2, 0.f, dh);
-    ActivationBackward(s, pre, dh, m * H);  // in place: dH_pre = act'(H_pre) * dH
+    // In place, dH_pre = act'(H_pre) * dH, and db1 += colsum(dH_pre) in the same pass.
+    ActivationBackward(s, pre, dh, m, H, w.db1);
     // First layer.
     SgemmPacked(true, false, D, H, m, 1.f, x, dh, 1.f, w.dw1);
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < H; ++j) w.db1[j] += dh[i * H + j];
     SgemmPacked(false, true, m, D, H, 1.f, dh, w.w1, 0.f, dx);
   }
 
  private:
-  static void ActivationForward(const ExpertShape& s, const float* pre, float* act, int64_t n) {
+  // Row by row: an element's GELU then takes the same path (a vector lane or the loop's scalar
+  // remainder, whose libm erfc differs from libmvec's in the last bits) whatever the number of
+  // rows, so an expert's output row never depends on which other rows share its call (the
+  // PIPELINED dispatcher's chunks must give FLAT's bits).
+  static void ActivationForward(const ExpertShape& s, const float* pre, float* act, int64_t rows,
+                                int64_t cols) {
     if (s.activation == MoeLayerOptions::Activation::kGelu) {
-      GeluForward(pre, act, n);
+      for (int64_t i = 0; i < rows; ++i) GeluForward(pre + i * cols, act + i * cols, cols);
       return;
     }
-    for (int64_t i = 0; i < n; ++i) act[i] = pre[i] > 0.f ? pre[i] : 0.f;
+    for (int64_t i = 0; i < rows * cols; ++i) act[i] = pre[i] > 0.f ? pre[i] : 0.f;
   }
   static void ActivationBackward(const ExpertShape& s, const float* pre, float* d_act,
-                                 int64_t n) {
+                                 int64_t rows, int64_t cols, float* d_bias) {
     if (s.activation == MoeLayerOptions::Activation::kGelu) {
-      GeluBackward(pre, d_act, d_act, n);
+      GeluBackwardWithColumnSums(pre, d_act, rows, cols, d_bias);
       return;
     }
     // ReLU's derivative at exactly 0 is taken as 0 (the subgradient PyTorch and TF use).
-    for (int64_t i = 0; i < n; ++i)
-      if (!(pre[i] > 0.f)) d_act[i] = 0.f;
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j) {
+        float& d = d_act[i * cols + j];
+        if (!(pre[i * cols + j] > 0.f)) d = 0.f;
+        d_bias[j] += d;
+      }
   }
   std::vector<float> scratch_;
 };

@@ -7,6 +7,7 @@
 
 #include "core/gemm.h"
 #include "core/rng.h"
+#include "core/rng_normal_fill.h"
 #include "models/layers/layer_norm.h"
 #include "models/layers/linear.h"
 #include "models/moe/aux_losses.h"
@@ -124,8 +125,8 @@ void Router::AddNoise(const MoeStepContext& ctx, RoutingState* R) const {
   CounterRng rng(RouterNoiseKey(seed_, name_, ctx.step));
   R->noise_draw.resize(rows * E);
   for (int64_t g = 0; g < G; ++g)  // draw i of group g: NormalF32(global group, i)
-    rng.FillNormalF32(static_cast<uint64_t>(ctx.first_global_group + g), 0, per_group * E,
-                      R->noise_draw.data() + g * per_group * E);
+    FillNormalF32Lanes(rng, static_cast<uint64_t>(ctx.first_global_group + g), 0, per_group * E,
+                       R->noise_draw.data() + g * per_group * E);
   if (opt_.noise == RouterNoise::kFixed) {
     const float sigma = opt_.noise_scale / E;
     for (int64_t i = 0; i < rows * E; ++i) R->noisy_logits[i] += sigma * R->noise_draw[i];

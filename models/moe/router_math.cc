@@ -1,20 +1,55 @@
+// Plain float arithmetic, each operation rounded once: exp_f32::Exp must match the device's bit
+// for bit (core/kernels/cpu/exp_f32.h).
+#pragma GCC optimize("fp-contract=off")
+
 #include "models/moe/router_math.h"
 
 #include <glog/logging.h>
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
+#include "core/kernels/cpu/exp_f32.h"
 #include "core/kernels/cpu/softmax.h"
 
 namespace moe {
 
-// The router's softmax is the same maths as attention's: one implementation in core.
+namespace {
+
+// x[i] -> exp_f32::Exp(x[i]) over a whole block. Exp is basic float operations only (no FMA, no
+// library call), so every vector width gives the same bits: the clones (AVX-512, AVX2, baseline
+// SSE; picked once at load time by the CPU) only change the speed.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void ExpInPlace(float* x,
+                                                                             int64_t count) {
+  for (int64_t i = 0; i < count; ++i) x[i] = exp_f32::Exp(x[i]);
+}
+
+}  // namespace
+
+// exp in float, the sum and the normalisation in double. The CUDA kernel (SoftmaxForwardKernel,
+// core/kernels/cuda/moe_routing_kernels.cu) performs the same operations in the same order, the
+// sum included, so both give the same bits. Router rows are short (E experts): the exps run as one
+// flat loop over a block of rows, which vectorises where a loop of E per row would not.
 void SoftmaxRows(const float* logits, int64_t n, int E, float* probs) {
   CHECK_GE(n, 0);
   CHECK_GE(E, 1);
-  SoftmaxForwardRows(logits, n, E, probs);
+  for (int64_t t = 0; t < n; ++t) {  // y = x - max, row by row (y may alias x)
+    const float* x = logits + t * E;
+    float* y = probs + t * E;
+    float mx = x[0];
+    for (int j = 1; j < E; ++j) mx = std::max(mx, x[j]);  // a NaN makes the sum, so the row, NaN
+    for (int j = 0; j < E; ++j) y[j] = x[j] - mx;
+  }
+  ExpInPlace(probs, n * E);
+  for (int64_t t = 0; t < n; ++t) {
+    float* y = probs + t * E;
+    double sum = 0;
+    for (int j = 0; j < E; ++j) sum += y[j];
+    const double inv = 1.0 / sum;
+    for (int j = 0; j < E; ++j) y[j] = static_cast<float>(y[j] * inv);
+  }
 }
 
 void SoftmaxRowsBackward(const float* probs, const float* dprobs, int64_t n, int E, float* dlogits) {
@@ -62,11 +97,94 @@ bool TopKRowOnePass(const float* p, int E, int k, int* expert, float* gate) {
   return true;
 }
 
+// TopKRowOnePass for k = 2, the common case, with selects instead of the insertion loop's
+// data-dependent branches (the order of router probabilities is random: branches mispredict).
+// Same rule: an entry moves ahead only of strictly smaller values. False when it meets a NaN.
+bool Top2RowOnePass(const float* p, int E, int* expert, float* gate) {
+  float g0 = p[0], g1 = -std::numeric_limits<float>::infinity();
+  int e0 = 0, e1 = -1;
+  bool nan = p[0] != p[0];
+  for (int j = 1; j < E; ++j) {
+    const float v = p[j];
+    nan |= v != v;
+    const bool first = v > g0, second = v > g1;
+    // first: (v, old best); else second: (best, v); else unchanged.
+    g1 = first ? g0 : (second ? v : g1);
+    e1 = first ? e0 : (second ? j : e1);
+    g0 = first ? v : g0;
+    e0 = first ? j : e0;
+  }
+  if (nan || e1 < 0) return false;  // e1 < 0: every other entry is -inf; the scans place them
+  expert[0] = e0;
+  expert[1] = e1;
+  gate[0] = g0;
+  gate[1] = g1;
+  return true;
+}
+
+// Top2RowOnePass on kTop2Lanes rows at once: the lanes are rows, so the selects vectorise
+// (strided loads) where one row's E-long dependency chain cannot. Rows that the one-pass rule
+// cannot settle (NaN, or fewer than two entries above -inf) are flagged for the caller.
+constexpr int kTop2Lanes = 16;
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void Top2RowsLanes(
+    const float* p, int E, int* expert, float* gate, bool* unsettled) {
+  float g0[kTop2Lanes], g1[kTop2Lanes];
+  int e0[kTop2Lanes], e1[kTop2Lanes], nan[kTop2Lanes];
+  for (int r = 0; r < kTop2Lanes; ++r) {
+    g0[r] = p[r * E];
+    g1[r] = -std::numeric_limits<float>::infinity();
+    e0[r] = 0;
+    e1[r] = -1;
+    nan[r] = g0[r] != g0[r];
+  }
+  for (int j = 1; j < E; ++j) {
+    for (int r = 0; r < kTop2Lanes; ++r) {
+      const float v = p[r * E + j];
+      nan[r] |= v != v;
+      const bool first = v > g0[r], second = v > g1[r];
+      g1[r] = first ? g0[r] : (second ? v : g1[r]);
+      e1[r] = first ? e0[r] : (second ? j : e1[r]);
+      g0[r] = first ? v : g0[r];
+      e0[r] = first ? j : e0[r];
+    }
+  }
+  for (int r = 0; r < kTop2Lanes; ++r) {
+    unsettled[r] = nan[r] || e1[r] < 0;
+    expert[2 * r] = e0[r];
+    expert[2 * r + 1] = e1[r];
+    gate[2 * r] = g0[r];
+    gate[2 * r + 1] = g1[r];
+  }
+}
+
+// k = 2 over all rows: blocks of kTop2Lanes rows, then row by row; unsettled rows by the scans.
+void Top2Rows(const float* probs, int64_t n, int E, int* expert, float* gate) {
+  std::vector<char> used(E);
+  bool unsettled[kTop2Lanes];
+  int64_t t = 0;
+  for (; t + kTop2Lanes <= n; t += kTop2Lanes) {
+    Top2RowsLanes(probs + t * E, E, expert + 2 * t, gate + 2 * t, unsettled);
+    for (int r = 0; r < kTop2Lanes; ++r)
+      if (unsettled[r])
+        TopKRowByScans(probs + (t + r) * E, E, 2, used, expert + 2 * (t + r), gate + 2 * (t + r));
+  }
+  for (; t < n; ++t) {
+    const float* p = probs + t * E;
+    if (!Top2RowOnePass(p, E, expert + 2 * t, gate + 2 * t))
+      TopKRowByScans(p, E, 2, used, expert + 2 * t, gate + 2 * t);
+  }
+}
+
 }  // namespace
 
 void TopKRows(const float* probs, int64_t n, int E, int k, int* expert, float* gate) {
   CHECK_GE(n, 0);
   CHECK(k >= 1 && k <= E) << "TopKRows: need 1 <= k <= E, got k=" << k << " E=" << E;
+  if (k == 2 && E >= 2) {
+    Top2Rows(probs, n, E, expert, gate);
+    return;
+  }
   std::vector<char> used(E);
   for (int64_t t = 0; t < n; ++t) {
     const float* p = probs + t * E;

@@ -3,6 +3,8 @@
 #include <glog/logging.h>
 
 #include <algorithm>
+#include <cstring>
+#include <limits>
 
 #include "models/moe/capacity.h"
 #include "models/moe/router_math.h"
@@ -67,6 +69,27 @@ void TopKGatesBackward(const float* probs_row, const int* expert, const float* g
   for (int r = 0; r < k; ++r) d_probs_row[expert[r]] += static_cast<float>((d_gate[r] - dot) / S);
 }
 
+std::vector<int64_t> BatchPrioritizedOrderByKeys(const float* gate, int64_t n, int k) {
+  CHECK(n >= 0 && n <= int64_t{1} << 32) << "BatchPrioritizedOrderByKeys: n=" << n;
+  CHECK_GE(k, 1);
+  std::vector<uint64_t> keys(n);
+  for (int64_t t = 0; t < n; ++t) {
+    float g = gate[t * k];
+    if (g != g) g = -std::numeric_limits<float>::infinity();  // NaN sorts last
+    if (g == 0.f) g = 0.f;                                      // -0 ties with +0
+    uint32_t bits;
+    std::memcpy(&bits, &g, sizeof bits);
+    // Ascending float order as unsigned order: flip every bit of negatives, the sign of others;
+    // then complement for descending.
+    const uint32_t ascending = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+    keys[t] = (static_cast<uint64_t>(~ascending) << 32) | static_cast<uint64_t>(t);
+  }
+  std::sort(keys.begin(), keys.end());
+  std::vector<int64_t> order(n);
+  for (int64_t t = 0; t < n; ++t) order[t] = static_cast<int64_t>(keys[t] & 0xFFFFFFFFu);
+  return order;
+}
+
 void FillCapacitySlots(const MoeLayerOptions& o, int64_t capacity, RoutingState* R,
                        MoeMetrics* m) {
   const int E = o.num_experts, k = R->kc;
@@ -78,7 +101,7 @@ void FillCapacitySlots(const MoeLayerOptions& o, int64_t capacity, RoutingState*
   for (int64_t g = 0; g < G; ++g) {
     const int64_t t0 = g * n;
     const std::vector<int64_t> order =
-        o.batch_prioritized ? BatchPrioritizedOrder(R->gate.data() + t0 * k, n, k) : identity;
+        o.batch_prioritized ? BatchPrioritizedOrderByKeys(R->gate.data() + t0 * k, n, k) : identity;
     std::fill(counts.begin(), counts.end(), 0);
     m->dropped += AssignSlots(R->expert.data() + t0 * k, n, k, E, capacity, order,
                               R->slot.data() + t0 * k, counts.data());

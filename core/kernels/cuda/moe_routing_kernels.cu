@@ -32,6 +32,7 @@
 #include <climits>
 #include <cub/cub.cuh>
 
+#include "core/kernels/cpu/exp_f32.h"
 #include "core/kernels/cuda/cuda_check.h"
 
 namespace moe {
@@ -118,9 +119,11 @@ __global__ void __launch_bounds__(kRowThreads, 1)
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, off));
     // A NaN anywhere makes the sum NaN and the whole row NaN, as on the CPU.
-    double e[PL];
+    // exp in float with the host's own operations (exp_f32.h), the sum in double in the host's
+    // order (j ascending), so the probabilities match SoftmaxRows bit for bit.
+    float e[PL];
 #pragma unroll
-    for (int c = 0; c < PL; ++c) e[c] = exp(static_cast<double>(v[c]) - static_cast<double>(mx));
+    for (int c = 0; c < PL; ++c) e[c] = exp_f32::Exp(__fsub_rn(v[c], mx));
     double sum = 0;
 #pragma unroll
     for (int c = 0; c < PL; ++c) {
@@ -134,7 +137,7 @@ __global__ void __launch_bounds__(kRowThreads, 1)
 #pragma unroll
     for (int c = 0; c < PL; ++c) {
       const int j = c * 32 + lane;
-      if (j < E) yr[j] = static_cast<float>(e[c] * inv);
+      if (j < E) yr[j] = static_cast<float>(static_cast<double>(e[c]) * inv);
     }
   }
 }
