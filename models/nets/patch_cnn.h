@@ -71,7 +71,10 @@ class MeanPoolTokens;
 class Mlp;
 class Patchify;
 
-// Patches per image, n = (image_size / patch_size)^2.
+// The conv stride s (pmoe.patch_stride, or patch_size when 0), patches per side
+// g = (image_size - patch_size) / s + 1, and patches per image n = g^2.
+int64_t PmoeStride(const proto::ModelConfig& model);
+int64_t PmoeGrid(const proto::ModelConfig& model);
 int64_t PmoePatchesPerImage(const proto::ModelConfig& model);
 // Filters per expert: moe.expert_hidden_dim, or pmoe.conv_channels / num_experts when 0.
 int PmoeExpertHidden(const proto::ModelConfig& model);
@@ -103,9 +106,13 @@ class PatchCnn : public Net {
   // The router phase's forward: z = readout(router(mean over patches of h)), see above.
   Tensor RouterPhaseForward(const Tensor& h);
   void RouterPhaseBackward(const Tensor& dlogits);
+  // The per-region means [B*n, D] -> [B, G*G*D] and back.
+  Tensor Pool(const Tensor& y);
+  Tensor PoolBackward(const Tensor& dpooled);
 
   proto::ModelConfig config_;
   int64_t tokens_;
+  int64_t regions_ = 1;  // G*G pooling regions
   std::unique_ptr<Patchify> patchify_;
   std::unique_ptr<Linear> embed_;
   std::unique_ptr<MoeLayer> moe_;  // use_moe
@@ -118,6 +125,7 @@ class PatchCnn : public Net {
   // expert-to-class readout [E, num_classes] (not a Parameter: it never trains).
   std::unique_ptr<Linear> router_view_;
   std::unique_ptr<Linear> readout_;
+  std::unique_ptr<MeanPoolTokens> router_pool_;  // the router phase's mean over all n patches
   Phase phase_ = Phase::kJoint;
 };
 
