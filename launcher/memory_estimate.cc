@@ -174,12 +174,14 @@ void CountMixer(const proto::TrainConfig& c, MemoryEstimate* est) {
   AddMoeLayers(channel, sparse, c, est);
 }
 
-// family "pmoe": patch embedding, one MoE (or dense MLP) over the patches, pooled head.
+// family "pmoe": patch embedding, one MoE (or dense MLP) over the patches, a head on the G x G
+// region means (pmoe.pool_grid).
 void CountPatchCnn(const proto::TrainConfig& c, MemoryEstimate* est) {
   const proto::ModelConfig& m = c.model();
   const double D = m.hidden_dim();
   const double patch = static_cast<double>(m.channels()) * m.patch_size() * m.patch_size();
-  est->dense_params += LinearParams(patch, D) + LinearParams(D, m.num_classes());
+  const double regions = static_cast<double>(m.pmoe().pool_grid()) * m.pmoe().pool_grid();
+  est->dense_params += LinearParams(patch, D) + LinearParams(regions * D, m.num_classes());
   if (m.use_moe())
     AddMoeLayers(PmoeMoeOptions(m), 1, c, est);
   else

@@ -13,8 +13,16 @@
 
 namespace moe {
 
+int64_t PmoeStride(const proto::ModelConfig& model) {
+  return model.pmoe().patch_stride() > 0 ? model.pmoe().patch_stride() : model.patch_size();
+}
+
+int64_t PmoeGrid(const proto::ModelConfig& model) {
+  return (model.image_size() - model.patch_size()) / PmoeStride(model) + 1;
+}
+
 int64_t PmoePatchesPerImage(const proto::ModelConfig& model) {
-  const int64_t g = model.image_size() / model.patch_size();
+  const int64_t g = PmoeGrid(model);
   return g * g;
 }
 
@@ -53,7 +61,12 @@ void SetRouterReadout(Parameter* w, int experts, int classes) {
 PatchCnn::PatchCnn(const proto::ModelConfig& config, Communicator* comm, uint64_t seed)
     : config_(config) {
   const int D = config.hidden_dim();
-  patchify_ = std::make_unique<Patchify>(config.image_size(), config.channels(), config.patch_size());
+  const int64_t G = config.pmoe().pool_grid();
+  PatchifyOptions patches;
+  patches.stride = PmoeStride(config);
+  patches.region_grid = G;  // each region's tokens contiguous: the pool is a MeanPoolTokens
+  patchify_ = std::make_unique<Patchify>(config.image_size(), config.channels(),
+                                         config.patch_size(), patches);
   tokens_ = patchify_->tokens_per_image();
   embed_ = std::make_unique<Linear>("embed", patchify_->patch_dim(), D, seed);
   if (config.use_moe()) {
@@ -67,10 +80,12 @@ PatchCnn::PatchCnn(const proto::ModelConfig& config, Communicator* comm, uint64_
   } else {
     mlp_ = std::make_unique<Mlp>("mlp", D, config.pmoe().conv_channels(), seed);
   }
-  pool_ = std::make_unique<MeanPoolTokens>(tokens_);
-  head_ = std::make_unique<Linear>("head", D, config.num_classes(), seed);
+  regions_ = G * G;
+  pool_ = std::make_unique<MeanPoolTokens>(tokens_ / regions_);
+  head_ = std::make_unique<Linear>("head", regions_ * D, config.num_classes(), seed);
   if (moe_ && config.pmoe().recipe() == proto::PmoeConfig::ROUTER_THEN_EXPERTS) {
     const int E = moe_->options().num_experts;
+    router_pool_ = std::make_unique<MeanPoolTokens>(tokens_);  // all n patches, any pool_grid
     router_view_ = std::make_unique<Linear>("router_view", D, E, seed, /*bias=*/false);
     readout_ = std::make_unique<Linear>("router_readout", E, config.num_classes(), seed,
                                         /*bias=*/false);
@@ -116,6 +131,7 @@ void PatchCnn::MoveTo(Device d) {
   // The view's weight is re-bound to the router before each use, so its own buffers only need
   // to be somewhere; the readout's values must follow the net.
   if (router_view_) router_view_->MoveTo(d);
+  if (router_pool_) router_pool_->MoveTo(d);
   if (readout_) readout_->MoveTo(d);
 }
 
@@ -126,7 +142,7 @@ Tensor PatchCnn::RouterPhaseForward(const Tensor& h) {
   w->grad = routers_[0]->grad;
   // The scores are linear in the patch, so the mean of the n scores r_{j,s} is the score of the
   // mean patch: pool first, then one [B, D] x [D, E] GEMM.
-  return readout_->Forward(router_view_->Forward(pool_->Forward(h)));
+  return readout_->Forward(router_view_->Forward(router_pool_->Forward(h)));
 }
 
 void PatchCnn::RouterPhaseBackward(const Tensor& dlogits) {
@@ -139,7 +155,18 @@ Tensor PatchCnn::Forward(const Tensor& images) {
   if (phase_ == Phase::kRouters) return RouterPhaseForward(h);
   // Per-patch outputs: sum_s gate * E_s(x_j) (0 for patches no expert kept), or the dense Mlp.
   Tensor y = moe_ ? moe_->Forward(h) : mlp_->Forward(h);
-  return head_->Forward(pool_->Forward(y));
+  return head_->Forward(Pool(y));
+}
+
+Tensor PatchCnn::Pool(const Tensor& y) {
+  // [B*n, D] -> region means [B*G*G, D] (region-major tokens, patchify.h) -> [B, G*G*D].
+  const Tensor means = pool_->Forward(y);
+  return means.Reshape({means.dim(0) / regions_, regions_ * means.dim(1)});
+}
+
+Tensor PatchCnn::PoolBackward(const Tensor& dpooled) {
+  return pool_->Backward(
+      dpooled.Reshape({dpooled.dim(0) * regions_, dpooled.dim(1) / regions_}));
 }
 
 void PatchCnn::Backward(const Tensor& dlogits) {
@@ -147,7 +174,7 @@ void PatchCnn::Backward(const Tensor& dlogits) {
     RouterPhaseBackward(dlogits);
     return;
   }
-  Tensor dy = pool_->Backward(head_->Backward(dlogits));
+  Tensor dy = PoolBackward(head_->Backward(dlogits));
   Tensor dh = moe_ ? moe_->Backward(dy) : mlp_->Backward(dy);
   // embed's weight grads come from its Backward (skipped while it is frozen, so that its grad
   // stays 0 and out of the clipping norm); d(images) is not needed, so Patchify's Backward (a
@@ -160,8 +187,9 @@ double PatchCnn::FlopsPerImage() const {
   // and left out, as in the ViT's count). pMoE's capacity is exactly l patches per expert per
   // image, so the experts run E * l rows of width h; the dense CNN runs n rows of width m.
   const double n = static_cast<double>(tokens_), D = config_.hidden_dim();
-  const double P = static_cast<double>(config_.channels()) * config_.patch_size() * config_.patch_size();
-  double macs = n * P * D + D * config_.num_classes();  // embed (the conv's first half) + head
+  const double P = static_cast<double>(patchify_->patch_dim());
+  // embed (the conv's first half) + head on the G*G region means
+  double macs = n * P * D + regions_ * D * config_.num_classes();
   if (moe_) {
     const MoeLayerOptions& o = moe_->options();
     macs += n * D * o.num_experts;                                  // router scores r_{j,s}
@@ -185,6 +213,41 @@ std::unique_ptr<Net> CreatePatchCnn(const proto::TrainConfig& c, Communicator* c
   return std::make_unique<PatchCnn>(c.model(), comm, c.seed());
 }
 
+namespace {
+
+// pmoe.patch_stride and pmoe.pool_grid against the patch size and the grid they make (for a
+// valid patch size); false when either is unusable.
+bool ValidPatchGrid(const proto::TrainConfig& c, std::vector<std::string>* errors) {
+  const proto::ModelConfig& m = c.model();
+  const int p = m.patch_size(), span = m.image_size() - m.patch_size();
+  const int s = m.pmoe().patch_stride(), G = m.pmoe().pool_grid();
+  const size_t before = errors->size();
+  if (s < 0 || s > p || (s > 0 && span % s != 0))
+    errors->push_back(ConfigError(
+        "model.pmoe.patch_stride", std::to_string(s),
+        "must be 0 (= model.patch_size, non-overlapping) or in [1, model.patch_size=" +
+            std::to_string(p) + "] dividing model.image_size - model.patch_size = " +
+            std::to_string(span) + " (so that the last patch ends at the image's edge; a larger "
+            "stride would skip pixels)"));
+  const int64_t g = errors->size() == before ? PmoeGrid(m) : 0;
+  if (G < 1 || (g > 0 && g % G != 0))
+    errors->push_back(ConfigError(
+        "model.pmoe.pool_grid", std::to_string(G),
+        "must be >= 1 and divide the patch grid's side g = " + std::to_string(g) +
+            " (equal regions of the g x g patches)"));
+  if (c.device() == "cuda" && s > 0 && s != p)
+    errors->push_back(ConfigError("model.pmoe.patch_stride", std::to_string(s),
+                                  "overlapping patches are not supported on the CUDA path yet "
+                                  "(device: \"cuda\"); host path only"));
+  if (c.device() == "cuda" && G > 1)
+    errors->push_back(ConfigError("model.pmoe.pool_grid", std::to_string(G),
+                                  "region pooling is not supported on the CUDA path yet "
+                                  "(device: \"cuda\"); host path only"));
+  return errors->size() == before;
+}
+
+}  // namespace
+
 void ValidatePatchCnnConfig(const proto::TrainConfig& c, std::vector<std::string>* errors) {
   auto bad = [errors](const std::string& field, const std::string& value, const std::string& why) {
     errors->push_back(ConfigError(field, value, why));
@@ -194,7 +257,9 @@ void ValidatePatchCnnConfig(const proto::TrainConfig& c, std::vector<std::string
   const proto::MoeConfig& moe = m.moe();
   const proto::PmoeConfig& pm = m.pmoe();
   // Shapes themselves (patch_size divides image_size, ...) are checked by ValidateTrainConfig.
-  const bool shapes_ok = m.patch_size() > 0 && m.image_size() > 0 && m.image_size() % m.patch_size() == 0;
+  const bool shapes_ok = m.patch_size() > 0 && m.image_size() > 0 &&
+                         m.image_size() % m.patch_size() == 0 &&
+                         ValidPatchGrid(c, errors);
   const int64_t n = shapes_ok ? PmoePatchesPerImage(m) : 0;
   if (pm.conv_channels() <= 0)
     bad("model.pmoe.conv_channels", str(pm.conv_channels()), "must be >= 1");

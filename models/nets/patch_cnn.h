@@ -1,25 +1,38 @@
 // PatchCnn (family "pmoe"): pMoE (Chowdhury et al., ICML 2023) and its dense CNN baseline.
 //
-//   images -> Patchify (n non-overlapping p x p patches) -> Linear "embed" [C*p*p, D]
+//   images -> Patchify (n p x p patches every s pixels) -> Linear "embed" [C*p*p, D]
 //          -> MoE "moe" (PATCH_TOP_L: expert s keeps its top-l patches per image, D -> H -> D)
 //             or, with use_moe off, one dense Mlp "mlp" (D -> m -> D) on all n patches
-//          -> mean over the n patches -> Linear "head" [D, num_classes]
+//          -> mean over each of G x G regions of the patch grid, concatenated
+//          -> Linear "head" [G*G*D, num_classes]
+//
+// Patches: s = pmoe.patch_stride (default p: non-overlapping, n = (S/p)^2, the paper's setting);
+// s < p gives overlapping patches, g = (S - p) / s + 1 per side, n = g^2: a conv with kernel p
+// and stride s. Pooling: G = pmoe.pool_grid (default 1: the global mean over all n patches);
+// G > 1 cuts the g x g grid into G x G equal regions R_1..R_{G^2} of n_R = n / G^2 patches and
+// the head reads every region's mean, so the classifier keeps where on the image a feature was.
 //
 // Why this is the paper's two-layer CNN expert. pMoE's expert s on image x is
 //   f_s(x) = sum_r a_{r,s} (1/l) sum_{j in J_s(x)} G_{j,s}(x) sigma(<w_{r,s}, x_j>)
-// (a conv with kernel = stride = p, i.e. a linear map of each patch's pixels; a nonlinearity;
-// times the gate; an average over the kept positions; then the second layer a). Here the conv is
-// embed followed by the expert's fc1 (two linear maps of the patch pixels compose to one), the
-// combine hands back per patch y_j = sum_s G_{j,s} E_s(x_j) with E_s(x_j) = W2_s sigma(W1_s x_j +
-// b1_s) + b2_s (0 for patches no expert kept), and the net outputs head((1/n) sum_j y_j). Both
-// W2_s and head are linear, so they commute with the gate-weighted sum over positions:
-//   head((1/n) sum_j y_j) = sum_s (head W2_s) (1/n) sum_{j in J_s} G_{j,s} sigma(W1_s x_j + b1_s)
-//                           + constants,
-// i.e. "times the gate, average over positions, then the second layer" with second layer
-// head * W2_s per expert. The 1/n instead of 1/l is a constant factor that head absorbs; the b2_s
-// terms add head b2_s * (sum_j G_{j,s}) / n, a constant per expert (gates sum to 1, or to l with
-// hard gates). The router sees embed(x_j), an affine map of the pixels, so r_{j,s} = <w_s, x_j>
-// up to a bias common to the expert's patches (which does not change its top-l nor its softmax).
+// (a conv, i.e. a linear map of each patch's pixels; a nonlinearity; times the gate; an average
+// over the kept positions; then the second layer a). Here the conv is embed followed by the
+// expert's fc1 (two linear maps of the patch pixels compose to one), the combine hands back per
+// patch y_j = sum_s G_{j,s} E_s(x_j) with E_s(x_j) = W2_s sigma(W1_s x_j + b1_s) + b2_s (0 for
+// patches no expert kept), and the net outputs sum_R head_R ((1/n_R) sum_{j in R} y_j), head_R
+// being region R's D rows of head. W2_s and head_R are linear, so they commute with the
+// gate-weighted sum over positions:
+//   logits = sum_s sum_R (head_R W2_s) (1/n_R) sum_{j in J_s and R} G_{j,s} sigma(W1_s x_j + b1_s)
+//            + constants,
+// i.e. "times the gate, average over positions, then the second layer", with second layer
+// head_R * W2_s per expert and region: with G = 1 one second layer per expert as in the paper;
+// with G > 1 the second layer's weights may differ by region (the paper's a_{r,s} become
+// a_{r,s,R}), which is still a linear readout of the gated first-layer activations. The 1/n_R
+// instead of 1/l is a constant factor that head absorbs; the b2_s terms add
+// head_R b2_s * (sum_{j in R} G_{j,s}) / n_R, a constant per expert and region when G = 1 (gates
+// sum to 1, or to l with hard gates), and with G > 1 a bias that follows how many of the
+// expert's patches fall in each region. The router sees embed(x_j), an affine map of the pixels,
+// so r_{j,s} = <w_s, x_j> up to a bias common to the expert's patches (which does not change its
+// top-l nor its softmax).
 //
 // Experts use ReLU as in the paper (pmoe.expert_activation, default RELU; GELU is the option
 // that matches the dense baseline's Mlp, which stays GELU). A shared embed sits before the
@@ -71,7 +84,10 @@ class MeanPoolTokens;
 class Mlp;
 class Patchify;
 
-// Patches per image, n = (image_size / patch_size)^2.
+// The conv stride s (pmoe.patch_stride, or patch_size when 0), patches per side
+// g = (image_size - patch_size) / s + 1, and patches per image n = g^2.
+int64_t PmoeStride(const proto::ModelConfig& model);
+int64_t PmoeGrid(const proto::ModelConfig& model);
 int64_t PmoePatchesPerImage(const proto::ModelConfig& model);
 // Filters per expert: moe.expert_hidden_dim, or pmoe.conv_channels / num_experts when 0.
 int PmoeExpertHidden(const proto::ModelConfig& model);
@@ -103,9 +119,13 @@ class PatchCnn : public Net {
   // The router phase's forward: z = readout(router(mean over patches of h)), see above.
   Tensor RouterPhaseForward(const Tensor& h);
   void RouterPhaseBackward(const Tensor& dlogits);
+  // The per-region means [B*n, D] -> [B, G*G*D] and back.
+  Tensor Pool(const Tensor& y);
+  Tensor PoolBackward(const Tensor& dpooled);
 
   proto::ModelConfig config_;
   int64_t tokens_;
+  int64_t regions_ = 1;  // G*G pooling regions
   std::unique_ptr<Patchify> patchify_;
   std::unique_ptr<Linear> embed_;
   std::unique_ptr<MoeLayer> moe_;  // use_moe
@@ -118,6 +138,7 @@ class PatchCnn : public Net {
   // expert-to-class readout [E, num_classes] (not a Parameter: it never trains).
   std::unique_ptr<Linear> router_view_;
   std::unique_ptr<Linear> readout_;
+  std::unique_ptr<MeanPoolTokens> router_pool_;  // the router phase's mean over all n patches
   Phase phase_ = Phase::kJoint;
 };
 

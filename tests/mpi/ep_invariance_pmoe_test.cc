@@ -3,8 +3,9 @@
 // trains the routers alone on their own loss (no MoE layer, no all-to-all; the router weight is
 // dense, so it is all-reduced over the world) in steps 0-1 of the harness's 5, then switches to
 // frozen routers and embedding, hard gates and fresh experts, so both phases and the switch are
-// covered, with ReLU experts (pMoE's default) and with GELU. pMoE fills every expert slot by
-// construction: nothing is dropped.
+// covered, with ReLU experts (pMoE's default) and with GELU, and with overlapping patches pooled
+// per region (pmoe.patch_stride, pmoe.pool_grid). pMoE fills every expert slot by construction:
+// nothing is dropped.
 #include "models/nets/patch_cnn.h"
 #include "tests/mpi/ep_invariance_util.h"
 
@@ -54,12 +55,24 @@ void GateOverAll(proto::TrainConfig* c) {
   c->mutable_model()->mutable_moe()->set_patch_gate_over_all(true);
 }
 
+// Overlapping 7x7 patches every 3 pixels (n = 64) pooled over 2 x 2 regions (head [4D, C]).
+void StrideAndRegions(proto::TrainConfig* c) {
+  c->mutable_model()->mutable_pmoe()->set_patch_stride(3);
+  c->mutable_model()->mutable_pmoe()->set_pool_grid(2);
+}
+
 TEST(EpInvariancePmoe, Ep4Joint) { ExpectEpInvariance(4, nullptr, SmallPmoe, false); }
 TEST(EpInvariancePmoe, Ep2Dp2Joint) { ExpectEpInvariance(2, nullptr, SmallPmoe, false); }
 TEST(EpInvariancePmoe, Ep4TwoPhase) { ExpectEpInvariance(4, TwoPhase, SmallPmoe, false); }
 TEST(EpInvariancePmoe, Ep2Dp2TwoPhase) { ExpectEpInvariance(2, TwoPhase, SmallPmoe, false); }
 TEST(EpInvariancePmoe, Ep4TwoPhaseGelu) { ExpectEpInvariance(4, TwoPhaseGelu, SmallPmoe, false); }
 TEST(EpInvariancePmoe, Ep4GateOverAll) { ExpectEpInvariance(4, GateOverAll, SmallPmoe, false); }
+TEST(EpInvariancePmoe, Ep4StrideAndRegions) {
+  ExpectEpInvariance(4, StrideAndRegions, SmallPmoe, false);
+}
+TEST(EpInvariancePmoe, Ep2Dp2StrideAndRegions) {
+  ExpectEpInvariance(2, StrideAndRegions, SmallPmoe, false);
+}
 
 }  // namespace
 }  // namespace moe

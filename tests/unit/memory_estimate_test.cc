@@ -26,6 +26,8 @@ const char* const kConfigs[] = {"vit_tiny",
                                 "cnn_tiny",
                                 "pmoe_tiny",
                                 "pmoe_two_phase",
+                                "cnn_full",
+                                "pmoe_full",
                                 "mobile_vmoe_tiny",
                                 "conditional_dense_tiny",
                                 "conditional_moe_tiny"};
