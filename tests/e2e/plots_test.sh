@@ -69,6 +69,17 @@ C="$WORK/runs.csv"
   && pass plot_family_results_exit || fail plot_family_results_exit "non-zero exit"
 png_ok "$WORK/acc.png" && pass accuracy_vs_flops_png || fail accuracy_vs_flops_png "missing or empty"
 grep -q '8 runs, 2 families' "$OUT" && pass failed_run_left_out || fail failed_run_left_out "-"
+# --curves: per-epoch accuracies from each run's metrics file (run_dir column); two seeds of
+# vit_tiny share run dir d1, vmoe_tiny has none (no curve, still a point).
+mkdir -p "$WORK/d1"
+printf '%s\n' '{"step": 10, "loss": 2.0}' '{"step": 469, "epoch": 1, "eval_accuracy": 0.80}' \
+  '{"step": 938, "epoch": 2, "eval_accuracy": 0.84}' >"$WORK/d1/metrics.jsonl"
+sed -e "s|,vit_tiny,\(.*\),d\$|,vit_tiny,\1,$WORK/d1|" "$C" >"$WORK/curves.csv"
+"$PY" "$SRC_DIR/launcher/plot_family_results.py" "$WORK/curves.csv" --curves \
+  --out "$WORK/curves.png" >>"$OUT" 2>&1 && pass plot_curves_exit || fail plot_curves_exit "non-zero"
+png_ok "$WORK/curves.png" && pass curves_png || fail curves_png "missing or empty"
+grep -q '8 runs, 2 families, 1 per-epoch curves' "$OUT" && pass curves_counted \
+  || fail curves_counted "expected exactly vit_tiny's curve"
 cut -d, -f1-13 "$C" >"$WORK/short.csv"
 if "$PY" "$SRC_DIR/launcher/plot_family_results.py" "$WORK/short.csv" >>"$OUT" 2>&1; then
   fail csv_without_flops "exit 0 for a CSV without train_flops"
