@@ -10,12 +10,13 @@
 namespace moe {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = 256;  // every launch below; the kernel's __launch_bounds__
 // Grid-stride: a few thousand blocks keep every SM busy whatever the batch size.
 constexpr int64_t kMaxBlocks = 4096;
 
-__global__ void ScaleSegmentsKernel(const float* x, const float* scales, int64_t per_segment,
-                                    int64_t n, float* y) {
+__global__ void __launch_bounds__(kThreads)
+    ScaleSegmentsKernel(const float* x, const float* scales, int64_t per_segment, int64_t n,
+                        float* y) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     y[i] = x[i] * scales[i / per_segment];
