@@ -91,9 +91,10 @@ class Backend {
   virtual void AddRowVector(Tensor* y, const Tensor& v) const = 0;
   // dv[j] += sum_r dy[r, j], dy viewed as [numel / dv.numel(), dv.numel()], summed in double.
   virtual void AccumulateColumnSums(const Tensor& dy, Tensor* dv) const = 0;
-  // y = x with each of scales.size() equal contiguous segments multiplied by its scale (x's
-  // numel must divide evenly): stochastic depth's per-image keep/drop (models/layers/drop_path.h).
-  virtual Tensor ScaleSegments(const Tensor& x, const std::vector<float>& scales) const = 0;
+  // y = x with each of scales.numel() equal contiguous segments multiplied by its scale (x's
+  // numel must divide evenly; scales on x's device): stochastic depth's per-image keep/drop
+  // (models/layers/drop_path.h).
+  virtual Tensor ScaleSegments(const Tensor& x, const Tensor& scales) const = 0;
   // [B*T, D] -> [B, D], the mean over each image's T rows (sums in double); backward dy / T.
   virtual Tensor MeanPoolTokensForward(const Tensor& x, int64_t tokens) const = 0;
   virtual Tensor MeanPoolTokensBackward(const Tensor& dy, int64_t tokens) const = 0;

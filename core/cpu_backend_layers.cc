@@ -70,8 +70,8 @@ Tensor CpuBackend::LayerNormBackward(const Tensor& x, const Tensor& dy, const Te
   return dx;
 }
 
-Tensor CpuBackend::ScaleSegments(const Tensor& x, const std::vector<float>& scales) const {
-  const int64_t segments = static_cast<int64_t>(scales.size());
+Tensor CpuBackend::ScaleSegments(const Tensor& x, const Tensor& scales) const {
+  const int64_t segments = scales.numel();
   CHECK(segments > 0 && x.numel() % segments == 0)
       << "ScaleSegments: " << x.ShapeString() << " does not split into " << segments
       << " segments";
@@ -79,7 +79,7 @@ Tensor CpuBackend::ScaleSegments(const Tensor& x, const std::vector<float>& scal
   Tensor y(x.shape());
   for (int64_t b = 0; b < segments; ++b)
     for (int64_t i = b * per_segment; i < (b + 1) * per_segment; ++i)
-      y.data()[i] = x.data()[i] * scales[b];
+      y.data()[i] = x.data()[i] * scales.data()[b];
   return y;
 }
 

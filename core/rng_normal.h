@@ -18,6 +18,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "core/float_rn.h"
+
 #if defined(__CUDACC__)
 #define MOE_RNG_HD __host__ __device__ __forceinline__
 #else
@@ -27,57 +29,12 @@
 namespace moe {
 namespace normal_f32 {
 
-MOE_RNG_HD float Mul(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-
-MOE_RNG_HD float Add(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-
-MOE_RNG_HD float Div(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fdiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
-
-MOE_RNG_HD float Sqrt(float a) {
-#ifdef __CUDA_ARCH__
-  return __fsqrt_rn(a);
-#else
-  return std::sqrt(a);
-#endif
-}
-
-MOE_RNG_HD uint32_t BitsOf(float f) {
-#ifdef __CUDA_ARCH__
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-#endif
-}
-
-MOE_RNG_HD float FloatOf(uint32_t u) {
-#ifdef __CUDA_ARCH__
-  return __uint_as_float(u);
-#else
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-#endif
-}
+using float_rn::Mul;
+using float_rn::Add;
+using float_rn::Div;
+using float_rn::Sqrt;
+using float_rn::BitsOf;
+using float_rn::FloatOf;
 
 // ln(u) for a normal float u in (0, 1]: u = m 2^e with m in [sqrt(1/2), sqrt(2)), then
 // ln m = 2 atanh(f), f = (m - 1) / (m + 1), |f| <= 0.1716, by its series to f^9 (the first term

@@ -34,12 +34,20 @@ Tensor DropPath::Forward(const Tensor& x) {
     scales_.push_back(
         DropPathKeeps(context_->step_key, residual_, context_->first_image + b, rate_) ? kept
                                                                                         : 0.f);
-  return BackendFor(x.device()).ScaleSegments(x, scales_);
+  const Tensor host = Tensor::FromVector({static_cast<int64_t>(scales_.size())}, scales_);
+  if (x.device() == Device::kCPU) {
+    scales_on_device_ = host;
+  } else {
+    scales_on_device_ = Tensor(host.shape(), x.device());
+    scales_on_device_.CopyFrom(host);
+  }
+  return BackendFor(x.device()).ScaleSegments(x, scales_on_device_);
 }
 
 Tensor DropPath::Backward(const Tensor& dy) {
   if (scales_.empty()) return dy;  // the identity Forward
-  return BackendFor(dy.device()).ScaleSegments(dy, scales_);
+  CheckSameDevice("DropPath", dy.device(), scales_on_device_.device());
+  return BackendFor(dy.device()).ScaleSegments(dy, scales_on_device_);
 }
 
 }  // namespace moe

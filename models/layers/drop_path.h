@@ -54,6 +54,9 @@ class DropPath : public Layer {
   int residual_;
   const DropPathContext* context_;
   std::vector<float> scales_;
+  // scales_ on the device of the last training Forward's input: uploaded once per step, read by
+  // Forward and Backward.
+  Tensor scales_on_device_;
 };
 
 }  // namespace moe

@@ -18,6 +18,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "core/float_rn.h"
+
 #if defined(__CUDACC__)
 #define MOE_EXP_HD __host__ __device__ __forceinline__
 #else
@@ -27,41 +29,10 @@
 namespace moe {
 namespace exp_f32 {
 
-MOE_EXP_HD float Mul(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-
-MOE_EXP_HD float Add(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-
-MOE_EXP_HD uint32_t BitsOf(float f) {
-#ifdef __CUDA_ARCH__
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-#endif
-}
-
-MOE_EXP_HD float FloatOf(uint32_t u) {
-#ifdef __CUDA_ARCH__
-  return __uint_as_float(u);
-#else
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-#endif
-}
+using float_rn::Mul;
+using float_rn::Add;
+using float_rn::BitsOf;
+using float_rn::FloatOf;
 
 // Below this exp(x) is under 2^-126 (FLT_MIN): the result is 0.
 constexpr float kUnderflow = -87.3f;

@@ -36,7 +36,7 @@ class CudaBackend : public Backend {
                            Tensor* dbeta) const override;
   void AddInPlace(Tensor* y, const Tensor& x) const override;
   void AddRowVector(Tensor* y, const Tensor& v) const override;
-  Tensor ScaleSegments(const Tensor& x, const std::vector<float>& scales) const override;
+  Tensor ScaleSegments(const Tensor& x, const Tensor& scales) const override;
   void AccumulateColumnSums(const Tensor& dy, Tensor* dv) const override;
   Tensor MeanPoolTokensForward(const Tensor& x, int64_t tokens) const override;
   Tensor MeanPoolTokensBackward(const Tensor& dy, int64_t tokens) const override;

@@ -73,19 +73,15 @@ Tensor CudaBackend::LayerNormBackward(const Tensor& x, const Tensor& dy, const T
   return dx;
 }
 
-// The scales (one per image, a few dozen floats) go up synchronously on the legacy stream, where
-// the dense layers and this kernel run, so the copy is ordered before the kernel.
-Tensor CudaBackend::ScaleSegments(const Tensor& x, const std::vector<float>& scales) const {
-  const int64_t segments = static_cast<int64_t>(scales.size());
+Tensor CudaBackend::ScaleSegments(const Tensor& x, const Tensor& scales) const {
+  const int64_t segments = scales.numel();
   CHECK(segments > 0 && x.numel() % segments == 0)
       << "ScaleSegments: " << x.ShapeString() << " does not split into " << segments
       << " segments";
   Tensor y = NewTensor(x.shape());
   if (x.numel() == 0) return y;
-  Tensor scales_dev = NewTensor({segments});
-  CUDA_CHECK(cudaMemcpy(scales_dev.data(), scales.data(), segments * sizeof(float),
-                        cudaMemcpyHostToDevice));
-  ScaleSegmentsCuda(x.data(), scales_dev.data(), segments, x.numel() / segments, y.data());
+  CHECK(scales.device() == Device::kCUDA) << "ScaleSegments: the scales must be on the device";
+  ScaleSegmentsCuda(x.data(), scales.data(), segments, x.numel() / segments, y.data());
   return y;
 }
 
