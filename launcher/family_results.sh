@@ -11,13 +11,18 @@
 #   STEPS=300 RESULTS_OUT=results.md bash launcher/family_results.sh
 #   FAMILIES="V-MoE pMoE" bash launcher/family_results.sh   # only these pairs
 #   SEEDS=3 RECIPE=full SKIP_DONE=1 bash launcher/family_results.sh   # resumable, over sessions
+#   SEEDS=3 RECIPE=full REPORT_ONLY=1 README_OUT=README.md bash launcher/family_results.sh
+#                                                      # no training: the table of what exists
 # Environment: STEPS (overrides the configs' steps), NP (ranks, default 4), FAMILIES (family
 # names from PAIRS below; default all), SEEDS (default 1: seed i = the config's seed + i - 1, so
 # seed 1 is the config's own), RECIPE (tiny: configs <name>_tiny, the default; full:
 # <name>_full), RESULTS_OUT (also write the table there), RUN_DIR (default logs/family_results;
 # each run keeps its logs, metrics and routing heatmaps in RUN_DIR/RECIPE/seedS/MODEL),
 # SKIP_DONE=1 (a run whose out.txt already has a summary line, with the same steps when STEPS is
-# set, is not trained again), CSV_OUT (default RUN_DIR/RECIPE/runs.csv: the runs of this
+# set, is not trained again), REPORT_ONLY=1 (train nothing: finished runs are read back, the
+# others are counted as missing, e.g. "2/3" seeds; no build either), README_OUT=FILE (replace
+# the table between FILE's lines "<!-- family_results RECIPE begin -->" and "<!-- family_results
+# RECIPE end -->" with this one; the verdicts around it stay hand-written), CSV_OUT (default RUN_DIR/RECIPE/runs.csv: the runs of this
 # invocation's pairs and seeds, finished ones read back under SKIP_DONE=1), BUILD_DIR.
 # Extra arguments go to every moe_train run (e.g. --override='data { eval_images: 2000 }'; the
 # seed is merged into such an override). Exit status 1 if a run failed (its row says so; the
@@ -31,6 +36,8 @@ FAMILIES="${FAMILIES:-}"
 SEEDS="${SEEDS:-1}"
 RECIPE="${RECIPE:-tiny}"
 SKIP_DONE="${SKIP_DONE:-0}"
+REPORT_ONLY="${REPORT_ONLY:-0}"
+[ "$REPORT_ONLY" = 1 ] && SKIP_DONE=1
 RUN_DIR="${RUN_DIR:-$ROOT/logs/family_results}"
 CSV_OUT="${CSV_OUT:-$RUN_DIR/$RECIPE/runs.csv}"
 CONFIGS="$ROOT/launcher/configs"
@@ -60,8 +67,10 @@ config_of() {
   fi
 }
 
-BUILD_DIR="$BUILD_DIR" BUILD_TARGETS=moe_train bash "$ROOT/cmake/build.sh" >&2
-source "$ROOT/cmake/mpi_env.sh"
+if [ "$REPORT_ONLY" != 1 ]; then
+  BUILD_DIR="$BUILD_DIR" BUILD_TARGETS=moe_train bash "$ROOT/cmake/build.sh" >&2
+  source "$ROOT/cmake/mpi_env.sh"
+fi
 TRAIN="$BUILD_DIR/launcher/moe_train"
 cd "$ROOT"
 source "$ROOT/launcher/family_results_lib.sh"
@@ -85,6 +94,10 @@ train() {
   if [ "$SKIP_DONE" = 1 ] && run_done "$dir/out.txt"; then
     note "$model seed $i: done before, not trained again ($dir/out.txt)"
     SUMMARY[$model $i]=$(grep -o 'summary: .*' "$dir/out.txt" | tail -n 1)
+    return 0
+  fi
+  if [ "$REPORT_ONLY" = 1 ]; then
+    SUMMARY[$model $i]="missing"
     return 0
   fi
   rm -rf "$dir" && mkdir -p "$dir"
@@ -134,8 +147,8 @@ for pair in "${PAIRS[@]}"; do
 done
 
 table="| family | model | seeds | steps | wall s | images/s | params | FLOPs/image | test acc |\
- best test acc |
-| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+ best test acc | run dates |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 for r in ${rows[@]+"${rows[@]}"}; do table+=$'\n'"$r"; done
 echo "$table"
 note "every run (one row per model x seed): $CSV_OUT"
@@ -153,5 +166,8 @@ if [ -n "${RESULTS_OUT:-}" ]; then
     echo "$table"
   } >"$RESULTS_OUT"
   note "table written to $RESULTS_OUT"
+fi
+if [ -n "${README_OUT:-}" ]; then
+  replace_block "$README_OUT" "$RECIPE" "$table" || failed=1
 fi
 exit "$failed"

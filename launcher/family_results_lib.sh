@@ -86,7 +86,7 @@ table_row() {
     fi
   done
   if [ "$ok" -eq 0 ]; then
-    echo "| $family | $model | 0/$SEEDS | ${SUMMARY[$model 1]} | | | | | | |"
+    echo "| $family | $model | 0/$SEEDS | ${SUMMARY[$model 1]} | | | | | | | |"
     return
   fi
   local seeds="$ok" params expert best acc
@@ -101,5 +101,31 @@ table_row() {
   echo "| $family | $model | $seeds | $(field "$first" steps) |" \
     "$(mean_sd 1 1 $(values "$model" train_wall_s)) |" \
     "$(mean_sd 1 1 $(values "$model" images_per_s)) | $params |" \
-    "$(human "$(field "$first" flops_per_image)") | $acc | $best |"
+    "$(human "$(field "$first" flops_per_image)") | $acc | $best | $(run_dates "$model") |"
+}
+
+# run_dates MODEL: the days (UTC) its finished seeds ran on, e.g. "2026-11-30, 2026-12-01".
+run_dates() {
+  local i days=()
+  for i in $(seq 1 "$SEEDS"); do
+    [[ "${SUMMARY[$1 $i]}" == summary:* ]] || continue
+    days+=("$(date -u -r "$RUN_DIR/$RECIPE/seed$i/$1/out.txt" +%Y-%m-%d)")
+  done
+  printf '%s\n' "${days[@]}" | sort -u | paste -sd, - | sed 's/,/, /g'
+}
+
+# replace_block FILE RECIPE TABLE: TABLE replaces the lines between FILE's markers
+# "<!-- family_results RECIPE begin -->" and "<!-- family_results RECIPE end -->" (kept).
+replace_block() {
+  local file="$1" begin="<!-- family_results $2 begin -->" end="<!-- family_results $2 end -->"
+  if ! grep -qxF "$begin" "$file" || ! grep -qxF "$end" "$file"; then
+    note "README_OUT=$file: no lines \"$begin\" and \"$end\" to put the table between"
+    return 1
+  fi
+  local tmp="$file.tmp.$$"
+  TABLE="$3" awk -v b="$begin" -v e="$end" '
+    $0 == b { print; print ENVIRON["TABLE"]; skip = 1; next }
+    $0 == e { skip = 0 }
+    !skip { print }' "$file" >"$tmp" && mv "$tmp" "$file" || { rm -f "$tmp"; return 1; }
+  note "table written into $file between \"$begin\" and \"$end\""
 }
