@@ -10,7 +10,9 @@
 #include <sstream>
 #include <sys/stat.h>
 
+#include "launcher/output_files.h"
 #include "launcher/png_writer.h"
+#include "launcher/routing_heatmap_svg.h"
 
 namespace moe {
 namespace {
@@ -18,19 +20,9 @@ namespace {
 // Fashion-MNIST's classes, shortened to fit a table column.
 const char* const kFashionClasses[10] = {"tshirt", "trouser", "pullov", "dress", "coat",
                                          "sandal", "shirt",   "sneakr", "bag",   "boot"};
-
-// Viridis at five stops: perceptually even and readable in grey scale too, so small
-// differences between cells show without a legend's help.
-void ScaleColour(double t, uint8_t rgb[3]) {
-  static const double kStops[5][3] = {
-      {68, 1, 84}, {59, 82, 139}, {33, 145, 140}, {94, 201, 98}, {253, 231, 37}};
-  t = std::min(1.0, std::max(0.0, t));
-  const double x = t * 4;
-  const int i = std::min(3, static_cast<int>(x));
-  const double f = x - i;
-  for (int ch = 0; ch < 3; ++ch)
-    rgb[ch] = static_cast<uint8_t>(std::lround(kStops[i][ch] * (1 - f) + kStops[i + 1][ch] * f));
-}
+const char* const kFashionClassNames[10] = {"T-shirt/top", "Trouser", "Pullover", "Dress",
+                                            "Coat",        "Sandal",  "Shirt",    "Sneaker",
+                                            "Bag",         "Ankle boot"};
 
 void AppendMatrix(std::ostringstream* os, const std::vector<double>& v, int rows, int cols) {
   *os << "[";
@@ -53,6 +45,23 @@ std::string JsonEscape(const std::string& s) {
 }
 
 }  // namespace
+
+// Viridis at five stops: perceptually even and readable in grey scale too, so small
+// differences between cells show without a legend's help.
+void ViridisColour(double t, uint8_t rgb[3]) {
+  static const double kStops[5][3] = {
+      {68, 1, 84}, {59, 82, 139}, {33, 145, 140}, {94, 201, 98}, {253, 231, 37}};
+  t = std::min(1.0, std::max(0.0, t));
+  const double x = t * 4;
+  const int i = std::min(3, static_cast<int>(x));
+  const double f = x - i;
+  for (int ch = 0; ch < 3; ++ch)
+    rgb[ch] = static_cast<uint8_t>(std::lround(kStops[i][ch] * (1 - f) + kStops[i + 1][ch] * f));
+}
+
+std::string FashionMnistClassName(int c) {
+  return c >= 0 && c < 10 ? kFashionClassNames[c] : std::to_string(c);
+}
 
 double RoutingMatrix::RowSharePercent(int e, int c) const {
   const double rows = class_images[c] * static_cast<double>(rows_per_image);
@@ -225,14 +234,14 @@ std::vector<uint8_t> RenderRoutingHeatmap(const RoutingMatrix& m, int cell, int*
         continue;
       }
       uint8_t rgb[3];
-      ScaleColour(mx > 0 ? m.RowSharePercent(y / cell, x / cell) / mx : 0, rgb);
+      ViridisColour(mx > 0 ? m.RowSharePercent(y / cell, x / cell) / mx : 0, rgb);
       put(x, y, rgb);
     }
   for (int y = 0; y < grid_h; ++y)
     for (int x = bar_x; x <= bar_x + bar_w; ++x) {
       const bool edge = x == bar_x || x == bar_x + bar_w || y == 0 || y == grid_h - 1;
       uint8_t rgb[3];
-      ScaleColour(1.0 - static_cast<double>(y - 1) / std::max(1, grid_h - 3), rgb);
+      ViridisColour(1.0 - static_cast<double>(y - 1) / std::max(1, grid_h - 3), rgb);
       put(x, y, edge ? grid_colour : rgb);
     }
   return px;
@@ -266,13 +275,16 @@ bool ReportRoutingAnalytics(const RoutingAnalytics& a, const std::string& analyt
     for (char& ch : name)
       if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '_' && ch != '-') ch = '_';
     const std::string path = analytics_dir + "/routing_" + name + ".png";
+    const std::string svg_path = analytics_dir + "/routing_" + name + ".svg";
     // A heatmap that cannot be written is an output error for the caller, not a warning that
     // scrolls by: the run was asked for it.
     if (!WritePngRgb(path, w, h, px, error)) return false;
-    LOG(INFO) << "routing heatmap " << m.layer << " -> " << path << " (" << w << "x" << h
-              << " px: rows = experts 0.." << m.num_experts - 1 << " top to bottom, columns = "
-              << "classes 0.." << m.num_classes - 1 << " left to right, 24 px cells; colour = % of "
-              << "the class's rows, viridis from 0 (purple) to " << std::fixed
+    if (!WriteWholeFile(svg_path, RoutingHeatmapSvg(m), error)) return false;
+    LOG(INFO) << "routing heatmap " << m.layer << " -> " << svg_path << " (labelled: classes, "
+              << "experts, every cell's value, the colour scale) and " << path << " (" << w << "x"
+              << h << " px: rows = experts 0.." << m.num_experts - 1 << " top to bottom, "
+              << "columns = classes 0.." << m.num_classes - 1 << " left to right, 24 px cells; "
+              << "colour = % of the class's rows, viridis from 0 (purple) to " << std::fixed
               << std::setprecision(1) << max_percent << "% (yellow); bar on the right = scale)";
   }
   return true;

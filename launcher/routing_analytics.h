@@ -86,10 +86,15 @@ std::string RoutingMatrixJson(const RoutingMatrix& m);
 // the right (bottom = 0, top = maximum). Sets *width, *height, *max_percent.
 std::vector<uint8_t> RenderRoutingHeatmap(const RoutingMatrix& m, int cell, int* width,
                                           int* height, double* max_percent);
+// The heatmaps' colour scale: t in [0, 1] (clamped) -> viridis-like RGB, dark purple to yellow.
+void ViridisColour(double t, uint8_t rgb[3]);
+// Fashion-MNIST's class name of label c ("T-shirt/top" .. "Ankle boot"); the number otherwise.
+std::string FashionMnistClassName(int c);
 
 // Rank 0's report after the final evaluation: per tracked layer the table (log), one
-// routing_matrix JSON line (metrics, when writing), and, when analytics_dir is not empty, a PNG
-// heatmap analytics_dir/routing_<layer>.png (the folder is created). A heatmap that cannot be
+// routing_matrix JSON line (metrics, when writing), and, when analytics_dir is not empty, two
+// heatmaps: analytics_dir/routing_<layer>.svg, labelled (routing_heatmap_svg.h), and the
+// unlabelled pixels as routing_<layer>.png (the folder is created). A heatmap that cannot be
 // written stops the report: returns false with "PATH: <step> failed: <strerror>" in *error.
 // Metrics write failures stay in *metrics (MetricsWriter::ok).
 bool ReportRoutingAnalytics(const RoutingAnalytics& a, const std::string& analytics_dir,

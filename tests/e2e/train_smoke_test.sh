@@ -56,7 +56,7 @@ n_tables=$(grep -c 'routing matrix block[0-9]*.moe (final evaluation' "$OUT" || 
 n_json=$(grep -c '"routing_matrix"' "$WORK/metrics.jsonl" || true)
 [ "$n_json" -eq 2 ] && pass routing_json || fail routing_json "$n_json routing_matrix lines"
 
-# With --analytics_dir, one PNG heatmap per MoE layer (a short run: only the picture matters).
+# With --analytics_dir, an SVG and a PNG heatmap per MoE layer (a short run: only the picture matters).
 run_job analytics 600 -np 4 "$TRAIN" --config="$CONFIG" --log_dir="$WORK/logs_analytics" \
   --analytics_dir="$WORK/routing" --override="steps: 2 data { eval_images: 256 }"
 [ "$RC" -eq 0 ] && pass analytics_exit || fail analytics_exit "exit $RC"
@@ -66,5 +66,16 @@ if [ "$n_png" -eq 2 ] && [ "$(head -c 8 "$png" | od -An -tx1 | tr -d ' \n')" = 8
   pass routing_png
 else
   fail routing_png "$n_png PNG files; first bytes: $(head -c 8 "$png" 2>/dev/null | od -An -tx1)"
+fi
+# The labelled SVG beside each PNG: the layer in the title, Fashion-MNIST's class names, 8
+# experts' rows of 10 values.
+n_svg=$(ls "$WORK/routing"/routing_*.svg 2>/dev/null | wc -l)
+svg="$WORK/routing/routing_block1_moe.svg"
+if [ "$n_svg" -eq 2 ] && grep -q 'layer block1.moe' "$svg" && grep -q '>Ankle boot<' "$svg" \
+   && grep -q '>expert 7<' "$svg" && [ "$(grep -cE '>[0-9]+\.[0-9]</text>' "$svg")" -ge 80 ] \
+   && tail -n 1 "$svg" | grep -q '^</svg>$'; then
+  pass routing_svg
+else
+  fail routing_svg "$n_svg SVG files; $svg: $(head -c 300 "$svg" 2>/dev/null)"
 fi
 finish

@@ -1,14 +1,17 @@
 // Routing analytics: expert x class counts from kept assignments (hand-made lists and a real
-// MoE layer), the over-ranks reduction, and the table, JSON and heatmap made from them.
+// MoE layer), the over-ranks reduction, and the table, JSON and heatmaps made from them.
 #include "launcher/routing_analytics.h"
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "comm/self_communicator.h"
+#include "launcher/routing_heatmap_svg.h"
 #include "models/moe/moe_layer.h"
 #include "tests/unit/grad_check.h"
 
@@ -128,6 +131,45 @@ TEST(RoutingAnalytics, HeatmapLayoutAndColourScale) {
   const std::vector<int> mid = pixel(2, 1);                  // 75%: between the two
   EXPECT_NE(mid, pixel(0, 0));
   EXPECT_NE(mid, pixel(0, 1));
+}
+
+// The SVG heatmap: title, labels and values as text, and the cells coloured on the PNG's scale
+// (the same cells as HeatmapLayoutAndColourScale: expert 0 x class 0 is the maximum, 100%).
+TEST(RoutingAnalytics, SvgHeatmapIsLabelled) {
+  RoutingAnalytics a = OneLayer();
+  a.Observe(0, kLabels, 3, Visit(kKept));
+  const std::string svg = RoutingHeatmapSvg(a.matrix(0));
+  auto has = [&](const std::string& s) { return svg.find(s) != std::string::npos; };
+  EXPECT_TRUE(has("layer blocks.1.moe")) << svg;
+  EXPECT_TRUE(has(">class 0<") && has(">class 3<")) << "4 classes are numbered";
+  EXPECT_TRUE(has(">expert 0<") && has(">expert 2<"));
+  EXPECT_FALSE(has(">expert 3<"));
+  const RoutingMatrix& m = a.matrix(0);
+  for (int e = 0; e < 3; ++e)
+    for (int c = 0; c < 4; ++c) {
+      char value[32];
+      snprintf(value, sizeof(value), ">%.1f</text>", m.RowSharePercent(e, c));
+      EXPECT_TRUE(has(value)) << "expert " << e << " class " << c << ": " << value;
+    }
+  EXPECT_TRUE(has("fill=\"#fde725\"")) << "the maximum in the scale's yellow";
+  EXPECT_TRUE(has("fill=\"#440154\"")) << "zero in its purple";
+  EXPECT_TRUE(has(">100.0%</text>") && has(">50.0%</text>") && has(">0.0%</text>"))
+      << "colour-bar ticks";
+  EXPECT_TRUE(has("% of the class's rows"));
+  EXPECT_EQ(svg.rfind("</svg>\n"), svg.size() - 7) << "a complete document";
+  size_t open = 0, close = 0;
+  for (size_t at = 0; (at = svg.find("<text", at)) != std::string::npos; ++at) ++open;
+  for (size_t at = 0; (at = svg.find("</text>", at)) != std::string::npos; ++at) ++close;
+  EXPECT_EQ(open, close);
+}
+
+TEST(RoutingAnalytics, SvgHeatmapNamesFashionMnistClassesAndEscapesTheLayer) {
+  RoutingAnalytics a({"moe<&>"}, {2}, {1}, 10);
+  a.Observe(0, {9}, 1, Visit({{0, 1}}));
+  const std::string svg = RoutingHeatmapSvg(a.matrix(0));
+  EXPECT_NE(svg.find(">T-shirt/top<"), std::string::npos);
+  EXPECT_NE(svg.find(">Ankle boot<"), std::string::npos);
+  EXPECT_NE(svg.find("layer moe&lt;&amp;&gt;:"), std::string::npos) << svg.substr(0, 400);
 }
 
 // Through a real layer: every kept assignment of the valid images lands in exactly one cell, so
