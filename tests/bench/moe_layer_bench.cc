@@ -15,7 +15,8 @@
 //
 // Conventions: times are milliseconds per forward+backward iteration, mean over --iters after
 // --warmup, and the max over ranks (the slowest rank sets the step time). "experts/sgemm" is the
-// expert phase (GEMMs + bias + GELU) over the bare GEMMs it performs.
+// expert phase (GEMMs + bias + GELU) over the bare GEMMs it performs, each expert's on its own
+// operands (see RawExpertOperands).
 #include <gflags/gflags.h>
 #include <glog/logging.h>
 #include <mpi.h>
@@ -66,20 +67,38 @@ double MaxOverRanks(double v) {
   return out;
 }
 
-// The bare GEMMs an ExpertBank performs for `rows` rows per local expert: forward 2, backward 4.
-void RawExpertGemms(int local_experts, int64_t rows, int D, int H, bool backward,
-                    std::vector<float>& a, std::vector<float>& w1, std::vector<float>& w2,
-                    std::vector<float>& h, std::vector<float>& y, std::vector<float>& gw1,
-                    std::vector<float>& gw2) {
+// Operands of the bare GEMMs an ExpertBank performs for `rows` rows per local expert. Each
+// expert has its own weights, gradients and rows, as in the layer: the GEMMs then read as much
+// distinct memory as the expert phase does. (With one expert's buffers reused for all, the
+// operands stay in cache and the reference is faster than any layer could be: `hot` below.)
+struct RawExpertOperands {
+  RawExpertOperands(int experts, int64_t rows, int D, int H)
+      : rows(rows), D(D), H(H), a(experts * rows * D, 0.5f), h(experts * rows * H),
+        y(experts * rows * D), w1(experts * D * H, 0.01f), w2(experts * H * D, 0.01f),
+        gw1(experts * D * H), gw2(experts * H * D) {}
+  int64_t rows;
+  int D, H;
+  std::vector<float> a, h, y, w1, w2, gw1, gw2;
+};
+
+// Forward 2 GEMMs per local expert, backward 4; expert l's operands, or expert 0's for all when
+// `hot`.
+void RawExpertGemms(int local_experts, bool backward, bool hot, RawExpertOperands& o) {
+  const int64_t rows = o.rows, D = o.D, H = o.H;
   for (int l = 0; l < local_experts; ++l) {
+    const int64_t e = hot ? 0 : l;
+    float *a = o.a.data() + e * rows * D, *h = o.h.data() + e * rows * H;
+    float *y = o.y.data() + e * rows * D, *w1 = o.w1.data() + e * D * H;
+    float *w2 = o.w2.data() + e * H * D, *gw1 = o.gw1.data() + e * D * H;
+    float* gw2 = o.gw2.data() + e * H * D;
     if (!backward) {
-      SgemmPacked(false, false, rows, H, D, 1.f, a.data(), w1.data(), 1.f, h.data());
-      SgemmPacked(false, false, rows, D, H, 1.f, h.data(), w2.data(), 1.f, y.data());
+      SgemmPacked(false, false, rows, H, D, 1.f, a, w1, 1.f, h);
+      SgemmPacked(false, false, rows, D, H, 1.f, h, w2, 1.f, y);
     } else {
-      SgemmPacked(true, false, H, D, rows, 1.f, h.data(), y.data(), 1.f, gw2.data());
-      SgemmPacked(false, true, rows, H, D, 1.f, y.data(), w2.data(), 0.f, h.data());
-      SgemmPacked(true, false, D, H, rows, 1.f, a.data(), h.data(), 1.f, gw1.data());
-      SgemmPacked(false, true, rows, D, H, 1.f, h.data(), w1.data(), 0.f, a.data());
+      SgemmPacked(true, false, H, D, rows, 1.f, h, y, 1.f, gw2);
+      SgemmPacked(false, true, rows, H, D, 1.f, y, w2, 0.f, h);
+      SgemmPacked(true, false, D, H, rows, 1.f, a, h, 1.f, gw1);
+      SgemmPacked(false, true, rows, D, H, 1.f, h, w1, 0.f, a);
     }
   }
 }
@@ -117,9 +136,13 @@ void PrintHeader(int world, const BlasThreadChoice& blas) {
   printf("# router: noise_scale %.2f, importance %.4f, load %.4f, BPR %s; BLAS threads %d (%s)\n",
          FLAGS_noise_scale, FLAGS_importance_weight, FLAGS_load_weight, FLAGS_bpr ? "on" : "off",
          blas.threads, blas.source.c_str());
+  printf("# exp/gemm, bwd/gemm: the expert phase over bare sgemm calls of its shapes on per-expert\n"
+         "# operands (the same memory it reads); exp/hot, bwd/hot: over the same calls on one\n"
+         "# expert's operands reused for all (cache-hot: a bound no layer reaches)\n");
   printf("%4s %4s %5s %6s |", "E", "EP", "cf", "C");
   for (const auto& p : Phases()) printf(" %9.9s", p.c_str());
-  printf(" | %8s %8s | %9s %9s\n", "fwd+bwd", "a2a %", "exp/gemm", "bwd/gemm");
+  printf(" | %8s %8s | %9s %9s %9s %9s\n", "fwd+bwd", "a2a %", "exp/gemm", "bwd/gemm",
+         "exp/hot", "bwd/hot");
 }
 
 MoeLayerOptions BenchOptions(int E, double cf) {
@@ -139,7 +162,7 @@ MoeLayerOptions BenchOptions(int E, double cf) {
 
 // Seconds per timed iteration: the layer's forward+backward, and the bare expert GEMMs.
 struct Timings {
-  double layer = 0, raw_fwd = 0, raw_bwd = 0;
+  double layer = 0, raw_fwd = 0, raw_bwd = 0, hot_fwd = 0, hot_bwd = 0;
 };
 
 // Raw GEMMs of the expert shapes (every local expert receives EP * groups * C rows) run inside
@@ -154,8 +177,7 @@ Timings TimeIterations(MoeLayer* layer, MoeStepContext ctx, Profiler* prof, int 
   Tensor dy = x.Clone();
   const int64_t rows = static_cast<int64_t>(world) * (T / FLAGS_group_tokens) *
                        layer->CurrentCapacity();
-  std::vector<float> a(rows * D, 0.5f), w1(D * H, 0.01f), w2(H * D, 0.01f), h(rows * H),
-      y(rows * D), gw1(D * H), gw2(H * D);
+  RawExpertOperands raw(El, rows, D, H);
   Timings t;
   for (int it = 0; it < FLAGS_warmup + FLAGS_iters; ++it) {
     const double timed = it >= FLAGS_warmup ? 1.0 / FLAGS_iters : 0.0;
@@ -168,12 +190,14 @@ Timings TimeIterations(MoeLayer* layer, MoeStepContext ctx, Profiler* prof, int 
     layer->Backward(dy);
     t.layer += (Now() - t0) * timed;
     MPI_Barrier(MPI_COMM_WORLD);
-    t0 = Now();
-    RawExpertGemms(El, rows, D, H, false, a, w1, w2, h, y, gw1, gw2);
-    t.raw_fwd += (Now() - t0) * timed;
-    t0 = Now();
-    RawExpertGemms(El, rows, D, H, true, a, w1, w2, h, y, gw1, gw2);
-    t.raw_bwd += (Now() - t0) * timed;
+    for (bool hot : {false, true}) {
+      t0 = Now();
+      RawExpertGemms(El, /*backward=*/false, hot, raw);
+      (hot ? t.hot_fwd : t.raw_fwd) += (Now() - t0) * timed;
+      t0 = Now();
+      RawExpertGemms(El, /*backward=*/true, hot, raw);
+      (hot ? t.hot_bwd : t.raw_bwd) += (Now() - t0) * timed;
+    }
   }
   return t;
 }
@@ -199,10 +223,13 @@ SweepRow MeasurePoint(int E, double cf, MpiCommunicator* comm, int rank, int wor
   // Ratios per rank in one run, then the worst rank.
   const double rf = MaxOverRanks(phase_s("experts") / t.raw_fwd);
   const double rb = MaxOverRanks(phase_s("experts_bwd") / t.raw_bwd);
+  const double hf = MaxOverRanks(phase_s("experts") / t.hot_fwd);
+  const double hb = MaxOverRanks(phase_s("experts_bwd") / t.hot_bwd);
   if (rank == 0) {
     printf("%4d %4d %5.2f %6lld |", E, world, cf, static_cast<long long>(layer.CurrentCapacity()));
     for (double v : ms) printf(" %9.3f", v);
-    printf(" | %8.2f %7.1f%% | %9.3f %9.3f\n", total, 100.0 * a2a / total, rf, rb);
+    printf(" | %8.2f %7.1f%% | %9.3f %9.3f %9.3f %9.3f\n", total, 100.0 * a2a / total, rf, rb,
+           hf, hb);
   }
   // ms[0] = router, ms[3] = experts (forward); tokens/s over the whole EP group.
   return {E, cf, ms[0], ms[3], total, 1e3 * static_cast<double>(T) * world / total};
