@@ -61,8 +61,9 @@ DEFINE_bool(allow_shared_gpu, false,
             "device \"cuda\" only, testing: let several ranks of one host share a GPU (NCCL over "
             "loopback sockets; slow). Production runs one rank per GPU");
 DEFINE_string(analytics_dir, "",
-              "if set, rank 0 writes a routing heatmap PNG per MoE layer here (expert x class, "
-              "final evaluation); the tables are printed either way");
+              "if set, rank 0 writes routing heatmaps per MoE layer here (expert x class, "
+              "final evaluation): a labelled SVG and a small PNG; the tables are printed either "
+              "way");
 DEFINE_int32(fault_nan_step, -1, "testing: rank 0's batch is poisoned with NaN at this step");
 DEFINE_double(collective_timeout_s, moe::kDefaultCollectiveTimeoutSeconds,
               "a collective (all-to-all, all-reduce, ...) that has not completed after this many "
