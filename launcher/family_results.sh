@@ -23,7 +23,9 @@
 # others are counted as missing, e.g. "2/3" seeds; no build either), README_OUT=FILE (replace
 # the table between FILE's lines "<!-- family_results RECIPE begin -->" and "<!-- family_results
 # RECIPE end -->" with this one; the verdicts around it stay hand-written), CSV_OUT (default RUN_DIR/RECIPE/runs.csv: the runs of this
-# invocation's pairs and seeds, finished ones read back under SKIP_DONE=1), BUILD_DIR.
+# invocation's pairs and seeds, finished ones read back under SKIP_DONE=1), BUILD_DIR, TRAIN_BIN
+# (train with this moe_train binary instead of building BUILD_DIR's: one fixed binary for runs
+# that spread over sessions while the code moves on).
 # Extra arguments go to every moe_train run (e.g. --override='data { eval_images: 2000 }'; the
 # seed is merged into such an override). Exit status 1 if a run failed (its row says so; the
 # other rows are still printed).
@@ -68,10 +70,15 @@ config_of() {
 }
 
 if [ "$REPORT_ONLY" != 1 ]; then
-  BUILD_DIR="$BUILD_DIR" BUILD_TARGETS=moe_train bash "$ROOT/cmake/build.sh" >&2
+  if [ -z "${TRAIN_BIN:-}" ]; then
+    BUILD_DIR="$BUILD_DIR" BUILD_TARGETS=moe_train bash "$ROOT/cmake/build.sh" >&2
+  elif [ ! -x "$TRAIN_BIN" ]; then
+    note "TRAIN_BIN=$TRAIN_BIN: not an executable file"
+    exit 2
+  fi
   source "$ROOT/cmake/mpi_env.sh"
 fi
-TRAIN="$BUILD_DIR/launcher/moe_train"
+TRAIN="${TRAIN_BIN:-$BUILD_DIR/launcher/moe_train}"
 cd "$ROOT"
 source "$ROOT/launcher/family_results_lib.sh"
 
