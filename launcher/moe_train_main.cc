@@ -25,6 +25,7 @@
 #include "comm/clock_sync.h"
 #include "comm/mpi_communicator.h"
 #include "core/gemm.h"
+#include "core/host_memory.h"
 #include "launcher/checkpoint.h"
 #include "launcher/config.h"
 #include "launcher/device_comm.h"
@@ -570,6 +571,9 @@ void SetBlasThreadsOrFail(int rank) {
   FailTogetherIf(blas.threads == 0, "config error: " + blas.error, kExitConfig);
   LOG_IF(INFO, rank == 0) << "BLAS threads per rank: " << blas.threads << " (" << blas.source
                           << ")";
+  std::string error;
+  LOG_IF(WARNING, !KeepFreedHostMemory(&error))
+      << "host memory: freed buffers go back to the OS every step (" << error << ")";
 }
 
 // This rank's view of the training image stream.

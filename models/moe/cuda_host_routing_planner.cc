@@ -36,7 +36,9 @@ CudaHostRoutingPlanner::CudaHostRoutingPlanner(const MoeLayerView& layer,
 const DispatchPlan& CudaHostRoutingPlanner::Plan(const Tensor& x) {
   DevicePhase ph(cuda_->profiler, "router", cuda_->stream);
   x_ = x;
-  R_ = std::make_shared<RoutingState>();
+  // One state reused step after step (its vectors keep their memory); a Backward reads the
+  // state of the last Forward, as before.
+  if (R_) R_->Reset(); else R_ = std::make_shared<RoutingState>();
   StartRouting(L_, x.dim(0), R_.get());
   if (L_.router.input_kind() == RouterInputKind::kAttributes) {
     AttributeLogitsOnHost(x);

@@ -5,7 +5,9 @@
 namespace moe {
 
 const DispatchPlan& HostRoutingPlanner::Plan(const Tensor& x) {
-  R_ = std::make_shared<RoutingState>();
+  // One state reused step after step (its vectors keep their memory); a Backward reads the
+  // state of the last Forward, as before.
+  if (R_) R_->Reset(); else R_ = std::make_shared<RoutingState>();
   {
     ScopedPhase ph(L_.ctx.profiler, "router");
     StartRouting(L_, x.dim(0), R_.get());

@@ -27,6 +27,7 @@
 
 #include "comm/mpi_communicator.h"
 #include "core/gemm.h"
+#include "core/host_memory.h"
 #include "core/profiler.h"
 #include "core/rng.h"
 #include "models/moe/capacity.h"
@@ -45,6 +46,9 @@ DEFINE_double(noise_scale, 1.0, "router noise std * E (0: no noise)");
 DEFINE_double(importance_weight, 0.005, "importance loss weight");
 DEFINE_double(load_weight, 0.005, "load loss weight (needs noise)");
 DEFINE_bool(bpr, false, "Batch Prioritized Routing");
+DEFINE_bool(keep_host_memory, true,
+            "keep freed host memory in the process, as moe_train does (core/host_memory.h); "
+            "false: glibc's defaults, every step's large buffers fresh pages from the kernel");
 
 namespace moe {
 namespace {
@@ -133,9 +137,11 @@ void PrintHeader(int world, const BlasThreadChoice& blas) {
          world, FLAGS_tokens_per_rank, FLAGS_group_tokens, FLAGS_dim, FLAGS_hidden, FLAGS_top_k);
   printf("# ms per iteration, max over ranks of the mean over %d iterations (after %d warm-up)\n",
          FLAGS_iters, FLAGS_warmup);
-  printf("# router: noise_scale %.2f, importance %.4f, load %.4f, BPR %s; BLAS threads %d (%s)\n",
+  printf("# router: noise_scale %.2f, importance %.4f, load %.4f, BPR %s; BLAS threads %d (%s); "
+         "freed host memory %s\n",
          FLAGS_noise_scale, FLAGS_importance_weight, FLAGS_load_weight, FLAGS_bpr ? "on" : "off",
-         blas.threads, blas.source.c_str());
+         blas.threads, blas.source.c_str(),
+         FLAGS_keep_host_memory ? "kept" : "returned (glibc defaults)");
   printf("# exp/gemm, bwd/gemm: the expert phase over bare sgemm calls of its shapes on per-expert\n"
          "# operands (the same memory it reads); exp/hot, bwd/hot: over the same calls on one\n"
          "# expert's operands reused for all (cache-hot: a bound no layer reaches)\n");
@@ -243,6 +249,11 @@ int Run() {
   if (blas.threads == 0) {
     if (rank == 0) fprintf(stderr, "config error: %s\n", blas.error.c_str());
     return 2;
+  }
+  std::string memory_error;
+  if (FLAGS_keep_host_memory && !KeepFreedHostMemory(&memory_error)) {
+    if (rank == 0) fprintf(stderr, "host memory: %s\n", memory_error.c_str());
+    return 1;
   }
   MpiCommunicator comm(MPI_COMM_WORLD, world);
   CHECK_EQ(FLAGS_tokens_per_rank % FLAGS_group_tokens, 0)
