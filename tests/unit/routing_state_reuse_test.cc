@@ -37,10 +37,11 @@ MoeStepContext Step(bool training, int64_t step) {
 
 std::vector<float> Values(const Tensor& t) { return std::vector<float>(t.data(), t.data() + t.numel()); }
 
-// One training step (Forward, Backward) on `layer`; its output, input gradient and parameter
-// gradients, concatenated.
-std::vector<float> TrainingStep(MoeLayer* layer, const Tensor& x, int64_t step) {
-  layer->SetStepContext(Step(true, step));
+// One step (Forward, Backward) on `layer`; its output, input gradient and parameter gradients,
+// concatenated. An evaluation step has no noise (the noise vectors stay empty); its gradient is
+// what a gradient check in evaluation mode reads.
+std::vector<float> OneStep(MoeLayer* layer, const Tensor& x, int64_t step, bool training = true) {
+  layer->SetStepContext(Step(training, step));
   for (Parameter* p : layer->Parameters()) p->grad.Fill(0.f);
   std::vector<float> out = Values(layer->Forward(x));
   const std::vector<float> dx = Values(layer->Backward(testing::RandomTensor({16, 6}, 31)));
@@ -61,16 +62,13 @@ TEST(RoutingStateReuse, AfterOtherStepsALayerRoutesAsAFreshOne) {
     MoeLayer used("moe", Options(learned_noise), &comm, 7);
     MoeLayer fresh("moe", Options(learned_noise), &comm, 7);
     const Tensor x1 = testing::RandomTensor({16, 6}, 5), x2 = testing::RandomTensor({16, 6}, 9);
-    // `used`: a training step, then an evaluation (no noise: the noise vectors stay empty).
-    TrainingStep(&used, x1, 3);
-    used.SetStepContext(Step(false, 4));
-    const std::vector<float> eval_used = Values(used.Forward(x2));
-    fresh.SetStepContext(Step(false, 4));
-    EXPECT_EQ(eval_used, Values(fresh.Forward(x2))) << "evaluation after a training step";
+    // `used`: a training step, then an evaluation step (no noise).
+    OneStep(&used, x1, 3);
+    EXPECT_EQ(OneStep(&used, x2, 4, /*training=*/false), OneStep(&fresh, x2, 4, false))
+        << "evaluation after a training step";
     // Then a training step on both: same step, same input.
     MoeLayer fresh2("moe", Options(learned_noise), &comm, 7);
-    EXPECT_EQ(TrainingStep(&used, x2, 5), TrainingStep(&fresh2, x2, 5))
-        << "training after an evaluation";
+    EXPECT_EQ(OneStep(&used, x2, 5), OneStep(&fresh2, x2, 5)) << "training after an evaluation";
   }
 }
 
