@@ -10,9 +10,10 @@
 #   bash launcher/family_results.sh                     # every pair whose two configs exist
 #   STEPS=300 RESULTS_OUT=results.md bash launcher/family_results.sh
 #   FAMILIES="V-MoE pMoE" bash launcher/family_results.sh   # only these pairs
-#   SEEDS=3 RECIPE=full SKIP_DONE=1 bash launcher/family_results.sh   # resumable, over sessions
-#   SEEDS=3 RECIPE=full REPORT_ONLY=1 README_OUT=README.md bash launcher/family_results.sh
-#                                                      # no training: the table of what exists
+#   SEEDS=3 RECIPE=full SKIP_DONE=1 ARCHIVE_DIR=tests/bench/family_runs \
+#     bash launcher/family_results.sh                  # resumable, over sessions and machines
+#   SEEDS=3 RECIPE=full REPORT_ONLY=1 ARCHIVE_DIR=tests/bench/family_runs \
+#     README_OUT=README.md bash launcher/family_results.sh   # no training: what exists
 # Environment: STEPS (overrides the configs' steps), NP (ranks, default 4), FAMILIES (family
 # names from PAIRS below; default all), SEEDS (default 1: seed i = the config's seed + i - 1, so
 # seed 1 is the config's own), RECIPE (tiny: configs <name>_tiny, the default; full:
@@ -21,11 +22,17 @@
 # SKIP_DONE=1 (a run whose out.txt already has a summary line, with the same steps when STEPS is
 # set, is not trained again), REPORT_ONLY=1 (train nothing: finished runs are read back, the
 # others are counted as missing, e.g. "2/3" seeds; no build either), README_OUT=FILE (replace
-# the table between FILE's lines "<!-- family_results RECIPE begin -->" and "<!-- family_results
+# the table, and the per-pass tables of pairs that have them, between FILE's lines "<!-- family_results RECIPE begin -->" and "<!-- family_results
 # RECIPE end -->" with this one; the verdicts around it stay hand-written), CSV_OUT (default RUN_DIR/RECIPE/runs.csv: the runs of this
 # invocation's pairs and seeds, finished ones read back under SKIP_DONE=1), BUILD_DIR, TRAIN_BIN
 # (train with this moe_train binary instead of building BUILD_DIR's: one fixed binary for runs
-# that spread over sessions while the code moves on).
+# that spread over sessions while the code moves on; TRAIN_REV names the commit it was built
+# from, for the archive), ARCHIVE_DIR (keep each finished run's summary, per-pass accuracies and
+# per-epoch evaluations in ARCHIVE_DIR/RECIPE/seedI/MODEL/{run.txt,metrics.jsonl}, and under
+# SKIP_DONE reuse them when RUN_DIR has no such run; a finished run in RUN_DIR that the archive
+# lacks is archived then, even under REPORT_ONLY: the full recipes' seeds, trained over
+# several sessions on fresh machines, are kept in tests/bench/family_runs; remove a model's
+# archived runs when its config changes).
 # Extra arguments go to every moe_train run (e.g. --override='data { eval_images: 2000 }'; the
 # seed is merged into such an override). Exit status 1 if a run failed (its row says so; the
 # other rows are still printed).
@@ -42,6 +49,8 @@ REPORT_ONLY="${REPORT_ONLY:-0}"
 [ "$REPORT_ONLY" = 1 ] && SKIP_DONE=1
 RUN_DIR="${RUN_DIR:-$ROOT/logs/family_results}"
 CSV_OUT="${CSV_OUT:-$RUN_DIR/$RECIPE/runs.csv}"
+ARCHIVE_DIR="${ARCHIVE_DIR:-}"
+[ -z "$ARCHIVE_DIR" ] || ARCHIVE_DIR=$(realpath -m "$ARCHIVE_DIR")
 CONFIGS="$ROOT/launcher/configs"
 
 note() { echo "[family_results] $*" >&2; }
@@ -79,6 +88,9 @@ if [ "$REPORT_ONLY" != 1 ]; then
   source "$ROOT/cmake/mpi_env.sh"
 fi
 TRAIN="${TRAIN_BIN:-$BUILD_DIR/launcher/moe_train}"
+# The commit the binary was built from, for the archive (TRAIN_REV names it for a TRAIN_BIN).
+TRAIN_REV="${TRAIN_REV:-$( [ -n "${TRAIN_BIN:-}" ] && echo unknown \
+  || git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 cd "$ROOT"
 source "$ROOT/launcher/family_results_lib.sh"
 
@@ -89,19 +101,32 @@ for a in "$@"; do
   if [[ "$a" == --override=* ]]; then USER_OVERRIDE+=" ${a#--override=}"; else PASS_ARGS+=("$a"); fi
 done
 
-declare -A SUMMARY  # "model seed" -> its summary line (a shared baseline trains once per seed)
+declare -A SUMMARY DAY PASSES SOURCE  # "model seed" -> see family_results_lib.sh
 failed=0
-# train MODEL SEED_INDEX: trains (or, with SKIP_DONE, reuses) one run; sets SUMMARY.
+# train MODEL SEED_INDEX: trains (or, with SKIP_DONE, reuses a finished or archived run) one run;
+# sets SUMMARY, DAY, PASSES and SOURCE, and archives a new run when ARCHIVE_DIR is set.
 train() {
   local model="$1" i="$2"
   [ -n "${SUMMARY[$model $i]:-}" ] && return 0
-  local dir="$RUN_DIR/$RECIPE/seed$i/$model" seed ovr="$USER_OVERRIDE"
+  local dir="$RUN_DIR/$RECIPE/seed$i/$model" seed ovr="$USER_OVERRIDE" kept=""
   seed=$(seed_for "$CONFIGS/$model.pbtxt" "$i")
   [ "$i" -gt 1 ] && ovr+=" seed: $seed"
-  if [ "$SKIP_DONE" = 1 ] && run_done "$dir/out.txt"; then
-    note "$model seed $i: done before, not trained again ($dir/out.txt)"
-    SUMMARY[$model $i]=$(grep -o 'summary: .*' "$dir/out.txt" | tail -n 1)
-    return 0
+  if [ "$SKIP_DONE" = 1 ]; then
+    if run_done "$dir/out.txt"; then
+      kept="$dir/out.txt"
+      read_record "$model" "$i" "$dir" "$kept"
+      # a run trained before (or by hand) that the archive lacks goes in now
+      if [ -n "$ARCHIVE_DIR" ] && ! run_done "$(archive_dir_of "$model" "$i")/run.txt"; then
+        archive_run "$model" "$i" "$dir" || failed=1
+      fi
+    elif [ -n "$ARCHIVE_DIR" ] && run_done "$(archive_dir_of "$model" "$i")/run.txt"; then
+      kept="$(archive_dir_of "$model" "$i")/run.txt"
+      read_record "$model" "$i" "$(archive_dir_of "$model" "$i")" "$kept"
+    fi
+    if [ -n "$kept" ]; then
+      note "$model seed $i: done before, not trained again ($kept)"
+      return 0
+    fi
   fi
   if [ "$REPORT_ONLY" = 1 ]; then
     SUMMARY[$model $i]="missing"
@@ -117,19 +142,19 @@ train() {
     >"$dir/out.txt" 2>&1
   local rc=$?
   set -e
-  local line
-  line=$(grep -o 'summary: .*' "$dir/out.txt" | tail -n 1 || true)
-  if [ "$rc" -ne 0 ] || [ -z "$line" ]; then
+  if [ "$rc" -ne 0 ] || ! run_done "$dir/out.txt"; then
     note "$model seed $i: FAILED (exit $rc); last lines:"
     tail -n 15 "$dir/out.txt" >&2
     SUMMARY[$model $i]="failed (exit $rc)"
     failed=1
     return 0
   fi
-  SUMMARY[$model $i]="$line"
+  read_record "$model" "$i" "$dir" "$dir/out.txt"
+  if [ -n "$ARCHIVE_DIR" ]; then archive_run "$model" "$i" "$dir" || failed=1; fi
 }
 
 rows=()
+passes=""  # the per-pass tables of the pairs that have them
 mkdir -p "$(dirname "$CSV_OUT")"
 csv_header >"$CSV_OUT"
 for pair in "${PAIRS[@]}"; do
@@ -151,6 +176,8 @@ for pair in "${PAIRS[@]}"; do
     done
     rows+=("$(table_row "$family" "$model")")
   done
+  pair_passes=$(passes_table "$dense" "$moe")
+  [ -z "$pair_passes" ] || passes+="$pair_passes"$'\n'
 done
 
 table="| family | model | seeds | steps | wall s | images/s | params | FLOPs/image | test acc |\
@@ -158,6 +185,10 @@ table="| family | model | seeds | steps | wall s | images/s | params | FLOPs/ima
 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 for r in ${rows[@]+"${rows[@]}"}; do table+=$'\n'"$r"; done
 echo "$table"
+if [ -n "$passes" ]; then
+  passes=$'\nPer evaluation pass (last evaluation, %):\n\n'"$passes"
+  echo "$passes"
+fi
 note "every run (one row per model x seed): $CSV_OUT"
 if [ -n "${RESULTS_OUT:-}" ]; then
   {
@@ -171,10 +202,11 @@ if [ -n "${RESULTS_OUT:-}" ]; then
     echo "line does not report it)."
     echo
     echo "$table"
+    [ -z "$passes" ] || echo "$passes"
   } >"$RESULTS_OUT"
   note "table written to $RESULTS_OUT"
 fi
 if [ -n "${README_OUT:-}" ]; then
-  replace_block "$README_OUT" "$RECIPE" "$table" || failed=1
+  replace_block "$README_OUT" "$RECIPE" "$table${passes:+$'\n'$passes}" || failed=1
 fi
 exit "$failed"

@@ -27,6 +27,7 @@ import os
 import statistics
 import sys
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROLE_STYLE = {"dense": ("tab:blue", "o"), "moe": ("tab:orange", "s")}
 
 
@@ -85,6 +86,10 @@ def points(runs):
 def epoch_records(run):
     """[(train FLOPs, accuracy %)] after each epoch of one run, from its metrics file."""
     path = os.path.join(run.get("run_dir", ""), "metrics.jsonl")
+    # family_results.sh writes run dirs inside the repository relative to its root (the archive
+    # in tests/bench/family_runs), so the committed CSV works from any checkout and directory
+    if not os.path.isabs(path) and not os.path.exists(path):
+        path = os.path.join(REPO_ROOT, path)
     try:
         per_step = float(run["flops_per_image"]) * float(run["global_batch"])
     except (KeyError, ValueError):
