@@ -6,7 +6,8 @@ PACKAGES=(build-essential cmake ninja-build pkg-config
           libprotobuf-dev protobuf-compiler
           libgflags-dev libgoogle-glog-dev
           libopenblas-dev zlib1g-dev libgtest-dev
-          dataset-fashion-mnist)
+          dataset-fashion-mnist
+          ${EXTRA_PACKAGES:-})  # e.g. the test suite's python3-matplotlib (tests/run_tests.sh)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

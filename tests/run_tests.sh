@@ -5,7 +5,10 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${BUILD_DIR:-$ROOT/build}"
-BUILD_DIR="$BUILD_DIR" bash "$ROOT/cmake/build.sh"
+# python3-matplotlib: the suite also checks the result plots (tests/e2e/plots_test.sh), which
+# would otherwise be skipped; training itself never needs it.
+EXTRA_PACKAGES="python3-matplotlib ${EXTRA_PACKAGES:-}" BUILD_DIR="$BUILD_DIR" \
+  bash "$ROOT/cmake/build.sh"
 source "$ROOT/cmake/mpi_env.sh"
 cd "$BUILD_DIR"
 ctest --output-on-failure -j "${CTEST_JOBS:-1}" "$@"
