@@ -32,6 +32,7 @@
 #include "launcher/idx_dataset.h"
 #include "launcher/job_agreement.h"
 #include "launcher/output_files.h"
+#include "launcher/routing_analytics.h"
 #include "launcher/test_set_eval.h"
 #include "launcher/train_loop.h"
 #include "launcher/training_session.h"
@@ -44,9 +45,9 @@ DEFINE_int32(num_superclasses, 4, "E: groups to cluster the classes into (= the 
 DEFINE_int64(train_count, 50000, "the first N training images train the dense model");
 DEFINE_int64(heldout_count, 10000, "the next N training images are predicted for the confusions");
 DEFINE_string(out, "", "the super-class file to write (rank 0)");
-DEFINE_string(class_names,
-              "T-shirt/top,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,Ankle boot",
-              "comma-separated class names for the file's comments (Fashion-MNIST by default)");
+DEFINE_string(class_names, "",
+              "comma-separated class names for the file's comments (default: Fashion-MNIST's, "
+              "the names the routing heatmaps use)");
 
 namespace moe {
 namespace {
@@ -208,7 +209,10 @@ bool WriteSuperclasses(const proto::TrainConfig& config, const std::vector<int64
           std::to_string(first + n) + "), held-out accuracy " + std::to_string(acc) + ";",
       "graph W_ij = C_ij/n_i + C_ji/n_j; " + std::to_string(E) +
           " groups by greedy average-linkage merging (launcher/confusion_clustering.h)."};
-  const std::string text = FormatSuperclassFile(super, Split(FLAGS_class_names, ','), header);
+  std::vector<std::string> names = Split(FLAGS_class_names, ',');
+  if (FLAGS_class_names.empty())
+    for (int c = 0; c < config.model().num_classes(); ++c) names.push_back(FashionMnistClassName(c));
+  const std::string text = FormatSuperclassFile(super, names, header);
   const bool ok = WriteWholeFile(FLAGS_out, text, error);
   LOG_IF(INFO, ok) << "dense training " << std::fixed << std::setprecision(1) << seconds
                    << " s, held-out accuracy " << std::setprecision(4) << acc << "; wrote "

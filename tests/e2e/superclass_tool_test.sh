@@ -21,6 +21,10 @@ if [ "$n_classes" -eq 10 ] && [ "$n_groups" -eq 4 ]; then
 else
   fail superclass_file "$n_classes classes, $n_groups groups"
 fi
+# The comments name every class by Fashion-MNIST's names (the routing heatmaps' own list).
+n_named=$({ grep '^# super-class' "$WORK/E4.txt" 2>/dev/null || true; } \
+  | { grep -oE '[0-9] (T-shirt/top|Trouser|Pullover|Dress|Coat|Sandal|Shirt|Sneaker|Bag|Ankle boot)(,|$)' || true; } | wc -l)
+[ "$n_named" -eq 10 ] && pass "class names ($n_named)" || fail class_names "$n_named named"
 
 MOBILE="$SRC_DIR/launcher/configs/mobile_vmoe_tiny.pbtxt"
 run_job mobile_vmoe_on_it 300 -np 4 "$TRAIN" --config="$MOBILE" --log_dir="$WORK/logs_mobile" \
