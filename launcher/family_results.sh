@@ -108,20 +108,21 @@ failed=0
 train() {
   local model="$1" i="$2"
   [ -n "${SUMMARY[$model $i]:-}" ] && return 0
-  local dir="$RUN_DIR/$RECIPE/seed$i/$model" seed ovr="$USER_OVERRIDE" kept=""
+  local dir="$RUN_DIR/$RECIPE/seed$i/$model" seed ovr="$USER_OVERRIDE" kept="" arch=""
   seed=$(seed_for "$CONFIGS/$model.pbtxt" "$i")
   [ "$i" -gt 1 ] && ovr+=" seed: $seed"
+  [ -z "$ARCHIVE_DIR" ] || arch=$(archive_dir_of "$model" "$i")
   if [ "$SKIP_DONE" = 1 ]; then
     if run_done "$dir/out.txt"; then
       kept="$dir/out.txt"
       read_record "$model" "$i" "$dir" "$kept"
       # a run trained before (or by hand) that the archive lacks goes in now
-      if [ -n "$ARCHIVE_DIR" ] && ! run_done "$(archive_dir_of "$model" "$i")/run.txt"; then
+      if [ -n "$arch" ] && ! run_done "$arch/run.txt"; then
         archive_run "$model" "$i" "$dir" || failed=1
       fi
-    elif [ -n "$ARCHIVE_DIR" ] && run_done "$(archive_dir_of "$model" "$i")/run.txt"; then
-      kept="$(archive_dir_of "$model" "$i")/run.txt"
-      read_record "$model" "$i" "$(archive_dir_of "$model" "$i")" "$kept"
+    elif [ -n "$arch" ] && run_done "$arch/run.txt"; then
+      kept="$arch/run.txt"
+      read_record "$model" "$i" "$arch" "$kept"
     fi
     if [ -n "$kept" ]; then
       note "$model seed $i: done before, not trained again ($kept)"
@@ -150,7 +151,7 @@ train() {
     return 0
   fi
   read_record "$model" "$i" "$dir" "$dir/out.txt"
-  if [ -n "$ARCHIVE_DIR" ]; then archive_run "$model" "$i" "$dir" || failed=1; fi
+  if [ -n "$arch" ]; then archive_run "$model" "$i" "$dir" || failed=1; fi
 }
 
 rows=()

@@ -43,17 +43,18 @@ last_passes() {
 # per-pass accuracy line) and metrics.jsonl (the per-epoch evaluation records only).
 archive_dir_of() { echo "$ARCHIVE_DIR/$RECIPE/seed$2/$1"; }
 
-# archive_run MODEL I RUN: copies run RUN's record into the archive; fails (with a note) when a
-# write fails, so that a result is never lost in silence.
+# archive_run MODEL I RUN: writes the record read_record took from run directory RUN into the
+# archive, with RUN's per-epoch evaluations; fails (with a note) when a write fails, so that a
+# result is never lost in silence.
 archive_run() {
-  local to
+  local to key="$1 $2"
   to=$(archive_dir_of "$1" "$2")
   mkdir -p "$to" || { note "ARCHIVE_DIR: cannot create $to"; return 1; }
   {
-    echo "date: ${DAY[$1 $2]}"
+    echo "date: ${DAY[$key]}"
     echo "binary: ${TRAIN_REV:-unknown}"
-    grep -o 'summary: .*' "$3/out.txt" | tail -n 1
-    last_passes "$3/out.txt" | sed 's/^/passes: /'
+    echo "${SUMMARY[$key]}"
+    [ -z "${PASSES[$key]}" ] || echo "passes: ${PASSES[$key]}"
   } >"$to/run.txt" || { note "ARCHIVE_DIR: cannot write $to/run.txt"; return 1; }
   # only the per-epoch evaluations: the curves' data, a few kilobytes
   { grep '"epoch"' "$3/metrics.jsonl" || true; } >"$to/metrics.jsonl" \
@@ -207,9 +208,11 @@ passes_table() {
   printf '%s' "$rows"
   for i in $(seq 1 "$SEEDS"); do
     [ -n "${PASSES[$dense $i]:-}" ] && [ -n "${PASSES[$moe $i]:-}" ] || continue
-    diffs+=("$(paste -d' ' <(tr -s ' ' '\n' <<<"${PASSES[$moe $i]}" | sed -n '2~2p') \
-      <(tr -s ' ' '\n' <<<"${PASSES[$dense $i]}" | sed -n '2~2p') | awk '{ d = 100 * ($1 - $2)
-        printf "%s%.4f", (NR > 1 ? " " : ""), d; s += d } END { printf " %.4f", s / NR }')")
+    # "name value name value ...": the values' differences in points, then their mean
+    diffs+=("$(awk -v a="${PASSES[$moe $i]}" -v b="${PASSES[$dense $i]}" 'BEGIN {
+      n = split(a, x, " "); split(b, y, " ")
+      for (j = 2; j <= n; j += 2) { d = 100 * (x[j] - y[j]); printf "%.4f ", d; s += d }
+      printf "%.4f", s / (n / 2) }')")
     echo "| MoE - dense | $i |$(awk '{ for (i = 1; i <= NF; ++i) printf " %+.2f |", $i }' \
       <<<"${diffs[-1]}")"
   done
