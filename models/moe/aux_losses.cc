@@ -1,3 +1,7 @@
+// Each operation rounded once (no FMA contraction): the load loss's passes are compiled for several
+// vector widths, and every width must give the bits of the x86-64 baseline build.
+#pragma GCC optimize("fp-contract=off")
+
 #include "models/moe/aux_losses.h"
 
 #include <glog/logging.h>
@@ -54,6 +58,56 @@ double ImportanceLoss(const float* probs_clean, int64_t n, int E, float grad_sca
   return loss;
 }
 
+namespace {
+
+// The load loss's passes over all n x E pairs, compiled for several vector widths (picked once at
+// load time by the CPU; the x86-64 baseline has 4-wide SSE and a slow divide). Contraction is off
+// in this file, so every clone gives the same bits.
+#define MOE_LOAD_LOSS_CLONES __attribute__((target_clones("avx2", "default")))
+
+// z[t, e] = (threshold_t - h[t, e]) / sigma, threshold_t = kth[t * k + k - 1].
+MOE_LOAD_LOSS_CLONES void LoadZ(const float* h, const float* kth, int64_t n, int E, int k,
+                                float sigma, float* z) {
+  for (int64_t t = 0; t < n; ++t) {
+    const float thr = kth[t * k + k - 1];
+    for (int e = 0; e < E; ++e) z[t * E + e] = (thr - h[t * E + e]) / sigma;
+  }
+}
+
+// load[e] = sum_t tail[t, e] in double, t ascending.
+MOE_LOAD_LOSS_CLONES void SumColumns(const float* tail, int64_t n, int E, double* load) {
+  for (int e = 0; e < E; ++e) load[e] = 0;
+  for (int64_t t = 0; t < n; ++t)
+    for (int e = 0; e < E; ++e) load[e] += tail[t * E + e];
+}
+
+// Per token: row_e = c_dload[e] phi(z_e), the threshold expert's row_e -= sum_e row_e (summed in
+// 8 interleaved partial sums combined in a fixed order, not one chain of E dependent adds);
+// d_clean[t, :] += row in float. The products are formed twice (once for the sum, once for the
+// write) so that no row is stored and read back.
+MOE_LOAD_LOSS_CLONES void LoadGradRows(const double* c_dload, const float* pdf, const int* kth_idx,
+                                       int64_t n, int E, int k, float* d_clean) {
+  constexpr int kLanes = 8;
+  for (int64_t t = 0; t < n; ++t) {
+    const float* p = pdf + t * E;
+    double part[kLanes] = {};
+    int e = 0;
+    for (; e + kLanes <= E; e += kLanes)
+      for (int j = 0; j < kLanes; ++j) part[j] += c_dload[e + j] * p[e + j];
+    for (int j = 0; e < E; ++e, ++j) part[j] += c_dload[e] * p[e];
+    const double to_threshold =
+        ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    // Every expert's term in one branch-free vector loop, then the threshold expert's entry
+    // rewritten from its value before the loop, with its term less the sum.
+    const int j = kth_idx[t * k + k - 1];
+    const float before = d_clean[t * E + j];
+    for (int i = 0; i < E; ++i) d_clean[t * E + i] += static_cast<float>(c_dload[i] * p[i]);
+    d_clean[t * E + j] = before + static_cast<float>(c_dload[j] * p[j] - to_threshold);
+  }
+}
+
+}  // namespace
+
 // z, 1 - Phi(z) and phi(z) in float for all n E pairs at once (one vectorised pass, no per-pair
 // branch); the sums over tokens and everything after them in double, as before.
 double LoadLoss(const float* clean_logits, const float* noisy_logits, int64_t n, int E, int k,
@@ -71,31 +125,18 @@ double LoadLoss(const float* clean_logits, const float* noisy_logits, int64_t n,
   tail.resize(n * E);
   pdf.resize(n * E);
   TopKRows(noisy_logits, n, E, k, idx.data(), val.data());
-  for (int64_t t = 0; t < n; ++t) {  // z[t, e] = (t(x) - h_e(x)) / sigma
-    const float thr = val[t * k + k - 1];
-    const float* h = clean_logits + t * E;
-    float* zt = z.data() + t * E;
-    for (int e = 0; e < E; ++e) zt[e] = (thr - h[e]) / sigma;
-  }
+  LoadZ(clean_logits, val.data(), n, E, k, sigma, z.data());  // (t(x) - h_e(x)) / sigma
   NormalTailAndPdf(z.data(), n * E, tail.data(), dclean_logits ? pdf.data() : nullptr);
-  std::vector<double> load(E, 0.0);
-  for (int64_t t = 0; t < n; ++t)
-    for (int e = 0; e < E; ++e) load[e] += tail[t * E + e];  // 1 - Phi(z)
+  std::vector<double> load(E);
+  SumColumns(tail.data(), n, E, load.data());  // sum_x 1 - Phi(z)
   for (int e = 0; e < E; ++e) load[e] /= static_cast<double>(n);
   std::vector<double> dload(E);
   const double loss = CvSquared(load.data(), E, dclean_logits ? dload.data() : nullptr);
   if (dclean_logits) {
     const double c = static_cast<double>(grad_scale) / (static_cast<double>(sigma) * n);
-    std::vector<double> row(E);
-    for (int64_t t = 0; t < n; ++t) {
-      double to_threshold = 0;
-      for (int e = 0; e < E; ++e) {
-        row[e] = c * dload[e] * pdf[t * E + e];
-        to_threshold += row[e];
-      }
-      row[idx[t * k + k - 1]] -= to_threshold;
-      for (int e = 0; e < E; ++e) dclean_logits[t * E + e] += static_cast<float>(row[e]);
-    }
+    std::vector<double> c_dload(E);
+    for (int e = 0; e < E; ++e) c_dload[e] = c * dload[e];
+    LoadGradRows(c_dload.data(), pdf.data(), idx.data(), n, E, k, dclean_logits);
   }
   return loss;
 }

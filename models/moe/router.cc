@@ -149,12 +149,17 @@ void Router::Probs(const MoeStepContext& ctx, bool noisy, RoutingState* R) const
   if (noisy) AddNoise(ctx, R);
   R->probs.resize(rows * E);
   SoftmaxRows(R->noisy_logits.data(), rows, E, R->probs.data());
-  R->probs_clean = R->probs;
-  if (noisy) SoftmaxRows(R->clean_logits.data(), rows, E, R->probs_clean.data());
-  R->d_probs_aux.assign(rows * E, 0.f);
-  R->d_probs_clean_aux.assign(rows * E, 0.f);
-  R->d_logits_aux.assign(rows * E, 0.f);
-  R->d_clean_logits_aux.assign(rows * E, 0.f);
+  if (noisy) {
+    R->probs_clean.resize(rows * E);
+    SoftmaxRows(R->clean_logits.data(), rows, E, R->probs_clean.data());
+  } else {
+    R->probs_clean = R->probs;
+  }
+  // Sized by the losses that write them (AuxGradBuffer): most steps need one or two of the four.
+  R->d_probs_aux.clear();
+  R->d_probs_clean_aux.clear();
+  R->d_logits_aux.clear();
+  R->d_clean_logits_aux.clear();
   R->d_gate_aux.clear();
 }
 
@@ -164,31 +169,32 @@ void Router::AuxLosses(const MoeStepContext& ctx, int64_t n, int k, bool noisy, 
   const int E = opt_.num_experts;
   const float sigma = opt_.noise_scale / E;
   const float per_group = 1.f / static_cast<float>(ctx.num_global_groups);
+  const size_t size = R->router_rows * E;
   for (int64_t g = 0; g < R->groups; ++g) {
     const int64_t o = g * n * E;
     if (opt_.importance_weight > 0) {
       const double l = ImportanceLoss(R->probs_clean.data() + o, n, E,
                                       opt_.importance_weight * per_group,
-                                      R->d_probs_clean_aux.data() + o);
+                                      AuxGradBuffer(&R->d_probs_clean_aux, size) + o);
       m->importance_loss += l;
       m->aux_loss += opt_.importance_weight * per_group * l;
     }
     if (opt_.load_weight > 0 && noisy && sigma > 0) {
       const double l = LoadLoss(R->clean_logits.data() + o, R->noisy_logits.data() + o, n, E, k,
                                 sigma, opt_.load_weight * per_group,
-                                R->d_clean_logits_aux.data() + o);
+                                AuxGradBuffer(&R->d_clean_logits_aux, size) + o);
       m->load_loss += l;
       m->aux_loss += opt_.load_weight * per_group * l;
     }
     if (opt_.switch_weight > 0) {
       const double l = SwitchLoss(R->probs.data() + o, n, E, opt_.switch_weight * per_group,
-                                  R->d_probs_aux.data() + o);
+                                  AuxGradBuffer(&R->d_probs_aux, size) + o);
       m->switch_loss += l;
       m->aux_loss += opt_.switch_weight * per_group * l;
     }
     if (opt_.z_weight > 0) {
       const double l = ZLoss(R->noisy_logits.data() + o, n, E, opt_.z_weight * per_group,
-                             R->d_logits_aux.data() + o);
+                             AuxGradBuffer(&R->d_logits_aux, size) + o);
       m->z_loss += l;
       m->aux_loss += opt_.z_weight * per_group * l;
     }
@@ -224,8 +230,20 @@ void Router::AddBalanceSqLoss(const MoeStepContext& ctx, int64_t n, int k, Routi
   }
 }
 
+namespace {
+
+// *sum += v elementwise, where v is an auxiliary gradient (empty = zeros: nothing to add).
+void AddPresent(const std::vector<float>& v, std::vector<float>* sum) {
+  if (v.empty()) return;
+  for (size_t i = 0; i < v.size(); ++i) (*sum)[i] += v[i];
+}
+
+}  // namespace
+
 // The noise is additive (H = h + eps, eps = n sigma or n softplus(u)), so every path reaches h
-// with slope 1; the clean-probability and clean-logit aux terms join there.
+// with slope 1; the clean-probability and clean-logit aux terms join there. The terms beside the
+// softmax backward are summed first, in one fixed order: d_logits, z loss, importance (through
+// the clean softmax), load / guidance.
 std::vector<float> Router::CleanLogitsGrad(const std::vector<float>& d_probs,
                                            const std::vector<float>& d_logits,
                                            RoutingState* R) const {
@@ -233,19 +251,23 @@ std::vector<float> Router::CleanLogitsGrad(const std::vector<float>& d_probs,
   const int64_t RR = R->router_rows;
   std::vector<float> d_clean(RR * E);
   SoftmaxRowsBackward(R->probs.data(), d_probs.data(), RR, E, d_clean.data());
+  std::vector<float> d_side = d_logits;  // the noisy logits' own gradient
+  AddPresent(R->d_logits_aux, &d_side);
   R->d_noise_pre.clear();
   if (!R->noise_pre.empty()) {  // dH/du = n sigmoid(u), on the paths through the noisy logits
     R->d_noise_pre.resize(RR * E);
     for (int64_t i = 0; i < RR * E; ++i)
-      R->d_noise_pre[i] = static_cast<float>((d_clean[i] + d_logits[i] + R->d_logits_aux[i]) *
-                                             R->noise_draw[i] * Sigmoid(R->noise_pre[i]));
+      R->d_noise_pre[i] = static_cast<float>((d_clean[i] + d_side[i]) * R->noise_draw[i] *
+                                             Sigmoid(R->noise_pre[i]));
   }
-  std::vector<float> d_from_clean_probs(RR * E);
-  SoftmaxRowsBackward(R->probs_clean.data(), R->d_probs_clean_aux.data(), RR, E,
-                      d_from_clean_probs.data());
-  for (int64_t i = 0; i < RR * E; ++i)
-    d_clean[i] +=
-        d_logits[i] + R->d_logits_aux[i] + d_from_clean_probs[i] + R->d_clean_logits_aux[i];
+  if (!R->d_probs_clean_aux.empty()) {
+    std::vector<float> d_from_clean_probs(RR * E);
+    SoftmaxRowsBackward(R->probs_clean.data(), R->d_probs_clean_aux.data(), RR, E,
+                        d_from_clean_probs.data());
+    AddPresent(d_from_clean_probs, &d_side);
+  }
+  AddPresent(R->d_clean_logits_aux, &d_side);
+  for (int64_t i = 0; i < RR * E; ++i) d_clean[i] += d_side[i];
   return d_clean;
 }
 

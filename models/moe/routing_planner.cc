@@ -48,6 +48,7 @@ std::vector<float> CleanLogitsGradOnHost(const MoeLayerView& L, const std::vecto
   std::vector<float> d_gate_all = d_gate;
   for (size_t i = 0; i < R->d_gate_aux.size(); ++i) d_gate_all[i] += R->d_gate_aux[i];
   std::vector<float> d_probs = R->d_probs_aux;              // w.r.t. softmax(noisy logits)
+  if (d_probs.empty()) d_probs.assign(R->router_rows * E, 0.f);
   std::vector<float> d_logits(R->router_rows * E, 0.f);     // w.r.t. the noisy logits directly
   RuleContext c{L.name,     L.opt,         L.ctx,      L.router,
                 *R,         L.metrics,     L.Capacity(), L.external,

@@ -95,8 +95,8 @@ void TopKGates(const float* probs, int64_t rows, int E, int k, bool renormalise,
 void TopKGatesBackward(const float* probs_row, const int* expert, const float* gate,
                        const float* d_gate, int k, bool renormalised, float* d_probs_row);
 // BatchPrioritizedOrder's permutation (slot_assignment.h: gate[t*k] descending, ties by the lower
-// token, NaN last) from one sort of unique 64-bit keys (the gate's order-preserving bits above
-// the token id), as the CUDA path sorts them; no comparator indirection, no stable merge.
+// token, NaN last) from a stable radix sort of the gate's order-preserving bits: the order the
+// CUDA path gets by sorting unique 64-bit (bits, token) keys; no comparator, no stable merge.
 std::vector<int64_t> BatchPrioritizedOrderByKeys(const float* gate, int64_t n, int k);
 
 // V-MoE capacity fill for rules where rows pick experts; R.expert / R.gate must be set

@@ -18,6 +18,12 @@
 
 namespace moe {
 
+// The auxiliary gradient buffer *v as `size` zeros on its first use in a step; its data.
+inline float* AuxGradBuffer(std::vector<float>* v, size_t size) {
+  if (v->empty()) v->assign(size, 0.f);
+  return v->data();
+}
+
 struct RoutingState {
   int64_t rows = 0, groups = 0;
   int kc = 0;
@@ -32,7 +38,9 @@ struct RoutingState {
   std::vector<int64_t> block_rows;       // [E * G] rows per send block (C, or exact if dropless)
   std::vector<int64_t> recv_block_rows;  // [EP * El * G], src-major, as this rank receives
   // Auxiliary-loss gradients, computed with the values in Forward and applied in Backward:
-  // w.r.t. the noisy probs, the clean probs, the noisy logits and the clean logits.
+  // w.r.t. the noisy probs, the clean probs, the noisy logits and the clean logits
+  // [router_rows, E]. Each stays EMPTY (and reads as zeros) until a loss writes it: sized through
+  // AuxGradBuffer, so a step whose losses are off fills and reads none of them.
   std::vector<float> d_probs_aux, d_probs_clean_aux, d_logits_aux, d_clean_logits_aux;
   // Aux-loss gradient w.r.t. the plan's gates [rows * kc] (the balance-squared loss); empty
   // when no loss reads the gates.

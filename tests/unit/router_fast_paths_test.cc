@@ -111,6 +111,21 @@ TEST(RouterFastPaths, BatchPrioritizedOrderByKeysEqualsStableSort) {
   }
 }
 
+// Softmax-like gates (distinct values in (0, 1], every key byte in play) and negative gates:
+// the radix passes that are not skipped must keep the order, and keep it stable.
+TEST(RouterFastPaths, BatchPrioritizedOrderByKeysOnDistinctGates) {
+  for (int64_t n : {128, 4096}) {
+    const CounterRng rng(900 + n);
+    std::vector<float> gate(n * 2);
+    for (int64_t i = 0; i < n * 2; ++i) gate[i] = rng.Uniform(i);
+    for (int64_t t = 3; t < n; t += 7) gate[t * 2] = -gate[t * 2];
+    for (int64_t t = 1; t < n; t += 13) gate[t * 2] = gate[(t - 1) * 2];  // some exact ties
+    EXPECT_EQ(BatchPrioritizedOrderByKeys(gate.data(), n, 2),
+              BatchPrioritizedOrder(gate.data(), n, 2))
+        << "n=" << n;
+  }
+}
+
 // The load loss as aux_losses.h defines it, in double, erfc and exp for every pair. Also returns
 // z and dL/dload for the error bound.
 struct LoadLossRef {

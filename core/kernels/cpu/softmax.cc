@@ -1,3 +1,7 @@
+// Plain float/double arithmetic, each operation rounded once (no FMA contraction): the backward's
+// lanes are compiled for several vector widths, and every width must give the baseline's bits.
+#pragma GCC optimize("fp-contract=off")
+
 #include "core/kernels/cpu/softmax.h"
 
 #include <algorithm>
@@ -27,15 +31,38 @@ void SoftmaxForwardRows(const float* x, int64_t rows, int64_t cols, float* y) {
   }
 }
 
+namespace {
+
+// Four rows at a time: their double dot products (each in index order, as the CUDA kernel sums
+// it) are independent chains that the CPU runs side by side, where one short row's chain would
+// stall on its own add latency. Each row keeps its order of operations: the bits do not change.
+constexpr int kBackwardRows = 4;
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void SoftmaxBackwardBlock(
+    const float* y, const float* dy, int rows, int64_t cols, float* dx) {
+  double dot[kBackwardRows] = {};
+  if (rows == kBackwardRows) {
+    for (int64_t j = 0; j < cols; ++j)
+      for (int r = 0; r < kBackwardRows; ++r)
+        dot[r] += static_cast<double>(y[r * cols + j]) * dy[r * cols + j];
+  } else {
+    for (int r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < cols; ++j)
+        dot[r] += static_cast<double>(y[r * cols + j]) * dy[r * cols + j];
+  }
+  for (int r = 0; r < rows; ++r) {
+    const float d = static_cast<float>(dot[r]);
+    for (int64_t j = 0; j < cols; ++j)
+      dx[r * cols + j] = y[r * cols + j] * (dy[r * cols + j] - d);
+  }
+}
+
+}  // namespace
+
 void SoftmaxBackwardRows(const float* y, const float* dy, int64_t rows, int64_t cols, float* dx) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* yr = y + r * cols;
-    const float* dyr = dy + r * cols;
-    double dot = 0;
-    for (int64_t j = 0; j < cols; ++j) dot += static_cast<double>(yr[j]) * dyr[j];
-    const float d = static_cast<float>(dot);
-    float* dxr = dx + r * cols;
-    for (int64_t j = 0; j < cols; ++j) dxr[j] = yr[j] * (dyr[j] - d);
+  for (int64_t r = 0; r < rows; r += kBackwardRows) {
+    const int block = static_cast<int>(std::min<int64_t>(kBackwardRows, rows - r));
+    SoftmaxBackwardBlock(y + r * cols, dy + r * cols, block, cols, dx + r * cols);
   }
 }
 

@@ -127,8 +127,8 @@ class PerImageRule : public RoutingRuleImpl {
       c.metrics.superclass_loss += ce;
       c.metrics.aux_loss += w * ce;
       if (std::max_element(p, p + E) - p == sc) ++c.metrics.superclass_correct;
-      for (int e = 0; e < E; ++e)
-        R.d_clean_logits_aux[i * E + e] += w * (p[e] - (e == sc ? 1.f : 0.f));
+      float* d_clean = AuxGradBuffer(&R.d_clean_logits_aux, R.probs_clean.size()) + i * E;
+      for (int e = 0; e < E; ++e) d_clean[e] += w * (p[e] - (e == sc ? 1.f : 0.f));
     }
   }
 };
