@@ -113,7 +113,7 @@ void Router::SetInput(const Tensor& x, const MoeStepContext& ctx, Layer* proj, L
 
 void Router::Logits(const float* w, RoutingState* R) const {
   const int E = opt_.num_experts;
-  R->clean_logits.assign(R->router_rows * E, 0.f);
+  R->clean_logits.resize(R->router_rows * E);  // beta = 0: the GEMM writes every entry
   Sgemm(false, false, R->router_rows, E, opt_.dim, 1.f, R->router_in.data(), opt_.dim, w, E, 0.f,
         R->clean_logits.data(), E);
 }
@@ -146,6 +146,7 @@ void Router::Probs(const MoeStepContext& ctx, bool noisy, RoutingState* R) const
   CHECK_EQ(static_cast<int64_t>(R->clean_logits.size()), rows * E);
   R->noisy_logits = R->clean_logits;
   R->noise_pre.clear();
+  R->noisy = noisy;
   if (noisy) AddNoise(ctx, R);
   R->probs.resize(rows * E);
   SoftmaxRows(R->noisy_logits.data(), rows, E, R->probs.data());

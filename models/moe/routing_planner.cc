@@ -52,7 +52,7 @@ std::vector<float> CleanLogitsGradOnHost(const MoeLayerView& L, const std::vecto
   std::vector<float> d_logits(R->router_rows * E, 0.f);     // w.r.t. the noisy logits directly
   RuleContext c{L.name,     L.opt,         L.ctx,      L.router,
                 *R,         L.metrics,     L.Capacity(), L.external,
-                !R->noise_draw.empty()};
+                R->noisy};
   L.rule.GateBackward(c, d_gate_all, &d_probs, &d_logits);
   return L.router.CleanLogitsGrad(d_probs, d_logits, R);
 }
