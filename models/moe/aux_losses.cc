@@ -41,26 +41,9 @@ double CvSquared(const double* v, int E, double* dv) {
   return var / (m * m);
 }
 
-double ImportanceLoss(const float* probs_clean, int64_t n, int E, float grad_scale,
-                      float* dprobs_clean) {
-  CHECK_GE(n, 0);
-  CHECK_GE(E, 1);
-  if (n == 0) return 0.0;
-  std::vector<double> imp(E, 0.0), dimp(E);
-  for (int64_t t = 0; t < n; ++t)
-    for (int e = 0; e < E; ++e) imp[e] += probs_clean[t * E + e];
-  const double loss = CvSquared(imp.data(), E, dprobs_clean ? dimp.data() : nullptr);
-  if (dprobs_clean) {
-    for (int64_t t = 0; t < n; ++t)
-      for (int e = 0; e < E; ++e)
-        dprobs_clean[t * E + e] += static_cast<float>(grad_scale * dimp[e]);
-  }
-  return loss;
-}
-
 namespace {
 
-// The load loss's passes over all n x E pairs, compiled for several vector widths (picked once at
+// The passes over all n x E (token, expert) pairs of the importance and load losses, compiled for several vector widths (picked once at
 // load time by the CPU; the x86-64 baseline has 4-wide SSE and a slow divide). Contraction is off
 // in this file, so every clone gives the same bits.
 #define MOE_LOAD_LOSS_CLONES __attribute__((target_clones("avx2", "default")))
@@ -79,6 +62,12 @@ MOE_LOAD_LOSS_CLONES void SumColumns(const float* tail, int64_t n, int E, double
   for (int e = 0; e < E; ++e) load[e] = 0;
   for (int64_t t = 0; t < n; ++t)
     for (int e = 0; e < E; ++e) load[e] += tail[t * E + e];
+}
+
+// d[t, e] += term[e] for every row t.
+MOE_LOAD_LOSS_CLONES void AddToEveryRow(const float* term, int64_t n, int E, float* d) {
+  for (int64_t t = 0; t < n; ++t)
+    for (int e = 0; e < E; ++e) d[t * E + e] += term[e];
 }
 
 // Per token: row_e = c_dload[e] phi(z_e), the threshold expert's row_e -= sum_e row_e (summed in
@@ -107,6 +96,23 @@ MOE_LOAD_LOSS_CLONES void LoadGradRows(const double* c_dload, const float* pdf, 
 }
 
 }  // namespace
+
+double ImportanceLoss(const float* probs_clean, int64_t n, int E, float grad_scale,
+                      float* dprobs_clean) {
+  CHECK_GE(n, 0);
+  CHECK_GE(E, 1);
+  if (n == 0) return 0.0;
+  std::vector<double> imp(E), dimp(E);
+  SumColumns(probs_clean, n, E, imp.data());
+  const double loss = CvSquared(imp.data(), E, dprobs_clean ? dimp.data() : nullptr);
+  if (dprobs_clean) {  // the same term for every token: rounded once per expert
+    std::vector<float> term(E);
+    for (int e = 0; e < E; ++e) term[e] = static_cast<float>(grad_scale * dimp[e]);
+    AddToEveryRow(term.data(), n, E, dprobs_clean);
+  }
+  return loss;
+}
+
 
 // z, 1 - Phi(z) and phi(z) in float for all n E pairs at once (one vectorised pass, no per-pair
 // branch); the sums over tokens and everything after them in double, as before.

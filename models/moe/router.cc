@@ -118,7 +118,7 @@ void Router::Logits(const float* w, RoutingState* R) const {
         R->clean_logits.data(), E);
 }
 
-// Training noise on R->noisy_logits (a copy of the clean ones), keyed as the header says.
+// R->noisy_logits = the clean logits + training noise, keyed as the header says.
 void Router::AddNoise(const MoeStepContext& ctx, RoutingState* R) const {
   const int E = opt_.num_experts;
   const int64_t rows = R->router_rows, G = R->groups, per_group = rows / G;
@@ -127,11 +127,14 @@ void Router::AddNoise(const MoeStepContext& ctx, RoutingState* R) const {
   for (int64_t g = 0; g < G; ++g)  // draw i of group g: NormalF32(global group, i)
     FillNormalF32Lanes(rng, static_cast<uint64_t>(ctx.first_global_group + g), 0, per_group * E,
                        R->noise_draw.data() + g * per_group * E);
-  if (opt_.noise == RouterNoise::kFixed) {
+  if (opt_.noise == RouterNoise::kFixed) {  // one pass: noisy = clean + sigma n
     const float sigma = opt_.noise_scale / E;
-    for (int64_t i = 0; i < rows * E; ++i) R->noisy_logits[i] += sigma * R->noise_draw[i];
+    R->noisy_logits.resize(rows * E);
+    for (int64_t i = 0; i < rows * E; ++i)
+      R->noisy_logits[i] = R->clean_logits[i] + sigma * R->noise_draw[i];
     return;
   }
+  R->noisy_logits = R->clean_logits;
   // Kept for the backward: dH/du = n * sigmoid(u).
   R->noise_pre.assign(rows * E, 0.f);
   Sgemm(false, false, rows, E, opt_.dim, 1.f, R->router_in.data(), opt_.dim,
@@ -144,10 +147,13 @@ void Router::Probs(const MoeStepContext& ctx, bool noisy, RoutingState* R) const
   const int E = opt_.num_experts;
   const int64_t rows = R->router_rows;
   CHECK_EQ(static_cast<int64_t>(R->clean_logits.size()), rows * E);
-  R->noisy_logits = R->clean_logits;
   R->noise_pre.clear();
   R->noisy = noisy;
-  if (noisy) AddNoise(ctx, R);
+  if (noisy) {
+    AddNoise(ctx, R);  // noisy_logits = clean_logits + noise
+  } else {
+    R->noisy_logits = R->clean_logits;
+  }
   R->probs.resize(rows * E);
   SoftmaxRows(R->noisy_logits.data(), rows, E, R->probs.data());
   if (noisy) {

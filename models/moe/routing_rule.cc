@@ -88,8 +88,8 @@ uint32_t DescendingGateKey(float g) {
 // A stable LSD radix sort of the 32-bit keys, one byte per pass, starting from token order: equal
 // keys keep the lower token first, which is the (key, token) order of the unique 64-bit keys the
 // CUDA path sorts. O(n) per group where a comparison sort was O(n log n) with mispredicted
-// branches; a pass whose byte is the same in every key (softmax gates share their top byte) is
-// skipped.
+// branches (counting ranks over all pairs, tried too, was slower still at 128 tokens); a pass
+// whose byte is the same in every key (softmax gates share their top byte) is skipped.
 std::vector<int64_t> BatchPrioritizedOrderByKeys(const float* gate, int64_t n, int k) {
   CHECK(n >= 0 && n <= int64_t{1} << 32) << "BatchPrioritizedOrderByKeys: n=" << n;
   CHECK_GE(k, 1);
@@ -122,7 +122,7 @@ void FillCapacitySlots(const MoeLayerOptions& o, int64_t capacity, RoutingState*
   R->slot.assign(R->rows * k, -1);
   R->block_rows.assign(E * G, 0);
   std::vector<int64_t> counts(E);
-  const std::vector<int64_t> identity = IdentityOrder(n);
+  const std::vector<int64_t> identity = o.batch_prioritized ? std::vector<int64_t>() : IdentityOrder(n);
   for (int64_t g = 0; g < G; ++g) {
     const int64_t t0 = g * n;
     const std::vector<int64_t> order =
