@@ -159,7 +159,8 @@ TEST(AdamW, FrozenParameterIsLeftUntouched) {
 
 // The SIMD update (AdamWUpdateHost) gives the scalar loop's bits: each operation is correctly
 // rounded once either way. The reference is that loop, with volatile stores so that the compiler
-// keeps it scalar and in this order; n is no multiple of 4, so the remainder path runs too.
+// keeps it scalar and in this order; n is no multiple of 16 (the widest clone), so the remainder
+// paths run too.
 TEST(AdamW, SimdUpdateEqualsTheScalarLoopBitForBit) {
   const int64_t n = 1000 + 3;
   AdamWStepScalars s;
