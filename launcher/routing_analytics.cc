@@ -68,6 +68,13 @@ double RoutingMatrix::RowSharePercent(int e, int c) const {
   return rows > 0 ? 100.0 * count(e, c) / rows : 0.0;
 }
 
+double RoutingMatrix::MaxRowSharePercent() const {
+  double mx = 0;
+  for (int e = 0; e < num_experts; ++e)
+    for (int c = 0; c < num_classes; ++c) mx = std::max(mx, RowSharePercent(e, c));
+  return mx;
+}
+
 RoutingAnalytics::RoutingAnalytics(const std::vector<MoeLayer*>& layers, int num_classes) {
   std::vector<std::string> names;
   std::vector<int> experts;
@@ -208,9 +215,7 @@ std::string RoutingMatrixJson(const RoutingMatrix& m) {
 std::vector<uint8_t> RenderRoutingHeatmap(const RoutingMatrix& m, int cell, int* width,
                                           int* height, double* max_percent) {
   CHECK_GE(cell, 2);
-  double mx = 0;
-  for (int e = 0; e < m.num_experts; ++e)
-    for (int c = 0; c < m.num_classes; ++c) mx = std::max(mx, m.RowSharePercent(e, c));
+  const double mx = m.MaxRowSharePercent();
   *max_percent = mx;
   // Layout: grid of cells with 1-pixel lines, a gap of one cell width, then a colour bar one
   // cell wide spanning the grid's height.

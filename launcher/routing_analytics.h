@@ -42,6 +42,8 @@ struct RoutingMatrix {
   // Share (%) of class c's rows that expert e kept. A column sums to top_k x 100% less what
   // capacity dropped; 0 when no image of the class was observed.
   double RowSharePercent(int e, int c) const;
+  // The largest RowSharePercent over all (expert, class): the top of the heatmaps' colour scale.
+  double MaxRowSharePercent() const;
 };
 
 class RoutingAnalytics {

@@ -42,13 +42,6 @@ std::string ClassName(const RoutingMatrix& m, int c) {
   return m.num_classes == 10 ? FashionMnistClassName(c) : "class " + std::to_string(c);
 }
 
-double MaxPercent(const RoutingMatrix& m) {
-  double mx = 0;
-  for (int e = 0; e < m.num_experts; ++e)
-    for (int c = 0; c < m.num_classes; ++c) mx = std::max(mx, m.RowSharePercent(e, c));
-  return mx;
-}
-
 void Title(const RoutingMatrix& m, std::ostringstream* os) {
   double images = 0;
   for (double n : m.class_images) images += n;
@@ -114,7 +107,7 @@ void ColourBar(const RoutingMatrix& m, double mx, std::ostringstream* os) {
 }  // namespace
 
 std::string RoutingHeatmapSvg(const RoutingMatrix& m) {
-  const double mx = MaxPercent(m);
+  const double mx = m.MaxRowSharePercent();
   const int width = kLeft + m.num_classes * kCellW + kBarGap + kBarW + kRight;
   const int height = kTop + m.num_experts * kCellH + kBottom;
   std::ostringstream os;
