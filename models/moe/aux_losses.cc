@@ -43,14 +43,15 @@ double CvSquared(const double* v, int E, double* dv) {
 
 namespace {
 
-// The passes over all n x E (token, expert) pairs of the importance and load losses, compiled for several vector widths (picked once at
-// load time by the CPU; the x86-64 baseline has 4-wide SSE and a slow divide). Contraction is off
-// in this file, so every clone gives the same bits.
-#define MOE_LOAD_LOSS_CLONES __attribute__((target_clones("avx2", "default")))
+// The importance and load losses' passes over all n x E (token, expert) pairs, compiled for
+// AVX-512, AVX2 and the baseline (picked once at load time by the CPU; the x86-64 baseline alone
+// has 4-wide SSE and a slow divide). Contraction is off in this file, so every clone gives the
+// same bits.
+#define MOE_AUX_LOSS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
 // z[t, e] = (threshold_t - h[t, e]) / sigma, threshold_t = kth[t * k + k - 1].
-MOE_LOAD_LOSS_CLONES void LoadZ(const float* h, const float* kth, int64_t n, int E, int k,
-                                float sigma, float* z) {
+MOE_AUX_LOSS_CLONES void LoadZ(const float* h, const float* kth, int64_t n, int E, int k,
+                               float sigma, float* z) {
   for (int64_t t = 0; t < n; ++t) {
     const float thr = kth[t * k + k - 1];
     for (int e = 0; e < E; ++e) z[t * E + e] = (thr - h[t * E + e]) / sigma;
@@ -58,14 +59,14 @@ MOE_LOAD_LOSS_CLONES void LoadZ(const float* h, const float* kth, int64_t n, int
 }
 
 // load[e] = sum_t tail[t, e] in double, t ascending.
-MOE_LOAD_LOSS_CLONES void SumColumns(const float* tail, int64_t n, int E, double* load) {
+MOE_AUX_LOSS_CLONES void SumColumns(const float* tail, int64_t n, int E, double* load) {
   for (int e = 0; e < E; ++e) load[e] = 0;
   for (int64_t t = 0; t < n; ++t)
     for (int e = 0; e < E; ++e) load[e] += tail[t * E + e];
 }
 
 // d[t, e] += term[e] for every row t.
-MOE_LOAD_LOSS_CLONES void AddToEveryRow(const float* term, int64_t n, int E, float* d) {
+MOE_AUX_LOSS_CLONES void AddToEveryRow(const float* term, int64_t n, int E, float* d) {
   for (int64_t t = 0; t < n; ++t)
     for (int e = 0; e < E; ++e) d[t * E + e] += term[e];
 }
@@ -74,8 +75,8 @@ MOE_LOAD_LOSS_CLONES void AddToEveryRow(const float* term, int64_t n, int E, flo
 // 8 interleaved partial sums combined in a fixed order, not one chain of E dependent adds);
 // d_clean[t, :] += row in float. The products are formed twice (once for the sum, once for the
 // write) so that no row is stored and read back.
-MOE_LOAD_LOSS_CLONES void LoadGradRows(const double* c_dload, const float* pdf, const int* kth_idx,
-                                       int64_t n, int E, int k, float* d_clean) {
+MOE_AUX_LOSS_CLONES void LoadGradRows(const double* c_dload, const float* pdf, const int* kth_idx,
+                                      int64_t n, int E, int k, float* d_clean) {
   constexpr int kLanes = 8;
   for (int64_t t = 0; t < n; ++t) {
     const float* p = pdf + t * E;
@@ -112,7 +113,6 @@ double ImportanceLoss(const float* probs_clean, int64_t n, int E, float grad_sca
   }
   return loss;
 }
-
 
 // z, 1 - Phi(z) and phi(z) in float for all n E pairs at once (one vectorised pass, no per-pair
 // branch); the sums over tokens and everything after them in double, as before.

@@ -122,7 +122,8 @@ void FillCapacitySlots(const MoeLayerOptions& o, int64_t capacity, RoutingState*
   R->slot.assign(R->rows * k, -1);
   R->block_rows.assign(E * G, 0);
   std::vector<int64_t> counts(E);
-  const std::vector<int64_t> identity = o.batch_prioritized ? std::vector<int64_t>() : IdentityOrder(n);
+  const std::vector<int64_t> identity =
+      o.batch_prioritized ? std::vector<int64_t>() : IdentityOrder(n);
   for (int64_t g = 0; g < G; ++g) {
     const int64_t t0 = g * n;
     const std::vector<int64_t> order =
