@@ -48,14 +48,13 @@ class CpuExpertCompute : public ExpertCompute {
   }
 
  private:
-  // Row by row: an element's GELU then takes the same path (a vector lane or the loop's scalar
-  // remainder, whose libm erfc differs from libmvec's in the last bits) whatever the number of
-  // rows, so an expert's output row never depends on which other rows share its call (the
+  // One call for the whole block: GELU's bits do not depend on an element's position in the call
+  // (gelu.h), so an expert's output row never depends on which other rows share it (the
   // PIPELINED dispatcher's chunks must give FLAT's bits).
   static void ActivationForward(const ExpertShape& s, const float* pre, float* act, int64_t rows,
                                 int64_t cols) {
     if (s.activation == MoeLayerOptions::Activation::kGelu) {
-      for (int64_t i = 0; i < rows; ++i) GeluForward(pre + i * cols, act + i * cols, cols);
+      GeluForward(pre, act, rows * cols);
       return;
     }
     for (int64_t i = 0; i < rows * cols; ++i) act[i] = pre[i] > 0.f ? pre[i] : 0.f;

@@ -2,9 +2,9 @@
 //  - the node split (ranks_per_node 2 on an EP group of 4: nodes {0,1} and {2,3});
 //  - the two-level all-to-all-v delivers exactly what the flat one does, for uneven counts;
 //  - a bare MoeLayer (token top-k with and without drops, dropless, expert choice) at EP 4 and
-//    EP 2 x DP 2: outputs and dx bit-identical for both dispatchers; parameter gradients
-//    bit-identical for HIERARCHICAL; for PIPELINED the router's bit-identical and the experts'
-//    within 2 n u (below);
+//    EP 2 x DP 2: HIERARCHICAL bit-identical (outputs, dx, every gradient); PIPELINED with the
+//    same routing and drops, the router's gradients within the tolerance below, the outputs, dx
+//    and the experts' gradients within their tolerances (below);
 //  - TrainingSession steps with either dispatcher against the one-rank FLAT reference, through
 //    the EP-invariance harness (tests/mpi/ep_invariance_util.h: losses, routing, gradients).
 //
@@ -15,6 +15,17 @@
 // difference is then at most 2 n u. n is at most all rows of the EP group times k, computed per
 // case below (2 n u = 3.1e-5 for 4 ranks x 32 rows x k 2). A dropped or misplaced row moves a
 // gradient by ~1 / n ~ 1e-2: three orders above.
+//
+// PIPELINED's outputs and dx: an expert's GEMM on a chunk of its rows need not give the bits of
+// the same rows inside one larger GEMM (OpenBLAS picks its micro-kernel and K-splitting by the
+// row count: the Haswell kernel does, SkylakeX does not), so they are compared in norm. Forward,
+// pre = x W1 + b1 (D + 1 terms) and y = act W2 + b2 (H + 1 terms) each differ by at most
+// 2 (K + 1) u times the sum of |terms|; GELU's slope is at most 1.13; and for this layer's
+// Gaussian weights the sum of |terms| is at most ~2.2x the result in norm (sqrt(K) 2 / pi at
+// K = 12). So ||dy|| / ||y|| <= 2 u (D + H + 2) 1.13 * 2.2 < 2 u (D + H + 2) 4 = 1.0e-5. The
+// backward adds its own two GEMMs (H and D terms) and the router's path reads the forward's
+// expert outputs: twice that for dx, 2.1e-5. The router's gradient reads the expert outputs
+// too: the same 2.1e-5. A misplaced or dropped row moves either by ~1e-1.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -183,10 +194,12 @@ TEST_P(DispatcherLayerTest, SameAsFlat) {
   const LayerResult flat = RunLayer(c, &mpi, DispatcherOptions{});
   // n: every row of the EP group, k choices each, could reach one expert.
   const double n = double{kGroupsPerRank} * OptionsFor(c).group_tokens * ep * 2;
-  const double tolerance = 2 * n * std::ldexp(1.0, -24);
+  const double u = std::ldexp(1.0, -24), tolerance = 2 * n * u;
+  const MoeLayerOptions o = OptionsFor(c);
+  const double y_tolerance = 2 * u * (o.dim + o.hidden + 2) * 4, dx_tolerance = 2 * y_tolerance;
   struct Variant {
     DispatcherOptions options;
-    bool exact_grads;
+    bool exact;
   };
   const std::vector<Variant> variants = {
       {{DispatcherKind::kHierarchical, 2, 2}, true},
@@ -200,16 +213,20 @@ TEST_P(DispatcherLayerTest, SameAsFlat) {
                              std::to_string(v.options.pipeline_chunks);
     const LayerResult got = RunLayer(c, &mpi, v.options);
     EXPECT_EQ(got.dropped, flat.dropped) << what;
-    EXPECT_TRUE(SameBits(got.y, flat.y)) << what << ": layer output differs";
-    EXPECT_TRUE(SameBits(got.dx, flat.dx)) << what << ": dx differs";
     ASSERT_EQ(got.grads.size(), flat.grads.size());
-    for (size_t i = 0; i < got.grads.size(); ++i) {
-      if (v.exact_grads || !got.is_expert[i]) {
+    if (v.exact) {
+      EXPECT_TRUE(SameBits(got.y, flat.y)) << what << ": layer output differs";
+      EXPECT_TRUE(SameBits(got.dx, flat.dx)) << what << ": dx differs";
+      for (size_t i = 0; i < got.grads.size(); ++i)
         EXPECT_TRUE(SameBits(got.grads[i], flat.grads[i])) << what << ": gradient " << i;
-      } else {
-        EXPECT_LE(ep_invariance::TensorRelDiff(got.grads[i], flat.grads[i]), tolerance)
-            << what << ": expert gradient " << i;
-      }
+      continue;
+    }
+    EXPECT_LE(ep_invariance::TensorRelDiff(got.y, flat.y), y_tolerance) << what << ": output";
+    EXPECT_LE(ep_invariance::TensorRelDiff(got.dx, flat.dx), dx_tolerance) << what << ": dx";
+    for (size_t i = 0; i < got.grads.size(); ++i) {
+      EXPECT_LE(ep_invariance::TensorRelDiff(got.grads[i], flat.grads[i]),
+                got.is_expert[i] ? tolerance : dx_tolerance)
+          << what << ": gradient " << i << (got.is_expert[i] ? " (expert)" : " (router)");
     }
   }
   if (c.expect_drops) {

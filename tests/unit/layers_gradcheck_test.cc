@@ -169,7 +169,7 @@ TEST(LayersForward, GeluValues) {
   EXPECT_NEAR(y.at(0), 0.8413447f, 1e-6f);
   EXPECT_EQ(y.at(1), 0.f);
   EXPECT_NEAR(y.at(2), -0.1586553f, 1e-6f);
-  EXPECT_NEAR(y.at(3), -0.00404969f, 1e-7f);  // erfc form keeps the tail accurate
+  EXPECT_NEAR(y.at(3), -0.00404969f, 1e-7f);  // the tail form keeps negative x accurate
   float x0 = 0.f, dy = 1.f, dx = 0.f;
   GeluBackward(&x0, &dy, &dx, 1);
   EXPECT_FLOAT_EQ(dx, 0.5f);  // Phi(0) + 0 * phi(0)

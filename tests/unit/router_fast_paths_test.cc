@@ -14,6 +14,7 @@
 #include "models/moe/router_math.h"
 #include "models/moe/routing_rule.h"
 #include "models/moe/slot_assignment.h"
+#include "tests/unit/normal_tail_bounds.h"
 
 namespace moe {
 namespace {
@@ -163,18 +164,12 @@ LoadLossRef LoadLossReference(const std::vector<float>& h, const std::vector<flo
   return r;
 }
 
-// Error model (u = 2^-24, float rounding): z = (t - h) / sigma rounds twice (2u), and the erfc
-// argument z / sqrt(2) adds the constant's rounding and the product's (4u in all), so the tail is
-// evaluated at z (1 + 4u): an error of phi(z) |z| 4u; erfcf itself adds kLib relative (glibc
-// lists up to 4-5 ulps for the float erfc/exp, vector variants included: 5 ulps = 10 u).
-// phi(z) = exp(-z^2 / 2) / sqrt(2 pi) sees its argument off by 5u relative (z's 2u doubled by the
-// square, one rounding in (-0.5 z) z), a relative error of 2.5 z^2 u, plus kLib, plus 2u for the
-// constant 1 / sqrt(2 pi) and the product with it.
-constexpr double kU = 5.9604645e-08;
-constexpr double kLib = 10 * kU;
-// Beyond |z| = 12 the float tail and density take their limits (0 or 1, and 0): an absolute
-// error of at most phi(12) = 5.4e-32 (1 - Phi(12) = 1.8e-33 is smaller).
-constexpr double kTiny = 5.4e-32;
+// Error model (u = 2^-24, float rounding): z = (t - h) / sigma rounds twice (2u relative), which
+// moves the tail by phi(z) |z| 2u and phi's exp argument by z^2 2u; the kernel then adds its own
+// error at that float z (tests/unit/normal_tail_bounds.h: the tail's TailAbsolute, phi's
+// PdfRelative, each including the values beyond |z| = 12).
+namespace ntb = normal_tail_bounds;
+using ntb::kU;
 
 // First-order bound on |loss - ref.loss| from the per-load bounds: sum_e |dL/dload_e| dload_err_e.
 // Doubled for the neglected second-order terms (products of two relative errors, each < 1e-5).
@@ -183,7 +178,7 @@ double LossBound(const LoadLossRef& r, int64_t n, int E, std::vector<double>* lo
   for (int64_t t = 0; t < n; ++t)
     for (int e = 0; e < E; ++e) {
       const double z = r.z[t * E + e];
-      (*load_err)[e] += (NormalPdf(z) * std::abs(z) * 4 * kU + NormalCdf(-z) * kLib + kTiny) / n;
+      (*load_err)[e] += (NormalPdf(z) * std::abs(z) * 2 * kU + ntb::TailAbsolute(z)) / n;
     }
   double b = 0;
   for (int e = 0; e < E; ++e) b += std::abs(r.dload[e]) * (*load_err)[e];
@@ -208,7 +203,7 @@ std::vector<double> DloadBound(const LoadLossRef& r, int E, const std::vector<do
   return b;
 }
 
-// Per element: c (|d dload_e| phi + |dload_e| phi (2.5 z^2 u + 2u + kLib)), and for the threshold
+// Per element: c (|d dload_e| phi + |dload_e| (phi 2 z^2 u + pdf error)), and for the threshold
 // element the sum of its row's bounds as well (it receives minus the row's sum).
 std::vector<double> GradBound(const LoadLossRef& r, int64_t n, int E, int k, float sigma,
                               const std::vector<float>& noisy, const std::vector<double>& ddl) {
@@ -221,8 +216,8 @@ std::vector<double> GradBound(const LoadLossRef& r, int64_t n, int E, int k, flo
     double row = 0;
     for (int e = 0; e < E; ++e) {
       const double z = r.z[t * E + e], phi = NormalPdf(z);
-      const double phi_rel = 2.5 * z * z * kU + 2 * kU + kLib;
-      b[t * E + e] = c * (ddl[e] * phi + std::abs(r.dload[e]) * (phi * phi_rel + kTiny));
+      const double phi_err = phi * 2 * z * z * kU + ntb::PdfAbsolute(z);
+      b[t * E + e] = c * (ddl[e] * phi + std::abs(r.dload[e]) * phi_err);
       row += b[t * E + e];
     }
     b[t * E + idx[t * k + k - 1]] += row;

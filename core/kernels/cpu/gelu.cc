@@ -1,33 +1,84 @@
+// Plain float arithmetic, each operation rounded once (no FMA contraction): every lane of every
+// vector width, and a loop's scalar remainder, computes the same bits.
+#pragma GCC optimize("fp-contract=off")
+
 #include "core/kernels/cpu/gelu.h"
 
-#include <cmath>
+#include <cstdint>
 
-// Speed: this file alone is built with -ffast-math -fopenmp-simd (core/CMakeLists.txt), so the
-// loops below call glibc's vector math (libmvec: 4 erfc/exp per call) instead of the scalar
-// functions. Measured 8x faster than scalar erfc at 2.6e-7 max relative difference; GELU was ~25%
-// of the expert phase before. The GELU loops test nothing, so fast-math changes no decision there;
-// NaN inputs still come out NaN through the arithmetic (NormalTailAndPdf's far-tail comparisons
-// leave NaN's result unspecified, as its header says).
+#include "core/float_rn.h"
+#include "core/kernels/cpu/exp_f32.h"
+
+// Speed: GELU and the router's load loss evaluate the normal tail for every element, so it is
+// written here as branch-free float arithmetic that vectorises: one exp (exp_f32::Exp, shared with
+// the softmax), two short polynomials and one divide, the exp shared by the tail and the density.
+// glibc's vector erfc and exp (libmvec, used here before) were 1.7x slower in the forward and
+// 2.1x in the backward, and less accurate in the far tail (tests/bench/RESULTS.md).
 //
 // Each loop is compiled three times (GCC function multi-versioning, picked once at load time by
-// the CPU): AVX-512 (libmvec's 16-wide erfc/exp), AVX2 (8-wide) and the baseline (SSE, 4-wide).
-// The wider variants halve and quarter the calls; GELU was the largest cost of the expert phase
-// after the GEMMs. The variants agree to within their few ulps, not bit for bit: one machine (all
-// ranks of a run) always takes the same one, so runs stay repeatable.
+// the CPU): AVX-512 (16 lanes), AVX2 (8) and the baseline (SSE, 4). With contraction off they all
+// give the same bits, so a row's GELU never depends on the CPU's width or on which rows share a
+// call (the PIPELINED dispatcher's chunks must give FLAT's bits).
 #define MOE_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
 namespace moe {
 
 namespace {
-constexpr float kInvSqrt2 = 0.70710678118654752f;
-constexpr float kInvSqrt2Pi = 0.39894228040143268f;
+
+constexpr float kInvSqrt2Pi = 0.398942280f;  // 1 / sqrt(2 pi)
+
+// Beyond |z| = 12 the tail and density take their values at 12 (Q(12) = 1.8e-33, phi(12) =
+// 5.4e-32): absolute errors below those, and the exp stays far from underflow (z^2 / 2 <= 72).
+constexpr float kTailCut = 12.f;
+
+// The Mills ratio M(z) = Q(z) / phi(z) (Q = 1 - Phi) for 0 <= z <= 12 as M = 1 / (z + c(z)),
+// c(z) = 1 / M(z) - z, which falls smoothly from sqrt(2 / pi) at 0 to about 1 / z. c ~= P / R,
+// degrees 4 and 5, fitted for least maximum relative error on [0, 12] by
+// core/kernels/cpu/normal_tail_fit.py, which prints these constants and checks them: the fit is
+// within 0.48 u of M (u = 2^-24), and M evaluated in float as below, R / (z R + P), within 3.0 u
+// over 600,000 points. An error in c moves M only by c / (z + c) of it, so one divide suffices.
+constexpr float kP0 = 7.978845835e-01f, kP1 = 5.219064355e-01f, kP2 = 1.766239107e-01f,
+                kP3 = 3.272215277e-02f, kP4 = 2.858401742e-03f;
+constexpr float kR1 = 1.109542608e+00f, kR2 = 5.900607705e-01f, kR3 = 1.821425557e-01f,
+                kR4 = 3.273068741e-02f, kR5 = 2.858239459e-03f;
+
+// z >= 0 (already cut at kTailCut). Returns Q(z) = 1 - Phi(z) and sets *density = phi(z).
+// Error budget (u = 2^-24): z * z rounds once, moving exp's argument by up to z^2 / 2 u (the
+// condition of the problem, which any float implementation shares); Exp adds <= 2 ulps; M's
+// float evaluation <= 3.0 u; the products and the quotient 3 roundings.
+inline float UpperTailAndDensity(float z, float* density) {
+  const float e = exp_f32::Exp(-0.5f * (z * z));
+  const float p = (((kP4 * z + kP3) * z + kP2) * z + kP1) * z + kP0;
+  const float r = ((((kR5 * z + kR4) * z + kR3) * z + kR2) * z + kR1) * z + 1.f;
+  const float phi = kInvSqrt2Pi * e;
+  *density = phi;
+  return (phi * r) / (z * r + p);
+}
+
+// Selects as bit masks, not ?: -- GCC turns some float selects into branches, and a branch stops
+// the loops below from vectorising (exp_f32.h does the same).
+inline float Select(bool take_a, float a, float b) {
+  const uint32_t mask = 0u - static_cast<uint32_t>(take_a);
+  return float_rn::FloatOf((float_rn::BitsOf(a) & mask) | (float_rn::BitsOf(b) & ~mask));
+}
+inline float Abs(float v) { return float_rn::FloatOf(float_rn::BitsOf(v) & 0x7fffffffu); }
+// NaN compares false and passes through.
+inline float CutTail(float z) { return Select(z > kTailCut, kTailCut, z); }
+
+// Phi(x) and phi(x) for any x (NaN gives NaN).
+inline float CdfAndDensity(float x, float* density) {
+  const float tail = UpperTailAndDensity(CutTail(Abs(x)), density);
+  return Select(x < 0.f, tail, 1.f - tail);
+}
+
 }  // namespace
 
 MOE_SIMD_CLONES void GeluForward(const float* x, float* y, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const float v = x[i];
-    y[i] = 0.5f * v * std::erfc(-v * kInvSqrt2);
+    float pdf;
+    y[i] = v * CdfAndDensity(v, &pdf);
   }
 }
 
@@ -35,8 +86,8 @@ MOE_SIMD_CLONES void GeluBackward(const float* x, const float* dy, float* dx, in
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const float v = x[i];
-    const float cdf = 0.5f * std::erfc(-v * kInvSqrt2);
-    const float pdf = kInvSqrt2Pi * std::exp(-0.5f * v * v);
+    float pdf;
+    const float cdf = CdfAndDensity(v, &pdf);
     dx[i] = dy[i] * (cdf + v * pdf);
   }
 }
@@ -49,33 +100,28 @@ MOE_SIMD_CLONES void GeluBackwardWithColumnSums(const float* x, float* d, int64_
 #pragma omp simd
     for (int64_t j = 0; j < cols; ++j) {
       const float v = xi[j];
-      const float cdf = 0.5f * std::erfc(-v * kInvSqrt2);
-      const float pdf = kInvSqrt2Pi * std::exp(-0.5f * v * v);
+      float pdf;
+      const float cdf = CdfAndDensity(v, &pdf);
       di[j] = di[j] * (cdf + v * pdf);
       col_sum[j] += di[j];
     }
   }
 }
 
-// libmvec's erfc and exp leave the vector path for a scalar one on any lane whose result
-// underflows; the load loss meets such z for most pairs at large E. So the functions only see
-// |z| <= kTailCut, and the far tail takes its limits (1 - Phi = 0 or 1, phi = 0), off by at most
-// 1 - Phi(12) = 1.8e-33 and phi(12) = 5.4e-32.
-constexpr float kTailCut = 12.f;
-
 MOE_SIMD_CLONES void NormalTailAndPdf(const float* z, int64_t n, float* tail, float* pdf) {
+  if (pdf == nullptr) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const float zc = std::fmin(std::fmax(z[i], -kTailCut), kTailCut);
-    const float q = 0.5f * std::erfc(zc * kInvSqrt2);
-    tail[i] = z[i] > kTailCut ? 0.f : (z[i] < -kTailCut ? 1.f : q);
+    for (int64_t i = 0; i < n; ++i) {
+      float unused;
+      const float q = UpperTailAndDensity(CutTail(Abs(z[i])), &unused);
+      tail[i] = Select(z[i] < 0.f, 1.f - q, q);
+    }
+    return;
   }
-  if (pdf == nullptr) return;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
-    const float zc = std::fmin(std::fmax(z[i], -kTailCut), kTailCut);
-    const float d = kInvSqrt2Pi * std::exp(-0.5f * zc * zc);
-    pdf[i] = std::abs(z[i]) > kTailCut ? 0.f : d;
+    const float q = UpperTailAndDensity(CutTail(Abs(z[i])), &pdf[i]);
+    tail[i] = Select(z[i] < 0.f, 1.f - q, q);
   }
 }
 

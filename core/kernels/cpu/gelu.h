@@ -1,8 +1,14 @@
 // Exact (erf) GELU on host float arrays, shared by the dense Gelu layer and the MoE experts.
 //   y  = x * Phi(x) = 0.5 * x * erfc(-x / sqrt(2))
 //   dx = dy * (Phi(x) + x * phi(x)),  phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
-// erfc(-x/sqrt2) rather than 1 + erf(x/sqrt2): for negative x the latter cancels and loses
-// relative accuracy; this is the same formula as the CUDA kernels (core/kernels/cuda).
+// Phi comes from the upper tail Q(|x|) (Phi(x) = Q(-x) for x < 0, 1 - Q(x) otherwise), so that
+// negative x keeps its relative accuracy, as erfc(-x / sqrt 2) does in the CUDA kernels
+// (core/kernels/cuda). The tail and phi are gelu.cc's own branch-free float code: one shared exp
+// and a rational Mills ratio, every operation rounded once, so an element gets the same bits
+// whatever the CPU's vector width and wherever it sits in a call. Error bounds, derived in
+// gelu.cc and held by tests/unit/gelu_kernels_test.cc: phi within (x^2 / 2 + 7) u relative and
+// Q(|x|) within (x^2 / 2 + 11) u (u = 2^-24; the x^2 / 2 is the rounding of exp's argument,
+// which any float implementation shares).
 #pragma once
 
 #include <cstdint>
@@ -15,19 +21,17 @@ void GeluForward(const float* x, float* y, int64_t n);
 void GeluBackward(const float* x, const float* dy, float* dx, int64_t n);
 
 // GeluBackward over a [rows, cols] block, in place on d, with the column sums of the result added
-// to col_sum (a bias gradient) in the same pass: col_sum[j] += sum_i d[i, j], rows in order (the
-// order of a separate loop over the rows; the elements agree with GeluBackward's within the few
-// ulps by which libmvec's vector erfc/exp and libm's scalar ones, used in loop remainders, differ).
+// to col_sum (a bias gradient) in the same pass: col_sum[j] += sum_i d[i, j], rows in order. Bit
+// for bit GeluBackward followed by a separate loop over the rows.
 void GeluBackwardWithColumnSums(const float* x, float* d, int64_t rows, int64_t cols,
                                 float* col_sum);
 
 // The standard normal's upper tail and density that GELU is made of, vectorised the same way (the
 // router's load loss reads them for every (row, expert) pair):
 //   tail[i] = 1 - Phi(z[i]) = 0.5 erfc(z[i] / sqrt(2)),  pdf[i] = exp(-z[i]^2 / 2) / sqrt(2 pi).
-// Float erfc/exp from libmvec, each within a few ulps (2.6e-7 relative measured against the
-// scalar functions, see gelu.cc) for |z| <= 12; beyond, the limits 0 or 1 and 0 (absolute errors
-// below 1.8e-33 and 5.4e-32). NaN in z gives unspecified values (fast-math). pdf may be nullptr
-// (then only the tail is computed).
+// Within the bounds above for |z| <= 12 (for z < 0, 1 - Q(|z|) rounds once more); beyond, the
+// values at |z| = 12 (absolute errors below 1.8e-33 and 5.4e-32). NaN in z gives NaN. pdf may be
+// nullptr (then only the tail is written).
 void NormalTailAndPdf(const float* z, int64_t n, float* tail, float* pdf);
 
 }  // namespace moe
