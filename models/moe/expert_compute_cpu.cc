@@ -49,8 +49,7 @@ class CpuExpertCompute : public ExpertCompute {
 
  private:
   // One call for the whole block: GELU's bits do not depend on an element's position in the call
-  // (gelu.h), so an expert's output row never depends on which other rows share it (the
-  // PIPELINED dispatcher's chunks must give FLAT's bits).
+  // (gelu.h), so this step adds nothing to the differences between a chunk of rows and the whole.
   static void ActivationForward(const ExpertShape& s, const float* pre, float* act, int64_t rows,
                                 int64_t cols) {
     if (s.activation == MoeLayerOptions::Activation::kGelu) {

@@ -18,7 +18,7 @@
 // Each loop is compiled three times (GCC function multi-versioning, picked once at load time by
 // the CPU): AVX-512 (16 lanes), AVX2 (8) and the baseline (SSE, 4). With contraction off they all
 // give the same bits, so a row's GELU never depends on the CPU's width or on which rows share a
-// call (the PIPELINED dispatcher's chunks must give FLAT's bits).
+// call.
 #define MOE_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
 namespace moe {
