@@ -34,7 +34,8 @@ std::vector<float> DenseSweep() {
   return z;
 }
 
-double Cdf(double x) { return 0.5 * std::erfc(-x / std::sqrt(2.0)); }
+// Phi(x) = Q(-x).
+double Cdf(double x) { return ntb::UpperTail(-x); }
 
 TEST(GeluKernels, TailAndPdfWithinTheirDerivedBoundsOverADenseSweep) {
   const std::vector<float> z = DenseSweep();
