@@ -104,7 +104,7 @@ Tensor ExpertBank::Forward(const Tensor& input, const std::vector<int64_t>& rows
   Cache& k = caches_[chunk];
   k.input = input;
   k.rows = rows_per_expert;
-  k.hidden_pre = HiddenRows(c, chunk, &Cache::hidden_pre, total);
+  k.hidden_saved = HiddenRows(c, chunk, &Cache::hidden_saved, total);
   k.hidden_act = HiddenRows(c, chunk, &Cache::hidden_act, total);
   Tensor out = c.NewRows(total, dim_);
   int64_t row = 0;
@@ -112,7 +112,7 @@ Tensor ExpertBank::Forward(const Tensor& input, const std::vector<int64_t>& rows
     const int64_t m = k.rows[l];
     if (m == 0) continue;
     c.Forward(WeightsOf(l), shape, m, input.data() + row * dim_,
-              k.hidden_pre.data() + row * hidden_, k.hidden_act.data() + row * hidden_,
+              k.hidden_saved.data() + row * hidden_, k.hidden_act.data() + row * hidden_,
               out.data() + row * dim_);
     row += m;
   }
@@ -137,7 +137,7 @@ Tensor ExpertBank::Backward(const Tensor& d_output, int chunk) {
     const int64_t m = k.rows[l];
     if (m == 0) continue;
     c.Backward(WeightsOf(l), shape, m, k.input.data() + row * dim_,
-               k.hidden_pre.data() + row * hidden_, k.hidden_act.data() + row * hidden_,
+               k.hidden_saved.data() + row * hidden_, k.hidden_act.data() + row * hidden_,
                d_output.data() + row * dim_, d_hidden + row * hidden_,
                d_input.data() + row * dim_);
     row += m;

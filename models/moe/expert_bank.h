@@ -57,7 +57,7 @@ class ExpertBank {
   std::vector<Expert> experts_;
   // Forward caches per chunk (expert-major, same row order as the input).
   struct Cache {
-    Tensor input, hidden_pre, hidden_act;
+    Tensor input, hidden_saved, hidden_act;
     std::vector<int64_t> rows;
   };
   std::vector<Cache> caches_;

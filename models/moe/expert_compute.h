@@ -32,14 +32,16 @@ class ExpertCompute {
   virtual Device device() const = 0;
   // An uninitialised [rows, cols] tensor of this device for the bank's activations and outputs.
   virtual Tensor NewRows(int64_t rows, int64_t cols) = 0;
-  // m rows: pre = x W1 + b1, act = activation(pre), y = act W2 + b2.
+  // m rows: pre = x W1 + b1, act = activation(pre), y = act W2 + b2. `saved` [m, H] keeps what
+  // this arithmetic's Backward needs of pre: the host one activation'(pre), so that its backward
+  // evaluates no erfc; the CUDA one pre itself.
   virtual void Forward(const ExpertWeights& w, const ExpertShape& s, int64_t m, const float* x,
-                       float* pre, float* act, float* y) = 0;
+                       float* saved, float* act, float* y) = 0;
   // Scratch for Backward's d(hidden): `count` floats, valid until the next call.
   virtual float* HiddenGradScratch(int64_t count) = 0;
   // m rows: ACCUMULATES dW2, db2, dW1, db1; dh is scratch [m, H]; writes dx = dpre W1^T.
   virtual void Backward(const ExpertWeights& w, const ExpertShape& s, int64_t m, const float* x,
-                        const float* pre, const float* act, const float* dy, float* dh,
+                        const float* saved, const float* act, const float* dy, float* dh,
                         float* dx) = 0;
 };
 

@@ -103,20 +103,24 @@ TEST(GeluKernels, NanPropagates) {
 TEST(GeluKernels, BitsDoNotDependOnPositionInTheCall) {
   const int64_t n = 1001;
   const std::vector<float> x = Normals(n, 3, 3.f), dy = Normals(n, 4, 1.f);
-  std::vector<float> y(n), dx(n), tail(n), pdf(n);
+  std::vector<float> y(n), dx(n), tail(n), pdf(n), y2(n), dydx(n);
   GeluForward(x.data(), y.data(), n);
   GeluBackward(x.data(), dy.data(), dx.data(), n);
   NormalTailAndPdf(x.data(), n, tail.data(), pdf.data());
+  GeluForwardWithDerivative(x.data(), y2.data(), dydx.data(), n);
   for (int64_t start : {0, 1, 3, 17}) {
     for (int64_t i = start; i < n; i += 37) {  // alone: a call of one element
-      float yi, dxi, ti, pi;
+      float yi, dxi, ti, pi, y2i, di;
       GeluForward(&x[i], &yi, 1);
       GeluBackward(&x[i], &dy[i], &dxi, 1);
       NormalTailAndPdf(&x[i], 1, &ti, &pi);
+      GeluForwardWithDerivative(&x[i], &y2i, &di, 1);
       ASSERT_EQ(yi, y[i]) << i;
       ASSERT_EQ(dxi, dx[i]) << i;
       ASSERT_EQ(ti, tail[i]) << i;
       ASSERT_EQ(pi, pdf[i]) << i;
+      ASSERT_EQ(y2i, y2[i]) << i;
+      ASSERT_EQ(di, dydx[i]) << i;
     }
     std::vector<float> shifted(n - start);  // misaligned start, different remainder
     GeluForward(x.data() + start, shifted.data(), n - start);
@@ -124,19 +128,24 @@ TEST(GeluKernels, BitsDoNotDependOnPositionInTheCall) {
   }
 }
 
-// The fused backward is GeluBackward plus a column-sum loop, bit for bit: the elements round the
-// same operations, and the sums add the rows in order onto the bias gradient.
-TEST(GeluKernels, BackwardWithColumnSumsIsBackwardThenSumsBitForBit) {
+// The experts' split of GELU (the forward keeps the derivative, the backward multiplies by it and
+// sums the columns) is GeluForward, GeluBackward and a column-sum loop, bit for bit: the elements
+// round the same operations, and the sums add the rows in order onto the bias gradient. Also in
+// place (dydx over x), as the experts call it.
+TEST(GeluKernels, ForwardWithDerivativeThenScaleIsForwardBackwardAndSumsBitForBit) {
   for (int64_t cols : {1, 7, 16, 128, 131}) {
-    const int64_t rows = 37;
-    const std::vector<float> x = Normals(rows * cols, 3, 2.f), dy = Normals(rows * cols, 4, 1.f);
+    const int64_t rows = 37, n = rows * cols;
+    const std::vector<float> x = Normals(n, 3, 2.f), dy = Normals(n, 4, 1.f);
     const std::vector<float> bias0 = Normals(cols, 5, 1.f);
-    std::vector<float> want(rows * cols), want_sum = bias0;
-    GeluBackward(x.data(), dy.data(), want.data(), rows * cols);
+    std::vector<float> want_y(n), want(n), want_sum = bias0;
+    GeluForward(x.data(), want_y.data(), n);
+    GeluBackward(x.data(), dy.data(), want.data(), n);
     for (int64_t i = 0; i < rows; ++i)
       for (int64_t j = 0; j < cols; ++j) want_sum[j] += want[i * cols + j];
-    std::vector<float> got = dy, got_sum = bias0;
-    GeluBackwardWithColumnSums(x.data(), got.data(), rows, cols, got_sum.data());
+    std::vector<float> saved = x, got_y(n), got = dy, got_sum = bias0;
+    GeluForwardWithDerivative(saved.data(), got_y.data(), saved.data(), n);
+    ScaleWithColumnSums(saved.data(), got.data(), rows, cols, got_sum.data());
+    EXPECT_EQ(got_y, want_y) << "cols=" << cols;
     EXPECT_EQ(got, want) << "cols=" << cols;
     EXPECT_EQ(got_sum, want_sum) << "cols=" << cols;
   }

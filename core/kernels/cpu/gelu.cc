@@ -92,17 +92,25 @@ MOE_SIMD_CLONES void GeluBackward(const float* x, const float* dy, float* dx, in
   }
 }
 
-MOE_SIMD_CLONES void GeluBackwardWithColumnSums(const float* x, float* d, int64_t rows,
-                                                int64_t cols, float* col_sum) {
+MOE_SIMD_CLONES void GeluForwardWithDerivative(const float* x, float* y, float* dydx, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    float pdf;
+    const float cdf = CdfAndDensity(v, &pdf);
+    y[i] = v * cdf;
+    dydx[i] = cdf + v * pdf;  // GeluBackward's factor, the same operations
+  }
+}
+
+MOE_SIMD_CLONES void ScaleWithColumnSums(const float* factor, float* d, int64_t rows,
+                                         int64_t cols, float* col_sum) {
   for (int64_t i = 0; i < rows; ++i) {
-    const float* xi = x + i * cols;
+    const float* fi = factor + i * cols;
     float* di = d + i * cols;
 #pragma omp simd
     for (int64_t j = 0; j < cols; ++j) {
-      const float v = xi[j];
-      float pdf;
-      const float cdf = CdfAndDensity(v, &pdf);
-      di[j] = di[j] * (cdf + v * pdf);
+      di[j] = di[j] * fi[j];
       col_sum[j] += di[j];
     }
   }

@@ -20,11 +20,18 @@ void GeluForward(const float* x, float* y, int64_t n);
 // dx[i] = dy[i] * gelu'(x[i]) (written, not accumulated). dx may alias dy (not x).
 void GeluBackward(const float* x, const float* dy, float* dx, int64_t n);
 
-// GeluBackward over a [rows, cols] block, in place on d, with the column sums of the result added
-// to col_sum (a bias gradient) in the same pass: col_sum[j] += sum_i d[i, j], rows in order. Bit
-// for bit GeluBackward followed by a separate loop over the rows.
-void GeluBackwardWithColumnSums(const float* x, float* d, int64_t rows, int64_t cols,
-                                float* col_sum);
+// GeluForward that also writes the derivative, dydx[i] = gelu'(x[i]), by the same operations as
+// GeluBackward's factor (so dy * dydx[i] is GeluBackward's dx bit for bit). A layer that keeps
+// dydx instead of x needs no second evaluation of the tail in its backward (the experts do this:
+// models/moe/expert_compute_cpu.cc). y and dydx may alias x (each element is read first).
+void GeluForwardWithDerivative(const float* x, float* y, float* dydx, int64_t n);
+
+// The backward's product over a [rows, cols] block, in place: d[i, j] *= factor[i, j], with the
+// column sums of the result added to col_sum (a bias gradient) in the same pass, rows in order.
+// With factor = GeluForwardWithDerivative's dydx, bit for bit GeluBackward followed by a separate
+// loop over the rows.
+void ScaleWithColumnSums(const float* factor, float* d, int64_t rows, int64_t cols,
+                         float* col_sum);
 
 // The standard normal's upper tail and density that GELU is made of, vectorised the same way (the
 // router's load loss reads them for every (row, expert) pair):
