@@ -1,5 +1,5 @@
-// Plain float arithmetic, each operation rounded once: exp_f32::Exp must match the device's bit
-// for bit (core/kernels/cpu/exp_f32.h).
+// Plain float arithmetic, each operation rounded once (the selections' loops are compiled for
+// several vector widths and must give the baseline's bits).
 #pragma GCC optimize("fp-contract=off")
 
 #include "models/moe/router_math.h"
@@ -11,78 +11,17 @@
 #include <limits>
 #include <vector>
 
-#include "core/kernels/cpu/exp_f32.h"
 #include "core/kernels/cpu/softmax.h"
 
 namespace moe {
 
-namespace {
-
-// The three passes of SoftmaxRows, each a short vectorisable loop over contiguous memory (the row
-// loops of a router are short: E = 8 is one vector, so a loop that is one chain per row stalls on
-// its own latency). Compiled for several vector widths; the file turns FMA contraction off, so
-// every width gives the bits of the row-by-row definition.
-#define MOE_ROUTER_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-
-// y = x - max(x) per row (y may alias x). The max in 8 interleaved partial maxima: its VALUE does
-// not depend on the order, and a row holding NaN comes out all NaN either way (the NaN reaches
-// the sum), so the probabilities equal those of the sequential max.
-MOE_ROUTER_CLONES void SubtractRowMax(const float* x, int64_t n, int E, float* y) {
-  constexpr int kParts = 8;
-  for (int64_t t = 0; t < n; ++t) {
-    const float* xr = x + t * E;
-    float part[kParts];
-    for (int j = 0; j < kParts; ++j) part[j] = xr[0];
-    int e = 0;
-    for (; e + kParts <= E; e += kParts)
-      for (int j = 0; j < kParts; ++j) part[j] = std::max(part[j], xr[e + j]);
-    for (; e < E; ++e) part[0] = std::max(part[0], xr[e]);
-    const float mx = std::max(std::max(std::max(part[0], part[1]), std::max(part[2], part[3])),
-                              std::max(std::max(part[4], part[5]), std::max(part[6], part[7])));
-    for (int j = 0; j < E; ++j) y[t * E + j] = xr[j] - mx;
-  }
-}
-
-// x[i] -> exp_f32::Exp(x[i]) over the whole array (Exp is basic float operations only).
-MOE_ROUTER_CLONES void ExpInPlace(float* x, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) x[i] = exp_f32::Exp(x[i]);
-}
-
-// y /= sum(y) per row, the sum in double in index order and the product in double. Four rows at
-// a time: their four sums are independent chains that the CPU runs side by side.
-MOE_ROUTER_CLONES void NormaliseRows(float* y, int64_t n, int E) {
-  constexpr int kRows = 4;
-  int64_t t = 0;
-  for (; t + kRows <= n; t += kRows) {
-    float* b = y + t * E;
-    double sum[kRows] = {};
-    for (int j = 0; j < E; ++j)
-      for (int r = 0; r < kRows; ++r) sum[r] += b[r * E + j];
-    for (int r = 0; r < kRows; ++r) {
-      const double inv = 1.0 / sum[r];
-      for (int j = 0; j < E; ++j) b[r * E + j] = static_cast<float>(b[r * E + j] * inv);
-    }
-  }
-  for (; t < n; ++t) {
-    float* b = y + t * E;
-    double sum = 0;
-    for (int j = 0; j < E; ++j) sum += b[j];
-    const double inv = 1.0 / sum;
-    for (int j = 0; j < E; ++j) b[j] = static_cast<float>(b[j] * inv);
-  }
-}
-
-}  // namespace
-
-// exp in float, the sum and the normalisation in double. The CUDA kernel (SoftmaxForwardKernel,
-// core/kernels/cuda/moe_routing_kernels.cu) performs the same operations in the same order, the
-// sum included, so both give the same bits.
+// The host softmax (core/kernels/cpu/softmax.h): exp in float, the sum and the normalisation in
+// double. The CUDA kernel (SoftmaxForwardKernel, core/kernels/cuda/moe_routing_kernels.cu)
+// performs the same operations in the same order, the sum included, so both give the same bits.
 void SoftmaxRows(const float* logits, int64_t n, int E, float* probs) {
   CHECK_GE(n, 0);
   CHECK_GE(E, 1);
-  SubtractRowMax(logits, n, E, probs);
-  ExpInPlace(probs, n * E);
-  NormaliseRows(probs, n, E);
+  SoftmaxForwardRows(logits, n, E, probs);
 }
 
 void SoftmaxRowsBackward(const float* probs, const float* dprobs, int64_t n, int E, float* dlogits) {

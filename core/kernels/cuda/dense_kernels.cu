@@ -7,6 +7,7 @@
 #include <climits>
 #include <cstdint>
 
+#include "core/kernels/cpu/exp_f32.h"
 #include "core/kernels/cuda/cuda_check.h"
 
 // Launch shapes used below (all block sizes are compile-time constants, so no launch can exceed
@@ -319,7 +320,8 @@ void ColumnReduceAccumulate(const float* dy, const float* x, const float* mean, 
 // ---------------------------------------------------------------------------------------------
 // Softmax forward, row in registers: each lane holds K groups of V consecutive columns
 // (column (lane + 32*k)*V + c), 32*K*V >= cols; V = 4 needs cols % 4 == 0 and 16-byte aligned
-// x, y. exp in double; e kept as float between the passes (one extra rounding, < 1 ulp of y).
+// x, y. exp in float by the host's own operations (exp_f32.h), the sum in double (in warp order,
+// not the host's index order: within rounding of the host's y).
 // Each lane reads and writes only its own columns, so y may alias x.
 template <int K, int V>
 __global__ void __launch_bounds__(kThreads)
@@ -355,9 +357,9 @@ __global__ void __launch_bounds__(kThreads)
       if (j < cols) {
 #pragma unroll
         for (int c = 0; c < V; ++c) {
-          const double e = exp(static_cast<double>(v[k * V + c]) - mx);
+          const float e = exp_f32::Exp(__fsub_rn(v[k * V + c], mx));
           sum += e;
-          v[k * V + c] = static_cast<float>(e);
+          v[k * V + c] = e;
         }
       }
     }
@@ -382,7 +384,8 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Softmax forward for rows longer than 1024: three passes over global memory, exp recomputed in
-// pass 3 so y = float(exp(x - max) / sum) exactly as the CPU. Own columns only: y may alias x.
+// pass 3 (the same float bits), y = float(e * (1 / sum)) as on the host. Own columns only: y may
+// alias x.
 __global__ void __launch_bounds__(kThreads)
     SoftmaxForwardLoopKernel(const float* x, int64_t rows, int64_t cols, float* y) {
   const int lane = threadIdx.x & 31;
@@ -393,10 +396,10 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t j = lane; j < cols; j += 32) mx = fmaxf(mx, xr[j]);
     mx = WarpMax(mx);
     double sum = 0;
-    for (int64_t j = lane; j < cols; j += 32) sum += exp(static_cast<double>(xr[j]) - mx);
+    for (int64_t j = lane; j < cols; j += 32) sum += exp_f32::Exp(__fsub_rn(xr[j], mx));
     const double inv = 1.0 / WarpSum(sum);
     for (int64_t j = lane; j < cols; j += 32)
-      yr[j] = static_cast<float>(exp(static_cast<double>(xr[j]) - mx) * inv);
+      yr[j] = static_cast<float>(static_cast<double>(exp_f32::Exp(__fsub_rn(xr[j], mx))) * inv);
   }
 }
 
