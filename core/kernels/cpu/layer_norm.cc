@@ -5,26 +5,80 @@
 
 namespace moe {
 
-void LayerNormForward(const float* x, const float* gamma, const float* beta, int64_t rows,
-                      int64_t dim, float eps, float* y, float* mean, float* rstd) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * dim;
-    double s = 0;
-    for (int64_t j = 0; j < dim; ++j) s += xr[j];
-    const double mu = s / dim;
-    // Two-pass variance: no cancellation when |mean| >> std.
-    double ss = 0;
-    for (int64_t j = 0; j < dim; ++j) {
-      const double d = xr[j] - mu;
-      ss += d * d;
+namespace {
+
+// Speed: each row's statistics are sums in double, one chain of dependent adds per row (its order
+// is the definition, so it cannot be split). A row of 64 would stall on the add latency; kRows
+// rows are therefore summed side by side, each still in index order: the bits do not change.
+constexpr int kRows = 4;
+
+template <int N>
+void ForwardRows(const float* x, const float* gamma, const float* beta, int64_t dim, float eps,
+                 float* y, float* mean, float* rstd) {
+  double s[N] = {};
+  for (int64_t j = 0; j < dim; ++j)
+    for (int r = 0; r < N; ++r) s[r] += x[r * dim + j];
+  double mu[N];
+  for (int r = 0; r < N; ++r) mu[r] = s[r] / dim;
+  // Two-pass variance: no cancellation when |mean| >> std.
+  double ss[N] = {};
+  for (int64_t j = 0; j < dim; ++j)
+    for (int r = 0; r < N; ++r) {
+      const double d = x[r * dim + j] - mu[r];
+      ss[r] += d * d;
     }
-    const double inv = 1.0 / std::sqrt(ss / dim + eps);
-    mean[r] = static_cast<float>(mu);
+  for (int r = 0; r < N; ++r) {
+    const double inv = 1.0 / std::sqrt(ss[r] / dim + eps);
+    mean[r] = static_cast<float>(mu[r]);
     rstd[r] = static_cast<float>(inv);
+    const float* xr = x + r * dim;
     float* yr = y + r * dim;
     for (int64_t j = 0; j < dim; ++j)
-      yr[j] = static_cast<float>((xr[j] - mu) * inv) * gamma[j] + beta[j];
+      yr[j] = static_cast<float>((xr[j] - mu[r]) * inv) * gamma[j] + beta[j];
   }
+}
+
+// dg, db: [dim] in double, accumulated row after row (rows ascending for every column).
+template <int N>
+void BackwardRows(const float* x, const float* dy, const float* gamma, const float* mean,
+                  const float* rstd, int64_t dim, float* dx, double* dg, double* db) {
+  double mu[N], inv[N], sum_g[N] = {}, sum_gx[N] = {};
+  for (int r = 0; r < N; ++r) {
+    mu[r] = mean[r];
+    inv[r] = rstd[r];
+  }
+  for (int64_t j = 0; j < dim; ++j)
+    for (int r = 0; r < N; ++r) {
+      const double dyv = dy[r * dim + j];
+      const double xhat = (x[r * dim + j] - mu[r]) * inv[r];
+      const double g = dyv * gamma[j];
+      sum_g[r] += g;
+      sum_gx[r] += g * xhat;
+      dg[j] += dy[r * dim + j] * xhat;
+      db[j] += dy[r * dim + j];
+    }
+  for (int r = 0; r < N; ++r) {
+    const double mg = sum_g[r] / dim, mgx = sum_gx[r] / dim;
+    const float* xr = x + r * dim;
+    const float* dyr = dy + r * dim;
+    float* dxr = dx + r * dim;
+    for (int64_t j = 0; j < dim; ++j) {
+      const double xhat = (xr[j] - mu[r]) * inv[r];
+      dxr[j] = static_cast<float>(inv[r] * (static_cast<double>(dyr[j]) * gamma[j] - mg -
+                                            xhat * mgx));
+    }
+  }
+}
+
+}  // namespace
+
+void LayerNormForward(const float* x, const float* gamma, const float* beta, int64_t rows,
+                      int64_t dim, float eps, float* y, float* mean, float* rstd) {
+  int64_t r = 0;
+  for (; r + kRows <= rows; r += kRows)
+    ForwardRows<kRows>(x + r * dim, gamma, beta, dim, eps, y + r * dim, mean + r, rstd + r);
+  for (; r < rows; ++r)
+    ForwardRows<1>(x + r * dim, gamma, beta, dim, eps, y + r * dim, mean + r, rstd + r);
 }
 
 void LayerNormBackward(const float* x, const float* dy, const float* gamma, const float* mean,
@@ -32,27 +86,16 @@ void LayerNormBackward(const float* x, const float* dy, const float* gamma, cons
                        float* dbeta) {
   // With xhat = (x - mean) * rstd and g = dy * gamma:
   //   dx = rstd * (g - mean_j(g) - xhat * mean_j(g * xhat)).
-  std::vector<double> dg(dim, 0.0), db(dim, 0.0);
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * dim;
-    const float* dyr = dy + r * dim;
-    const double mu = mean[r], inv = rstd[r];
-    double sum_g = 0, sum_gx = 0;
-    for (int64_t j = 0; j < dim; ++j) {
-      const double xhat = (xr[j] - mu) * inv;
-      const double g = static_cast<double>(dyr[j]) * gamma[j];
-      sum_g += g;
-      sum_gx += g * xhat;
-      dg[j] += dyr[j] * xhat;
-      db[j] += dyr[j];
-    }
-    const double mg = sum_g / dim, mgx = sum_gx / dim;
-    float* dxr = dx + r * dim;
-    for (int64_t j = 0; j < dim; ++j) {
-      const double xhat = (xr[j] - mu) * inv;
-      dxr[j] = static_cast<float>(inv * (static_cast<double>(dyr[j]) * gamma[j] - mg - xhat * mgx));
-    }
-  }
+  thread_local std::vector<double> dg, db;
+  dg.assign(dim, 0.0);
+  db.assign(dim, 0.0);
+  int64_t r = 0;
+  for (; r + kRows <= rows; r += kRows)
+    BackwardRows<kRows>(x + r * dim, dy + r * dim, gamma, mean + r, rstd + r, dim, dx + r * dim,
+                        dg.data(), db.data());
+  for (; r < rows; ++r)
+    BackwardRows<1>(x + r * dim, dy + r * dim, gamma, mean + r, rstd + r, dim, dx + r * dim,
+                    dg.data(), db.data());
   for (int64_t j = 0; j < dim; ++j) {
     dgamma[j] += static_cast<float>(dg[j]);
     dbeta[j] += static_cast<float>(db[j]);
