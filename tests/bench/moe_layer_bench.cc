@@ -143,12 +143,13 @@ void PrintHeader(int world, const BlasThreadChoice& blas) {
          blas.threads, blas.source.c_str(),
          FLAGS_keep_host_memory ? "kept" : "returned (glibc defaults)");
   printf("# exp/gemm, bwd/gemm: the expert phase over bare sgemm calls of its shapes on per-expert\n"
-         "# operands (the same memory it reads); exp/hot, bwd/hot: over the same calls on one\n"
-         "# expert's operands reused for all (cache-hot: a bound no layer reaches)\n");
+         "# operands (the same memory it reads); all/gemm: forward and backward together;\n"
+         "# exp/hot, bwd/hot: over the same calls on one expert's operands reused for all\n"
+         "# (cache-hot: a bound no layer reaches)\n");
   printf("%4s %4s %5s %6s |", "E", "EP", "cf", "C");
   for (const auto& p : Phases()) printf(" %9.9s", p.c_str());
-  printf(" | %8s %8s | %9s %9s %9s %9s\n", "fwd+bwd", "a2a %", "exp/gemm", "bwd/gemm",
-         "exp/hot", "bwd/hot");
+  printf(" | %8s %8s | %9s %9s %9s %9s %9s\n", "fwd+bwd", "a2a %", "exp/gemm", "bwd/gemm",
+         "all/gemm", "exp/hot", "bwd/hot");
 }
 
 MoeLayerOptions BenchOptions(int E, double cf) {
@@ -229,13 +230,15 @@ SweepRow MeasurePoint(int E, double cf, MpiCommunicator* comm, int rank, int wor
   // Ratios per rank in one run, then the worst rank.
   const double rf = MaxOverRanks(phase_s("experts") / t.raw_fwd);
   const double rb = MaxOverRanks(phase_s("experts_bwd") / t.raw_bwd);
+  const double ra = MaxOverRanks((phase_s("experts") + phase_s("experts_bwd")) /
+                                 (t.raw_fwd + t.raw_bwd));
   const double hf = MaxOverRanks(phase_s("experts") / t.hot_fwd);
   const double hb = MaxOverRanks(phase_s("experts_bwd") / t.hot_bwd);
   if (rank == 0) {
     printf("%4d %4d %5.2f %6lld |", E, world, cf, static_cast<long long>(layer.CurrentCapacity()));
     for (double v : ms) printf(" %9.3f", v);
-    printf(" | %8.2f %7.1f%% | %9.3f %9.3f %9.3f %9.3f\n", total, 100.0 * a2a / total, rf, rb,
-           hf, hb);
+    printf(" | %8.2f %7.1f%% | %9.3f %9.3f %9.3f %9.3f %9.3f\n", total, 100.0 * a2a / total, rf,
+           rb, ra, hf, hb);
   }
   // ms[0] = router, ms[3] = experts (forward); tokens/s over the whole EP group.
   return {E, cf, ms[0], ms[3], total, 1e3 * static_cast<double>(T) * world / total};
