@@ -3,7 +3,7 @@
 // an implementation; code above it is device-agnostic:
 //
 //   const Backend& be = BackendFor(x.device());
-//   Tensor y = be.GeluForward(x);
+//   Tensor y = be.GeluForward(x, &saved);
 //
 // Implementations: core/cpu_backend*.cc (host kernels of core/kernels/cpu, OpenBLAS through
 // core/gemm.h) and core/kernels/cuda/cuda_backend*.cc (the CUDA kernels of core/kernels/cuda and
@@ -74,9 +74,11 @@ class Backend {
   // Returns dx = dy W^T; ACCUMULATES dW += x^T dy and, with dbias, dbias += column sums of dy.
   virtual Tensor LinearBackward(const Tensor& x, const Tensor& dy, const Tensor& w, Tensor* dw,
                                 Tensor* dbias) const = 0;
-  // Exact (erf) GELU, elementwise; the backward returns dx = dy * gelu'(x).
-  virtual Tensor GeluForward(const Tensor& x) const = 0;
-  virtual Tensor GeluBackward(const Tensor& x, const Tensor& dy) const = 0;
+  // Exact (erf) GELU, elementwise. *saved gets what the backward needs of x, each backend's own
+  // choice: the host keeps gelu'(x) (so that its backward is one product per element, not a
+  // second evaluation of erfc), CUDA keeps x itself. The backward returns dx = dy * gelu'(x).
+  virtual Tensor GeluForward(const Tensor& x, Tensor* saved) const = 0;
+  virtual Tensor GeluBackward(const Tensor& saved, const Tensor& dy) const = 0;
   // LayerNorm over the last dim of x [rows, dim] (statistics in double); *mean, *rstd get the
   // per-row statistics ([rows] tensors) for the backward, which returns dx and ACCUMULATES
   // dgamma and dbeta.

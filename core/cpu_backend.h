@@ -26,8 +26,8 @@ class CpuBackend : public Backend {
   Tensor LinearForward(const Tensor& x, const Tensor& w, const Tensor* bias) const override;
   Tensor LinearBackward(const Tensor& x, const Tensor& dy, const Tensor& w, Tensor* dw,
                         Tensor* dbias) const override;
-  Tensor GeluForward(const Tensor& x) const override;
-  Tensor GeluBackward(const Tensor& x, const Tensor& dy) const override;
+  Tensor GeluForward(const Tensor& x, Tensor* saved) const override;
+  Tensor GeluBackward(const Tensor& saved, const Tensor& dy) const override;
   Tensor LayerNormForward(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
                           Tensor* mean, Tensor* rstd) const override;
   Tensor LayerNormBackward(const Tensor& x, const Tensor& dy, const Tensor& gamma,

@@ -37,15 +37,17 @@ Tensor CpuBackend::LinearBackward(const Tensor& x, const Tensor& dy, const Tenso
   return dx;
 }
 
-Tensor CpuBackend::GeluForward(const Tensor& x) const {
+// The host keeps gelu'(x): the forward's normal tail serves both (gelu.h), the backward multiplies.
+Tensor CpuBackend::GeluForward(const Tensor& x, Tensor* saved) const {
   Tensor y(x.shape());
-  ::moe::GeluForward(x.data(), y.data(), x.numel());
+  *saved = Tensor(x.shape());
+  ::moe::GeluForwardWithDerivative(x.data(), y.data(), saved->data(), x.numel());
   return y;
 }
 
-Tensor CpuBackend::GeluBackward(const Tensor& x, const Tensor& dy) const {
-  Tensor dx(x.shape());
-  ::moe::GeluBackward(x.data(), dy.data(), dx.data(), x.numel());
+Tensor CpuBackend::GeluBackward(const Tensor& saved, const Tensor& dy) const {
+  Tensor dx(saved.shape());
+  ::moe::GeluBackwardFromDerivative(saved.data(), dy.data(), dx.data(), saved.numel());
   return dx;
 }
 

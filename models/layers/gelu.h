@@ -9,12 +9,13 @@ namespace moe {
 class Gelu : public Layer {
  public:
   Gelu() = default;
-  // Keeps x (shared buffer, no copy) for Backward: do not overwrite x in place before Backward.
+  // Keeps what the backend's backward needs (Backend::GeluForward: gelu'(x) on the host, x on
+  // CUDA, a shared buffer): on CUDA, do not overwrite x in place before Backward.
   Tensor Forward(const Tensor& x) override;
   Tensor Backward(const Tensor& dy) override;
 
  private:
-  Tensor x_;
+  Tensor saved_;
 };
 
 }  // namespace moe

@@ -128,8 +128,9 @@ TEST(GeluKernels, BitsDoNotDependOnPositionInTheCall) {
   }
 }
 
-// The experts' split of GELU (the forward keeps the derivative, the backward multiplies by it and
-// sums the columns) is GeluForward, GeluBackward and a column-sum loop, bit for bit: the elements
+// The split of GELU that the experts and the dense layer use (the forward keeps the derivative,
+// the backward multiplies by it, the experts also summing the columns) is GeluForward,
+// GeluBackward and a column-sum loop, bit for bit: the elements
 // round the same operations, and the sums add the rows in order onto the bias gradient. Also in
 // place (dydx over x), as the experts call it.
 TEST(GeluKernels, ForwardWithDerivativeThenScaleIsForwardBackwardAndSumsBitForBit) {
@@ -144,8 +145,11 @@ TEST(GeluKernels, ForwardWithDerivativeThenScaleIsForwardBackwardAndSumsBitForBi
       for (int64_t j = 0; j < cols; ++j) want_sum[j] += want[i * cols + j];
     std::vector<float> saved = x, got_y(n), got = dy, got_sum = bias0;
     GeluForwardWithDerivative(saved.data(), got_y.data(), saved.data(), n);
+    std::vector<float> dense_dx = dy;  // the dense Gelu layer's product, in place over dy
+    GeluBackwardFromDerivative(saved.data(), dense_dx.data(), dense_dx.data(), n);
     ScaleWithColumnSums(saved.data(), got.data(), rows, cols, got_sum.data());
     EXPECT_EQ(got_y, want_y) << "cols=" << cols;
+    EXPECT_EQ(dense_dx, want) << "cols=" << cols;
     EXPECT_EQ(got, want) << "cols=" << cols;
     EXPECT_EQ(got_sum, want_sum) << "cols=" << cols;
   }

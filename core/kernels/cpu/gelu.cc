@@ -103,6 +103,12 @@ MOE_SIMD_CLONES void GeluForwardWithDerivative(const float* x, float* y, float* 
   }
 }
 
+MOE_SIMD_CLONES void GeluBackwardFromDerivative(const float* dydx, const float* dy, float* dx,
+                                                int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * dydx[i];
+}
+
 MOE_SIMD_CLONES void ScaleWithColumnSums(const float* factor, float* d, int64_t rows,
                                          int64_t cols, float* col_sum) {
   for (int64_t i = 0; i < rows; ++i) {

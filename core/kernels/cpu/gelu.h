@@ -26,6 +26,10 @@ void GeluBackward(const float* x, const float* dy, float* dx, int64_t n);
 // models/moe/expert_compute_cpu.cc). y and dydx may alias x (each element is read first).
 void GeluForwardWithDerivative(const float* x, float* y, float* dydx, int64_t n);
 
+// dx[i] = dy[i] * dydx[i], with dydx from GeluForwardWithDerivative: GeluBackward's dx bit for bit.
+// dx may alias dy.
+void GeluBackwardFromDerivative(const float* dydx, const float* dy, float* dx, int64_t n);
+
 // The backward's product over a [rows, cols] block, in place: d[i, j] *= factor[i, j], with the
 // column sums of the result added to col_sum (a bias gradient) in the same pass, rows in order.
 // With factor = GeluForwardWithDerivative's dydx, bit for bit GeluBackward followed by a separate

@@ -38,15 +38,18 @@ Tensor CudaBackend::LinearBackward(const Tensor& x, const Tensor& dy, const Tens
   return dx;
 }
 
-Tensor CudaBackend::GeluForward(const Tensor& x) const {
+// CUDA keeps x (one kernel evaluates gelu'(x) in the backward, where memory, not arithmetic,
+// bounds it).
+Tensor CudaBackend::GeluForward(const Tensor& x, Tensor* saved) const {
   Tensor y = NewTensor(x.shape());
   if (x.numel() > 0) GeluForwardCuda(x.data(), y.data(), x.numel());
+  *saved = x;
   return y;
 }
 
-Tensor CudaBackend::GeluBackward(const Tensor& x, const Tensor& dy) const {
-  Tensor dx = NewTensor(x.shape());
-  if (x.numel() > 0) GeluBackwardCuda(x.data(), dy.data(), dx.data(), x.numel());
+Tensor CudaBackend::GeluBackward(const Tensor& saved, const Tensor& dy) const {
+  Tensor dx = NewTensor(saved.shape());
+  if (saved.numel() > 0) GeluBackwardCuda(saved.data(), dy.data(), dx.data(), saved.numel());
   return dx;
 }
 
