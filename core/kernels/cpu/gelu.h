@@ -15,7 +15,10 @@
 
 namespace moe {
 
-// y[i] = gelu(x[i]) for i < n. x and y may alias.
+// The plain forms: y[i] = gelu(x[i]) for i < n (x and y may alias), and the backward from x. No
+// host layer calls them now (the layers keep the derivative, below); they are the definitions the
+// dense-sweep bounds in tests/unit/gelu_kernels_test.cc check, and the split forms below must
+// reproduce their bits.
 void GeluForward(const float* x, float* y, int64_t n);
 // dx[i] = dy[i] * gelu'(x[i]) (written, not accumulated). dx may alias dy (not x).
 void GeluBackward(const float* x, const float* dy, float* dx, int64_t n);

@@ -38,8 +38,8 @@ Tensor CudaBackend::LinearBackward(const Tensor& x, const Tensor& dy, const Tens
   return dx;
 }
 
-// CUDA keeps x (one kernel evaluates gelu'(x) in the backward, where memory, not arithmetic,
-// bounds it).
+// CUDA keeps x: its kernels are unchanged, GeluBackwardCuda evaluating gelu'(x) again (not
+// measured against keeping the derivative, which would need a GPU).
 Tensor CudaBackend::GeluForward(const Tensor& x, Tensor* saved) const {
   Tensor y = NewTensor(x.shape());
   if (x.numel() > 0) GeluForwardCuda(x.data(), y.data(), x.numel());
