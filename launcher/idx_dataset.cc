@@ -159,15 +159,24 @@ bool ReadLabels(GzReader& lab, int64_t count, std::vector<int>* labels, std::str
   return true;
 }
 
-// `n` pixels, normalised: (p / 255 - mean) / std.
-bool ReadPixels(GzReader& img, int64_t n, std::vector<float>* pixels, std::string* error) {
-  std::vector<unsigned char> raw(static_cast<size_t>(n));
-  if (!img.Read(raw.data(), n, "the pixel data", error)) return false;
-  pixels->resize(raw.size());
-  const float scale = 1.f / (255.f * kFashionMnistStd);
-  const float shift = kFashionMnistMean / kFashionMnistStd;
-  for (size_t i = 0; i < raw.size(); ++i) (*pixels)[i] = static_cast<float>(raw[i]) * scale - shift;
-  return true;
+// `n` pixel bytes as stored.
+bool ReadPixels(GzReader& img, int64_t n, std::vector<uint8_t>* pixels, std::string* error) {
+  pixels->resize(static_cast<size_t>(n));
+  return img.Read(pixels->data(), n, "the pixel data", error);
+}
+
+// NormalisedPixel for every byte value, computed once.
+struct NormalisedPixelTable {
+  float value[256];
+  NormalisedPixelTable() {
+    const float scale = 1.f / (255.f * kFashionMnistStd);
+    const float shift = kFashionMnistMean / kFashionMnistStd;
+    for (int p = 0; p < 256; ++p) value[p] = static_cast<float>(p) * scale - shift;
+  }
+};
+const NormalisedPixelTable& PixelTable() {
+  static const NormalisedPixelTable table;
+  return table;
 }
 
 bool LoadImpl(const std::string& images_gz, const std::string& labels_gz, ImageDataset* out,
@@ -184,7 +193,7 @@ bool LoadImpl(const std::string& images_gz, const std::string& labels_gz, ImageD
   const int64_t count = max_count > 0 ? std::min<int64_t>(max_count, n_img) : n_img;
   const int64_t per_image = static_cast<int64_t>(rows) * cols;
   if (!ReadLabels(lab, count, &out->labels, error)) return false;
-  if (!ReadPixels(img, count * per_image, &out->pixels, error)) return false;
+  if (!ReadPixels(img, count * per_image, &out->raw_pixels, error)) return false;
   out->count = count;
   out->rows = static_cast<int>(rows);
   out->cols = static_cast<int>(cols);
@@ -192,6 +201,15 @@ bool LoadImpl(const std::string& images_gz, const std::string& labels_gz, ImageD
 }
 
 }  // namespace
+
+float NormalisedPixel(uint8_t p) { return PixelTable().value[p]; }
+
+void ImageDataset::CopyNormalisedImage(int64_t i, float* dst) const {
+  const int64_t n = pixels_per_image();
+  const uint8_t* src = raw_pixels.data() + i * n;
+  const float* table = PixelTable().value;
+  for (int64_t j = 0; j < n; ++j) dst[j] = table[src[j]];
+}
 
 bool LoadIdxDataset(const std::string& images_gz, const std::string& labels_gz,
                     ImageDataset* out, std::string* error, int64_t max_count) {

@@ -12,14 +12,22 @@
 
 namespace moe {
 
+// The pixel value a network sees for a stored byte p: (p / 255 - mean) / std with the
+// training set's statistics, the same float for the same byte everywhere.
+float NormalisedPixel(uint8_t p);
+
+// The images stay the file's bytes (a quarter of the memory of floats: 47 MB for the training
+// set instead of 188 MB per rank, and a start-up without 188 MB of page faults and zero fills);
+// a batch is normalised as it is gathered.
 struct ImageDataset {
   int64_t count = 0;
   int rows = 0, cols = 0;
-  std::vector<float> pixels;  // count * rows * cols, (p / 255 - mean) / std, image-major
-  std::vector<int> labels;    // count, each in [0, 9]
+  std::vector<uint8_t> raw_pixels;  // count * rows * cols bytes as stored, image-major
+  std::vector<int> labels;          // count, each in [0, 9]
 
   int64_t pixels_per_image() const { return static_cast<int64_t>(rows) * cols; }
-  const float* image(int64_t i) const { return pixels.data() + i * pixels_per_image(); }
+  // dst[0, pixels_per_image()) = NormalisedPixel of image i's bytes.
+  void CopyNormalisedImage(int64_t i, float* dst) const;
 };
 
 // Loads the first max_count images and labels (0 = all). On failure returns false, leaves *out

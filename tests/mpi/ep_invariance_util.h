@@ -114,8 +114,7 @@ inline void Gather(const std::vector<int64_t>& idx, Tensor* images, std::vector<
   *images = Tensor({static_cast<int64_t>(idx.size()), px});
   labels->resize(idx.size());
   for (size_t i = 0; i < idx.size(); ++i) {
-    std::copy(d.pixels.begin() + idx[i] * px, d.pixels.begin() + (idx[i] + 1) * px,
-              images->data() + i * px);
+    d.CopyNormalisedImage(idx[i], images->data() + i * px);
     (*labels)[i] = d.labels[idx[i]];
   }
 }

@@ -64,7 +64,7 @@ std::string LoadError(const std::string& images, const std::string& labels) {
   std::string err;
   EXPECT_FALSE(LoadIdxDataset(images, labels, &d, &err));
   EXPECT_EQ(d.count, 0);
-  EXPECT_TRUE(d.pixels.empty());
+  EXPECT_TRUE(d.raw_pixels.empty());
   EXPECT_FALSE(err.empty());
   std::printf("  error: %s\n", err.c_str());
   return err;
@@ -79,8 +79,10 @@ TEST(IdxDataset, LoadsTheFashionMnistTestSet) {
   EXPECT_EQ(d.count, 10000);
   EXPECT_EQ(d.rows, 28);
   EXPECT_EQ(d.cols, 28);
-  ASSERT_EQ(d.pixels.size(), 10000u * 784);
+  ASSERT_EQ(d.raw_pixels.size(), 10000u * 784);
   ASSERT_EQ(d.labels.size(), 10000u);
+  std::vector<float> pixels(d.raw_pixels.size());
+  for (int64_t i = 0; i < d.count; ++i) d.CopyNormalisedImage(i, pixels.data() + i * 784);
   std::vector<int> hist(10, 0);
   for (int l : d.labels) {
     ASSERT_GE(l, 0);
@@ -90,17 +92,17 @@ TEST(IdxDataset, LoadsTheFashionMnistTestSet) {
   for (int c = 0; c < 10; ++c) EXPECT_EQ(hist[c], 1000) << "class " << c;
   // Normalised with the training-set statistics, the test set is close to mean 0, std 1.
   double sum = 0, sq = 0;
-  for (float p : d.pixels) {
+  for (float p : pixels) {
     sum += p;
     sq += double{p} * p;
   }
-  const double mean = sum / d.pixels.size();
-  const double stddev = std::sqrt(sq / d.pixels.size() - mean * mean);
+  const double mean = sum / pixels.size();
+  const double stddev = std::sqrt(sq / pixels.size() - mean * mean);
   EXPECT_NEAR(mean, 0.0, 0.02);
   EXPECT_NEAR(stddev, 1.0, 0.02);
   const float lo = -kFashionMnistMean / kFashionMnistStd;
   const float hi = (1.f - kFashionMnistMean) / kFashionMnistStd;
-  for (float p : d.pixels) {
+  for (float p : pixels) {
     ASSERT_GE(p, lo - 1e-5f);
     ASSERT_LE(p, hi + 1e-5f);
   }
@@ -113,8 +115,8 @@ TEST(IdxDataset, MaxCountLoadsAPrefix) {
   ASSERT_TRUE(LoadIdxDataset(img, lab, &some, &err, 100)) << err;
   ASSERT_TRUE(LoadIdxDataset(img, lab, &all, &err, 1000)) << err;
   EXPECT_EQ(some.count, 100);
-  ASSERT_EQ(some.pixels.size(), 100u * 784);
-  EXPECT_TRUE(std::equal(some.pixels.begin(), some.pixels.end(), all.pixels.begin()));
+  ASSERT_EQ(some.raw_pixels.size(), 100u * 784);
+  EXPECT_TRUE(std::equal(some.raw_pixels.begin(), some.raw_pixels.end(), all.raw_pixels.begin()));
   EXPECT_TRUE(std::equal(some.labels.begin(), some.labels.end(), all.labels.begin()));
 }
 
@@ -128,11 +130,33 @@ TEST(IdxDataset, SmallFileValuesAndNormalisation) {
   EXPECT_EQ(d.rows, 2);
   EXPECT_EQ(d.cols, 5);
   EXPECT_EQ(d.labels, (std::vector<int>{9, 0, 4}));
-  for (int i = 0; i < 3; ++i)
+  for (int i = 0; i < 3; ++i) {
+    float image[10];
+    d.CopyNormalisedImage(i, image);
     for (int j = 0; j < 10; ++j) {
       const float raw = static_cast<float>((i * 7 + j) % 256);
-      EXPECT_NEAR(d.image(i)[j], (raw / 255.f - 0.2860f) / 0.3530f, 1e-6) << i << "," << j;
+      EXPECT_EQ(d.raw_pixels[i * 10 + j], (i * 7 + j) % 256) << i << "," << j;
+      EXPECT_NEAR(image[j], (raw / 255.f - 0.2860f) / 0.3530f, 1e-6) << i << "," << j;
     }
+  }
+}
+
+// Every byte value maps to the float the reader produced when it stored floats (p * scale -
+// shift, each rounded once), so training runs keep their bits; and to (p / 255 - mean) / std
+// within the roundings of that expression: scale = 1 / (255 std) carries two (2u relative), the
+// product one more, shift = mean / std one, the difference one: |error| <= (3 |p scale| +
+// |shift| + |result|) u, u = 2^-24.
+TEST(IdxDataset, NormalisedPixelOfEveryByte) {
+  const float scale = 1.f / (255.f * kFashionMnistStd);
+  const float shift = kFashionMnistMean / kFashionMnistStd;
+  for (int p = 0; p < 256; ++p) {
+    const float expected = static_cast<float>(p) * scale - shift;
+    EXPECT_EQ(NormalisedPixel(static_cast<uint8_t>(p)), expected) << "byte " << p;
+    const double exact = (p / 255.0 - kFashionMnistMean) / kFashionMnistStd;
+    const double u = std::ldexp(1.0, -24);
+    const double bound = (3 * std::fabs(p * double{scale}) + shift + std::fabs(exact)) * u;
+    EXPECT_NEAR(NormalisedPixel(static_cast<uint8_t>(p)), exact, bound) << "byte " << p;
+  }
 }
 
 TEST(IdxDataset, MissingFile) {
