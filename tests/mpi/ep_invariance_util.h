@@ -59,6 +59,7 @@
 #include "launcher/augmentation.h"
 #include "launcher/batch_sampler.h"
 #include "launcher/idx_dataset.h"
+#include "launcher/test_set_eval.h"
 #include "launcher/training_session.h"
 
 namespace moe {
@@ -108,15 +109,9 @@ inline proto::TrainConfig SmallVmoe(int ep_size, int batch_per_rank) {
   return c;
 }
 
+// The trainer's own batch gathering, on the test set.
 inline void Gather(const std::vector<int64_t>& idx, Tensor* images, std::vector<int>* labels) {
-  const ImageDataset& d = Data();
-  const int64_t px = d.rows * d.cols;
-  *images = Tensor({static_cast<int64_t>(idx.size()), px});
-  labels->resize(idx.size());
-  for (size_t i = 0; i < idx.size(); ++i) {
-    d.CopyNormalisedImage(idx[i], images->data() + i * px);
-    (*labels)[i] = d.labels[idx[i]];
-  }
+  GatherBatch(Data(), idx, images, labels);
 }
 
 // ||a - b|| / ||b|| (Frobenius): the tensor's relative error.

@@ -21,8 +21,9 @@ constexpr int kRows = 4;
 #define MOE_LAYER_NORM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
 template <int N>
-MOE_LAYER_NORM_CLONES void ForwardRows(const float* x, const float* gamma, const float* beta, int64_t dim, float eps,
-                 float* y, float* mean, float* rstd) {
+MOE_LAYER_NORM_CLONES void ForwardRows(const float* x, const float* gamma, const float* beta,
+                                       int64_t dim, float eps, float* y, float* mean,
+                                       float* rstd) {
   double s[N] = {};
   for (int64_t j = 0; j < dim; ++j)
     for (int r = 0; r < N; ++r) s[r] += x[r * dim + j];
