@@ -1,6 +1,7 @@
 // The host GELU kernels (core/kernels/cpu/gelu.h): every output within its derived bound of the
 // double-precision functions over a dense sweep of arguments, and the same bits whatever the
-// vector width, position in the call or fused form (rounding each operation once, no FMA).
+// vector width, position in the call or fused form (each operation, or explicit fused multiply-add,
+// rounded once).
 #include "core/kernels/cpu/gelu.h"
 
 #include <gtest/gtest.h>

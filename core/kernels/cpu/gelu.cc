@@ -1,5 +1,7 @@
-// Plain float arithmetic, each operation rounded once (no FMA contraction): every lane of every
-// vector width, and a loop's scalar remainder, computes the same bits.
+// Every multiply-add is one fused operation (an explicit fmaf, rounded once) and every other
+// operation is plain float arithmetic rounded once (contraction off, so the compiler fuses
+// nothing else): every lane of every vector width, and a loop's scalar remainder, computes the
+// same bits.
 #pragma GCC optimize("fp-contract=off")
 
 #include "core/kernels/cpu/gelu.h"
@@ -7,19 +9,26 @@
 #include <cstdint>
 
 #include "core/float_rn.h"
-#include "core/kernels/cpu/exp_f32.h"
 
 // Speed: GELU and the router's load loss evaluate the normal tail for every element, so it is
-// written here as branch-free float arithmetic that vectorises: one exp (exp_f32::Exp, shared with
-// the softmax), two short polynomials and one divide, the exp shared by the tail and the density.
-// glibc's vector erfc and exp (libmvec, used here before) were 1.7x slower in the forward and
-// 2.1x in the backward, and less accurate in the far tail (tests/bench/RESULTS.md).
+// written here as branch-free float arithmetic that vectorises: one exp, two short polynomials
+// and one divide, the exp shared by the tail and the density. glibc's vector erfc and exp
+// (libmvec, used here before) were 1.7x slower in the forward and 2.1x in the backward, and less
+// accurate in the far tail (tests/bench/RESULTS.md). The Horner steps and the exp's reduction
+// are fused multiply-adds: a GELU with its derivative takes 29 float operations per element
+// instead of 51 (0.41 against 0.61 ns per element on one AVX-512 core; tests/bench/RESULTS.md).
 //
 // Each loop is compiled three times (GCC function multi-versioning, picked once at load time by
-// the CPU): AVX-512 (16 lanes), AVX2 (8) and the baseline (SSE, 4). With contraction off they all
-// give the same bits, so a row's GELU never depends on the CPU's width or on which rows share a
-// call.
-#define MOE_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+// the CPU): x86-64-v4 (AVX-512, 16 lanes), x86-64-v3 (AVX2 with FMA, 8) and the baseline. An fmaf
+// is correctly rounded wherever it runs (one instruction in the v3 and v4 clones; glibc's fmaf,
+// scalar and slow, in the baseline clone, which only CPUs without FMA, older than 2013, pick),
+// so they all give the same bits, and a row's GELU never depends on the CPU's width or on which
+// rows share a call.
+#define MOE_SIMD_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+// A clone built for another arch does not inline ordinary inline functions of the default target
+// (GCC: "target specific option mismatch"); each would then be a call per element, unvectorised.
+#define MOE_INLINE inline __attribute__((always_inline))
 
 namespace moe {
 
@@ -31,12 +40,39 @@ constexpr float kInvSqrt2Pi = 0.398942280f;  // 1 / sqrt(2 pi)
 // 5.4e-32): absolute errors below those, and the exp stays far from underflow (z^2 / 2 <= 72).
 constexpr float kTailCut = 12.f;
 
+MOE_INLINE float Fma(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+
+// exp(x) for x in [-72, 0] (the tail's argument -z^2 / 2 with z cut at 12; NaN gives NaN): the
+// softmax's exp (core/kernels/cpu/exp_f32.h: Cody-Waite reduction to |r| <= ln2 / 2, Taylor
+// series to r^7, 2^n from its exponent bits) with its multiply-adds fused. That one keeps
+// separate roundings because the CUDA softmax must reproduce its bits; this one has no device
+// twin. No underflow cut: exp(-72) = 5.4e-32 is a normal float. Within 0.94 ulp of exp(x) for
+// every float x in [-72, 0] (all 1.1 billion of them, checked against double exp when this was
+// written; the unfused form's budget below allows 2).
+MOE_INLINE float ExpOfTailArgument(float x) {
+  const float kShift = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer (exact here)
+  const float shifted = Fma(x, 1.44269502f, kShift);  // x / ln 2 + shift, rounded once
+  const float n = shifted - kShift;
+  const uint32_t n_bits = float_rn::BitsOf(shifted) - float_rn::BitsOf(kShift);
+  // x - n ln2 with ln2 = hi + lo, hi short enough that n hi is exact.
+  const float r = Fma(n, -1.42860677e-06f, Fma(n, -0.693145752f, x));
+  float p = Fma(r, 1.98412698e-4f, 1.38888889e-3f);  // 1/7!, 1/6!
+  p = Fma(r, p, 8.33333377e-3f);                      // 1/5!
+  p = Fma(r, p, 4.16666679e-2f);                      // 1/4!
+  p = Fma(r, p, 0.166666672f);                        // 1/3!
+  p = Fma(r, p, 0.5f);
+  p = Fma(r, p, 1.f);
+  p = Fma(r, p, 1.f);
+  return p * float_rn::FloatOf((n_bits + 127u) << 23);  // n in [-104, 0]: a normal 2^n
+}
+
 // The Mills ratio M(z) = Q(z) / phi(z) (Q = 1 - Phi) for 0 <= z <= 12 as M = 1 / (z + c(z)),
 // c(z) = 1 / M(z) - z, which falls smoothly from sqrt(2 / pi) at 0 to about 1 / z. c ~= P / R,
 // degrees 4 and 5, fitted for least maximum relative error on [0, 12] by
 // core/kernels/cpu/normal_tail_fit.py, which prints these constants and checks them: the fit is
-// within 0.48 u of M (u = 2^-24), and M evaluated in float as below, R / (z R + P), within 3.0 u
-// over 600,000 points. An error in c moves M only by c / (z + c) of it, so one divide suffices.
+// within 0.48 u of M (u = 2^-24), and M evaluated in float as below, R / (z R + P) with fused
+// Horner steps, within 2.9 u over 600,000 points. An error in c moves M only by c / (z + c) of
+// it, so one divide suffices.
 constexpr float kP0 = 7.978845835e-01f, kP1 = 5.219064355e-01f, kP2 = 1.766239107e-01f,
                 kP3 = 3.272215277e-02f, kP4 = 2.858401742e-03f;
 constexpr float kR1 = 1.109542608e+00f, kR2 = 5.900607705e-01f, kR3 = 1.821425557e-01f,
@@ -44,29 +80,29 @@ constexpr float kR1 = 1.109542608e+00f, kR2 = 5.900607705e-01f, kR3 = 1.82142555
 
 // z >= 0 (already cut at kTailCut). Returns Q(z) = 1 - Phi(z) and sets *density = phi(z).
 // Error budget (u = 2^-24): z * z rounds once, moving exp's argument by up to z^2 / 2 u (the
-// condition of the problem, which any float implementation shares); Exp adds <= 2 ulps; M's
-// float evaluation <= 3.0 u; the products and the quotient 3 roundings.
-inline float UpperTailAndDensity(float z, float* density) {
-  const float e = exp_f32::Exp(-0.5f * (z * z));
-  const float p = (((kP4 * z + kP3) * z + kP2) * z + kP1) * z + kP0;
-  const float r = ((((kR5 * z + kR4) * z + kR3) * z + kR2) * z + kR1) * z + 1.f;
+// condition of the problem, which any float implementation shares); the exp adds <= 2 ulps; M's
+// float evaluation <= 2.9 u; the products and the quotient 3 roundings.
+MOE_INLINE float UpperTailAndDensity(float z, float* density) {
+  const float e = ExpOfTailArgument(-0.5f * (z * z));
+  const float p = Fma(Fma(Fma(Fma(kP4, z, kP3), z, kP2), z, kP1), z, kP0);
+  const float r = Fma(Fma(Fma(Fma(Fma(kR5, z, kR4), z, kR3), z, kR2), z, kR1), z, 1.f);
   const float phi = kInvSqrt2Pi * e;
   *density = phi;
-  return (phi * r) / (z * r + p);
+  return (phi * r) / Fma(z, r, p);
 }
 
 // Selects as bit masks, not ?: -- GCC turns some float selects into branches, and a branch stops
 // the loops below from vectorising (exp_f32.h does the same).
-inline float Select(bool take_a, float a, float b) {
+MOE_INLINE float Select(bool take_a, float a, float b) {
   const uint32_t mask = 0u - static_cast<uint32_t>(take_a);
   return float_rn::FloatOf((float_rn::BitsOf(a) & mask) | (float_rn::BitsOf(b) & ~mask));
 }
-inline float Abs(float v) { return float_rn::FloatOf(float_rn::BitsOf(v) & 0x7fffffffu); }
+MOE_INLINE float Abs(float v) { return float_rn::FloatOf(float_rn::BitsOf(v) & 0x7fffffffu); }
 // NaN compares false and passes through.
-inline float CutTail(float z) { return Select(z > kTailCut, kTailCut, z); }
+MOE_INLINE float CutTail(float z) { return Select(z > kTailCut, kTailCut, z); }
 
 // Phi(x) and phi(x) for any x (NaN gives NaN).
-inline float CdfAndDensity(float x, float* density) {
+MOE_INLINE float CdfAndDensity(float x, float* density) {
   const float tail = UpperTailAndDensity(CutTail(Abs(x)), density);
   return Select(x < 0.f, tail, 1.f - tail);
 }
@@ -88,7 +124,7 @@ MOE_SIMD_CLONES void GeluBackward(const float* x, const float* dy, float* dx, in
     const float v = x[i];
     float pdf;
     const float cdf = CdfAndDensity(v, &pdf);
-    dx[i] = dy[i] * (cdf + v * pdf);
+    dx[i] = dy[i] * Fma(v, pdf, cdf);
   }
 }
 
@@ -99,7 +135,7 @@ MOE_SIMD_CLONES void GeluForwardWithDerivative(const float* x, float* y, float* 
     float pdf;
     const float cdf = CdfAndDensity(v, &pdf);
     y[i] = v * cdf;
-    dydx[i] = cdf + v * pdf;  // GeluBackward's factor, the same operations
+    dydx[i] = Fma(v, pdf, cdf);  // GeluBackward's factor, the same operation
   }
 }
 

@@ -4,8 +4,8 @@
 // Phi comes from the upper tail Q(|x|) (Phi(x) = Q(-x) for x < 0, 1 - Q(x) otherwise), so that
 // negative x keeps its relative accuracy, as erfc(-x / sqrt 2) does in the CUDA kernels
 // (core/kernels/cuda). The tail and phi are gelu.cc's own branch-free float code: one shared exp
-// and a rational Mills ratio, every operation rounded once, so an element gets the same bits
-// whatever the CPU's vector width and wherever it sits in a call. Error bounds, derived in
+// and a rational Mills ratio, every operation (a fused multiply-add counting as one) rounded once,
+// so an element gets the same bits whatever the CPU's vector width and wherever it sits in a call. Error bounds, derived in
 // gelu.cc and held by tests/unit/gelu_kernels_test.cc: phi within (x^2 / 2 + 7) u relative and
 // Q(|x|) within (x^2 / 2 + 11) u (u = 2^-24; the x^2 / 2 is the rounding of exp's argument,
 // which any float implementation shares).

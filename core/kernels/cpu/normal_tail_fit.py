@@ -12,7 +12,9 @@ sqrt(2 / pi) at 0 to about 1 / z. This script
   2. rounds them to float and reports, in units of u = 2^-24,
      - the fit's own error in M (exact arithmetic, float constants),
      - the error of M evaluated as gelu.cc does it, R / (z R + P) in float with every
-       operation rounded once (numpy float32 never contracts into FMAs), over 600,000 points.
+       Horner step and z R + P one fused multiply-add and the divide rounded once, over 600,000
+       points (a fused step is emulated in double: the product is exact there, the sum rounds to
+       double and then to float, which can differ from one rounding only in rare ties).
 The tests derive their bounds from the second figure (tests/unit/gelu_kernels_test.cc).
 
 Usage: /usr/bin/python3 core/kernels/cpu/normal_tail_fit.py
@@ -57,15 +59,20 @@ def fit(z, c, iterations=60):
     return p, r
 
 
+def fused_multiply_add(a, b, c):
+    """a * b + c for float32 arrays, rounded to float32 once (see the docstring on ties)."""
+    return (a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)).astype(np.float32)
+
+
 def float_mills_ratio(z32, p32, r32):
-    """R / (z R + P) in float32, Horner's rule, one rounding per operation (as gelu.cc)."""
-    p = p32[P_DEGREE]
+    """R / (z R + P) in float32 as gelu.cc evaluates it: fused Horner steps, a fused z R + P."""
+    p = np.full_like(z32, p32[P_DEGREE])
     for k in range(P_DEGREE - 1, -1, -1):
-        p = p * z32 + p32[k]
-    r = r32[R_DEGREE]
+        p = fused_multiply_add(p, z32, np.float32(p32[k]))
+    r = np.full_like(z32, r32[R_DEGREE])
     for k in range(R_DEGREE - 1, -1, -1):
-        r = r * z32 + r32[k]
-    return r / (z32 * r + p)
+        r = fused_multiply_add(r, z32, np.float32(r32[k]))
+    return r / fused_multiply_add(z32, r, p)
 
 
 def main():
@@ -82,7 +89,8 @@ def main():
     z32 = np.linspace(0.0, Z_MAX, 600001).astype(np.float32)
     z = z32.astype(np.float64)
     exact = mills_ratio(z)
-    c_fit = np.polyval(p32.astype(np.float64)[::-1], z) / np.polyval(r32.astype(np.float64)[::-1], z)
+    c_fit = (np.polyval(p32.astype(np.float64)[::-1], z)
+             / np.polyval(r32.astype(np.float64)[::-1], z))
     fit_error = np.abs(1.0 / (z + c_fit) - exact) / exact / U
     with np.errstate(over="ignore"):
         evaluated = float_mills_ratio(z32, p32, r32).astype(np.float64)
