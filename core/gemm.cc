@@ -3,6 +3,8 @@
 #include <cblas.h>
 #include <glog/logging.h>
 
+#include <strings.h>
+
 #include <cstdlib>
 
 extern "C" void openblas_set_num_threads(int);
@@ -28,6 +30,17 @@ void SgemmPacked(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, fl
   int64_t lda = trans_a ? M : K;
   int64_t ldb = trans_b ? K : N;
   Sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, N);
+}
+
+std::string BlasCoreNote() {
+  const char* core = openblas_get_corename();
+  const char* forced = std::getenv("OPENBLAS_CORETYPE");
+  const std::string name = core != nullptr ? core : "unknown";
+  if (forced == nullptr || *forced == '\0') return name + " (OpenBLAS's pick for this CPU)";
+  // OpenBLAS ignores a name it does not know (case-insensitively) and picks from the CPU.
+  if (strcasecmp(name.c_str(), forced) == 0) return name + " (OPENBLAS_CORETYPE=" + forced + ")";
+  return name + " (OPENBLAS_CORETYPE=" + forced +
+         " not taken: OpenBLAS knows no such core; OpenBLAS's pick for this CPU)";
 }
 
 void SetBlasThreads(int n) {

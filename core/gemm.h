@@ -19,6 +19,14 @@ void SgemmPacked(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, fl
 // Pins OpenBLAS to n threads. Under mpirun every rank must use 1 or the 2-core machine thrashes.
 void SetBlasThreads(int n);
 
+// The OpenBLAS kernel set ("core") this process runs and where the choice came from, for start-up
+// logs and benchmark headers: "Cooperlake (OpenBLAS's pick for this CPU)" or "Haswell
+// (OPENBLAS_CORETYPE=Haswell)". OpenBLAS picks once, when the library loads, from the CPU, unless
+// OPENBLAS_CORETYPE names a core. The pick matters: on an AVX-512 AMD EPYC, OpenBLAS 0.3.21's own
+// pick (Cooperlake, AVX-512) trains vmoe_tiny 1.4x as fast as its AVX2 kernels (Haswell), which an
+// environment that sets OPENBLAS_CORETYPE=Haswell imposes (tests/bench/RESULTS.md).
+std::string BlasCoreNote();
+
 // The BLAS thread count a user asks for: OPENBLAS_NUM_THREADS when set (non-empty), else
 // OMP_NUM_THREADS (its first entry: "4,2" is OpenMP's nested form), else 1 per rank.
 struct BlasThreadChoice {

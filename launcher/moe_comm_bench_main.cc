@@ -194,6 +194,7 @@ int main(int argc, char** argv) {
   if (blas.threads == 0) moe::ConfigError(rank, blas.error);
   LOG_IF(INFO, rank == 0) << "BLAS threads per rank: " << blas.threads << " (" << blas.source
                           << ")";
+  LOG_IF(INFO, rank == 0) << "BLAS kernels: " << moe::BlasCoreNote();
   const int rc = moe::Run(rank, world);
   MPI_CHECK(MPI_Finalize());
   return rc;

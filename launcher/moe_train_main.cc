@@ -571,6 +571,7 @@ void SetBlasThreadsOrFail(int rank) {
   FailTogetherIf(blas.threads == 0, "config error: " + blas.error, kExitConfig);
   LOG_IF(INFO, rank == 0) << "BLAS threads per rank: " << blas.threads << " (" << blas.source
                           << ")";
+  LOG_IF(INFO, rank == 0) << "BLAS kernels: " << BlasCoreNote();
   std::string error;
   LOG_IF(WARNING, !KeepFreedHostMemory(&error))
       << "host memory: freed buffers go back to the OS every step (" << error << ")";

@@ -123,9 +123,11 @@ mkdir -p "$LOG_DIR" "$(dirname "$METRICS_OUT")"
 source "$ROOT/cmake/mpi_env.sh"
 
 # Ranks started by ssh on other nodes get a fresh environment: export what they need by name.
-# OPENBLAS/OMP threads come from mpi_env.sh; NCCL_* and MOE_* only when the caller set them.
+# OPENBLAS/OMP threads come from mpi_env.sh; NCCL_*, MOE_* and OPENBLAS_CORETYPE (the kernels
+# OpenBLAS runs: every node the same ones) only when the caller set them.
 EXPORT_ARGS=()
-for v in OPENBLAS_NUM_THREADS OMP_NUM_THREADS $(compgen -e | grep -E '^(NCCL|MOE)_' || true); do
+for v in OPENBLAS_NUM_THREADS OMP_NUM_THREADS \
+    $(compgen -e | grep -E '^(NCCL_|MOE_|OPENBLAS_CORETYPE$)' || true); do
   EXPORT_ARGS+=(-x "$v")
 done
 

@@ -229,6 +229,7 @@ int Run() {
   FailTogetherIf(blas.threads == 0, "config error: " + blas.error, kExitConfig);
   LOG_IF(INFO, rank == 0) << "BLAS threads per rank: " << blas.threads << " (" << blas.source
                           << ")";
+  LOG_IF(INFO, rank == 0) << "BLAS kernels: " << BlasCoreNote();
   const proto::TrainConfig config = LoadConfigOrFail(rank, world);
   const ImageDataset train = LoadTrainImagesOrFail(config.data());
 

@@ -142,6 +142,7 @@ void PrintHeader(int world, const BlasThreadChoice& blas) {
          FLAGS_noise_scale, FLAGS_importance_weight, FLAGS_load_weight, FLAGS_bpr ? "on" : "off",
          blas.threads, blas.source.c_str(),
          FLAGS_keep_host_memory ? "kept" : "returned (glibc defaults)");
+  printf("# BLAS kernels: %s\n", BlasCoreNote().c_str());
   printf("# exp/gemm, bwd/gemm: the expert phase over bare sgemm calls of its shapes on per-expert\n"
          "# operands (the same memory it reads); all/gemm: forward and backward together;\n"
          "# exp/hot, bwd/hot: over the same calls on one expert's operands reused for all\n"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # moe_train takes its BLAS thread count from the environment (OPENBLAS_NUM_THREADS, then
 # OMP_NUM_THREADS, else 1 per rank), says so on rank 0 at start-up, and refuses a value that is
-# no count with exit 2 and a message naming the variable and the value.
+# no count with exit 2 and a message naming the variable and the value. Rank 0 also names the
+# OpenBLAS kernels it runs and whether OPENBLAS_CORETYPE chose them.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 SMALL='steps: 2 log_every: 1 data { eval_images: 32 } parallel { ep_size: 2 }'
@@ -12,9 +13,20 @@ check_log() {  # NAME REGEX
   pass "$1"
 }
 
-run_job default 120 -np 2 -x OPENBLAS_NUM_THREADS= -x OMP_NUM_THREADS= "$TRAIN" \
-  --config="$CONFIG" --override="$SMALL" --log_dir="$WORK/logs"
+run_job default 120 -np 2 -x OPENBLAS_NUM_THREADS= -x OMP_NUM_THREADS= -x OPENBLAS_CORETYPE= \
+  "$TRAIN" --config="$CONFIG" --override="$SMALL" --log_dir="$WORK/logs"
 check_log default "BLAS threads per rank: 1 \(default\)"
+check_log default_kernels "BLAS kernels: [A-Za-z0-9]+ \(OpenBLAS's pick for this CPU\)"
+
+# Prescott (SSE3): a kernel set every x86-64 CPU can run.
+run_job kernels_forced 120 -np 2 -x OPENBLAS_CORETYPE=Prescott "$TRAIN" \
+  --config="$CONFIG" --override="$SMALL" --log_dir="$WORK/logs"
+check_log kernels_forced "BLAS kernels: Prescott \(OPENBLAS_CORETYPE=Prescott\)"
+
+run_job kernels_unknown 120 -np 2 -x OPENBLAS_CORETYPE=NoSuchCore "$TRAIN" \
+  --config="$CONFIG" --override="$SMALL" --log_dir="$WORK/logs"
+check_log kernels_unknown \
+  "BLAS kernels: [A-Za-z0-9]+ \(OPENBLAS_CORETYPE=NoSuchCore not taken: OpenBLAS knows no such core"
 
 run_job openblas_two 120 -np 2 -x OPENBLAS_NUM_THREADS=2 "$TRAIN" \
   --config="$CONFIG" --override="$SMALL" --log_dir="$WORK/logs"
