@@ -11,12 +11,12 @@
 #include <cstdint>
 #include <cstdio>
 #include <functional>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "core/kernels/cpu/gelu.h"
 #include "core/rng.h"
+#include "launcher/comm_sweep_points.h"  // ParseIntList
 
 DEFINE_string(elements, "16384,137216,1048576",
               "comma-separated array lengths (137,216 = vmoe_tiny's 1,072 expert rows x H 128)");
@@ -25,21 +25,6 @@ DEFINE_double(min_seconds, 0.05, "each repetition runs the kernel until this muc
 
 namespace moe {
 namespace {
-
-std::vector<int64_t> ParseLengths(const std::string& list) {
-  std::vector<int64_t> out;
-  std::stringstream ss(list);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    const int64_t n = std::stoll(item);
-    if (n < 1) {
-      std::fprintf(stderr, "gelu_bench: --elements entries must be >= 1, got %s\n", item.c_str());
-      std::exit(2);
-    }
-    out.push_back(n);
-  }
-  return out;
-}
 
 // Fastest of --reps repetitions, in ns per element.
 double NsPerElement(int64_t n, const std::function<void()>& kernel) {
@@ -98,6 +83,12 @@ int main(int argc, char** argv) {
                  FLAGS_reps, FLAGS_min_seconds);
     return 2;
   }
+  std::vector<int64_t> lengths;
+  std::string error;
+  if (!moe::ParseIntList("elements", FLAGS_elements, &lengths, &error)) {
+    std::fprintf(stderr, "gelu_bench: %s\n", error.c_str());
+    return 2;
+  }
   std::printf("# ns per element, fastest of %d repetitions; x ~ N(0, 1.5^2)\n", FLAGS_reps);
   std::printf("# copy: std::copy of n floats; madd: y = x * g + d; fwd: GeluForward; fwd+d: "
               "GeluForwardWithDerivative;\n# bwd: GeluBackward from x; scale: copy + "
@@ -105,6 +96,6 @@ int main(int argc, char** argv) {
               "NormalTailAndPdf (the load loss); ratios: over copy\n");
   std::printf("%10s | %6s %6s | %7s %7s %7s %7s %7s | %6s %6s %6s\n", "elements", "copy", "madd",
               "fwd", "fwd+d", "bwd", "scale", "tail", "fwd/cp", "fwd+d/cp", "tail/cp");
-  for (const int64_t n : moe::ParseLengths(FLAGS_elements)) moe::RunLength(n);
+  for (const int64_t n : lengths) moe::RunLength(n);
   return 0;
 }
