@@ -65,10 +65,12 @@ void RunLength(int64_t n) {
     ScaleWithColumnSums(d.data(), y.data(), rows, cols, col_sum.data());
   });
   const double tail = NsPerElement(n, [&] { NormalTailAndPdf(x.data(), n, y.data(), d.data()); });
+  const double baseline = NsPerElement(
+      n, [&] { GeluForwardWithDerivativeSeparateRounding(x.data(), y.data(), d.data(), n); });
 
-  std::printf("%10lld | %6.3f %6.3f | %7.3f %7.3f %7.3f %7.3f %7.3f | %6.2f %6.2f %6.2f\n",
-              static_cast<long long>(n), copy, madd, fwd, fwd_d, bwd, scale, tail, fwd / copy,
-              fwd_d / copy, tail / copy);
+  std::printf("%10lld | %6.3f %6.3f | %7.3f %7.3f %7.3f %7.3f %7.3f | %7.3f | %6.2f %6.2f %6.2f\n",
+              static_cast<long long>(n), copy, madd, fwd, fwd_d, bwd, scale, tail, baseline,
+              fwd / copy, fwd_d / copy, tail / copy);
 }
 
 }  // namespace
@@ -93,9 +95,11 @@ int main(int argc, char** argv) {
   std::printf("# copy: std::copy of n floats; madd: y = x * g + d; fwd: GeluForward; fwd+d: "
               "GeluForwardWithDerivative;\n# bwd: GeluBackward from x; scale: copy + "
               "ScaleWithColumnSums (the expert backward's product, rows of 128);\n# tail: "
-              "NormalTailAndPdf (the load loss); ratios: over copy\n");
-  std::printf("%10s | %6s %6s | %7s %7s %7s %7s %7s | %6s %6s %6s\n", "elements", "copy", "madd",
-              "fwd", "fwd+d", "bwd", "scale", "tail", "fwd/cp", "fwd+d/cp", "tail/cp");
+              "NormalTailAndPdf (the load loss);\n# base: fwd+d as the baseline clone runs it (SSE2, "
+              "multiply-adds rounded twice), for CPUs without FMA; ratios: over copy\n");
+  std::printf("%10s | %6s %6s | %7s %7s %7s %7s %7s | %7s | %6s %6s %6s\n", "elements", "copy",
+              "madd", "fwd", "fwd+d", "bwd", "scale", "tail", "base", "fwd/cp", "fwd+d/cp",
+              "tail/cp");
   for (const int64_t n : lengths) moe::RunLength(n);
   return 0;
 }

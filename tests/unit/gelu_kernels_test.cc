@@ -1,7 +1,7 @@
 // The host GELU kernels (core/kernels/cpu/gelu.h): every output within its derived bound of the
 // double-precision functions over a dense sweep of arguments, and the same bits whatever the
-// vector width, position in the call or fused form (each operation, or explicit fused multiply-add,
-// rounded once).
+// vector width, position in the call or fused form, and the CPU's clone running its own form of the
+// multiply-adds (fused with FMA, rounded twice without).
 #include "core/kernels/cpu/gelu.h"
 
 #include <gtest/gtest.h>
@@ -38,12 +38,15 @@ std::vector<float> DenseSweep() {
 // Phi(x) = Q(-x).
 double Cdf(double x) { return ntb::UpperTail(-x); }
 
-TEST(GeluKernels, TailAndPdfWithinTheirDerivedBoundsOverADenseSweep) {
+using TailAndPdfFn = void (*)(const float*, int64_t, float*, float*);
+
+// One of the two tail-and-density forms against its derived bounds over the dense sweep.
+void ExpectTailAndPdfWithinBounds(TailAndPdfFn tail_and_pdf) {
   const std::vector<float> z = DenseSweep();
   const int64_t n = static_cast<int64_t>(z.size());
   std::vector<float> tail(n), pdf(n), tail_only(n);
-  NormalTailAndPdf(z.data(), n, tail.data(), pdf.data());
-  NormalTailAndPdf(z.data(), n, tail_only.data(), nullptr);
+  tail_and_pdf(z.data(), n, tail.data(), pdf.data());
+  tail_and_pdf(z.data(), n, tail_only.data(), nullptr);
   double worst = 0;  // largest error over bound for |z| <= 12, printed to show the bound's slack
   for (int64_t i = 0; i < n; ++i) {
     const double v = z[i];
@@ -56,6 +59,48 @@ TEST(GeluKernels, TailAndPdfWithinTheirDerivedBoundsOverADenseSweep) {
   }
   EXPECT_EQ(tail_only, tail);  // the tail alone takes the same operations
   std::printf("worst error / bound for |z| <= 12: %.3f over %lld points\n", worst, static_cast<long long>(n));
+}
+
+TEST(GeluKernels, TailAndPdfWithinTheirDerivedBoundsOverADenseSweep) {
+  ExpectTailAndPdfWithinBounds(&NormalTailAndPdf);
+}
+
+// The baseline clone's form (multiply-adds rounded twice), which this CPU may not pick itself,
+// within the same bounds: the budgets in normal_tail_bounds.h count both roundings.
+TEST(GeluKernels, SeparateRoundingFormWithinTheSameBounds) {
+  ExpectTailAndPdfWithinBounds(&NormalTailAndPdfSeparateRounding);
+  const std::vector<float> x = DenseSweep();
+  const int64_t n = static_cast<int64_t>(x.size());
+  std::vector<float> y(n), dydx(n);
+  GeluForwardWithDerivativeSeparateRounding(x.data(), y.data(), dydx.data(), n);
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = x[i], want = v * Cdf(v), phi = ntb::Pdf(v), slope = Cdf(v) + v * phi;
+    ASSERT_LE(std::abs(y[i] - want), std::abs(v) * ntb::CdfAbsolute(v) + kU * std::abs(want))
+        << "x=" << v;
+    ASSERT_LE(std::abs(dydx[i] - slope), ntb::CdfAbsolute(v) +
+                                             std::abs(v) * (ntb::PdfAbsolute(v) + kU * phi) +
+                                             kU * std::abs(slope))
+        << "x=" << v;
+  }
+}
+
+// The entry points run the fused form exactly when the CPU picks a fused (v3/v4) clone: on such
+// a CPU some elements of the sweep differ in their last bits from the separate form, elsewhere
+// none does.
+TEST(GeluKernels, EntryPointsRunTheFormOfTheCpusClone) {
+  const std::vector<float> x = DenseSweep();
+  const int64_t n = static_cast<int64_t>(x.size());
+  std::vector<float> y(n), dydx(n), y_separate(n), dydx_separate(n);
+  GeluForwardWithDerivative(x.data(), y.data(), dydx.data(), n);
+  GeluForwardWithDerivativeSeparateRounding(x.data(), y_separate.data(), dydx_separate.data(), n);
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("x86-64-v3")) {
+    EXPECT_NE(y, y_separate);
+    EXPECT_NE(dydx, dydx_separate);
+  } else {
+    EXPECT_EQ(y, y_separate);
+    EXPECT_EQ(dydx, dydx_separate);
+  }
 }
 
 // y = x * Phi(x): Phi's error times |x|, and the product's rounding.

@@ -4,8 +4,9 @@
 // Phi comes from the upper tail Q(|x|) (Phi(x) = Q(-x) for x < 0, 1 - Q(x) otherwise), so that
 // negative x keeps its relative accuracy, as erfc(-x / sqrt 2) does in the CUDA kernels
 // (core/kernels/cuda). The tail and phi are gelu.cc's own branch-free float code: one shared exp
-// and a rational Mills ratio, every operation (a fused multiply-add counting as one) rounded once,
-// so an element gets the same bits whatever the CPU's vector width and wherever it sits in a call. Error bounds, derived in
+// and a rational Mills ratio, every operation rounded once (a multiply-add is one fused operation
+// on CPUs with FMA, two on older ones), so on one machine an element gets the same bits whatever
+// the vector width and wherever it sits in a call. Error bounds, derived in
 // gelu.cc and held by tests/unit/gelu_kernels_test.cc: phi within (x^2 / 2 + 7) u relative and
 // Q(|x|) within (x^2 / 2 + 11) u (u = 2^-24; the x^2 / 2 is the rounding of exp's argument,
 // which any float implementation shares).
@@ -47,5 +48,11 @@ void ScaleWithColumnSums(const float* factor, float* d, int64_t rows, int64_t co
 // values at |z| = 12 (absolute errors below 1.8e-33 and 5.4e-32). NaN in z gives NaN. pdf may be
 // nullptr (then only the tail is written).
 void NormalTailAndPdf(const float* z, int64_t n, float* tail, float* pdf);
+
+// The baseline clone's arithmetic (multiply-adds rounded twice; gelu.cc explains when a CPU runs
+// it), callable on any CPU so that the tests hold it to the same bounds where the CPU picks a
+// fused clone. Not for the layers.
+void GeluForwardWithDerivativeSeparateRounding(const float* x, float* y, float* dydx, int64_t n);
+void NormalTailAndPdfSeparateRounding(const float* z, int64_t n, float* tail, float* pdf);
 
 }  // namespace moe
