@@ -95,8 +95,8 @@ int main(int argc, char** argv) {
   std::printf("# copy: std::copy of n floats; madd: y = x * g + d; fwd: GeluForward; fwd+d: "
               "GeluForwardWithDerivative;\n# bwd: GeluBackward from x; scale: copy + "
               "ScaleWithColumnSums (the expert backward's product, rows of 128);\n# tail: "
-              "NormalTailAndPdf (the load loss);\n# base: fwd+d as the baseline clone runs it (SSE2, "
-              "multiply-adds rounded twice), for CPUs without FMA; ratios: over copy\n");
+              "NormalTailAndPdf (the load loss);\n# base: fwd+d as the baseline clone runs it "
+              "(SSE2, multiply-adds rounded twice), for CPUs without FMA; ratios: over copy\n");
   std::printf("%10s | %6s %6s | %7s %7s %7s %7s %7s | %7s | %6s %6s %6s\n", "elements", "copy",
               "madd", "fwd", "fwd+d", "bwd", "scale", "tail", "base", "fwd/cp", "fwd+d/cp",
               "tail/cp");

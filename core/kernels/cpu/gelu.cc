@@ -91,8 +91,8 @@ MOE_INLINE float ExpOfTailArgument(float x) {
 // degrees 4 and 5, fitted for least maximum relative error on [0, 12] by
 // core/kernels/cpu/normal_tail_fit.py, which prints these constants and checks them: the fit is
 // within 0.48 u of M (u = 2^-24), and M evaluated in float as below, R / (z R + P), within 2.9 u
-// with fused Horner steps and 3.0 u with separate ones over 600,000 points. An error in c moves M only by c / (z + c) of
-// it, so one divide suffices.
+// with fused Horner steps and 3.0 u with separate ones over 600,000 points. An error in c moves M
+// only by c / (z + c) of it, so one divide suffices.
 constexpr float kP0 = 7.978845835e-01f, kP1 = 5.219064355e-01f, kP2 = 1.766239107e-01f,
                 kP3 = 3.272215277e-02f, kP4 = 2.858401742e-03f;
 constexpr float kR1 = 1.109542608e+00f, kR2 = 5.900607705e-01f, kR3 = 1.821425557e-01f,
@@ -105,8 +105,11 @@ constexpr float kR1 = 1.109542608e+00f, kR2 = 5.900607705e-01f, kR3 = 1.82142555
 template <class M>
 MOE_INLINE float UpperTailAndDensity(float z, float* density) {
   const float e = ExpOfTailArgument<M>(-0.5f * (z * z));
-  const float p = M::Apply(M::Apply(M::Apply(M::Apply(kP4, z, kP3), z, kP2), z, kP1), z, kP0);
-  const float r = M::Apply(M::Apply(M::Apply(M::Apply(M::Apply(kR5, z, kR4), z, kR3), z, kR2), z, kR1), z, 1.f);
+  // Horner's rule, highest coefficient first.
+  float p = M::Apply(kP4, z, kP3);
+  p = M::Apply(M::Apply(M::Apply(p, z, kP2), z, kP1), z, kP0);
+  float r = M::Apply(kR5, z, kR4);
+  r = M::Apply(M::Apply(M::Apply(M::Apply(r, z, kR3), z, kR2), z, kR1), z, 1.f);
   const float phi = kInvSqrt2Pi * e;
   *density = phi;
   return (phi * r) / M::Apply(z, r, p);
