@@ -31,7 +31,7 @@ std::vector<float> TiedRows(int64_t n, int E, uint64_t key) {
 }
 
 TEST(RouterFastPaths, TopKRowsEqualsStableSortDescending) {
-  for (int E : {1, 2, 5, 8, 33}) {
+  for (int E : {1, 2, 5, 8, 33, 70}) {  // 70: three column chunks of the 16-row blocks
     const int64_t n = 64;
     const auto p = TiedRows(n, E, 17 + E);
     for (int k = 1; k <= E; ++k) {
@@ -73,7 +73,7 @@ TEST(RouterFastPaths, TopKRowsWithNaNKeepsTheScanOrder) {
 TEST(RouterFastPaths, Top2BlocksWithNaNAndInfinitiesKeepTheScanOrder) {
   const float nan = std::numeric_limits<float>::quiet_NaN();
   const float inf = std::numeric_limits<float>::infinity();
-  for (int E : {2, 3, 8, 20}) {
+  for (int E : {2, 3, 8, 20, 70}) {
     const int64_t n = 53;  // three blocks of 16 and a remainder of 5
     std::vector<float> p = TiedRows(n, E, 40 + E);
     for (int64_t t = 0; t < n; t += 3) p[t * E + (t % E)] = nan;      // NaN first, last, inside
