@@ -35,7 +35,10 @@
 //    more.
 //  - Routing: tokens per expert and the dropped fraction must match exactly. With identical
 //    weights the router logits differ by a few u at most, so a decision could flip only on a
-//    near-exact tie; none has been seen.
+//    near-exact tie. pMoE's duplicate background patches tie exactly, and their embeddings can
+//    differ in the last bit between the layouts; with OpenBLAS's router GEMM every kernel set
+//    tried resolves them alike, a router GEMM with other rounding did not (its per-position-head
+//    cases then failed at 1e-2; tests/bench/RESULTS.md, "Router against the experts").
 //  - Replicas: after the last step every DP replica of an expert, and every rank's copy of a
 //    dense parameter, must hold bit-identical values (same gradients after the all-reduce, same
 //    optimizer arithmetic). This is exact on any kernel and checks the distributed optimizer
