@@ -31,7 +31,7 @@ std::vector<float> TiedRows(int64_t n, int E, uint64_t key) {
 }
 
 TEST(RouterFastPaths, TopKRowsEqualsStableSortDescending) {
-  for (int E : {1, 2, 5, 8, 33, 70}) {  // 70: three column chunks of the 16-row blocks
+  for (int E : {1, 2, 5, 8, 33, 70}) {  // 70: rows of many experts (long select chains)
     const int64_t n = 64;
     const auto p = TiedRows(n, E, 17 + E);
     for (int k = 1; k <= E; ++k) {
