@@ -15,25 +15,12 @@ CpuTokenDispatcher::CpuTokenDispatcher(const std::string& layer, Communicator* c
     : layer_(layer), comm_(comm), num_experts_(num_experts), dim_(dim),
       ep_size_(comm->Size(GroupKind::kExpert)) {}
 
-std::vector<int64_t> CpuTokenDispatcher::ReceivedBlockRows(const DispatchPlan& plan) {
-  if (!plan.recv_block_rows.empty()) return plan.recv_block_rows;
-  const int El = num_experts_ / ep_size_;
-  std::vector<int64_t> recv(static_cast<int64_t>(ep_size_) * El * plan.groups, plan.capacity);
-  if (plan.capacity < 0) {
-    // Send layout per peer p: [l][g] = block (p * El + l, g), which is already contiguous.
-    ScopedActivity act(layer_ + " dropless block sizes");
-    comm_->AllToAllInt64(plan.block_rows.data(), recv.data(), El * plan.groups,
-                         GroupKind::kExpert);
-  }
-  return recv;
-}
-
 Tensor CpuTokenDispatcher::Dispatch(const Tensor& x, const DispatchPlan& plan) {
   plan_ = plan;
   Tensor send;
   {
     ScopedPhase ph(profiler_, "dispatch_pack");
-    recv_block_rows_ = ReceivedBlockRows(plan_);
+    recv_block_rows_ = ReceivedBlockRows(plan_, comm_, num_experts_, layer_);
     layout_ = ComputeDispatchLayout(plan_.block_rows, recv_block_rows_, num_experts_, ep_size_,
                                     plan_.groups);
     send = PackRows(plan_, layout_, x.data(), dim_);

@@ -23,8 +23,6 @@ class CpuTokenDispatcher : public TokenDispatcher {
   Tensor DispatchBackward(const Tensor& d_expert_in) override;
 
  private:
-  // The received block sizes: all C, or exchanged with the peers when dropless.
-  std::vector<int64_t> ReceivedBlockRows(const DispatchPlan& plan);
   // Send layout -> all-to-all -> expert-major rows, and its inverse.
   Tensor ExchangeToExperts(const Tensor& send, const char* phase);
   Tensor ExchangeFromExperts(const Tensor& expert_rows, const char* phase);

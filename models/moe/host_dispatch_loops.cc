@@ -2,7 +2,24 @@
 
 #include <algorithm>
 
+#include "comm/collective_watchdog.h"
+
 namespace moe {
+
+std::vector<int64_t> ReceivedBlockRows(const DispatchPlan& plan, Communicator* comm,
+                                       int num_experts, const std::string& layer) {
+  if (!plan.recv_block_rows.empty()) return plan.recv_block_rows;
+  const int ep_size = comm->Size(GroupKind::kExpert);
+  const int El = num_experts / ep_size;
+  std::vector<int64_t> recv(static_cast<int64_t>(ep_size) * El * plan.groups, plan.capacity);
+  if (plan.capacity < 0) {
+    // Send layout per peer p: [l][g] = block (p * El + l, g), which is already contiguous.
+    ScopedActivity act(layer + " dropless block sizes");
+    comm->AllToAllInt64(plan.block_rows.data(), recv.data(), El * plan.groups,
+                        GroupKind::kExpert);
+  }
+  return recv;
+}
 
 Tensor PackRows(const DispatchPlan& plan, const DispatchLayout& layout, const float* x,
                 int64_t D) {

@@ -1,11 +1,14 @@
-// The host dispatchers' row loops (FLAT: cpu_token_dispatcher.cc; each chunk of PIPELINED:
-// pipelined_token_dispatcher.cc), written once. `plan` is the rows being moved (a whole forward,
-// or one chunk of whole routing groups); row pointers (x, y, dy, dx, d_gate) point at the plan's
-// first row; `layout` gives the send rows of the plan's blocks.
+// The host dispatchers' received block sizes and row loops (FLAT: cpu_token_dispatcher.cc;
+// each chunk of PIPELINED: pipelined_token_dispatcher.cc), written once. `plan` is the rows being
+// moved (a whole forward, or one chunk of whole routing groups); row pointers (x, y, dy, dx,
+// d_gate) point at the plan's first row; `layout` gives the send rows of the plan's blocks.
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
+#include "comm/communicator.h"
 #include "core/tensor.h"
 #include "models/moe/token_dispatcher.h"
 
@@ -17,6 +20,12 @@ inline int64_t SendRowOf(const DispatchPlan& plan, const DispatchLayout& layout,
   const int64_t g = t / plan.group_tokens;
   return layout.block_offset[plan.expert[i] * plan.groups + g] + plan.slot[i];
 }
+
+// Rows per received block [EP * El * G] of `plan`: its recv_block_rows when the planner gave
+// them, else all C, or (dropless) exchanged with the EP peers, which only then know the sizes.
+// `layer` names the exchange in the profiler and the watchdog.
+std::vector<int64_t> ReceivedBlockRows(const DispatchPlan& plan, Communicator* comm,
+                                       int num_experts, const std::string& layer);
 
 // The send buffer [layout.send_rows, D]: every kept choice's row copied to its slot; padding
 // slots stay zero.

@@ -28,24 +28,12 @@ PipelinedTokenDispatcher::PipelinedTokenDispatcher(const std::string& layer, Com
   CHECK_GE(chunks, 1) << layer << ": parallel.pipeline_chunks=" << chunks << " must be >= 1";
 }
 
-std::vector<int64_t> PipelinedTokenDispatcher::ReceivedBlockRows(const DispatchPlan& plan) {
-  if (!plan.recv_block_rows.empty()) return plan.recv_block_rows;
-  const int El = num_experts_ / ep_size_;
-  std::vector<int64_t> recv(static_cast<int64_t>(ep_size_) * El * plan.groups, plan.capacity);
-  if (plan.capacity < 0) {
-    // Send layout per peer p: [l][g] = block (p * El + l, g), which is already contiguous.
-    ScopedActivity act(layer_ + " dropless block sizes");
-    comm_->AllToAllInt64(plan.block_rows.data(), recv.data(), El * plan.groups,
-                         GroupKind::kExpert);
-  }
-  return recv;
-}
-
 void PipelinedTokenDispatcher::SplitIntoChunks(const DispatchPlan& plan) {
   rows_ = plan.rows;
   chunks_.clear();
-  for (DispatchChunk& c : moe::SplitIntoChunks(plan, ReceivedBlockRows(plan), num_experts_,
-                                               ep_size_, max_chunks_))
+  const std::vector<int64_t> recv_block_rows = ReceivedBlockRows(plan, comm_, num_experts_, layer_);
+  for (DispatchChunk& c :
+       moe::SplitIntoChunks(plan, recv_block_rows, num_experts_, ep_size_, max_chunks_))
     chunks_.push_back(Chunk{std::move(c), Tensor()});
 }
 

@@ -52,7 +52,6 @@ class PipelinedTokenDispatcher : public ExpertDrivingDispatcher {
   using ChunkExpertsFn = std::function<Tensor(int chunk, const Tensor& expert_major)>;
 
   void SplitIntoChunks(const DispatchPlan& plan);
-  std::vector<int64_t> ReceivedBlockRows(const DispatchPlan& plan);
   // Every chunk's `outgoing` (send layout) to the experts, through `experts`, and back; returns
   // each chunk's answer in send layout. One exchange is in flight while experts run.
   std::vector<Tensor> Pipeline(const std::vector<Tensor>& outgoing, const ChunkExpertsFn& experts,
