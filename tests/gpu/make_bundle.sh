@@ -2,7 +2,7 @@
 # Builds moe-ep for H100/H200 GPUs (sm_90, Release) into build-gpu/ and assembles a bundle
 # that runs there without installing anything (that machine reaches no package registry):
 #
-#   build-gpu-bundle/            the bundle, unpacked (checked here; ~100 MiB, too big to carry)
+#   build-gpu-bundle/            the bundle, unpacked (checked here; ~135 MiB, too big to carry)
 #     env.sh                     `source` it: PATH, LD_LIBRARY_PATH, OPAL_PREFIX, PMIX_PREFIX, MCA
 #     MANIFEST                   "category name gpu|cpu mpi|single" per executable; categories gpu,
 #                                mpi, unit, bench, launcher, other
@@ -21,7 +21,9 @@
 #
 # Usage: bash tests/gpu/make_bundle.sh [--no-build] [--no-check]
 #   --no-build   reuse build-gpu/ as it is;  --no-check   skip the self-containment check
-# Env: BUILD_DIR, BUNDLE, CARRY_DIR, BUNDLE_DATA (all|t10k|none), CARRY_LIMIT_MIB (55).
+# Env: BUILD_DIR, BUNDLE, CARRY_DIR, BUNDLE_DATA (all|t10k|none), CARRY_LIMIT_MIB (55),
+#      BUNDLE_UNIT (0|1: carry the CPU unit tests too, for verify.sh's MOE_VERIFY_UNIT=1; they
+#      add about 10 MiB to the tarball, and CI runs them anyway).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BUILD_DIR="${BUILD_DIR:-$ROOT/build-gpu}"
@@ -32,6 +34,7 @@ DEB_CACHE="$BUILD_DIR/debs"
 DATA_SRC="${FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}"
 BUNDLE_DATA="${BUNDLE_DATA:-all}"
 CARRY_LIMIT_MIB="${CARRY_LIMIT_MIB:-55}"
+BUNDLE_UNIT="${BUNDLE_UNIT:-0}"
 MA=x86_64-linux-gnu
 OMPI_PKGS=(openmpi-bin libopenmpi3 openmpi-common libpmix2)
 DO_BUILD=1; DO_CHECK=1
@@ -44,6 +47,7 @@ for a in "$@"; do
 done
 log() { echo "[make_bundle] $*"; }
 die() { echo "[make_bundle] ERROR: $*" >&2; exit 1; }
+case "$BUNDLE_UNIT" in 0|1) ;; *) die "BUNDLE_UNIT=$BUNDLE_UNIT: must be 0 or 1" ;; esac
 
 # Libraries the GPU machine must provide itself: glibc, and the CUDA/cuBLAS/NCCL/driver family.
 GLIBC_RE='^(ld-linux-x86-64\.so\.2|linux-vdso\.so\.1|libc\.so\.6|libm\.so\.6|libmvec\.so\.1|libpthread\.so\.0|libdl\.so\.2|librt\.so\.1|libutil\.so\.1|libresolv\.so\.2|libanl\.so\.1|libnss_[a-z]+\.so\.2|libthread_db\.so\.1|libBrokenLocale\.so\.1)$'
@@ -110,6 +114,7 @@ while IFS= read -r f; do
   is_elf "$f" || continue
   readelf -l "$f" 2>/dev/null | grep -q 'program interpreter' || continue   # executables only
   n="$(basename "$f")"
+  [ "$BUNDLE_UNIT" = 1 ] || [ "$(category_of "$n")" != unit ] || continue
   [ -e "$BUNDLE/bin/$n" ] && die "two executables named $n in $BUILD_DIR"
   strip --strip-unneeded -o "$BUNDLE/bin/$n" "$f"
   echo "$(category_of "$n") $n $(attrs_of "$n")" >>"$BUNDLE/MANIFEST"

@@ -29,7 +29,7 @@
 # are reported NOT RUN past it), MOE_VERIFY_STEP_TIMEOUT (default 180), MOE_VERIFY_ONLY (regex of
 # step names to run), MOE_VERIFY_NO_GPU_OK=1 (dry run on a machine without a GPU: skips allowed),
 # MOE_BUNDLE_DIR (where to unpack; default /tmp/moe-ep-gpu-bundle), MOE_VERIFY_TORCH_ARGS,
-# MOE_VERIFY_UNIT=1 (also run the CPU unit tests).
+# MOE_VERIFY_UNIT=1 (also run the CPU unit tests; the bundle carries them with BUNDLE_UNIT=1).
 #
 # "Is there a GPU?" is decided from structured signals only, never from the wording of an error
 # message: nvidia-smi -L listing a GPU, and the bundle's gpu_device_count (cudaGetDeviceCount;
@@ -360,7 +360,11 @@ done <"$B/MANIFEST"
 
 # Optional: the single-process CPU unit tests (CI runs them anyway).
 if [ "${MOE_VERIFY_UNIT:-0}" = 1 ]; then
-  for n in $(awk '$1=="unit" {print $2}' "$B/MANIFEST"); do
+  units=$(awk '$1=="unit" {print $2}' "$B/MANIFEST")
+  # make_bundle.sh carries them only with BUNDLE_UNIT=1 (they would fill a sixth of the tarball).
+  [ -n "$units" ] || step unit_tests cpu 10 sh -c \
+    'echo "MOE_VERIFY_UNIT=1, but this bundle has no unit tests: make it with BUNDLE_UNIT=1"; exit 2'
+  for n in $units; do
     step "unit_$n" cpu "$STEP_TIMEOUT" "$B/bin/$n" --gtest_brief=1
   done
 fi
