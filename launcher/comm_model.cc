@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 
 #include "models/moe/capacity.h"
 
@@ -79,7 +80,35 @@ bool WeightedLeastSquares(const std::vector<std::vector<double>>& A, const std::
   return true;
 }
 
-bool FitLinkModel(const std::vector<SweepRow>& rows, LinkModel* model, std::string* error) {
+const char* FitTargetName(FitTarget target) {
+  return target == FitTarget::kTransfer ? "transfer" : "exchange";
+}
+
+double TargetMicros(const SweepRow& row, FitTarget target) {
+  return target == FitTarget::kTransfer ? row.transfer_us : row.exchange_us;
+}
+
+FitTarget DefaultFitTarget(const std::vector<SweepRow>& rows) {
+  for (const SweepRow& r : rows)
+    if (r.ep >= 2 && r.transfer_us < 0) return FitTarget::kExchange;
+  return FitTarget::kTransfer;
+}
+
+namespace {
+
+// "row 3 (tokens 256, ep 2): transfer_us=-1: must be positive (not measured in this CSV)".
+std::string BadTimeError(const SweepRow& r, size_t index, FitTarget target, double us) {
+  char buf[160];
+  snprintf(buf, sizeof(buf), "row %zu (tokens %lld, ep %d): %s_us=%g: must be positive%s",
+           index + 1, static_cast<long long>(r.tokens), r.ep, FitTargetName(target), us,
+           us < 0 && target == FitTarget::kTransfer ? " (not measured in this CSV)" : "");
+  return buf;
+}
+
+}  // namespace
+
+bool FitLinkModel(const std::vector<SweepRow>& rows, FitTarget target, LinkModel* model,
+                  std::string* error) {
   bool any_inter = false, any_intra = false;
   for (const SweepRow& r : rows) {
     if (r.ep < 2) continue;
@@ -93,10 +122,12 @@ bool FitLinkModel(const std::vector<SweepRow>& rows, LinkModel* model, std::stri
   // Units for conditioning: microseconds and megabytes.
   std::vector<std::vector<double>> A;
   std::vector<double> b, w;
-  for (const SweepRow& r : rows) {
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const SweepRow& r = rows[i];
     if (r.ep < 2) continue;
-    if (!(r.exchange_us > 0)) {
-      *error = "row with exchange_us=" + std::to_string(r.exchange_us) + ": must be positive";
+    const double us = TargetMicros(r, target);
+    if (!(us > 0)) {
+      *error = BadTimeError(r, i, target, us);
       return false;
     }
     const PeerSplit p = SplitPeers(r.ep, r.ranks_per_node);
@@ -105,8 +136,8 @@ bool FitLinkModel(const std::vector<SweepRow>& rows, LinkModel* model, std::stri
     if (any_intra) a.insert(a.end(), {p.intra > 0 ? 1.0 : 0.0, lb.intra / 1e6});
     if (any_inter) a.insert(a.end(), {p.inter > 0 ? 1.0 : 0.0, lb.inter / 1e6});
     A.push_back(a);
-    b.push_back(r.exchange_us);
-    w.push_back(1.0 / r.exchange_us);  // relative error
+    b.push_back(us);
+    w.push_back(1.0 / us);  // relative error
   }
   if (names.empty()) {
     *error = "no row with ep >= 2 to fit";

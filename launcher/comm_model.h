@@ -46,9 +46,21 @@ double ExchangeSeconds(const LinkModel& m, int64_t bytes, int ep, int ranks_per_
 bool WeightedLeastSquares(const std::vector<std::vector<double>>& A, const std::vector<double>& b,
                           const std::vector<double>& w, const std::vector<std::string>& names,
                           std::vector<double>* x, std::string* error);
-// Fits the rows (exchange_us, bytes, ep, ranks_per_node); the inter level only when some row has
-// inter-node peers. Rows with ep == 1 move nothing between ranks and are left out.
-bool FitLinkModel(const std::vector<SweepRow>& rows, LinkModel* model, std::string* error);
+// Which time a fit explains: the whole exchange as a step sees it (waiting for a late rank
+// included), or only its transfer part, the link's cost (waiting is load imbalance or a slow
+// rank, not the network: with ranks sharing cores it can be most of the exchange).
+enum class FitTarget { kExchange, kTransfer };
+const char* FitTargetName(FitTarget target);  // "exchange", "transfer"
+// The row's time for `target` in microseconds; -1 when the row did not measure it.
+double TargetMicros(const SweepRow& row, FitTarget target);
+// kTransfer when every row with ep >= 2 measured its transfer time, else kExchange.
+FitTarget DefaultFitTarget(const std::vector<SweepRow>& rows);
+
+// Fits the rows' `target` time against (bytes, ep, ranks_per_node); the inter level only when
+// some row has inter-node peers. Rows with ep == 1 move nothing between ranks and are left out;
+// a row whose time is not positive (or not measured) is an error naming the row and the column.
+bool FitLinkModel(const std::vector<SweepRow>& rows, FitTarget target, LinkModel* model,
+                  std::string* error);
 
 // A layer's shape for prediction.
 struct LayerShape {

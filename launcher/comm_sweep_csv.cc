@@ -21,6 +21,7 @@ struct Column {
   int64_t SweepRow::*big = nullptr;
   int SweepRow::*small = nullptr;
   double SweepRow::*real = nullptr;
+  bool optional = false;  // a header without it reads, the member keeping its default
 };
 
 const Column kColumns[] = {
@@ -36,6 +37,8 @@ const Column kColumns[] = {
     {"nodes", nullptr, nullptr, &SweepRow::nodes},
     {"bytes", nullptr, &SweepRow::bytes},
     {"exchange_us", nullptr, nullptr, nullptr, &SweepRow::exchange_us},
+    {"skew_us", nullptr, nullptr, nullptr, &SweepRow::skew_us, /*optional=*/true},
+    {"transfer_us", nullptr, nullptr, nullptr, &SweepRow::transfer_us, /*optional=*/true},
     {"algbw_gbs", nullptr, nullptr, nullptr, &SweepRow::algbw_gbs},
     {"busbw_gbs", nullptr, nullptr, nullptr, &SweepRow::busbw_gbs},
     {"a2a_ms", nullptr, nullptr, nullptr, &SweepRow::a2a_ms},
@@ -85,7 +88,8 @@ std::vector<std::string> SplitCommas(const std::string& line) {
   return out;
 }
 
-// Maps the header's names to kColumns; every known column must be there exactly once.
+// Maps the header's names to kColumns (-1: an optional column the header lacks); every other
+// known column must be there, and no name twice.
 bool MapHeader(const std::string& path, const std::string& header, std::vector<int>* index,
                std::string* error) {
   const std::vector<std::string> names = SplitCommas(header);
@@ -100,6 +104,10 @@ bool MapHeader(const std::string& path, const std::string& header, std::vector<i
   index->clear();
   for (const Column& c : kColumns) {
     auto it = where.find(c.name);
+    if (it == where.end() && c.optional) {
+      index->push_back(-1);
+      continue;
+    }
     if (it == where.end()) {
       *error = path + ":1: header lacks column '" + c.name + "'";
       return false;
@@ -162,6 +170,7 @@ bool ParseSweepCsv(const std::string& path, const std::string& text, std::vector
     }
     SweepRow row;
     for (size_t c = 0; c < index.size(); ++c) {
+      if (index[c] < 0) continue;
       const std::string& value = fields[index[c]];
       if (!ParseField(kColumns[c], value, &row)) {
         *error = where + "field '" + kColumns[c].name + "': bad value '" + value + "'";

@@ -2,7 +2,7 @@
 // line naming the columns (SweepCsvColumnNames, in that order), then one line per sweep point.
 // The reader maps columns by the header's names, so a file with the same names in another order
 // reads back; every field is parsed in full, and a bad line is an error naming file, line and
-// field.
+// field. The optional columns (skew_us, transfer_us) may be missing; every other one must be there.
 #pragma once
 
 #include <cstdint>
@@ -21,6 +21,10 @@ struct SweepRow {
   int nodes = 0;                // nodes of the run's layout
   int64_t bytes = 0;            // bytes one rank sends in one exchange (its own block included)
   double exchange_us = 0;       // time per exchange, mean over ranks, iterations and the 4 phases
+  // exchange_us split as the run's profile splits it (launcher/a2a_profile.h): waiting for the
+  // last rank of the EP group to arrive, and the rest (the data moving). -1: not measured (a CSV
+  // written before these columns existed, which the reader still accepts).
+  double skew_us = -1, transfer_us = -1;
   double algbw_gbs = 0;         // bytes / exchange time, GB/s (1e9)
   double busbw_gbs = 0;         // algbw * (ep - 1) / ep
   double a2a_ms = 0;            // the 4 exchanges of one forward+backward, ms

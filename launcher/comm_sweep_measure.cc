@@ -11,6 +11,7 @@
 #include "core/backend.h"
 #include "core/profiler.h"
 #include "core/rng.h"
+#include "launcher/a2a_profile.h"
 #include "launcher/comm_model.h"
 #include "launcher/device_comm.h"
 #include "models/moe/moe_layer.h"
@@ -80,6 +81,21 @@ double MeanOverRanks(MpiCommunicator& comm, double v) {
   return v / comm.Size(GroupKind::kWorld);
 }
 
+// Per exchange, mean over ranks: the time spent waiting for the EP group's last rank (skew) and
+// the rest (transfer), as the end-of-run profile splits them; `calls_per_step` per rank.
+void SplitSkewTransfer(const Profiler& prof, int steps, double calls_per_step,
+                       MpiCommunicator& comm, SweepRow* r) {
+  const AllToAllProfile profile = ProfileAllToAlls(prof, steps, &comm);
+  double ms[2] = {0, 0};  // per step, summed over the phases (world rank 0 has the rows)
+  for (const AllToAllRow& row : profile.rows) {
+    ms[0] += row.skew_ms;
+    ms[1] += row.transfer_ms;
+  }
+  MPI_CHECK(MPI_Bcast(ms, 2, MPI_DOUBLE, 0, comm.comm(GroupKind::kWorld)));
+  r->skew_us = 1e3 * ms[0] / calls_per_step;
+  r->transfer_us = 1e3 * ms[1] / calls_per_step;
+}
+
 }  // namespace
 
 NodeLayout DetectNodeLayout(MPI_Comm world, int ranks_per_node_flag) {
@@ -124,6 +140,7 @@ SweepRow MeasurePoint(const SweepPoint& p, const NodeLayout& layout,
   d.pipeline_chunks = opt.pipeline_chunks;
   layer.SetDispatcherOptions(d);
   Profiler prof;
+  prof.set_common_clock(opt.clock.offset_us, opt.clock.error_us);
   RunSteps(layer, comm, p, opt, &prof);
 
   const auto& stats = prof.Stats();
@@ -155,6 +172,8 @@ SweepRow MeasurePoint(const SweepPoint& p, const NodeLayout& layout,
   r.a2a_ms = 1e3 * MeanOverRanks(comm, exchange_s / opt.iters);
   r.layer_ms = 1e3 * MeanOverRanks(comm, stats.at(kLayerPhase).total_seconds / opt.iters);
   r.share = r.a2a_ms / r.layer_ms;
+  SplitSkewTransfer(prof, opt.iters, MeanOverRanks(comm, static_cast<double>(calls) / opt.iters),
+                    comm, &r);
   return r;
 }
 

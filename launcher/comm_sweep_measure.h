@@ -6,6 +6,7 @@
 
 #include <mpi.h>
 
+#include "comm/clock_sync.h"
 #include "core/tensor.h"
 #include "launcher/comm_sweep_csv.h"
 #include "launcher/comm_sweep_points.h"
@@ -27,6 +28,9 @@ struct MeasureOptions {
   int pipeline_chunks = 2;  // DispatcherOptions::pipeline_chunks
   // kCUDA: BindRankToGpu must have run; the point's dispatcher must be CudaDispatcherAvailable.
   Device device = Device::kCPU;
+  // This rank's offset to rank 0's clock (SyncClockToRoot, once per run), for the skew /
+  // transfer split of each exchange.
+  ClockOffset clock;
 };
 // Collective over MPI_COMM_WORLD: every rank calls it with the same point.
 SweepRow MeasurePoint(const SweepPoint& point, const NodeLayout& layout,

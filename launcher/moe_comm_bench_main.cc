@@ -5,8 +5,10 @@
 //
 // Rank 0 prints one row per point: the sweep parameters, the bytes one rank sends per exchange,
 // the time per exchange (mean over ranks, iterations and the four exchanges of a
-// forward+backward), algbw = bytes / time and busbw = algbw * (ep - 1) / ep (nccl-tests'
-// all-to-all convention), and the exchanges' share of the layer's forward+backward. --csv writes
+// forward+backward) and its split into skew (waiting for the EP group's last rank; clocks aligned
+// once at start-up, comm/clock_sync.h) and transfer (the rest), algbw = bytes / time and
+// busbw = algbw * (ep - 1) / ep (nccl-tests' all-to-all convention), and the exchanges' share of
+// the layer's forward+backward. --csv writes
 // the same rows (launcher/comm_sweep_csv.h) for plot_comm_sweep.py and moe_comm_model.
 //
 // --device=cuda builds each point's layer on the GPU over NCCL (one GPU per rank; tests may share
@@ -19,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "comm/clock_sync.h"
 #include "comm/mpi_abort.h"
 #include "comm/mpi_check.h"
 #include "core/backend.h"
@@ -115,17 +118,21 @@ void PrintHeader(int world, const NodeLayout& layout) {
          FLAGS_device.c_str(), FLAGS_warmup, FLAGS_iters);
   printf("# bytes: sent by one rank per exchange (own block included); time: per exchange, mean "
          "over ranks, steps and the 4 exchanges; GB/s = 1e9 B/s; busbw = algbw*(ep-1)/ep\n");
-  printf("%-12s %6s %5s %5s %3s %2s %5s %3s %4s %5s | %11s %11s %8s %8s | %9s %9s %6s\n",
+  printf("# skew: waiting for the EP group's last rank to arrive; xfer: the rest (time = skew + "
+         "xfer)\n");
+  printf("%-12s %6s %5s %5s %3s %2s %5s %3s %4s %5s | %11s %11s %10s %10s %8s %8s | %9s %9s "
+         "%6s\n",
          "dispatcher", "tokens", "D", "H", "E", "k", "cf", "ep", "rpn", "nodes", "bytes",
-         "time_us", "algbw", "busbw", "a2a_ms", "layer_ms", "share");
+         "time_us", "skew_us", "xfer_us", "algbw", "busbw", "a2a_ms", "layer_ms", "share");
 }
 
 void PrintRow(const SweepRow& r) {
-  printf("%-12s %6lld %5d %5d %3d %2d %5.2f %3d %4d %5d | %11lld %11.1f %8.3f %8.3f | %9.3f "
-         "%9.3f %5.1f%%\n",
+  printf("%-12s %6lld %5d %5d %3d %2d %5.2f %3d %4d %5d | %11lld %11.1f %10.1f %10.1f %8.3f "
+         "%8.3f | %9.3f %9.3f %5.1f%%\n",
          r.dispatcher.c_str(), static_cast<long long>(r.tokens), r.dim, r.hidden, r.experts,
          r.top_k, r.capacity, r.ep, r.ranks_per_node, r.nodes, static_cast<long long>(r.bytes),
-         r.exchange_us, r.algbw_gbs, r.busbw_gbs, r.a2a_ms, r.layer_ms, 100 * r.share);
+         r.exchange_us, r.skew_us, r.transfer_us, r.algbw_gbs, r.busbw_gbs, r.a2a_ms, r.layer_ms,
+         100 * r.share);
   fflush(stdout);
 }
 
@@ -168,6 +175,7 @@ int Run(int rank, int world) {
   opt.ranks_per_node = FLAGS_ranks_per_node;
   opt.pipeline_chunks = FLAGS_pipeline_chunks;
   opt.device = device;
+  opt.clock = SyncClockToRoot(MPI_COMM_WORLD);
   std::vector<SweepRow> rows;
   for (const SweepPoint& p : points) {
     rows.push_back(MeasurePoint(p, layout, opt));

@@ -7,7 +7,9 @@
 //
 // --csv: fits on every row and prints alpha and beta per level (intra-node; inter-node when a row
 // has peers on other nodes), then refits without every Nth row (--holdout_every) and prints the
-// relative error of each held-out row's predicted exchange time, and their median and max.
+// relative error of each held-out row's predicted time, and their median and max. --fit chooses
+// the time: the transfer part of each exchange (the link's cost; default where the CSVs have it)
+// or the whole exchange, waiting for late ranks included.
 // --project: the projection tables (launcher/comm_projection.h) for vmoe_tiny (read from its
 // config) and a V-MoE-B-sized layer, EP 8 to 256.
 // --predict: the exchange time and share of one layer shape (--tokens, --dim, ...): with the model
@@ -32,6 +34,9 @@ DEFINE_string(csv, "", "moe_comm_bench CSV files to fit, comma-separated");
 // 4, not 3: a default sweep's rows cycle through 3 token counts, so every 3rd row would always
 // hold out the largest exchanges.
 DEFINE_int32(holdout_every, 4, "hold out every Nth row (N >= 2) for validation");
+DEFINE_string(fit, "auto", "the time the model explains: transfer (the exchange less the wait "
+              "for the EP group's last rank), exchange (all of it), or auto (transfer where every "
+              "row has it)");
 DEFINE_bool(project, false, "print the projection for 8-GPU H100 nodes");
 DEFINE_string(vmoe_tiny_config, "launcher/configs/vmoe_tiny.pbtxt", "vmoe_tiny's TrainConfig");
 DEFINE_double(nvlink_gbs, 450, "projection: NVLink GB/s per GPU per direction");
@@ -68,18 +73,34 @@ std::vector<SweepRow> ReadAll(const std::string& list) {
   return rows;
 }
 
-LinkModel FitOrDie(const std::vector<SweepRow>& rows, const char* what) {
+FitTarget ChosenTarget(const std::vector<SweepRow>& rows) {
+  if (FLAGS_fit == "auto") {
+    const FitTarget t = DefaultFitTarget(rows);
+    if (t == FitTarget::kExchange)
+      printf("# note: a row has no transfer_us (a CSV from an older moe_comm_bench): the model "
+             "explains the whole exchange, waiting for late ranks included\n");
+    return t;
+  }
+  if (FLAGS_fit == "transfer") return FitTarget::kTransfer;
+  if (FLAGS_fit == "exchange") return FitTarget::kExchange;
+  fprintf(stderr, "config error: --fit=%s: must be auto, transfer or exchange\n",
+          FLAGS_fit.c_str());
+  exit(kExitConfig);
+}
+
+LinkModel FitOrDie(const std::vector<SweepRow>& rows, FitTarget target, const char* what) {
   LinkModel m;
   std::string err;
-  if (!FitLinkModel(rows, &m, &err)) {
+  if (!FitLinkModel(rows, target, &m, &err)) {
     fprintf(stderr, "data error: fitting %s: %s\n", what, err.c_str());
     exit(kExitData);
   }
   return m;
 }
 
-void PrintModel(const LinkModel& m, size_t rows) {
-  printf("# fit on %zu rows (weighted least squares on relative error)\n", rows);
+void PrintModel(const LinkModel& m, size_t rows, FitTarget target) {
+  printf("# fit of the %s time on %zu rows (weighted least squares on relative error)\n",
+         FitTargetName(target), rows);
   printf("%-12s %12s %14s %14s\n", "level", "alpha_us", "beta_ns_per_KB", "1/beta_GB/s");
   auto level = [](const char* name, double a, double b) {
     printf("%-12s %12.2f %14.3f %14.4f\n", name, 1e6 * a, 1e12 * b, b > 0 ? 1e-9 / b : 0.0);
@@ -94,26 +115,27 @@ double Median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-void Validate(const std::vector<SweepRow>& rows) {
+void Validate(const std::vector<SweepRow>& rows, FitTarget target) {
   std::vector<SweepRow> fit, held;
   for (size_t i = 0; i < rows.size(); ++i)
     (i % FLAGS_holdout_every == static_cast<size_t>(FLAGS_holdout_every - 1) ? held : fit)
         .push_back(rows[i]);
-  const LinkModel m = FitOrDie(fit, "the rows kept for fitting");
+  const LinkModel m = FitOrDie(fit, target, "the rows kept for fitting");
   printf("\n# held-out validation: fit on %zu rows, predict rows i with i %% %d == %d (%zu rows)\n",
          fit.size(), FLAGS_holdout_every, FLAGS_holdout_every - 1, held.size());
-  PrintModel(m, fit.size());
+  PrintModel(m, fit.size(), target);
   printf("%-12s %6s %5s %3s %4s %5s %11s | %11s %11s %8s\n", "dispatcher", "tokens", "D", "ep",
          "rpn", "nodes", "bytes", "measured_us", "model_us", "rel_err");
   std::vector<double> errs;
   for (const SweepRow& r : held) {
     if (r.ep < 2) continue;
     const double model_us = 1e6 * ExchangeSeconds(m, r.bytes, r.ep, r.ranks_per_node);
-    const double rel = std::fabs(model_us - r.exchange_us) / r.exchange_us;
+    const double measured_us = TargetMicros(r, target);
+    const double rel = std::fabs(model_us - measured_us) / measured_us;
     errs.push_back(rel);
     printf("%-12s %6lld %5d %3d %4d %5d %11lld | %11.1f %11.1f %7.1f%%\n", r.dispatcher.c_str(),
            static_cast<long long>(r.tokens), r.dim, r.ep, r.ranks_per_node, r.nodes,
-           static_cast<long long>(r.bytes), r.exchange_us, model_us, 100 * rel);
+           static_cast<long long>(r.bytes), measured_us, model_us, 100 * rel);
   }
   if (errs.empty()) return;
   printf("held-out relative error: median %.1f%%, max %.1f%% over %zu rows\n",
@@ -228,10 +250,14 @@ int main(int argc, char** argv) {
   }
   if (!FLAGS_csv.empty()) {
     const std::vector<moe::SweepRow> rows = moe::ReadAll(FLAGS_csv);
-    const moe::LinkModel fitted = moe::FitOrDie(rows, "all rows");
-    moe::PrintModel(fitted, rows.size());
-    moe::Validate(rows);
-    if (FLAGS_predict) moe::PredictOne(fitted, "model fitted to --csv");
+    const moe::FitTarget target = moe::ChosenTarget(rows);
+    const moe::LinkModel fitted = moe::FitOrDie(rows, target, "all rows");
+    moe::PrintModel(fitted, rows.size(), target);
+    moe::Validate(rows, target);
+    if (FLAGS_predict)
+      moe::PredictOne(fitted, target == moe::FitTarget::kTransfer
+                                  ? "model of the transfer time fitted to --csv"
+                                  : "model of the exchange time fitted to --csv");
   } else if (FLAGS_predict) {
     moe::PredictOne(moe::LinkModelOf(moe::FiguresFromFlags()), "projection link figures");
   }

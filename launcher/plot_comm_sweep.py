@@ -4,7 +4,8 @@
   python3 launcher/plot_comm_sweep.py sweep.csv [more.csv ...] --out_dir=DIR [--prefix=NAME]
 
 Writes DIR/PREFIX_time_vs_bytes.png (time per exchange against bytes per rank, log-log, one
-series per dispatcher and layout) and DIR/PREFIX_share_vs_ep.png (the exchanges' share of the
+series per dispatcher and layout; solid: the whole exchange, dashed: its transfer part, where
+the CSV has the skew/transfer split) and DIR/PREFIX_share_vs_ep.png (the exchanges' share of the
 layer's forward+backward against the EP size, one series per dispatcher, layout, D and tokens).
 Needs matplotlib (Debian: apt-get install python3-matplotlib).
 """
@@ -35,6 +36,9 @@ def read_rows(paths):
                     row["exchange_us"] = float(row["exchange_us"])
                     row["share"] = float(row["share"])
                     row["ep"] = int(row["ep"])
+                    # Optional (CSVs from before the split lack it): None = not measured.
+                    t = row.get("transfer_us")
+                    row["transfer_us"] = float(t) if t not in (None, "") and float(t) >= 0 else None
                 except (KeyError, ValueError) as e:
                     sys.exit(f"{path}:{line}: {e}")
                 row["layout"] = f"{row['nodes']}x{row['ranks_per_node']}"
@@ -48,15 +52,19 @@ def plot_time_vs_bytes(rows, path):
     series = collections.defaultdict(list)
     for r in rows:
         key = (r["dispatcher"], r["layout"], r["ep"], int(r["dim"]))
-        series[key].append((r["bytes"], r["exchange_us"]))
+        series[key].append((r["bytes"], r["exchange_us"], r["transfer_us"]))
     fig, ax = plt.subplots(figsize=(10, 5))
     for (disp, layout, ep, dim), pts in sorted(series.items()):
         pts.sort()
-        ax.loglog([p[0] for p in pts], [p[1] for p in pts], MARKERS[ep % len(MARKERS)] + "-",
-                  label=f"{disp}, nodes x rpn {layout}, ep {ep}, D={dim}")
+        marker = MARKERS[ep % len(MARKERS)]
+        line, = ax.loglog([p[0] for p in pts], [p[1] for p in pts], marker + "-",
+                          label=f"{disp}, nodes x rpn {layout}, ep {ep}, D={dim}")
+        if all(p[2] is not None for p in pts):
+            ax.loglog([p[0] for p in pts], [p[2] for p in pts], marker + "--", alpha=0.6,
+                      color=line.get_color(), label="  its transfer part")
     ax.set_xlabel("bytes sent by one rank per exchange")
     ax.set_ylabel("time per exchange (us)")
-    ax.set_title("MoE all-to-all: time against bytes")
+    ax.set_title("MoE all-to-all: time against bytes (dashed: transfer, the wait left out)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # moe_comm_bench's --device flag on 2 ranks: a bad value is a config error naming the flag; a
-# tiny host sweep (FLAT and HIERARCHICAL) writes one CSV row per point and names its device; and
+# tiny host sweep (FLAT and HIERARCHICAL) writes one CSV row per point and names its device, and
+# each row splits its exchange time into skew and transfer (skew >= 0 by construction, and the
+# two are the span between a call's arrival and departure, inside the phase the time covers, so
+# skew + transfer <= exchange, up to the CSV's 9 printed digits); and
 # --device=cuda either runs the three dispatchers on the GPU (one CSV row each), or, where
 # there is no GPU, ends with a clear message and no table -- "this build has no CUDA path" in a
 # build without it.
@@ -21,6 +24,15 @@ if [ "$RC" -eq 0 ] && grep -q "device cpu" "$OUT" && [ "$(wc -l <"$WORK/host.csv
 else
   fail host_sweep "exit $RC; wanted the device in the header and 2 CSV rows"
 fi
+# Columns by name: a reordered CSV must still check the right ones.
+SPLIT_BAD=$(awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i
+    if (!("skew_us" in col) || !("transfer_us" in col)) { print "no skew_us, transfer_us"; exit }
+    next }
+  { x = $col["exchange_us"]; s = $col["skew_us"]; t = $col["transfer_us"]
+    if (s < 0 || s + t > x * (1 + 1e-8))
+      print "row " NR - 1 ": exchange " x ", skew " s ", transfer " t }' "$WORK/host.csv" 2>&1)
+[ -z "$SPLIT_BAD" ] && [ "$(wc -l <"$WORK/host.csv")" -eq 3 ] && pass host_split \
+  || fail host_split "wanted skew >= 0 and skew + transfer <= exchange: ${SPLIT_BAD:-no rows}"
 
 run_job cuda 180 -np 2 "$BENCH" "${TINY[@]}" --device=cuda --allow_shared_gpu \
   --dispatchers=flat,hierarchical,pipelined --csv="$WORK/cuda.csv"

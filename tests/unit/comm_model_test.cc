@@ -2,8 +2,10 @@
 // the sweep's CSV (launcher/comm_sweep_csv.h) and flag lists (launcher/comm_sweep_points.h).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -56,7 +58,7 @@ TEST(CommModelTest, OneLevelFitRecoversAlphaAndBetaFromExactTimings) {
     rows.push_back(Row(bytes, 4, 4, alpha + beta * bytes * 3 / 4));
   LinkModel m;
   std::string err;
-  ASSERT_TRUE(FitLinkModel(rows, &m, &err)) << err;
+  ASSERT_TRUE(FitLinkModel(rows, FitTarget::kExchange, &m, &err)) << err;
   EXPECT_FALSE(m.has_inter);
   EXPECT_NEAR(m.alpha_intra, alpha, kExactRel * alpha);
   EXPECT_NEAR(m.beta_intra, beta, kExactRel * beta);
@@ -94,7 +96,7 @@ TEST(CommModelTest, OneLevelFitStaysWithinTheNoiseBound) {
   }
   LinkModel m;
   std::string err;
-  ASSERT_TRUE(FitLinkModel(rows, &m, &err)) << err;
+  ASSERT_TRUE(FitLinkModel(rows, FitTarget::kExchange, &m, &err)) << err;
   EXPECT_NEAR(m.alpha_intra, alpha, bound_alpha * (1 + kExactRel));
   EXPECT_NEAR(m.beta_intra, beta, bound_beta * (1 + kExactRel));
   EXPECT_LT(bound_beta, 0.2 * beta);  // the bound says something
@@ -114,7 +116,7 @@ TEST(CommModelTest, TwoLevelFitRecoversBothLevels) {
   }
   LinkModel m;
   std::string err;
-  ASSERT_TRUE(FitLinkModel(rows, &m, &err)) << err;
+  ASSERT_TRUE(FitLinkModel(rows, FitTarget::kExchange, &m, &err)) << err;
   ASSERT_TRUE(m.has_inter);
   EXPECT_NEAR(m.alpha_intra, truth.alpha_intra, kExactRel * truth.alpha_intra);
   EXPECT_NEAR(m.beta_intra, truth.beta_intra, kExactRel * truth.beta_intra);
@@ -122,11 +124,53 @@ TEST(CommModelTest, TwoLevelFitRecoversBothLevels) {
   EXPECT_NEAR(m.beta_inter, truth.beta_inter, kExactRel * truth.beta_inter);
 }
 
+// The transfer fit reads transfer_us and nothing else: exact transfer times under a skew that has
+// nothing to do with the bytes (as a late rank's wait) give back the link's alpha and beta, which
+// the exchange fit of the same rows cannot.
+TEST(CommModelTest, TransferFitSeesTheLinkThroughTheSkew) {
+  const double alpha = 30e-6, beta = 1.0 / 3e9;
+  const double skew[] = {400e-6, 10e-6, 2500e-6, 90e-6, 1200e-6};
+  std::vector<SweepRow> rows;
+  for (int i = 0; i < 5; ++i) {
+    const int64_t bytes = int64_t{8192} << (2 * i);
+    const double transfer = alpha + beta * bytes / 2;  // ep 2: half the bytes cross
+    rows.push_back(Row(bytes, 2, 2, skew[i] + transfer));
+    rows.back().skew_us = 1e6 * skew[i];
+    rows.back().transfer_us = 1e6 * transfer;
+  }
+  EXPECT_EQ(DefaultFitTarget(rows), FitTarget::kTransfer);
+  LinkModel m;
+  std::string err;
+  ASSERT_TRUE(FitLinkModel(rows, FitTarget::kTransfer, &m, &err)) << err;
+  EXPECT_NEAR(m.alpha_intra, alpha, kExactRel * alpha);
+  EXPECT_NEAR(m.beta_intra, beta, kExactRel * beta);
+  ASSERT_TRUE(FitLinkModel(rows, FitTarget::kExchange, &m, &err)) << err;
+  double worst = 0;  // the exchange fit's miss of the transfer times
+  for (const SweepRow& r : rows)
+    worst = std::max(worst, std::fabs(1e6 * ExchangeSeconds(m, r.bytes, 2, 2) - r.transfer_us) /
+                                r.transfer_us);
+  EXPECT_GT(worst, 1.0);
+}
+
+// Rows from a CSV without the split (an older moe_comm_bench): the default fit is the exchange
+// time, and asking for the transfer fit names the row and the missing column.
+TEST(CommModelTest, TransferFitNeedsMeasuredTransferTimes) {
+  std::vector<SweepRow> rows = {Row(4096, 2, 2, 1e-4), Row(1 << 20, 2, 2, 1e-3)};
+  rows[0].transfer_us = 80;
+  EXPECT_EQ(DefaultFitTarget(rows), FitTarget::kExchange);
+  LinkModel m;
+  std::string err;
+  EXPECT_FALSE(FitLinkModel(rows, FitTarget::kTransfer, &m, &err));
+  EXPECT_EQ(err, "row 2 (tokens 0, ep 2): transfer_us=-1: must be positive (not measured in "
+                 "this CSV)");
+  EXPECT_TRUE(FitLinkModel(rows, FitTarget::kExchange, &m, &err)) << err;
+}
+
 TEST(CommModelTest, FitRefusesRowsThatDoNotDetermineTheModel) {
   std::vector<SweepRow> rows = {Row(4096, 4, 4, 1e-4), Row(4096, 4, 4, 1.1e-4)};
   LinkModel m;
   std::string err;
-  EXPECT_FALSE(FitLinkModel(rows, &m, &err));
+  EXPECT_FALSE(FitLinkModel(rows, FitTarget::kExchange, &m, &err));
   EXPECT_NE(err.find("beta_intra"), std::string::npos) << err;
 }
 
@@ -162,6 +206,8 @@ TEST(CommSweepCsvTest, RowsRoundTrip) {
   a.a2a_ms = 5.0;
   a.layer_ms = 12.5;
   a.share = 0.4;
+  a.skew_us = 312.5;
+  a.transfer_us = 937.5;
   SweepRow b = a;
   b.dispatcher = "hierarchical";
   b.bytes = 7;
@@ -177,6 +223,8 @@ TEST(CommSweepCsvTest, RowsRoundTrip) {
   EXPECT_EQ(back[1].bytes, 7);
   EXPECT_NEAR(back[0].algbw_gbs, a.algbw_gbs, 5e-9 * a.algbw_gbs);
   EXPECT_EQ(back[0].ranks_per_node, 2);
+  EXPECT_EQ(back[0].skew_us, 312.5);
+  EXPECT_EQ(back[0].transfer_us, 937.5);
   std::remove(path.c_str());
 }
 
@@ -202,6 +250,27 @@ TEST(CommSweepCsvTest, MalformedRowsNameFileLineAndField) {
   nan_time.replace(nan_time.find(",100,"), 5, ",nan,");
   EXPECT_NE(ParseError(SweepCsvHeader() + nan_time).find("field 'exchange_us': bad value 'nan'"),
             std::string::npos);
+}
+
+// A CSV written before the skew and transfer columns existed still reads, marking them -1
+// (not measured); any other missing column is still an error.
+TEST(CommSweepCsvTest, SplitColumnsAreOptional) {
+  SweepRow a = Row(4096, 2, 2, 1e-4);
+  a.skew_us = 20;
+  a.transfer_us = 80;
+  std::string header = SweepCsvHeader(), line = SweepCsvLine(a);
+  for (const char* name : {",skew_us", ",transfer_us"})
+    header.erase(header.find(name), strlen(name));
+  for (const char* value : {",20,", ",80,"}) line.replace(line.find(value), strlen(value), ",");
+  std::vector<SweepRow> rows;
+  std::string err;
+  ASSERT_TRUE(ParseSweepCsv("old.csv", header + line, &rows, &err)) << err;
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].exchange_us, 100);
+  EXPECT_EQ(rows[0].skew_us, -1);
+  EXPECT_EQ(rows[0].transfer_us, -1);
+  header.erase(header.find(",share"), 6);
+  EXPECT_EQ(ParseError(header + line), "sweep.csv:1: header lacks column 'share'");
 }
 
 TEST(CommSweepPointsTest, FlagListsRejectBadValuesByName) {
