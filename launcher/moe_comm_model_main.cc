@@ -115,31 +115,52 @@ double Median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-void Validate(const std::vector<SweepRow>& rows, FitTarget target) {
+// Fits without every --holdout_every-th row and returns the held-out rows' relative errors;
+// `table` prints the refit and one line per held-out row.
+std::vector<double> HeldOutErrors(const std::vector<SweepRow>& rows, FitTarget target,
+                                  bool table) {
   std::vector<SweepRow> fit, held;
   for (size_t i = 0; i < rows.size(); ++i)
     (i % FLAGS_holdout_every == static_cast<size_t>(FLAGS_holdout_every - 1) ? held : fit)
         .push_back(rows[i]);
   const LinkModel m = FitOrDie(fit, target, "the rows kept for fitting");
-  printf("\n# held-out validation: fit on %zu rows, predict rows i with i %% %d == %d (%zu rows)\n",
-         fit.size(), FLAGS_holdout_every, FLAGS_holdout_every - 1, held.size());
-  PrintModel(m, fit.size(), target);
-  printf("%-12s %6s %5s %3s %4s %5s %11s | %11s %11s %8s\n", "dispatcher", "tokens", "D", "ep",
-         "rpn", "nodes", "bytes", "measured_us", "model_us", "rel_err");
+  if (table) {
+    printf("\n# held-out validation: fit on %zu rows, predict rows i with i %% %d == %d (%zu "
+           "rows)\n", fit.size(), FLAGS_holdout_every, FLAGS_holdout_every - 1, held.size());
+    PrintModel(m, fit.size(), target);
+    printf("%-12s %6s %5s %3s %4s %5s %11s | %11s %11s %8s\n", "dispatcher", "tokens", "D",
+           "ep", "rpn", "nodes", "bytes", "measured_us", "model_us", "rel_err");
+  }
   std::vector<double> errs;
   for (const SweepRow& r : held) {
     if (r.ep < 2) continue;
     const double model_us = 1e6 * ExchangeSeconds(m, r.bytes, r.ep, r.ranks_per_node);
     const double measured_us = TargetMicros(r, target);
-    const double rel = std::fabs(model_us - measured_us) / measured_us;
-    errs.push_back(rel);
+    errs.push_back(std::fabs(model_us - measured_us) / measured_us);
+    if (!table) continue;
     printf("%-12s %6lld %5d %3d %4d %5d %11lld | %11.1f %11.1f %7.1f%%\n", r.dispatcher.c_str(),
            static_cast<long long>(r.tokens), r.dim, r.ep, r.ranks_per_node, r.nodes,
-           static_cast<long long>(r.bytes), measured_us, model_us, 100 * rel);
+           static_cast<long long>(r.bytes), measured_us, model_us, 100 * errs.back());
   }
+  return errs;
+}
+
+void PrintErrorSummary(const char* what, const std::vector<double>& errs) {
   if (errs.empty()) return;
-  printf("held-out relative error: median %.1f%%, max %.1f%% over %zu rows\n",
-         100 * Median(errs), 100 * *std::max_element(errs.begin(), errs.end()), errs.size());
+  printf("%s: median %.1f%%, max %.1f%% over %zu rows\n", what, 100 * Median(errs),
+         100 * *std::max_element(errs.begin(), errs.end()), errs.size());
+}
+
+// The held-out error of the chosen fit, row by row; where the rows allow the other fit too, its
+// summary beside it, so that a user sees which time the model explains better on their machine.
+void Validate(const std::vector<SweepRow>& rows, FitTarget target) {
+  PrintErrorSummary("held-out relative error", HeldOutErrors(rows, target, /*table=*/true));
+  if (DefaultFitTarget(rows) != FitTarget::kTransfer) return;  // no transfer times: no other
+  const FitTarget other =
+      target == FitTarget::kTransfer ? FitTarget::kExchange : FitTarget::kTransfer;
+  const std::string what =
+      std::string("the same with a fit of the ") + FitTargetName(other) + " time";
+  PrintErrorSummary(what.c_str(), HeldOutErrors(rows, other, /*table=*/false));
 }
 
 LayerShape VmoeTinyShape() {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # moe_comm_model on CSVs written here by moe_comm_bench (2 ranks, a tiny sweep): the default fit
-# explains the transfer time when every row has it, the exchange time on a CSV from before the
-# skew/transfer columns (with a note), and bad input is an error naming the flag, the file or the
+# explains the transfer time when every row has it (the exchange fit's held-out error beside
+# it), the exchange time on a CSV from before the skew/transfer columns (with a note), and bad input is an error naming the flag, the file or the
 # field: --fit, --holdout_every, a missing file, a corrupt field, --fit=transfer on an old CSV.
 set -euo pipefail
 source "$(dirname "$0")/common.sh" "$1" "$2"
@@ -27,8 +27,10 @@ run_job sweep 240 -np 2 "$BENCH" --tokens=64,512 --dims=16,64 --experts=4 --top_
 
 model fit_new --csv="$WORK/new.csv,$WORK/new.csv"
 [ "$RC" -eq 0 ] && grep -q "^# fit of the transfer time on 8 rows" "$OUT" \
-  && grep -q "^held-out relative error" "$OUT" && pass fit_transfer_by_default \
-  || fail fit_transfer_by_default "exit $RC; wanted the transfer fit and a held-out error"
+  && grep -q "^held-out relative error" "$OUT" \
+  && grep -q "^the same with a fit of the exchange time: median" "$OUT" \
+  && pass fit_transfer_by_default \
+  || fail fit_transfer_by_default "exit $RC; wanted both fits' held-out errors, transfer first"
 
 # The same rows without the two new columns, as an older moe_comm_bench wrote them.
 awk -F, -v OFS=, 'NR == 1 { for (i = 1; i <= NF; i++)
@@ -37,7 +39,8 @@ awk -F, -v OFS=, 'NR == 1 { for (i = 1; i <= NF; i++)
     print out }' "$WORK/new.csv" >"$WORK/old.csv"
 model fit_old --csv="$WORK/old.csv,$WORK/old.csv"
 [ "$RC" -eq 0 ] && grep -q "^# note: a row has no transfer_us" "$OUT" \
-  && grep -q "^# fit of the exchange time on 8 rows" "$OUT" && pass old_csv_fits_exchange \
+  && grep -q "^# fit of the exchange time on 8 rows" "$OUT" && ! grep -q "^the same with" "$OUT" \
+  && pass old_csv_fits_exchange \
   || fail old_csv_fits_exchange "exit $RC; wanted the note and the exchange fit"
 
 model old_transfer --csv="$WORK/old.csv" --fit=transfer
