@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # moe_comm_model on CSVs written here by moe_comm_bench (2 ranks, a tiny sweep): the default fit
 # explains the transfer time when every row has it (the exchange fit's held-out error beside
-# it), the exchange time on a CSV from before the skew/transfer columns (with a note), and bad input is an error naming the flag, the file or the
-# field: --fit, --holdout_every, a missing file, a corrupt field, --fit=transfer on an old CSV.
+# it), the exchange time on a CSV from before the skew/transfer columns (with a note), and bad
+# input is an error naming the flag, the file or the field: --fit, --holdout_every, a missing
+# file, a corrupt field, --fit=transfer on an old CSV.
 set -euo pipefail
 source "$(dirname "$0")/common.sh" "$1" "$2"
 BENCH="$BUILD_DIR/launcher/moe_comm_bench"
