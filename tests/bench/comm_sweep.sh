@@ -6,11 +6,15 @@
 # validation and projection, and the plots (launcher/plot_comm_sweep.py, needs matplotlib).
 #
 #   bash tests/bench/comm_sweep.sh OUT_DIR [moe_comm_bench flags...]
+# Each point runs 5 warm-up and 30 timed steps: with moe_comm_bench's own default (2 + 8) the
+# transfer times came out up to 2.5x those of 5 + 30 on a 2-core machine (the warm-up was not
+# over). Flags given here win.
 # Environment: BUILD_DIR (default build; moe_comm_bench and moe_comm_model are used as they are).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUT="$(mkdir -p "${1:?usage: comm_sweep.sh OUT_DIR [flags]}" && cd "$1" && pwd)"
 shift
+set -- --warmup=5 --iters=30 "$@"
 BUILD_DIR="$(cd "${BUILD_DIR:-$ROOT/build}" && pwd)"
 BENCH="$BUILD_DIR/launcher/moe_comm_bench"
 MODEL="$BUILD_DIR/launcher/moe_comm_model"
