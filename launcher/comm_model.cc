@@ -80,6 +80,66 @@ bool WeightedLeastSquares(const std::vector<std::vector<double>>& A, const std::
   return true;
 }
 
+namespace {
+
+double WeightedSquaredResidual(const std::vector<std::vector<double>>& A,
+                               const std::vector<double>& b, const std::vector<double>& w,
+                               const std::vector<double>& x) {
+  double sum = 0;
+  for (size_t i = 0; i < A.size(); ++i) {
+    double r = -b[i];
+    for (size_t j = 0; j < x.size(); ++j) r += A[i][j] * x[j];
+    sum += w[i] * w[i] * r * r;
+  }
+  return sum;
+}
+
+// The least-squares solution with only the unknowns in `free_mask` free, the rest 0; false when
+// those columns do not determine it.
+bool SolveOnSubset(const std::vector<std::vector<double>>& A, const std::vector<double>& b,
+                   const std::vector<double>& w, const std::vector<std::string>& names,
+                   unsigned free_mask, std::vector<double>* x) {
+  std::vector<size_t> cols;
+  for (size_t j = 0; j < names.size(); ++j)
+    if (free_mask & (1u << j)) cols.push_back(j);
+  std::vector<std::vector<double>> sub(A.size());
+  std::vector<std::string> sub_names;
+  for (size_t j : cols) sub_names.push_back(names[j]);
+  for (size_t i = 0; i < A.size(); ++i)
+    for (size_t j : cols) sub[i].push_back(A[i][j]);
+  std::vector<double> y;
+  std::string ignored;
+  if (!WeightedLeastSquares(sub, b, w, sub_names, &y, &ignored)) return false;
+  x->assign(names.size(), 0.0);
+  for (size_t k = 0; k < cols.size(); ++k) (*x)[cols[k]] = y[k];
+  return true;
+}
+
+}  // namespace
+
+bool NonNegativeLeastSquares(const std::vector<std::vector<double>>& A,
+                             const std::vector<double>& b, const std::vector<double>& w,
+                             const std::vector<std::string>& names, std::vector<double>* x,
+                             std::string* error) {
+  if (!WeightedLeastSquares(A, b, w, names, x, error)) return false;
+  if (std::all_of(x->begin(), x->end(), [](double v) { return v >= 0; })) return true;
+  CHECK_LE(names.size(), 16u) << "NonNegativeLeastSquares enumerates subsets: too many unknowns";
+  double best = -1;
+  std::vector<double> candidate;
+  const unsigned all = (1u << names.size()) - 1;
+  for (unsigned mask = 0; mask < all; ++mask) {  // every proper subset; `all` was tried above
+    if (!SolveOnSubset(A, b, w, names, mask, &candidate)) continue;
+    if (!std::all_of(candidate.begin(), candidate.end(), [](double v) { return v >= 0; }))
+      continue;
+    const double r = WeightedSquaredResidual(A, b, w, candidate);
+    if (best < 0 || r < best) {
+      best = r;
+      *x = candidate;
+    }
+  }
+  return true;  // mask 0 (everything 0) is always feasible
+}
+
 const char* FitTargetName(FitTarget target) {
   return target == FitTarget::kTransfer ? "transfer" : "exchange";
 }
@@ -144,7 +204,7 @@ bool FitLinkModel(const std::vector<SweepRow>& rows, FitTarget target, LinkModel
     return false;
   }
   std::vector<double> x;
-  if (!WeightedLeastSquares(A, b, w, names, &x, error)) return false;
+  if (!NonNegativeLeastSquares(A, b, w, names, &x, error)) return false;
   *model = LinkModel();
   size_t i = 0;
   if (any_intra) {

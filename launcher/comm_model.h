@@ -56,9 +56,20 @@ double TargetMicros(const SweepRow& row, FitTarget target);
 // kTransfer when every row with ep >= 2 measured its transfer time, else kExchange.
 FitTarget DefaultFitTarget(const std::vector<SweepRow>& rows);
 
-// Fits the rows' `target` time against (bytes, ep, ranks_per_node); the inter level only when
-// some row has inter-node peers. Rows with ep == 1 move nothing between ranks and are left out;
-// a row whose time is not positive (or not measured) is an error naming the row and the column.
+// The same with every unknown >= 0 (a latency or an inverse bandwidth below zero means nothing,
+// and predicts negative times for small or large exchanges): the unconstrained solution where it
+// is non-negative, else the best over the subsets of unknowns held at 0 (at most 2^4 here), which
+// is the constrained optimum. Fails, as WeightedLeastSquares does, when the rows do not determine
+// the unknowns.
+bool NonNegativeLeastSquares(const std::vector<std::vector<double>>& A,
+                             const std::vector<double>& b, const std::vector<double>& w,
+                             const std::vector<std::string>& names, std::vector<double>* x,
+                             std::string* error);
+
+// Fits the rows' `target` time against (bytes, ep, ranks_per_node), every alpha and beta >= 0
+// (NonNegativeLeastSquares); the inter level only when some row has inter-node peers. Rows with
+// ep == 1 move nothing between ranks and are left out; a row whose time is not positive (or not
+// measured) is an error naming the row and the column.
 bool FitLinkModel(const std::vector<SweepRow>& rows, FitTarget target, LinkModel* model,
                   std::string* error);
 

@@ -166,6 +166,33 @@ TEST(CommModelTest, TransferFitNeedsMeasuredTransferTimes) {
   EXPECT_TRUE(FitLinkModel(rows, FitTarget::kExchange, &m, &err)) << err;
 }
 
+// Timings that a negative latency would fit best (t = beta x - 40 us) are fitted with alpha held
+// at 0: then beta is the weighted least-squares line through the origin, sum w^2 x t / sum w^2 x^2
+// with w = 1 / t, computed here by hand. Unconstrained, alpha would come out at -40 us.
+TEST(CommModelTest, FitKeepsAlphaAndBetaNonNegative) {
+  const double beta = 1.0 / 1e9;
+  std::vector<SweepRow> rows;
+  double sxt = 0, sxx = 0;
+  for (int64_t bytes : {int64_t{1} << 17, int64_t{1} << 19, int64_t{1} << 21, int64_t{1} << 23}) {
+    const double x = bytes / 2.0, t = beta * x - 40e-6;  // ep 2: half the bytes cross
+    rows.push_back(Row(bytes, 2, 2, t));
+    sxt += x * t / (t * t);
+    sxx += x * x / (t * t);
+  }
+  LinkModel m;
+  std::string err;
+  ASSERT_TRUE(FitLinkModel(rows, FitTarget::kExchange, &m, &err)) << err;
+  EXPECT_EQ(m.alpha_intra, 0.0);
+  EXPECT_NEAR(m.beta_intra, sxt / sxx, kExactRel * sxt / sxx);
+
+  // The solver alone: the unconstrained answer is kept where it is already non-negative.
+  std::vector<double> x;
+  ASSERT_TRUE(NonNegativeLeastSquares({{1, 1}, {1, 2}, {1, 3}}, {3, 5, 7}, {1, 1, 1},
+                                      {"a", "b"}, &x, &err)) << err;
+  EXPECT_NEAR(x[0], 1, 1e-12);
+  EXPECT_NEAR(x[1], 2, 1e-12);
+}
+
 TEST(CommModelTest, FitRefusesRowsThatDoNotDetermineTheModel) {
   std::vector<SweepRow> rows = {Row(4096, 4, 4, 1e-4), Row(4096, 4, 4, 1.1e-4)};
   LinkModel m;
