@@ -2,6 +2,9 @@
 
 #include <glog/logging.h>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -120,6 +123,24 @@ NodeLayout DetectNodeLayout(MPI_Comm world, int ranks_per_node_flag) {
   l.ranks_per_node = min_size;
   l.uneven = min_size != max_size;
   return l;
+}
+
+HostCrowding MostCrowdedHost(MPI_Comm world) {
+  MPI_Comm local = MPI_COMM_NULL;
+  MPI_CHECK(MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local));
+  int ranks = 0;
+  MPI_CHECK(MPI_Comm_size(local, &ranks));
+  MPI_CHECK(MPI_Comm_free(&local));
+  const int cores = static_cast<int>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
+  // MAXLOC over the surplus picks one host's (ranks, cores) pair, consistently on every rank.
+  struct {
+    int surplus, rank;
+  } mine{ranks - cores, 0}, worst{};
+  MPI_CHECK(MPI_Comm_rank(world, &mine.rank));
+  MPI_CHECK(MPI_Allreduce(&mine, &worst, 1, MPI_2INT, MPI_MAXLOC, world));
+  int pair[2] = {ranks, cores};
+  MPI_CHECK(MPI_Bcast(pair, 2, MPI_INT, worst.rank, world));
+  return HostCrowding{pair[0], pair[1]};
 }
 
 SweepRow MeasurePoint(const SweepPoint& p, const NodeLayout& layout,

@@ -22,6 +22,16 @@ struct NodeLayout {
 // CHECKed by the caller); 0: the machine's nodes. Collective over `world`.
 NodeLayout DetectNodeLayout(MPI_Comm world, int ranks_per_node_flag);
 
+// The host (shared-memory node, whatever --ranks_per_node simulates) where ranks outnumber
+// online cores the most: its ranks and cores (ranks <= cores everywhere: that host's figures with
+// the smallest surplus). Collective over `world`. Ranks that share a core wait for it inside every
+// exchange, so skew and transfer then include scheduling, not only the link.
+struct HostCrowding {
+  int ranks = 0;
+  int cores = 0;
+};
+HostCrowding MostCrowdedHost(MPI_Comm world);
+
 struct MeasureOptions {
   int warmup = 2, iters = 5;
   int ranks_per_node = 0;   // DispatcherOptions::ranks_per_node

@@ -165,8 +165,13 @@ int Run(int rank, int world) {
   const NodeLayout layout = DetectNodeLayout(MPI_COMM_WORLD, FLAGS_ranks_per_node);
   std::vector<std::string> skipped;
   const std::vector<SweepPoint> points = ExpandSweep(lists, world, &skipped);
+  const HostCrowding crowding = MostCrowdedHost(MPI_COMM_WORLD);
   if (rank == 0) {
     for (const std::string& s : skipped) printf("# %s\n", s.c_str());
+    if (crowding.ranks > crowding.cores)
+      printf("# note: %d ranks share %d cores on one host: they take turns on the cores inside "
+             "every exchange, so skew and transfer include that wait, not only the link\n",
+             crowding.ranks, crowding.cores);
     PrintHeader(world, layout);
   }
   MeasureOptions opt;

@@ -3,7 +3,8 @@
 # tiny host sweep (FLAT and HIERARCHICAL) writes one CSV row per point and names its device, and
 # each row splits its exchange time into skew and transfer (skew >= 0 by construction, and the
 # two are the span between a call's arrival and departure, inside the phase the time covers, so
-# skew + transfer <= exchange, up to the CSV's 9 printed digits); and
+# skew + transfer <= exchange, up to the CSV's 9 printed digits); on 4 ranks it notes ranks
+# that outnumber the host's cores (only where they do); and
 # --device=cuda either runs the three dispatchers on the GPU (one CSV row each), or, where
 # there is no GPU, ends with a clear message and no table -- "this build has no CUDA path" in a
 # build without it.
@@ -33,6 +34,18 @@ SPLIT_BAD=$(awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i
       print "row " NR - 1 ": exchange " x ", skew " s ", transfer " t }' "$WORK/host.csv" 2>&1)
 [ -z "$SPLIT_BAD" ] && [ "$(wc -l <"$WORK/host.csv")" -eq 3 ] && pass host_split \
   || fail host_split "wanted skew >= 0 and skew + transfer <= exchange: ${SPLIT_BAD:-no rows}"
+
+# 4 ranks: the sweep names a host where ranks outnumber the cores, and only then.
+# getconf, as the bench's sysconf (nproc would read OMP_NUM_THREADS, which mpi_env.sh sets to 1).
+CORES=$(getconf _NPROCESSORS_ONLN)
+run_job crowded 120 -np 4 "$BENCH" "${TINY[@]}" --csv="$WORK/crowded.csv"
+if [ "$CORES" -lt 4 ]; then
+  [ "$RC" -eq 0 ] && grep -q "^# note: 4 ranks share $CORES cores on one host" "$OUT" \
+    && pass crowded_note || fail crowded_note "exit $RC; wanted the note on $CORES cores"
+else
+  [ "$RC" -eq 0 ] && ! grep -q "^# note: .* ranks share" "$OUT" \
+    && pass uncrowded_no_note || fail uncrowded_no_note "exit $RC; a note on $CORES cores"
+fi
 
 run_job cuda 180 -np 2 "$BENCH" "${TINY[@]}" --device=cuda --allow_shared_gpu \
   --dispatchers=flat,hierarchical,pipelined --csv="$WORK/cuda.csv"
