@@ -82,6 +82,19 @@ bool WeightedLeastSquares(const std::vector<std::vector<double>>& A, const std::
 
 namespace {
 
+bool AllNonNegative(const std::vector<double>& x) {
+  return std::all_of(x.begin(), x.end(), [](double v) { return v >= 0; });
+}
+
+// "row 3 (tokens 256, ep 2): transfer_us=-1: must be positive (not measured in this CSV)".
+std::string BadTimeError(const SweepRow& r, size_t index, FitTarget target, double us) {
+  char buf[160];
+  snprintf(buf, sizeof(buf), "row %zu (tokens %lld, ep %d): %s_us=%g: must be positive%s",
+           index + 1, static_cast<long long>(r.tokens), r.ep, FitTargetName(target), us,
+           us < 0 && target == FitTarget::kTransfer ? " (not measured in this CSV)" : "");
+  return buf;
+}
+
 double WeightedSquaredResidual(const std::vector<std::vector<double>>& A,
                                const std::vector<double>& b, const std::vector<double>& w,
                                const std::vector<double>& x) {
@@ -122,15 +135,14 @@ bool NonNegativeLeastSquares(const std::vector<std::vector<double>>& A,
                              const std::vector<std::string>& names, std::vector<double>* x,
                              std::string* error) {
   if (!WeightedLeastSquares(A, b, w, names, x, error)) return false;
-  if (std::all_of(x->begin(), x->end(), [](double v) { return v >= 0; })) return true;
+  if (AllNonNegative(*x)) return true;
   CHECK_LE(names.size(), 16u) << "NonNegativeLeastSquares enumerates subsets: too many unknowns";
   double best = -1;
   std::vector<double> candidate;
   const unsigned all = (1u << names.size()) - 1;
   for (unsigned mask = 0; mask < all; ++mask) {  // every proper subset; `all` was tried above
     if (!SolveOnSubset(A, b, w, names, mask, &candidate)) continue;
-    if (!std::all_of(candidate.begin(), candidate.end(), [](double v) { return v >= 0; }))
-      continue;
+    if (!AllNonNegative(candidate)) continue;
     const double r = WeightedSquaredResidual(A, b, w, candidate);
     if (best < 0 || r < best) {
       best = r;
@@ -153,19 +165,6 @@ FitTarget DefaultFitTarget(const std::vector<SweepRow>& rows) {
     if (r.ep >= 2 && r.transfer_us < 0) return FitTarget::kExchange;
   return FitTarget::kTransfer;
 }
-
-namespace {
-
-// "row 3 (tokens 256, ep 2): transfer_us=-1: must be positive (not measured in this CSV)".
-std::string BadTimeError(const SweepRow& r, size_t index, FitTarget target, double us) {
-  char buf[160];
-  snprintf(buf, sizeof(buf), "row %zu (tokens %lld, ep %d): %s_us=%g: must be positive%s",
-           index + 1, static_cast<long long>(r.tokens), r.ep, FitTargetName(target), us,
-           us < 0 && target == FitTarget::kTransfer ? " (not measured in this CSV)" : "");
-  return buf;
-}
-
-}  // namespace
 
 bool FitLinkModel(const std::vector<SweepRow>& rows, FitTarget target, LinkModel* model,
                   std::string* error) {

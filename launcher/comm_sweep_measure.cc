@@ -99,6 +99,21 @@ void SplitSkewTransfer(const Profiler& prof, int steps, double calls_per_step,
   r->transfer_us = 1e3 * ms[1] / calls_per_step;
 }
 
+// This rank's host as MPI sees it (the shared-memory node): how many ranks of `world` it holds,
+// and this rank's place among them. Collective over `world`.
+struct HostPlace {
+  int ranks = 0, rank = 0;
+};
+HostPlace PlaceOnHost(MPI_Comm world) {
+  MPI_Comm local = MPI_COMM_NULL;
+  MPI_CHECK(MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local));
+  HostPlace h;
+  MPI_CHECK(MPI_Comm_size(local, &h.ranks));
+  MPI_CHECK(MPI_Comm_rank(local, &h.rank));
+  MPI_CHECK(MPI_Comm_free(&local));
+  return h;
+}
+
 }  // namespace
 
 NodeLayout DetectNodeLayout(MPI_Comm world, int ranks_per_node_flag) {
@@ -110,13 +125,9 @@ NodeLayout DetectNodeLayout(MPI_Comm world, int ranks_per_node_flag) {
     l.nodes = world_size / ranks_per_node_flag;
     return l;
   }
-  MPI_Comm local = MPI_COMM_NULL;
-  MPI_CHECK(MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local));
-  int local_size = 0, local_rank = 0;
-  MPI_CHECK(MPI_Comm_size(local, &local_size));
-  MPI_CHECK(MPI_Comm_rank(local, &local_rank));
-  MPI_CHECK(MPI_Comm_free(&local));
-  int min_size = 0, max_size = 0, leader = local_rank == 0 ? 1 : 0;
+  const HostPlace host = PlaceOnHost(world);
+  const int local_size = host.ranks;
+  int min_size = 0, max_size = 0, leader = host.rank == 0 ? 1 : 0;
   MPI_CHECK(MPI_Allreduce(&local_size, &min_size, 1, MPI_INT, MPI_MIN, world));
   MPI_CHECK(MPI_Allreduce(&local_size, &max_size, 1, MPI_INT, MPI_MAX, world));
   MPI_CHECK(MPI_Allreduce(&leader, &l.nodes, 1, MPI_INT, MPI_SUM, world));
@@ -126,11 +137,7 @@ NodeLayout DetectNodeLayout(MPI_Comm world, int ranks_per_node_flag) {
 }
 
 HostCrowding MostCrowdedHost(MPI_Comm world) {
-  MPI_Comm local = MPI_COMM_NULL;
-  MPI_CHECK(MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local));
-  int ranks = 0;
-  MPI_CHECK(MPI_Comm_size(local, &ranks));
-  MPI_CHECK(MPI_Comm_free(&local));
+  const int ranks = PlaceOnHost(world).ranks;
   const int cores = static_cast<int>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
   // MAXLOC over the surplus picks one host's (ranks, cores) pair, consistently on every rank.
   struct {

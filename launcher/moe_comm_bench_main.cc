@@ -8,8 +8,8 @@
 // forward+backward) and its split into skew (waiting for the EP group's last rank; clocks aligned
 // once at start-up, comm/clock_sync.h) and transfer (the rest), algbw = bytes / time and
 // busbw = algbw * (ep - 1) / ep (nccl-tests' all-to-all convention), and the exchanges' share of
-// the layer's forward+backward. --csv writes
-// the same rows (launcher/comm_sweep_csv.h) for plot_comm_sweep.py and moe_comm_model.
+// the layer's forward+backward. --csv writes the same rows (launcher/comm_sweep_csv.h) for
+// plot_comm_sweep.py and moe_comm_model.
 //
 // --device=cuda builds each point's layer on the GPU over NCCL (one GPU per rank; tests may share
 // one with --allow_shared_gpu); dispatchers the CUDA path lacks are skipped with a note.
